@@ -1,0 +1,62 @@
+# pg_jobqueue: `make demo` and `make test` are the two commands; both install what is missing.
+PG_BIN     := /usr/lib/postgresql/15/bin
+PSQL       := $(PG_BIN)/psql -X -q -v ON_ERROR_STOP=1
+DEMO_PORT  ?= 55432
+TEST_PORT  ?= 55433
+BENCH_PORT ?= 55434
+CLUSTER    := bash scripts/cluster.sh
+
+.PHONY: setup install demo demo-stop test unit-test pg-test integration-test bench bench-stop lint clean
+
+setup:
+	@bash scripts/setup.sh
+
+# Builds (release) and installs the extension.  Clusters keep the library they loaded until
+# they restart, which the targets below do.
+install: setup
+	@bash scripts/install.sh
+
+demo: install
+	@$(CLUSTER) stop demo $(DEMO_PORT)
+	@$(CLUSTER) start demo $(DEMO_PORT)
+	@$(PSQL) -h 127.0.0.1 -p $(DEMO_PORT) -U postgres -d postgres \
+	    -c "DROP DATABASE IF EXISTS demo WITH (FORCE)" -c "CREATE DATABASE demo"
+	@$(PSQL) -h 127.0.0.1 -p $(DEMO_PORT) -U postgres -d demo -f examples/demo.sql
+	@echo
+	@echo "The demo cluster is running. Connect with:"
+	@echo "    $(PG_BIN)/psql -h 127.0.0.1 -p $(DEMO_PORT) -U postgres demo"
+	@echo "Stop it with: make demo-stop"
+
+demo-stop:
+	@$(CLUSTER) stop demo $(DEMO_PORT)
+
+# Everything the project tests: formatting, Rust unit tests and #[pg_test]s (cargo pgrx test),
+# then the multi-session integration tests against a scratch cluster.
+test: setup lint pg-test integration-test
+
+lint:
+	cargo fmt --all --check
+
+# Unit tests of the pure modules and the #[pg_test]s, in a pgrx-managed cluster run as postgres.
+pg-test: setup
+	@mkdir -p target/pgrx-test-data && chown postgres: target/pgrx-test-data
+	cargo pgrx test pg15 --runas postgres --pgdata $(CURDIR)/target/pgrx-test-data
+
+integration-test: install
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
+	    cargo test --release -p pg_jobqueue_integration -- --test-threads=4 ; \
+	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
+
+bench: install
+	@bash bench/run.sh $(BENCH_PORT)
+
+bench-stop:
+	@$(CLUSTER) stop bench $(BENCH_PORT)
+
+clean:
+	-@$(CLUSTER) stop demo $(DEMO_PORT)
+	-@$(CLUSTER) stop test $(TEST_PORT)
+	-@$(CLUSTER) stop bench $(BENCH_PORT)
+	cargo clean

@@ -1,0 +1,47 @@
+-- pg_jobqueue walk-through, run by `make demo`.
+\pset footer off
+CREATE EXTENSION pg_jobqueue;
+
+\echo '== A queue with 3 retries, backoff starting at 2 seconds'
+SELECT job.create_queue('emails', max_retries => 3, backoff_base => '2 seconds');
+
+\echo '== Enqueue in the same transaction as your own write: committed, so the job exists'
+CREATE TABLE orders (id serial PRIMARY KEY, customer text);
+BEGIN;
+INSERT INTO orders (customer) VALUES ('ada');
+SELECT job.enqueue('emails', '{"template": "order_confirmation", "order_id": 1}') AS committed_job;
+COMMIT;
+
+\echo '== A rolled-back order never sends its email'
+BEGIN;
+INSERT INTO orders (customer) VALUES ('bob');
+SELECT job.enqueue('emails', '{"template": "order_confirmation", "order_id": 2}') AS rolled_back_job;
+ROLLBACK;
+SELECT count(*) AS jobs_for_order_2 FROM job.jobs WHERE payload ->> 'order_id' = '2';
+
+\echo '== Idempotency: the same key within the window returns the same job'
+SELECT job.enqueue('emails', '{"template": "welcome", "user_id": 7}', idempotency_key => 'welcome-7') AS first,
+       job.enqueue('emails', '{"template": "welcome", "user_id": 7}', idempotency_key => 'welcome-7') AS again;
+
+\echo '== A worker claims two jobs (FOR UPDATE SKIP LOCKED, 5-minute lease)'
+SELECT id, payload, attempt, lease_expires_at FROM job.dequeue('emails', worker => 'demo-worker', batch => 2);
+
+\echo '== One succeeds, one fails with a 503: retried after backoff'
+SELECT job.complete(id, '{"delivered": true}') AS completed
+  FROM job.jobs WHERE state = 'running' AND payload ->> 'template' = 'order_confirmation';
+SELECT job.fail(id, 'SMTP server unavailable', http_status => 503) AS new_state
+  FROM job.jobs WHERE state = 'running';
+SELECT id, state, attempt, run_at - now() AS retry_in, errors -> 0 ->> 'error' AS last_error
+  FROM job.jobs WHERE payload ->> 'template' = 'welcome';
+
+\echo '== A permanent failure (HTTP 404) goes straight to the dead-letter queue'
+SELECT job.enqueue('emails', '{"template": "newsletter", "list": "gone"}') AS newsletter_job;
+SELECT job.fail(id, 'list not found', http_status => 404) AS new_state
+  FROM job.dequeue('emails', worker => 'demo-worker');
+
+\echo '== Queue at a glance'
+SELECT * FROM job.queue_stats;
+
+\echo '== Every job, every state'
+SELECT id, state, attempt, payload ->> 'template' AS template, result, jsonb_array_length(errors) AS errors
+  FROM job.jobs ORDER BY id;

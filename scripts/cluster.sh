@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# A private scratch cluster with pg_jobqueue preloaded.  PostgreSQL refuses to run as root,
+# so the cluster runs as the `postgres` user.
+#   scripts/cluster.sh start|stop|status|url NAME PORT
+# NAME picks the directory (target/NAME), so the demo, the tests and the benchmark can each
+# have their own cluster.
+set -euo pipefail
+
+cmd=${1:?usage: cluster.sh start|stop|status|url NAME PORT}
+name=${2:?cluster name}
+port=${3:?port}
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir=$root/target/$name
+bin=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
+as_pg() { runuser -u postgres -- "$@"; }
+
+case "$cmd" in
+start)
+    if [ ! -f "$dir/data/PG_VERSION" ]; then
+        mkdir -p "$dir"
+        chown postgres: "$dir"
+        as_pg "$bin/initdb" -D "$dir/data" -U postgres -A trust --no-sync -E UTF8 >/dev/null
+        # Settings beyond the defaults: preload (the background worker and the wake-up
+        # bookkeeping need it), a private socket directory, and room for the benchmark.
+        cat >>"$dir/data/postgresql.conf" <<CONF
+shared_preload_libraries = 'pg_jobqueue'
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 200
+shared_buffers = '1GB'
+max_wal_size = '8GB'
+checkpoint_timeout = '30min'
+log_min_messages = warning
+CONF
+    fi
+    if ! as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
+    fi
+    echo "cluster $name: postgresql://postgres@127.0.0.1:$port/postgres (log: $dir/postgres.log)"
+    ;;
+stop)
+    if [ -f "$dir/data/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
+        as_pg "$bin/pg_ctl" -D "$dir/data" -m fast -w stop >/dev/null
+    fi
+    ;;
+status)
+    as_pg "$bin/pg_ctl" -D "$dir/data" status
+    ;;
+url)
+    echo "postgresql://postgres@127.0.0.1:$port/postgres"
+    ;;
+*)
+    echo "unknown command $cmd" >&2
+    exit 2
+    ;;
+esac

@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds the extension (release) and installs it into the system PostgreSQL 15.
+# Each file is copied beside its destination and renamed into place: a running server keeps
+# the library it mapped instead of crashing on a file rewritten underneath it.
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+pg_config=/usr/lib/postgresql/15/bin/pg_config
+out=$root/target/package
+cd "$root"
+rm -rf "$out"
+if ! cargo pgrx package --pg-config "$pg_config" --out-dir "$out" >"$out.log" 2>&1; then
+    cat "$out.log" >&2
+    exit 1
+fi
+(cd "$out" && find . -type f) | while read -r f; do
+    dest=/${f#./}
+    mkdir -p "$(dirname "$dest")"
+    cp "$out/$f" "$dest.tmp.$$"
+    mv -f "$dest.tmp.$$" "$dest"
+done
+echo "installed pg_jobqueue $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) into $($pg_config --pkglibdir)"
