@@ -73,10 +73,13 @@ BEGIN
     END IF;
 END $$;
 
-CREATE FUNCTION job._no_such_job(job_id bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+-- Raises unless a job with this id exists, in any state.
+CREATE FUNCTION job._require_job(job_id bigint)
+RETURNS void LANGUAGE plpgsql STABLE AS $$
 BEGIN
-    RAISE EXCEPTION 'job % does not exist', job_id USING ERRCODE = 'no_data_found';
+    IF NOT EXISTS (SELECT 1 FROM job.jobs j WHERE j.id = job_id) THEN
+        RAISE EXCEPTION 'job % does not exist', job_id USING ERRCODE = 'no_data_found';
+    END IF;
 END $$;
 
 ---------------------------------------------------------------------------------------------
@@ -418,9 +421,7 @@ BEGIN
     IF job._finish(ARRAY[complete.id], '{running}', 'completed', complete.result) = 1 THEN
         RETURN true;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM job.jobs j WHERE j.id = complete.id) THEN
-        PERFORM job._no_such_job(complete.id);
-    END IF;
+    PERFORM job._require_job(complete.id);
     RETURN false;  -- not running: already finished, cancelled, or never claimed
 END $$;
 
@@ -461,10 +462,8 @@ BEGIN
     SELECT * INTO j FROM job.live_jobs l WHERE l.id = fail.id FOR UPDATE;
     IF NOT FOUND THEN
         -- Finished meanwhile (cancelled, say): report where it is, change nothing.
+        PERFORM job._require_job(fail.id);
         SELECT f.state INTO new_state FROM job.finished_jobs f WHERE f.id = fail.id;
-        IF NOT FOUND THEN
-            PERFORM job._no_such_job(fail.id);
-        END IF;
         RETURN new_state;
     END IF;
     IF j.state <> 'running' THEN
@@ -514,10 +513,9 @@ BEGIN
         RETURN expires;
     END IF;
 
+    PERFORM job._require_job(heartbeat.id);
     SELECT j.state, j.lease_expires_at INTO found_job FROM job.jobs j WHERE j.id = heartbeat.id;
-    IF NOT FOUND THEN
-        PERFORM job._no_such_job(heartbeat.id);
-    ELSIF found_job.state = 'running' THEN
+    IF found_job.state = 'running' THEN
         RAISE EXCEPTION 'job % is no longer held: its lease expired at %', heartbeat.id, found_job.lease_expires_at
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Stop working on it: another worker may claim it. Heartbeat before the lease runs out.';
@@ -573,9 +571,7 @@ BEGIN
     IF job._finish(ARRAY[id], '{waiting,scheduled,running}', 'cancelled') = 1 THEN
         RETURN true;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM job.finished_jobs f WHERE f.id = cancel.id) THEN
-        PERFORM job._no_such_job(id);
-    END IF;
+    PERFORM job._require_job(id);
     RETURN false;
 END $$;
 
@@ -587,9 +583,7 @@ BEGIN
     IF job._revive(ARRAY[id], '{dead,cancelled}') = 1 THEN
         RETURN true;
     END IF;
-    IF NOT EXISTS (SELECT 1 FROM job.jobs j WHERE j.id = retry.id) THEN
-        PERFORM job._no_such_job(id);
-    END IF;
+    PERFORM job._require_job(id);
     RETURN false;
 END $$;
 
