@@ -1,1 +1,424 @@
+//! Shared helpers for pg_jobqueue's multi-session integration tests.
+//!
+//! The tests drive a real cluster (with `shared_preload_libraries = 'pg_jobqueue'`) over real
+//! connections.  `PGJQ_TEST_URL` names it, e.g. `postgresql://postgres@127.0.0.1:55433/postgres`
+//! (`make integration-test` sets it).  Every test works in a database of its own, created by
+//! [`TestDb::create`] and dropped when the guard goes out of scope, so tests run in parallel.
 
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+pub use postgres::error::SqlState;
+use postgres::fallible_iterator::FallibleIterator;
+pub use postgres::{Client, Config, Error, NoTls, Notification};
+
+/// The channel pg_jobqueue notifies on; the payload is the queue name.
+pub const CHANNEL: &str = "pg_jobqueue";
+
+/// An error as the server reported it (SQLSTATE, message, detail, hint): `postgres::Error`'s
+/// Display says only "db error".
+pub fn error_text(e: &Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut text = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(detail) = db.detail() {
+                text += &format!(" DETAIL: {detail}");
+            }
+            if let Some(hint) = db.hint() {
+                text += &format!(" HINT: {hint}");
+            }
+            text
+        }
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// The cluster under test, from `PGJQ_TEST_URL`.
+pub fn cluster_url() -> String {
+    std::env::var("PGJQ_TEST_URL").unwrap_or_else(|_| {
+        panic!(
+            "PGJQ_TEST_URL is not set. These tests need a running cluster with pg_jobqueue \
+             preloaded: run `make integration-test`, or start one with \
+             `bash scripts/cluster.sh start itest 55440` and set \
+             PGJQ_TEST_URL=postgresql://postgres@127.0.0.1:55440/postgres"
+        )
+    })
+}
+
+fn config_for(dbname: &str) -> Config {
+    let mut config: Config = cluster_url()
+        .parse()
+        .expect("PGJQ_TEST_URL is not a valid connection URL");
+    config.dbname(dbname);
+    config.connect_timeout(Duration::from_secs(10));
+    config
+}
+
+/// A new connection to database `dbname` of the cluster under test.
+pub fn connect(dbname: &str) -> Client {
+    config_for(dbname).connect(NoTls).unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to database {dbname}: {err}",
+            err = error_text(&e)
+        )
+    })
+}
+
+/// A connection to the cluster's maintenance database (the one `PGJQ_TEST_URL` names).
+pub fn connect_admin() -> Client {
+    let config: Config = cluster_url()
+        .parse()
+        .expect("PGJQ_TEST_URL is not a valid connection URL");
+    config.connect(NoTls).unwrap_or_else(|e| {
+        panic!(
+            "cannot connect to {}: {err}",
+            cluster_url(),
+            err = error_text(&e)
+        )
+    })
+}
+
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A scratch database with pg_jobqueue installed; dropped (`WITH (FORCE)`) on drop.
+pub struct TestDb {
+    name: String,
+}
+
+impl TestDb {
+    /// Creates `itest_<test>_<pid>` (dropping a leftover of that name first) and runs
+    /// `CREATE EXTENSION pg_jobqueue` in it.
+    pub fn create(test: &str) -> TestDb {
+        let name = format!("itest_{}_{}", test, std::process::id()).to_lowercase();
+        let mut admin = connect_admin();
+        let quoted = quote_ident(&name);
+        admin
+            .batch_execute(&format!("DROP DATABASE IF EXISTS {quoted} WITH (FORCE)"))
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot drop leftover database {name}: {err}",
+                    err = error_text(&e)
+                )
+            });
+        // CREATE DATABASE fails while another session uses the template ("source database is
+        // being accessed by other users"); that passes, so retry.
+        let mut tries = 0;
+        loop {
+            match admin.batch_execute(&format!("CREATE DATABASE {quoted}")) {
+                Ok(()) => break,
+                Err(e) if tries < 20 && e.code() == Some(&SqlState::OBJECT_IN_USE) => {
+                    tries += 1;
+                    eprintln!(
+                        "CREATE DATABASE {name} failed ({err}), retrying",
+                        err = error_text(&e)
+                    );
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => panic!("cannot create database {name}: {err}", err = error_text(&e)),
+            }
+        }
+        // The guard exists from here on, so a failure below still drops the database.
+        let db = TestDb { name };
+        db.connect()
+            .batch_execute("CREATE EXTENSION pg_jobqueue")
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CREATE EXTENSION pg_jobqueue failed in {}: {err}",
+                    db.name,
+                    err = error_text(&e)
+                )
+            });
+        db
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A new connection to this database.
+    pub fn connect(&self) -> Client {
+        connect(&self.name)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let sql = format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&self.name)
+        );
+        match connect_admin().batch_execute(&sql) {
+            Ok(()) => {}
+            Err(e) => eprintln!(
+                "warning: could not drop test database {}: {err}",
+                self.name,
+                err = error_text(&e)
+            ),
+        }
+    }
+}
+
+/// The wake-up slot pg_jobqueue files `queue` under (src/wakeup.rs: FNV-1a modulo 1024).
+/// Idle marks live in shared memory per slot, across databases, so two queues sharing a slot
+/// in concurrently running tests could see each other's wake-ups.
+pub fn wakeup_slot(queue: &str) -> usize {
+    let hash = queue.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    (hash % 1024) as usize
+}
+
+static USED_SLOTS: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+static QUEUE_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A queue name unique to this run whose wake-up slot no other queue named by this function
+/// in this test process uses, so parallel tests never share idle marks.
+pub fn unique_queue(prefix: &str) -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let mut used = USED_SLOTS.lock().unwrap();
+    let used = used.get_or_insert_with(HashSet::new);
+    loop {
+        let n = QUEUE_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{prefix}_{}_{nanos}_{n}", std::process::id());
+        if used.insert(wakeup_slot(&name)) {
+            return name;
+        }
+    }
+}
+
+/// `job.create_queue(queue)` with its defaults.
+pub fn create_queue(client: &mut Client, queue: &str) {
+    client
+        .execute("SELECT job.create_queue($1)", &[&queue])
+        .unwrap_or_else(|e| panic!("create_queue({queue}) failed: {err}", err = error_text(&e)));
+}
+
+/// `job.enqueue(queue, {"n": n})`; returns the job id.
+pub fn enqueue(client: &mut Client, queue: &str, n: i64) -> i64 {
+    client
+        .query_one(
+            "SELECT job.enqueue($1, jsonb_build_object('n', $2::bigint))",
+            &[&queue, &n],
+        )
+        .unwrap_or_else(|e| panic!("enqueue into {queue} failed: {err}", err = error_text(&e)))
+        .get(0)
+}
+
+/// `job.enqueue` with an idempotency key; returns the id enqueue reports.
+pub fn enqueue_with_key(client: &mut Client, queue: &str, key: &str) -> Result<i64, Error> {
+    client
+        .query_one(
+            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => $2)",
+            &[&queue, &key],
+        )
+        .map(|row| row.get(0))
+}
+
+/// `job.enqueue_many(queue, [{"n": first}, ..., {"n": first + count - 1}])`; returns the ids.
+pub fn enqueue_many(client: &mut Client, queue: &str, first: i64, count: i64) -> Vec<i64> {
+    client
+        .query(
+            "SELECT job.enqueue_many($1, ARRAY(SELECT jsonb_build_object('n', g)
+                                                 FROM generate_series($2::bigint, $3::bigint) g
+                                                ORDER BY g))",
+            &[&queue, &first, &(first + count - 1)],
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "enqueue_many into {queue} failed: {err}",
+                err = error_text(&e)
+            )
+        })
+        .iter()
+        .map(|row| row.get(0))
+        .collect()
+}
+
+/// A job claimed by `job.dequeue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub id: i64,
+    pub attempt: i32,
+}
+
+/// `job.dequeue(queue, worker, batch, lease)`; `lease` is an interval literal or None for the
+/// queue's default.
+pub fn try_dequeue(
+    client: &mut Client,
+    queue: &str,
+    worker: &str,
+    batch: i32,
+    lease: Option<&str>,
+) -> Result<Vec<Claimed>, Error> {
+    let rows = client.query(
+        "SELECT id, attempt FROM job.dequeue($1, $2, $3, $4::text::interval)",
+        &[&queue, &worker, &batch, &lease],
+    )?;
+    Ok(rows
+        .iter()
+        .map(|r| Claimed {
+            id: r.get(0),
+            attempt: r.get(1),
+        })
+        .collect())
+}
+
+/// [`try_dequeue`], panicking on error.
+pub fn dequeue(
+    client: &mut Client,
+    queue: &str,
+    worker: &str,
+    batch: i32,
+    lease: Option<&str>,
+) -> Vec<Claimed> {
+    try_dequeue(client, queue, worker, batch, lease).unwrap_or_else(|e| {
+        panic!(
+            "dequeue from {queue} by {worker} failed: {err}",
+            err = error_text(&e)
+        )
+    })
+}
+
+/// `job.complete_many(ids)`: how many of them were running and are now completed.
+pub fn complete_many(client: &mut Client, ids: &[i64]) -> i32 {
+    client
+        .query_one("SELECT job.complete_many($1)", &[&ids])
+        .unwrap_or_else(|e| panic!("complete_many failed: {err}", err = error_text(&e)))
+        .get(0)
+}
+
+/// One queue's row of `job.queue_stats`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueStats {
+    pub waiting: i64,
+    pub scheduled: i64,
+    pub running: i64,
+    pub completed: i64,
+    pub dead: i64,
+    pub cancelled: i64,
+}
+
+/// `job.queue_stats` for `queue`.
+pub fn queue_stats(client: &mut Client, queue: &str) -> QueueStats {
+    let row = client
+        .query_one(
+            "SELECT waiting, scheduled, running, completed, dead, cancelled
+               FROM job.queue_stats WHERE queue = $1",
+            &[&queue],
+        )
+        .unwrap_or_else(|e| {
+            panic!(
+                "queue_stats for {queue} failed: {err}",
+                err = error_text(&e)
+            )
+        });
+    QueueStats {
+        waiting: row.get(0),
+        scheduled: row.get(1),
+        running: row.get(2),
+        completed: row.get(3),
+        dead: row.get(4),
+        cancelled: row.get(5),
+    }
+}
+
+/// The state of job `id` in `job.jobs`, or None when there is no such row.
+pub fn job_state(client: &mut Client, id: i64) -> Option<String> {
+    client
+        .query_opt("SELECT state FROM job.jobs WHERE id = $1", &[&id])
+        .unwrap_or_else(|e| panic!("reading job.jobs failed: {err}", err = error_text(&e)))
+        .map(|row| row.get(0))
+}
+
+/// How many rows `job.jobs` has for `queue`, whatever their state.
+pub fn job_count(client: &mut Client, queue: &str) -> i64 {
+    client
+        .query_one("SELECT count(*) FROM job.jobs WHERE queue = $1", &[&queue])
+        .unwrap_or_else(|e| panic!("counting job.jobs failed: {err}", err = error_text(&e)))
+        .get(0)
+}
+
+/// The server process id of a connection.
+pub fn backend_pid(client: &mut Client) -> i32 {
+    client
+        .query_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// `LISTEN pg_jobqueue` on this connection.
+pub fn listen(client: &mut Client) {
+    client
+        .batch_execute(&format!("LISTEN {CHANNEL}"))
+        .expect("LISTEN failed");
+}
+
+/// The next notification, waiting up to `timeout` for one; None when none came.
+pub fn next_notification(client: &mut Client, timeout: Duration) -> Option<Notification> {
+    client
+        .notifications()
+        .timeout_iter(timeout)
+        .next()
+        .expect("connection failed while waiting for a notification")
+}
+
+/// Every notification already delivered to the client, without waiting.
+pub fn drain_notifications(client: &mut Client) -> Vec<Notification> {
+    client
+        .notifications()
+        .iter()
+        .collect()
+        .expect("connection failed while reading notifications")
+}
+
+/// Waits (polling every 20 ms, up to `timeout`) until the backend `pid` waits on a heavyweight
+/// lock; returns false if it never did.
+pub fn wait_until_lock_waiting(observer: &mut Client, pid: i32, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        let waiting: bool = observer
+            .query_one(
+                "SELECT coalesce(bool_or(wait_event_type = 'Lock'), false)
+                   FROM pg_stat_activity WHERE pid = $1",
+                &[&pid],
+            )
+            .unwrap()
+            .get(0);
+        if waiting {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A small deterministic pseudo-random generator (xorshift64*); the tests need no more.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    /// Uniform in `lo..=hi`.
+    pub fn range(&mut self, lo: u64, hi: u64) -> u64 {
+        lo + self.next_u64() % (hi - lo + 1)
+    }
+}

@@ -1,0 +1,346 @@
+//! Claiming jobs from several sessions at once: every job handed out exactly once, claims
+//! that never wait on each other, and leases that expire and are reclaimed.
+
+use pg_jobqueue_integration::*;
+use std::collections::HashSet;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// 8 workers drain 20,000 jobs in batches of 50 to 100: each job is claimed exactly once and
+/// none is lost.
+#[test]
+fn eight_workers_drain_every_job_exactly_once() {
+    const JOBS: i64 = 20_000;
+    const WORKERS: usize = 8;
+    let db = TestDb::create("drain");
+    let queue = unique_queue("drain");
+    let mut producer = db.connect();
+    create_queue(&mut producer, &queue);
+
+    let mut enqueued = Vec::with_capacity(JOBS as usize);
+    for chunk in 0..20 {
+        enqueued.extend(enqueue_many(&mut producer, &queue, chunk * 1000, 1000));
+    }
+    let enqueued: HashSet<i64> = enqueued.into_iter().collect();
+    assert_eq!(
+        enqueued.len(),
+        JOBS as usize,
+        "enqueue_many returned duplicate ids"
+    );
+    assert_eq!(queue_stats(&mut producer, &queue).waiting, JOBS);
+
+    let started = Instant::now();
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let mut client = db.connect();
+            let queue = queue.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let worker = format!("worker-{w}");
+                let mut rng = Rng::new(w as u64 + 1);
+                let mut claimed: Vec<i64> = Vec::new();
+                barrier.wait();
+                loop {
+                    let batch = rng.range(50, 100) as i32;
+                    let jobs = dequeue(&mut client, &queue, &worker, batch, None);
+                    if jobs.is_empty() {
+                        // Every job was committed before the workers started, and SKIP LOCKED
+                        // only skips rows another worker is claiming: nothing left for us.
+                        break;
+                    }
+                    assert!(
+                        jobs.len() <= batch as usize,
+                        "{worker} got {} jobs for batch {batch}",
+                        jobs.len()
+                    );
+                    for job in &jobs {
+                        assert_eq!(
+                            job.attempt, 1,
+                            "{worker} got job {} on attempt {}",
+                            job.id, job.attempt
+                        );
+                    }
+                    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+                    let done = complete_many(&mut client, &ids);
+                    assert_eq!(
+                        done as usize,
+                        ids.len(),
+                        "{worker}: complete_many completed {done} of {} claimed jobs",
+                        ids.len()
+                    );
+                    claimed.extend(ids);
+                }
+                claimed
+            })
+        })
+        .collect();
+    let per_worker: Vec<Vec<i64>> = workers
+        .into_iter()
+        .map(|w| w.join().expect("a worker panicked"))
+        .collect();
+    let elapsed = started.elapsed();
+
+    let mut seen = HashSet::new();
+    for (w, ids) in per_worker.iter().enumerate() {
+        for id in ids {
+            assert!(
+                seen.insert(*id),
+                "job {id} was claimed twice (second time by worker-{w})"
+            );
+        }
+    }
+    let lost: Vec<_> = enqueued.difference(&seen).take(10).collect();
+    let foreign: Vec<_> = seen.difference(&enqueued).take(10).collect();
+    assert!(lost.is_empty(), "jobs never claimed (first 10): {lost:?}");
+    assert!(
+        foreign.is_empty(),
+        "claimed ids that were never enqueued: {foreign:?}"
+    );
+    assert_eq!(seen.len(), JOBS as usize);
+
+    let stats = queue_stats(&mut producer, &queue);
+    assert_eq!(
+        stats,
+        QueueStats {
+            waiting: 0,
+            scheduled: 0,
+            running: 0,
+            completed: JOBS,
+            dead: 0,
+            cancelled: 0
+        },
+        "queue_stats after the drain"
+    );
+    let counts: Vec<usize> = per_worker.iter().map(Vec::len).collect();
+    eprintln!("drained {JOBS} jobs with {WORKERS} workers in {elapsed:?}; per worker: {counts:?}");
+}
+
+/// A worker holding claimed rows in an open transaction does not make another worker wait:
+/// the other gets different jobs at once.
+#[test]
+fn dequeue_never_waits_for_another_workers_claims() {
+    let db = TestDb::create("never_blocks");
+    let queue = unique_queue("noblock");
+    let mut a = db.connect();
+    let mut b = db.connect();
+    create_queue(&mut a, &queue);
+    let enqueued: HashSet<i64> = enqueue_many(&mut a, &queue, 0, 10).into_iter().collect();
+
+    let mut tx = a.transaction().unwrap();
+    let a_rows = tx
+        .query("SELECT id FROM job.dequeue($1, 'worker-a', 5)", &[&queue])
+        .expect("worker A's dequeue failed");
+    let a_ids: HashSet<i64> = a_rows.iter().map(|r| r.get(0)).collect();
+    assert_eq!(a_ids.len(), 5, "worker A should claim 5 of the 10 jobs");
+
+    // A's transaction is open and holds its 5 rows locked.
+    b.batch_execute("SET statement_timeout = '2s'").unwrap();
+    let started = Instant::now();
+    let b_jobs = try_dequeue(&mut b, &queue, "worker-b", 5, None).unwrap_or_else(|e| {
+        panic!(
+            "worker B's dequeue failed (waited on A's locks?): {err}",
+            err = error_text(&e)
+        )
+    });
+    let elapsed = started.elapsed();
+    let b_ids: HashSet<i64> = b_jobs.iter().map(|j| j.id).collect();
+    assert_eq!(
+        b_ids.len(),
+        5,
+        "worker B should get the 5 jobs A did not claim"
+    );
+    assert!(
+        a_ids.is_disjoint(&b_ids),
+        "A {a_ids:?} and B {b_ids:?} claimed the same job"
+    );
+    assert!(a_ids.union(&b_ids).all(|id| enqueued.contains(id)));
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "B's dequeue took {elapsed:?} while A held its claims"
+    );
+
+    // Only A's locked rows are left: B comes up empty, again without waiting.
+    let started = Instant::now();
+    let again = try_dequeue(&mut b, &queue, "worker-b", 5, None).unwrap_or_else(|e| {
+        panic!(
+            "worker B's second dequeue failed: {err}",
+            err = error_text(&e)
+        )
+    });
+    assert!(again.is_empty(), "B claimed {again:?}, which A holds");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "B's empty dequeue took {:?}",
+        started.elapsed()
+    );
+
+    tx.commit().unwrap();
+    let stats = queue_stats(&mut b, &queue);
+    assert_eq!(
+        (stats.waiting, stats.running),
+        (0, 10),
+        "all 10 jobs should be running: {stats:?}"
+    );
+    let b_ids: Vec<i64> = b_ids.into_iter().collect();
+    assert_eq!(complete_many(&mut b, &b_ids), 5);
+}
+
+/// A job whose lease runs out goes to the next worker as a new attempt, with the expiry
+/// recorded in its errors; out of retries, it dies.
+#[test]
+fn expired_lease_is_reclaimed_then_dies() {
+    let db = TestDb::create("lease");
+    let queue = unique_queue("lease");
+    let mut w1 = db.connect();
+    let mut w2 = db.connect();
+    let mut w3 = db.connect();
+    w1.execute("SELECT job.create_queue($1, max_retries => 1)", &[&queue])
+        .unwrap();
+    let id = enqueue(&mut w1, &queue, 1);
+
+    let first = dequeue(&mut w1, &queue, "w1", 1, Some("200 milliseconds"));
+    assert_eq!(first, vec![Claimed { id, attempt: 1 }]);
+    // The lease asked for, not the queue's 5 minutes.
+    let lease_ok: bool = w2
+        .query_one(
+            "SELECT state = 'running' AND lease_expires_at - claimed_at = interval '200 milliseconds'
+               FROM job.jobs WHERE id = $1",
+            &[&id],
+        )
+        .unwrap()
+        .get(0);
+    assert!(lease_ok, "job {id} should be running on a 200 ms lease");
+    thread::sleep(Duration::from_millis(350));
+
+    // The holder's heartbeat comes too late.
+    let err = w1
+        .query_one("SELECT job.heartbeat($1)", &[&id])
+        .expect_err("heartbeat on an expired lease must fail");
+    let db_err = err
+        .as_db_error()
+        .unwrap_or_else(|| panic!("not a server error: {err}"));
+    assert!(
+        db_err.message().contains("lease expired"),
+        "heartbeat error should say the lease expired: {}",
+        db_err.message()
+    );
+
+    // Another worker reclaims it: same job, second attempt.
+    let second = dequeue(&mut w2, &queue, "w2", 1, Some("200 milliseconds"));
+    assert_eq!(
+        second,
+        vec![Claimed { id, attempt: 2 }],
+        "w2 should reclaim the expired job"
+    );
+    let row = w3
+        .query_one(
+            "SELECT state, attempt, jsonb_array_length(errors), errors -> 0 ->> 'error',
+                    (errors -> 0 ->> 'attempt')::int, errors -> 0 ->> 'worker', claimed_by
+               FROM job.jobs WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "running");
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert_eq!(
+        row.get::<_, i32>(2),
+        1,
+        "one error entry: the expired first attempt"
+    );
+    let error: String = row.get(3);
+    assert!(
+        error.contains("lease expired"),
+        "error entry should mention the lease expiry: {error}"
+    );
+    assert_eq!(row.get::<_, i32>(4), 1, "the error belongs to attempt 1");
+    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("w1"));
+    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("w2"));
+
+    // Expires again: attempt 2 > max_retries 1, so the next dequeue's rescue kills it.
+    thread::sleep(Duration::from_millis(350));
+    let third = dequeue(&mut w3, &queue, "w3", 1, Some("200 milliseconds"));
+    assert!(
+        third.is_empty(),
+        "a job out of retries must not be handed out again: {third:?}"
+    );
+    let row = w3
+        .query_one(
+            "SELECT state, attempt, jsonb_array_length(errors), errors -> 1 ->> 'error'
+               FROM job.jobs WHERE id = $1",
+            &[&id],
+        )
+        .unwrap();
+    assert_eq!(row.get::<_, String>(0), "dead");
+    assert_eq!(row.get::<_, i32>(1), 2);
+    assert_eq!(
+        row.get::<_, i32>(2),
+        2,
+        "two error entries, one per expired attempt"
+    );
+    let error: String = row.get(3);
+    assert!(error.contains("lease expired"), "{error}");
+    let stats = queue_stats(&mut w3, &queue);
+    assert_eq!(
+        (stats.dead, stats.running, stats.waiting),
+        (1, 0, 0),
+        "{stats:?}"
+    );
+
+    // A heartbeat on a dead job fails as well.
+    assert!(w2.query_one("SELECT job.heartbeat($1)", &[&id]).is_err());
+}
+
+/// The same through job.rescue_stalled (what a supervisor calls) instead of a dequeue, for
+/// many jobs of several vanished workers at once.
+#[test]
+fn rescue_stalled_reclaims_expired_leases() {
+    let db = TestDb::create("rescue");
+    let queue = unique_queue("rescue");
+    let mut c = db.connect();
+    c.execute("SELECT job.create_queue($1, max_retries => 1)", &[&queue])
+        .unwrap();
+    let ids: HashSet<i64> = enqueue_many(&mut c, &queue, 0, 20).into_iter().collect();
+
+    let mut claimed = HashSet::new();
+    for w in 0..4 {
+        let mut worker = db.connect();
+        for job in dequeue(
+            &mut worker,
+            &queue,
+            &format!("w{w}"),
+            5,
+            Some("200 milliseconds"),
+        ) {
+            assert_eq!(job.attempt, 1);
+            assert!(claimed.insert(job.id), "job {} claimed twice", job.id);
+        }
+        // The worker vanishes without completing anything.
+    }
+    assert_eq!(claimed, ids);
+    thread::sleep(Duration::from_millis(350));
+
+    let rescued: i32 = c
+        .query_one("SELECT job.rescue_stalled($1)", &[&queue])
+        .unwrap()
+        .get(0);
+    assert_eq!(rescued, 20);
+    assert_eq!(queue_stats(&mut c, &queue).waiting, 20);
+    let again = dequeue(&mut c, &queue, "w9", 100, Some("200 milliseconds"));
+    assert_eq!(again.len(), 20);
+    assert!(again.iter().all(|j| j.attempt == 2), "{again:?}");
+
+    thread::sleep(Duration::from_millis(350));
+    let rescued: i32 = c
+        .query_one("SELECT job.rescue_stalled($1)", &[&queue])
+        .unwrap()
+        .get(0);
+    assert_eq!(rescued, 20);
+    let stats = queue_stats(&mut c, &queue);
+    assert_eq!(
+        (stats.dead, stats.waiting, stats.running),
+        (20, 0, 0),
+        "{stats:?}"
+    );
+}

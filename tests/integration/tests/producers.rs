@@ -1,0 +1,300 @@
+//! Producing from several sessions: enqueues are transactional, and racing enqueues of one
+//! idempotency key make one job.
+
+use pg_jobqueue_integration::*;
+use std::collections::HashSet;
+use std::sync::mpsc;
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::Duration;
+
+/// A job enqueued in a transaction exists for others only once that transaction commits, and
+/// never if it rolls back.
+#[test]
+fn enqueue_is_transactional() {
+    let db = TestDb::create("transactional");
+    let queue = unique_queue("tx");
+    let mut producer = db.connect();
+    let mut other = db.connect();
+    create_queue(&mut producer, &queue);
+
+    // Rolled back: the job never exists.
+    let mut tx = producer.transaction().unwrap();
+    let rolled_back: i64 = tx
+        .query_one("SELECT job.enqueue($1, '{\"n\": 1}'::jsonb)", &[&queue])
+        .unwrap()
+        .get(0);
+    // The producer's own transaction sees it ...
+    let own: i64 = tx
+        .query_one(
+            "SELECT count(*) FROM job.jobs WHERE id = $1 AND state = 'waiting'",
+            &[&rolled_back],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(own, 1, "the enqueuing transaction should see its own job");
+    // ... nobody else does.
+    assert_eq!(
+        job_state(&mut other, rolled_back),
+        None,
+        "uncommitted job visible to another session"
+    );
+    assert!(
+        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
+        "uncommitted job was dequeued"
+    );
+    tx.rollback().unwrap();
+    assert_eq!(
+        job_state(&mut other, rolled_back),
+        None,
+        "rolled-back job exists"
+    );
+    assert_eq!(
+        job_state(&mut producer, rolled_back),
+        None,
+        "rolled-back job exists"
+    );
+    assert_eq!(job_count(&mut other, &queue), 0);
+    assert!(
+        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
+        "rolled-back job was dequeued"
+    );
+
+    // Committed: visible and dequeueable, once.
+    let mut tx = producer.transaction().unwrap();
+    let committed: i64 = tx
+        .query_one("SELECT job.enqueue($1, '{\"n\": 2}'::jsonb)", &[&queue])
+        .unwrap()
+        .get(0);
+    assert_ne!(committed, rolled_back);
+    assert_eq!(
+        job_state(&mut other, committed),
+        None,
+        "uncommitted job visible to another session"
+    );
+    assert!(
+        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
+        "uncommitted job was dequeued"
+    );
+    tx.commit().unwrap();
+    assert_eq!(job_state(&mut other, committed).as_deref(), Some("waiting"));
+    let claimed = dequeue(&mut other, &queue, "other", 10, None);
+    assert_eq!(
+        claimed,
+        vec![Claimed {
+            id: committed,
+            attempt: 1
+        }]
+    );
+    assert_eq!(
+        job_state(&mut producer, committed).as_deref(),
+        Some("running")
+    );
+    assert_eq!(complete_many(&mut other, &[committed]), 1);
+    assert_eq!(
+        job_count(&mut other, &queue),
+        1,
+        "exactly the committed job exists"
+    );
+}
+
+/// Starts `enqueue_with_key` on a new connection in another thread; the receiver gets its
+/// result.  Returns the connection's backend pid as well.
+fn enqueue_in_thread(
+    db: &TestDb,
+    queue: &str,
+    key: &str,
+) -> (i32, mpsc::Receiver<Result<i64, String>>) {
+    let mut client = db.connect();
+    let pid = backend_pid(&mut client);
+    let (send, receive) = mpsc::channel();
+    let (queue, key) = (queue.to_owned(), key.to_owned());
+    thread::spawn(move || {
+        client
+            .batch_execute("SET statement_timeout = '20s'")
+            .unwrap();
+        let result = enqueue_with_key(&mut client, &queue, &key).map_err(|e| error_text(&e));
+        let _ = send.send(result);
+    });
+    (pid, receive)
+}
+
+/// Session B enqueues the key session A holds in an open transaction: B waits for A, and
+/// returns A's job once A commits.
+#[test]
+fn idempotency_key_race_waits_for_commit() {
+    let db = TestDb::create("idem_commit");
+    let queue = unique_queue("idem");
+    let mut a = db.connect();
+    let mut observer = db.connect();
+    create_queue(&mut a, &queue);
+
+    let mut tx = a.transaction().unwrap();
+    let a_id: i64 = tx
+        .query_one(
+            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
+            &[&queue],
+        )
+        .unwrap()
+        .get(0);
+
+    let (b_pid, b_result) = enqueue_in_thread(&db, &queue, "K");
+    assert!(
+        wait_until_lock_waiting(&mut observer, b_pid, Duration::from_secs(5)),
+        "B's enqueue of the same key should wait for A's transaction"
+    );
+    assert!(
+        b_result.recv_timeout(Duration::from_millis(300)).is_err(),
+        "B's enqueue returned while A's transaction was still open"
+    );
+    tx.commit().unwrap();
+    let b_id = b_result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("B's enqueue did not return after A committed")
+        .expect("B's enqueue failed");
+    assert_eq!(
+        b_id, a_id,
+        "B should get the job A enqueued under the same key"
+    );
+
+    let rows = observer
+        .query(
+            "SELECT id, idempotency_key FROM job.jobs WHERE queue = $1",
+            &[&queue],
+        )
+        .unwrap();
+    assert_eq!(rows.len(), 1, "one key, one job");
+    assert_eq!(rows[0].get::<_, i64>(0), a_id);
+    assert_eq!(rows[0].get::<_, Option<String>>(1).as_deref(), Some("K"));
+
+    // Later enqueues of the key, from anyone, keep returning that job.
+    assert_eq!(enqueue_with_key(&mut observer, &queue, "K").unwrap(), a_id);
+    assert_eq!(job_count(&mut observer, &queue), 1);
+}
+
+/// The same race where A rolls back: B, which waited, enqueues its own job.
+#[test]
+fn idempotency_key_race_after_rollback() {
+    let db = TestDb::create("idem_rollback");
+    let queue = unique_queue("idem_rb");
+    let mut a = db.connect();
+    let mut observer = db.connect();
+    create_queue(&mut a, &queue);
+
+    let mut tx = a.transaction().unwrap();
+    let a_id: i64 = tx
+        .query_one(
+            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
+            &[&queue],
+        )
+        .unwrap()
+        .get(0);
+
+    let (b_pid, b_result) = enqueue_in_thread(&db, &queue, "K");
+    assert!(
+        wait_until_lock_waiting(&mut observer, b_pid, Duration::from_secs(5)),
+        "B's enqueue of the same key should wait for A's transaction"
+    );
+    tx.rollback().unwrap();
+    let b_id = b_result
+        .recv_timeout(Duration::from_secs(10))
+        .expect("B's enqueue did not return after A rolled back")
+        .expect("B's enqueue failed");
+    assert_ne!(b_id, a_id, "A's job was rolled back; B must not return it");
+
+    let ids: Vec<i64> = observer
+        .query("SELECT id FROM job.jobs WHERE queue = $1", &[&queue])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(ids, vec![b_id], "exactly B's job should exist");
+    assert_eq!(job_state(&mut observer, a_id), None);
+    let key_owner: i64 = observer
+        .query_one(
+            "SELECT job_id FROM job.idempotency_keys WHERE queue = $1 AND key = 'K'",
+            &[&queue],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(key_owner, b_id);
+    assert_eq!(
+        dequeue(&mut observer, &queue, "w", 10, None),
+        vec![Claimed {
+            id: b_id,
+            attempt: 1
+        }]
+    );
+}
+
+/// 8 sessions released together enqueue the same key, over several rounds: each round makes
+/// exactly one job and every session gets its id.
+#[test]
+fn idempotency_key_many_way_race() {
+    const THREADS: usize = 8;
+    const ROUNDS: usize = 25;
+    let db = TestDb::create("idem_race");
+    let queue = unique_queue("idem_race");
+    let mut observer = db.connect();
+    create_queue(&mut observer, &queue);
+
+    let barrier = Arc::new(Barrier::new(THREADS));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let mut client = db.connect();
+            client
+                .batch_execute("SET statement_timeout = '20s'")
+                .unwrap();
+            let queue = queue.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                (0..ROUNDS)
+                    .map(|round| {
+                        barrier.wait();
+                        enqueue_with_key(&mut client, &queue, &format!("key-{round}"))
+                            .unwrap_or_else(|e| {
+                                panic!(
+                                    "enqueue in round {round} failed: {err}",
+                                    err = error_text(&e)
+                                )
+                            })
+                    })
+                    .collect::<Vec<i64>>()
+            })
+        })
+        .collect();
+    let results: Vec<Vec<i64>> = threads
+        .into_iter()
+        .map(|t| t.join().expect("an enqueuer panicked"))
+        .collect();
+
+    let mut round_ids = HashSet::new();
+    for round in 0..ROUNDS {
+        let ids: HashSet<i64> = results.iter().map(|r| r[round]).collect();
+        assert_eq!(
+            ids.len(),
+            1,
+            "round {round}: the sessions got different jobs for one key: {ids:?}"
+        );
+        let id = *ids.iter().next().unwrap();
+        assert!(round_ids.insert(id), "two keys returned the same job {id}");
+        let rows = observer
+            .query(
+                "SELECT id FROM job.jobs WHERE queue = $1 AND idempotency_key = $2",
+                &[&queue, &format!("key-{round}")],
+            )
+            .unwrap();
+        assert_eq!(
+            rows.len(),
+            1,
+            "round {round}: {} jobs for one key",
+            rows.len()
+        );
+        assert_eq!(rows[0].get::<_, i64>(0), id);
+    }
+    assert_eq!(
+        job_count(&mut observer, &queue),
+        ROUNDS as i64,
+        "one job per key, nothing else"
+    );
+}
