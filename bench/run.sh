@@ -1,0 +1,252 @@
+#!/usr/bin/env bash
+# `make bench`: pgbench scenarios for pg_jobqueue and, in the same run on the same cluster and
+# database, for a plain-SQL FOR UPDATE SKIP LOCKED baseline queue (bench/setup.sql); prints
+# jobs/s for both and their ratio as a Markdown table, also written to bench/last-run.md.
+#
+#   bash bench/run.sh [PORT]          (make bench: after `make install`, PORT 55434)
+#
+# Environment (defaults in brackets):
+#   BENCH_SECONDS         length of each measured pgbench run [30]
+#   BENCH_ROUNDS          measured runs per scenario and side, which side goes first
+#                         alternating; the table shows the mean [2]
+#   BENCH_SCENARIOS       which scenarios [enqueue enqueue_many process_one process_batch]
+#   BENCH_CLIENTS, BENCH_THREADS                      pgbench -c / -j [8 / 2]
+#   BENCH_ONE_BACKLOG     jobs waiting when process_one starts [400000]
+#   BENCH_BATCH_BACKLOG   jobs waiting when process_batch starts [1500000]
+#   BENCH_OUT             where the table and machine description go [bench/last-run.md]
+#
+# Every measured run starts alike on both sides: all job tables truncated, the backlog (if
+# any) loaded in transactions of 50,000 jobs, VACUUM ANALYZE, CHECKPOINT.  Commits are durable
+# (synchronous_commit on, fsync on; checked).  Each run is checked afterwards: pgbench must
+# exit 0 with no failed transactions, and the jobs the tables gained or lost must be exactly
+# transactions x jobs per transaction (no empty or short claim, nothing left claimed).
+# The cluster is left running; `make bench-stop` stops it.  pgbench logs go to
+# target/bench-logs/<timestamp>/.
+set -euo pipefail
+
+port=${1:-55434}
+root=$(cd "$(dirname "$0")/.." && pwd)
+here=$root/bench
+bin=/usr/lib/postgresql/15/bin
+
+run_seconds=${BENCH_SECONDS:-30}
+rounds=${BENCH_ROUNDS:-2}
+scenarios=${BENCH_SCENARIOS:-"enqueue enqueue_many process_one process_batch"}
+clients=${BENCH_CLIENTS:-8}
+threads=${BENCH_THREADS:-2}
+one_backlog=${BENCH_ONE_BACKLOG:-400000}
+batch_backlog=${BENCH_BATCH_BACKLOG:-1500000}
+out=${BENCH_OUT:-$here/last-run.md}
+logs=$root/target/bench-logs/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$logs"
+
+die() { echo "bench: $*" >&2; exit 1; }
+conn=(-h 127.0.0.1 -p "$port" -U postgres)
+sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
+now_s() { date +%s.%N; }
+# CPU time (clock ticks) the whole machine has been busy, and the bench cluster has used
+# (the postmaster, its live children, and the children it has reaped).
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
+cluster_ticks() {
+    local pm c
+    pm=$(head -1 "$root/target/bench/data/postmaster.pid")
+    {
+        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
+        for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
+    } | awk '{ s += $1 } END { print s }'
+}
+
+# Per scenario: jobs per transaction, backlog, label, aim (minimum ratio).
+jobs_per_tx() { case $1 in enqueue | process_one) echo 1 ;; *) echo 100 ;; esac; }
+backlog_of() { case $1 in process_one) echo "$one_backlog" ;; process_batch) echo "$batch_backlog" ;; *) echo 0 ;; esac; }
+label_of() {
+    case $1 in
+    enqueue) echo "1. enqueue, 1 job per transaction" ;;
+    enqueue_many) echo "2. enqueue_many, 100 jobs per transaction" ;;
+    process_one) echo "3. process 1 job per round trip (dequeue 1 + complete)" ;;
+    process_batch) echo "4. process in batches of 100 (dequeue 100 + complete_many)" ;;
+    esac
+}
+aim_of() { case $1 in enqueue | enqueue_many) echo 0.8 ;; process_one) echo 1.0 ;; process_batch) echo 0.7 ;; esac; }
+side_name() { case $1 in jobqueue) echo pg_jobqueue ;; baseline) echo baseline ;; esac; }
+
+for s in $scenarios; do
+    [ -f "$here/pgbench/jobqueue_$s.sql" ] || die "unknown scenario $s"
+done
+
+# ---------------------------------------------------------------------------------------------
+# The cluster (restarted so that it loads the library just installed) and a fresh database.
+bash "$root/scripts/cluster.sh" stop bench "$port"
+bash "$root/scripts/cluster.sh" start bench "$port"
+"$bin/psql" -X -q -v ON_ERROR_STOP=1 "${conn[@]}" -d postgres \
+    -c "DROP DATABASE IF EXISTS bench WITH (FORCE)" -c "CREATE DATABASE bench"
+sql -f "$here/setup.sql" >/dev/null
+
+[ "$(sql -c 'SHOW synchronous_commit')" = on ] || die "synchronous_commit is not on"
+[ "$(sql -c 'SHOW fsync')" = on ] || die "fsync is not on"
+
+# ---------------------------------------------------------------------------------------------
+# Machine and setup description.
+cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
+mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
+pg_version=$(sql -c 'SELECT version()')
+ext_version=$(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'")
+commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
+if [ -n "$(git -C "$root" status --porcelain -- src sql 2>/dev/null)" ]; then
+    commit="$commit (src/ or sql/ modified)"
+fi
+settings=$(sql -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)
+                           FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync',
+                                 'wal_sync_method', 'max_wal_size', 'checkpoint_timeout')")
+machine=$(
+    cat <<EOF
+- date: $(date -u '+%Y-%m-%d %H:%M UTC')
+- machine: $(nproc) CPUs ($cpu_model), $mem RAM, $(uname -sr)
+- PostgreSQL: $pg_version
+- pg_jobqueue: $ext_version, commit $commit
+- settings: $settings
+- pgbench: -c $clients -j $threads -M prepared -n -T $run_seconds, $rounds round(s) per scenario and side
+EOF
+)
+echo
+echo "$machine"
+echo
+
+# ---------------------------------------------------------------------------------------------
+# One measured run: prepare, pgbench, check.  Prints "<jobs/s>" on stdout; details to stderr.
+measure() {
+    local side=$1 scenario=$2 round=$3
+    local per_tx backlog log before after
+    per_tx=$(jobs_per_tx "$scenario")
+    backlog=$(backlog_of "$scenario")
+    log=$logs/$scenario.$side.round$round.log
+
+    sql -c 'CALL bench_reset()'
+    if [ "$backlog" -gt 0 ]; then
+        sql -c "CALL bench_load_$side($backlog)"
+    fi
+    sql -c 'VACUUM (ANALYZE) job.queues, job.live_jobs, job.finished_jobs, job.idempotency_keys, baseline_jobs'
+    sql -c 'CHECKPOINT'
+    before=$(sql -F ' ' -c "SELECT ready, claimed, coalesce(done, 0) FROM bench_counts('$side')")
+    read -r b_ready b_claimed b_done <<<"$before"
+    [ "$b_ready" -eq "$backlog" ] && [ "$b_claimed" -eq 0 ] && [ "$b_done" -eq 0 ] ||
+        die "$scenario/$side: expected $backlog ready jobs before the run, found ready/claimed/done = $before"
+
+    local busy0 ours0 busy1 ours1 start end
+    busy0=$(busy_ticks)
+    ours0=$(cluster_ticks)
+    start=$(now_s)
+    if ! /usr/bin/time -f '%U %S' -o "$log.time" \
+        "$bin/pgbench" "${conn[@]}" -c "$clients" -j "$threads" -M prepared -n -T "$run_seconds" -P 5 \
+        -f "$here/pgbench/${side}_$scenario.sql" bench >"$log" 2>&1; then
+        cat "$log" >&2
+        die "$scenario/$side: pgbench failed (log: $log)"
+    fi
+    sleep 0.3 # let the postmaster reap the exiting backends (their CPU time counts as ours)
+    end=$(now_s)
+    busy1=$(busy_ticks)
+    ours1=$(cluster_ticks)
+    # CPU used by anything else on the machine during the run, in % of all CPUs.
+    local other
+    other=$(awk -v b="$((busy1 - busy0))" -v o="$((ours1 - ours0))" -v t="$(tail -1 "$log.time")" \
+        -v s="$start" -v e="$end" -v n="$(nproc)" -v hz="$(getconf CLK_TCK)" \
+        'BEGIN { split(t, p, " "); x = ((b - o) / hz - p[1] - p[2]) / ((e - s) * n) * 100;
+                 printf "%.0f", (x < 0 ? 0 : x) }')
+
+    local tx failed tps lat
+    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
+    lat=$(sed -n 's/^latency average = \(.*\)$/\1/p' "$log")
+    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$scenario/$side: cannot read pgbench's result ($log)"; }
+    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$scenario/$side: $failed failed transactions ($log)"; }
+    if grep -q 'aborted\|ERROR' "$log"; then
+        cat "$log" >&2
+        die "$scenario/$side: a client aborted ($log)"
+    fi
+
+    # Every transaction moved exactly per_tx jobs, and nothing is left claimed.
+    after=$(sql -F ' ' -c "SELECT ready, claimed, coalesce(done, 0) FROM bench_counts('$side')")
+    read -r a_ready a_claimed a_done <<<"$after"
+    local expected=$((tx * per_tx)) moved
+    case $scenario in
+    enqueue*)
+        moved=$((a_ready - b_ready))
+        [ "$a_claimed" -eq 0 ] || die "$scenario/$side: $a_claimed jobs claimed after an enqueue run"
+        ;;
+    process*)
+        moved=$((b_ready - a_ready))
+        [ "$a_claimed" -eq 0 ] || die "$scenario/$side: $a_claimed jobs left claimed, not acknowledged"
+        if [ "$side" = jobqueue ] && [ "$a_done" -ne "$moved" ]; then
+            die "$scenario/$side: $moved jobs left the queue but $a_done were completed"
+        fi
+        if [ "$a_ready" -lt $((clients * per_tx)) ]; then
+            die "$scenario/$side: the backlog ran (nearly) dry: $a_ready jobs left of $backlog; raise BENCH_$( [ "$scenario" = process_one ] && echo ONE || echo BATCH)_BACKLOG"
+        fi
+        ;;
+    esac
+    [ "$moved" -eq "$expected" ] ||
+        die "$scenario/$side: $tx transactions of $per_tx jobs should move $expected jobs, but $moved moved (short or empty claims?)"
+
+    local jobs_s
+    jobs_s=$(awk -v t="$tps" -v n="$per_tx" 'BEGIN { printf "%.0f", t * n }')
+    printf '  %-13s %-11s round %s: %8s jobs/s  (tps %.1f, latency avg %s, %s jobs; other processes used %s%% of the CPUs)\n' \
+        "$scenario" "$(side_name "$side")" "$round" "$jobs_s" "$tps" "$lat" "$moved" "$other" | tee -a "$logs/runs.txt" >&2
+    echo "$jobs_s"
+}
+
+declare -A results
+i=0
+for scenario in $scenarios; do
+    echo "$(label_of "$scenario"):"
+    for ((r = 1; r <= rounds; r++)); do
+        # Alternate which side goes first, across scenarios and across rounds.
+        if (((i + r) % 2 == 1)); then order="jobqueue baseline"; else order="baseline jobqueue"; fi
+        for side in $order; do
+            results[$scenario.$side]+="$(measure "$side" "$scenario" "$r") "
+        done
+    done
+    i=$((i + 1))
+done
+sql -c 'CALL bench_reset()'
+
+# ---------------------------------------------------------------------------------------------
+# The table: the mean over rounds of each side's jobs/s.
+mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", s / NF }' <<<"$1"; }
+group() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+table=$(
+    echo "| scenario | pg_jobqueue jobs/s | baseline jobs/s | ratio | aim |"
+    echo "|---|---:|---:|---:|---|"
+    for scenario in $scenarios; do
+        jq=$(mean "${results[$scenario.jobqueue]}")
+        base=$(mean "${results[$scenario.baseline]}")
+        aim=$(aim_of "$scenario")
+        ratio=$(awk -v a="$jq" -v b="$base" 'BEGIN { printf "%.2f", a / b }')
+        verdict=$(awk -v r="$ratio" -v a="$aim" 'BEGIN { print (r >= a ? "met" : "missed") }')
+        printf '| %s | %s | %s | %s× | ≥ %s× (%s) |\n' "$(label_of "$scenario")" \
+            "$(group "$jq")" "$(group "$base")" "$ratio" "$aim" "$verdict"
+    done
+)
+
+report=$(
+    echo "## pg_jobqueue vs plain-SQL SKIP LOCKED baseline"
+    echo
+    echo "$table"
+    echo
+    echo "$machine"
+    other_max=$(sed -n 's/.*other processes used \([0-9]*\)%.*/\1/p' "$logs/runs.txt" | sort -n | tail -1)
+    echo "- noise: other processes on the machine used up to ${other_max}% of the CPUs during a measured run$(
+        [ "$other_max" -gt 10 ] && echo ' (**noisy**: treat the affected runs with care)')"
+    echo
+    echo "Runs, in the order they ran:"
+    echo
+    echo '```'
+    cat "$logs/runs.txt"
+    echo '```'
+)
+echo
+echo "$report"
+echo "$report" >"$out"
+echo
+echo "Written to $out; pgbench logs in $logs."
+echo "The bench cluster keeps running on port $port (make bench-stop stops it)."
