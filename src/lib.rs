@@ -2,12 +2,15 @@
 //!
 //! The queue API is SQL (`sql/queue_api.sql`): it is mostly statements, and PL/pgSQL keeps
 //! their plans cached per session.  Rust holds the logic that is clearer as code: retry
-//! backoff, failure classification and commit-time wake-ups.
+//! backoff, failure classification, commit-time wake-ups and
+//! the stalled-job look-up throttle.
 
 use pgrx::prelude::*;
 
 mod backoff;
 mod classify;
+mod gucs;
+mod rescue;
 mod wakeup;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -17,6 +20,7 @@ extension_sql_file!("../sql/queue_api.sql", name = "queue_api", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    gucs::init();
     wakeup::init();
 }
 

@@ -491,6 +491,7 @@ mod tests {
 
     #[pg_test]
     fn a_stalled_job_is_claimed_again_as_a_transient_failure() {
+        run("SET LOCAL pg_jobqueue.rescue_interval = 0");
         run("SELECT job.create_queue('q', max_retries => 1)");
         let id = enqueue("q");
         assert_eq!(claim("q"), id);
@@ -516,6 +517,27 @@ mod tests {
             )),
             2
         );
+    }
+
+    #[pg_test]
+    fn a_session_looks_for_stalled_jobs_once_per_rescue_interval() {
+        run("SET LOCAL pg_jobqueue.rescue_interval = '1h'");
+        queue("q");
+        let id = enqueue("q");
+        assert_eq!(claim("q"), id);
+        age_job(id);
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.dequeue('q')"),
+            0,
+            "not again within the hour"
+        );
+        assert_eq!(state(id), "running");
+        assert_eq!(
+            one::<i32>("SELECT job.rescue_stalled('q')"),
+            1,
+            "an explicit rescue always looks"
+        );
+        assert_eq!(claim("q"), id);
     }
 
     #[pg_test]
