@@ -40,9 +40,10 @@ lint:
 # Unit tests of the pure modules and the #[pg_test]s, in a pgrx-managed cluster run as postgres,
 # from a private copy of PostgreSQL so the test build never replaces the installed extension.
 pg-test: setup
-	@mkdir -p target/pgrx-test-data && chown postgres: target/pgrx-test-data
-	PGRX_HOME=$$(bash scripts/private-pg.sh) \
-	    cargo pgrx test pg15 --runas postgres --pgdata $(CURDIR)/target/pgrx-test-data
+	@state=$$(bash scripts/state-dir.sh); mkdir -p $$state/pgrx-test-data; \
+	    chown postgres: $$state/pgrx-test-data; \
+	    PGRX_HOME=$$(bash scripts/private-pg.sh) \
+	    cargo pgrx test pg15 --runas postgres --pgdata $$state/pgrx-test-data
 
 integration-test: install
 	@$(CLUSTER) stop test $(TEST_PORT)

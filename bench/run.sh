@@ -41,6 +41,7 @@ one_backlog=${BENCH_ONE_BACKLOG:-400000}
 batch_backlog=${BENCH_BATCH_BACKLOG:-1500000}
 out=${BENCH_OUT:-$here/last-run.md}
 logs=$root/target/bench-logs/$(date +%Y%m%d-%H%M%S)
+state=$(bash "$root/scripts/state-dir.sh") # where the bench cluster lives
 mkdir -p "$logs"
 
 die() { echo "bench: $*" >&2; exit 1; }
@@ -52,7 +53,7 @@ now_s() { date +%s.%N; }
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
 cluster_ticks() {
     local pm c
-    pm=$(head -1 "$root/target/bench/data/postmaster.pid")
+    pm=$(head -1 "$state/bench/data/postmaster.pid")
     {
         awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
         for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done

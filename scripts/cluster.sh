@@ -2,15 +2,15 @@
 # A private scratch cluster with pg_jobqueue preloaded.  PostgreSQL refuses to run as root,
 # so the cluster runs as the `postgres` user.
 #   scripts/cluster.sh start|stop|status|url NAME PORT
-# NAME picks the directory (target/NAME), so the demo, the tests and the benchmark can each
-# have their own cluster.
+# NAME picks the directory (target/NAME, see scripts/state-dir.sh), so the demo, the tests and
+# the benchmark can each have their own cluster.
 set -euo pipefail
 
 cmd=${1:?usage: cluster.sh start|stop|status|url NAME PORT}
 name=${2:?cluster name}
 port=${3:?port}
 root=$(cd "$(dirname "$0")/.." && pwd)
-dir=$root/target/$name
+dir=$(bash "$root/scripts/state-dir.sh")/$name
 bin=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
 as_pg() { runuser -u postgres -- "$@"; }
 

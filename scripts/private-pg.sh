@@ -1,13 +1,15 @@
 #!/usr/bin/env bash
-# A private copy of the system PostgreSQL 15 under target/, for `cargo pgrx test`.
+# A private copy of the system PostgreSQL 15 (in scripts/state-dir.sh's directory, normally
+# target/), for `cargo pgrx test`.
 # cargo pgrx test installs a test build of the extension into the PostgreSQL it runs; pointed
 # at this copy, it leaves the system installation (and the clusters running from it: demo,
 # benchmark) alone.  PostgreSQL finds its share and lib directories relative to its binaries,
 # so a copy of the three trees works as is.  Prints the PGRX_HOME to use.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-tree=$root/target/pg15-private
-pgrx_home=$root/target/pgrx-home
+state=$(bash "$root/scripts/state-dir.sh")
+tree=$state/pg15-private
+pgrx_home=$state/pgrx-home
 stamp=$tree/.copied-from-$(dpkg-query -W -f='${Version}' postgresql-15)
 if [ ! -f "$stamp" ]; then
     rm -rf "$tree"
