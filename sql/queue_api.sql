@@ -407,6 +407,8 @@ BEGIN
         PERFORM job._check_name('worker', dequeue.worker);
     END IF;
     IF q.paused THEN
+        -- Nothing to hand out: this consumer now waits, and resume_queue will wake it.
+        PERFORM job._consumer_idle(q.name);
         RETURN;
     END IF;
 

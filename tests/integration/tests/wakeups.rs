@@ -319,3 +319,30 @@ fn no_lost_wakeups_in_lock_step() {
         "the consumers waited only {idle_waits} times: the race was not exercised"
     );
 }
+
+/// A consumer of a paused queue finds nothing and sleeps; resuming the queue wakes it.
+#[test]
+fn resume_wakes_the_consumers_of_a_paused_queue() {
+    let db = TestDb::create("resume");
+    let queue = unique_queue("resume");
+    let mut consumer = db.connect();
+    let mut admin = db.connect();
+    create_queue(&mut admin, &queue);
+    admin
+        .execute("SELECT job.pause_queue($1)", &[&queue])
+        .unwrap();
+    let id = enqueue(&mut admin, &queue, 1);
+
+    listen(&mut consumer);
+    assert!(dequeue(&mut consumer, &queue, "sleeper", 1, None).is_empty());
+    drain_notifications(&mut consumer);
+
+    let admin_pid = backend_pid(&mut admin);
+    admin
+        .execute("SELECT job.resume_queue($1)", &[&queue])
+        .unwrap();
+    expect_one_notification(&mut consumer, &queue, admin_pid);
+    let claimed = dequeue(&mut consumer, &queue, "sleeper", 1, None);
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(claimed[0].id, id);
+}
