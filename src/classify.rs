@@ -29,6 +29,27 @@ pub fn classify(error: &str, permanent: bool, http_status: Option<i32>) -> Failu
     }
 }
 
+/// SQLSTATE classes whose errors repeat however often the statement is retried: data
+/// exceptions (22), integrity violations (23), syntax errors and undefined or forbidden
+/// objects (42), unsupported features (0A), invalid schema or catalog names (3D, 3F) and
+/// routine exceptions such as a function ending without RETURN (2F).
+const PERMANENT_SQLSTATE_CLASSES: [&str; 7] = ["22", "23", "42", "0A", "3D", "3F", "2F"];
+
+/// Classifies an error a SQL handler raised. Permanent: a class in
+/// [`PERMANENT_SQLSTATE_CLASSES`], or a message carrying the `PERMANENT` marker (how a
+/// handler's `RAISE EXCEPTION` asks not to be retried). Transient: everything else, notably
+/// serialization failures and deadlocks (40), lock timeouts (55P03), statement timeouts and
+/// cancels (57014), shutdowns (57P0x), connection (08) and resource (53) errors, and a plain
+/// `RAISE EXCEPTION` (P0001).
+pub fn classify_sqlstate(sqlstate: &str, message: &str) -> Failure {
+    let class = sqlstate.get(..2).unwrap_or("");
+    if PERMANENT_SQLSTATE_CLASSES.contains(&class) {
+        Failure::Permanent
+    } else {
+        classify(message, false, None)
+    }
+}
+
 /// SQL: true when `job.fail` would dead-letter this failure without retrying.
 #[pg_extern(immutable, parallel_safe)]
 fn is_permanent_failure(
@@ -67,6 +88,29 @@ mod tests {
             assert_eq!(classify("http error", false, Some(s)), Transient, "{s}");
         }
         assert_eq!(classify("connection reset", false, None), Transient);
+    }
+
+    #[test]
+    fn handler_errors_classify_by_sqlstate() {
+        use super::classify_sqlstate;
+        // serialization, deadlock, lock timeout, statement timeout, connection, resources
+        for code in [
+            "40001", "40P01", "55P03", "57014", "08006", "53100", "53200", "57P01", "XX000",
+            "P0001",
+        ] {
+            assert_eq!(classify_sqlstate(code, "boom"), Transient, "{code}");
+        }
+        // data, integrity, syntax, undefined table/function/column, privilege
+        for code in [
+            "22012", "22P02", "23505", "23503", "42601", "42P01", "42883", "42703", "42501",
+            "0A000",
+        ] {
+            assert_eq!(classify_sqlstate(code, "boom"), Permanent, "{code}");
+        }
+        assert_eq!(
+            classify_sqlstate("P0001", "PERMANENT: no such customer"),
+            Permanent
+        );
     }
 
     #[test]

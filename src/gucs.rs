@@ -4,19 +4,107 @@ use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 
 /// How often (milliseconds) one session's `dequeue` on a queue also looks for stalled jobs.
 pub static RESCUE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Whether the background worker runs at all.
+pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
+/// Executor processes per database that has handlers.
+pub static EXECUTORS: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// The longest the scheduler sleeps without looking at its tables (milliseconds).
+pub static SCHEDULER_TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// How often the scheduler runs maintenance (milliseconds).
+pub static MAINTENANCE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(5000);
+/// Rows one maintenance transaction touches at most.
+pub static MAINTENANCE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Fired ticks kept per schedule in job.schedule_runs.
+pub static SCHEDULE_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// How late a tick may fire under misfire = 'skip' (milliseconds); read by SQL.
+pub static MISFIRE_GRACE_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
+
+fn int(
+    name: &'static std::ffi::CStr,
+    short: &'static std::ffi::CStr,
+    long: &'static std::ffi::CStr,
+    setting: &'static GucSetting<i32>,
+    range: (i32, i32),
+    context: GucContext,
+    flags: GucFlags,
+) {
+    GucRegistry::define_int_guc(name, short, long, setting, range.0, range.1, context, flags);
+}
 
 /// Called from `_PG_init`.
 pub fn init() {
-    GucRegistry::define_int_guc(
+    int(
         c"pg_jobqueue.rescue_interval",
         c"How often a session's dequeue also rescues the queue's stalled jobs.",
         c"A job whose lease expired is taken back by a dequeue on its queue; each session looks at \
           most this often per queue, because the lease index holds the entries of every recently \
           finished job until vacuum removes them. 0 looks on every dequeue.",
         &RESCUE_INTERVAL_MS,
-        0,
-        3_600_000,
+        (0, 3_600_000),
         GucContext::Userset,
+        GucFlags::UNIT_MS,
+    );
+    GucRegistry::define_bool_guc(
+        c"pg_jobqueue.enabled",
+        c"Whether the pg_jobqueue background worker fires schedules, runs handlers and maintenance.",
+        c"Off stops the worker's schedulers and executors; jobs can still be enqueued and dequeued.",
+        &ENABLED,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.executors",
+        c"Executor processes per database that has handlers.",
+        c"Each runs one handler job at a time; 0 runs no handler jobs. Counts against max_worker_processes.",
+        &EXECUTORS,
+        (0, 64),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.scheduler_tick",
+        c"The longest the scheduler sleeps between looks at its schedules.",
+        c"The scheduler wakes when the next schedule is due, and at least this often to notice new ones.",
+        &SCHEDULER_TICK_MS,
+        (10, 60_000),
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    int(
+        c"pg_jobqueue.maintenance_interval",
+        c"How often the worker rescues stalled jobs, applies retention and prunes schedule history.",
+        c"",
+        &MAINTENANCE_INTERVAL_MS,
+        (100, 3_600_000),
+        GucContext::Sighup,
+        GucFlags::UNIT_MS,
+    );
+    int(
+        c"pg_jobqueue.maintenance_batch",
+        c"The most rows one maintenance transaction deletes or moves.",
+        c"",
+        &MAINTENANCE_BATCH,
+        (1, 1_000_000),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.schedule_history",
+        c"How many fired ticks job.schedule_runs keeps per schedule.",
+        c"",
+        &SCHEDULE_HISTORY,
+        (1, 1_000_000),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.misfire_grace",
+        c"How late a tick may still fire when its schedule's misfire is 'skip'.",
+        c"Of the ticks a schedule missed (the server was down, say), only the latest can fire: with \
+          misfire = 'skip' only if it is at most this late, with 'catch_up' always.",
+        &MISFIRE_GRACE_MS,
+        (0, i32::MAX),
+        GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
     // SAFETY: a constant C string; reserves the prefix so typos in settings are reported.

@@ -9,19 +9,41 @@ use pgrx::prelude::*;
 
 mod backoff;
 mod classify;
+mod cron;
+mod cron_sql;
 mod gucs;
 mod rescue;
 mod wakeup;
+mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
-extension_sql_file!("../sql/queue_api.sql", name = "queue_api", finalize);
+extension_sql_file!(
+    "../sql/queue_api.sql",
+    name = "queue_api",
+    requires = [
+        "schema",
+        backoff::retry_delay,
+        classify::is_permanent_failure,
+        rescue::_rescue_due,
+        wakeup::_wake_on_commit,
+        wakeup::_consumer_idle
+    ]
+);
+// Each version's upgrade script also builds that version's objects in a fresh install, so
+// the two paths cannot drift apart.
+extension_sql_file!(
+    "../sql/pg_jobqueue--0.1.0--0.2.0.sql",
+    name = "v0_2_0",
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
     wakeup::init();
+    worker::init();
 }
 
 #[cfg(any(test, feature = "pg_test"))]

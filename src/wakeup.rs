@@ -16,6 +16,7 @@
 //! The idle marks live in shared memory, so they need `shared_preload_libraries`; without it
 //! every transaction that makes a job ready notifies (still once per queue per transaction).
 
+use crate::worker::registry;
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
 use std::cell::{Cell, RefCell};
@@ -43,6 +44,10 @@ thread_local! {
     /// Queues this transaction made work ready in, notified (or not) at pre-commit.
     static PENDING: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
+    /// This transaction notified someone: at commit, also wake this database's executors.
+    static WAKE_EXECUTORS: Cell<bool> = const { Cell::new(false) };
+    /// This transaction installed the extension: at commit, ask the launcher for service.
+    static REQUEST_SERVICE: Cell<bool> = const { Cell::new(false) };
 }
 
 extern "C-unwind" {
@@ -80,14 +85,25 @@ fn slot_lock(slot: usize) -> pg_sys::LOCKTAG {
     }
 }
 
-/// SQL (internal): this transaction made jobs ready in `queue`; wake consumers if it commits.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _wake_on_commit(queue: &str) {
+fn register_callback() {
     if !CALLBACK_REGISTERED.get() {
         // SAFETY: registering a guarded C callback once per backend.
         unsafe { pg_sys::RegisterXactCallback(Some(on_xact_event), std::ptr::null_mut()) };
         CALLBACK_REGISTERED.set(true);
     }
+}
+
+/// The launcher should serve this database once the current transaction commits (before
+/// that, a scheduler would not see the extension yet).
+pub fn request_service_on_commit() {
+    register_callback();
+    REQUEST_SERVICE.set(true);
+}
+
+/// SQL (internal): this transaction made jobs ready in `queue`; wake consumers if it commits.
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wake_on_commit(queue: &str) {
+    register_callback();
     PENDING.with_borrow_mut(|pending| {
         if !pending.iter().any(|q| q == queue) {
             pending.push(queue.to_owned());
@@ -124,15 +140,30 @@ unsafe extern "C-unwind" fn on_xact_event(
             // One order for everyone: two producers never wait on each other's slot locks.
             queues.sort_by_key(|q| slot_of(q));
             for queue in queues {
-                notify_if_awaited(&queue);
+                if notify_if_awaited(&queue) {
+                    WAKE_EXECUTORS.set(true);
+                }
+            }
+        }
+        pg_sys::XactEvent::XACT_EVENT_COMMIT => {
+            if WAKE_EXECUTORS.replace(false) {
+                registry::wake_executors();
+            }
+            if REQUEST_SERVICE.replace(false) {
+                registry::request_service(pg_sys::MyDatabaseId);
             }
         }
         // Aborted, or prepared (NOTIFY cannot be prepared): nothing to announce.
-        _ => PENDING.with_borrow_mut(Vec::clear),
+        _ => {
+            PENDING.with_borrow_mut(Vec::clear);
+            WAKE_EXECUTORS.set(false);
+            REQUEST_SERVICE.set(false);
+        }
     }
 }
 
-fn notify_if_awaited(queue: &str) {
+/// Notifies LISTENers of `queue` if one of them is waiting; returns whether it did.
+fn notify_if_awaited(queue: &str) -> bool {
     if SHARED_MEMORY.load(Ordering::Relaxed) {
         let slot = slot_of(queue);
         let tag = slot_lock(slot);
@@ -146,13 +177,14 @@ fn notify_if_awaited(queue: &str) {
                 .compare_exchange(seen, idle, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
         {
-            return; // nobody waits, or a concurrent producer answers this episode
+            return false; // nobody waits, or a concurrent producer answers this episode
         }
     }
     let channel = CString::new(CHANNEL).expect("channel name has no NUL");
     let payload = CString::new(queue).expect("queue names have no NUL");
     // SAFETY: valid C strings; Async_Notify copies them into transaction memory.
     unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
+    true
 }
 
 #[cfg(test)]

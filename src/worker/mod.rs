@@ -1,0 +1,299 @@
+//! The background worker: a launcher, and per database a scheduler and executors.
+//!
+//! * The launcher (one per cluster, registered in `_PG_init`, started once recovery has
+//!   finished, so a hot standby runs none) lists the databases and starts a scheduler for
+//!   each one that may have the extension.  It restarts schedulers that die.
+//! * A scheduler (one per database) fires due schedules, runs maintenance (stalled-job
+//!   rescue, retention, history pruning) and keeps `pg_jobqueue.executors` executors running
+//!   while the database has handlers.  It exits when the extension is not installed.
+//! * An executor claims jobs of handler queues and calls their SQL handlers.
+//!
+//! Every unit of work runs in its own transaction ([`transaction`]); an error in one is
+//! logged and aborted, and the loop goes on.
+
+mod executor;
+mod launcher;
+pub mod registry;
+mod scheduler;
+
+use crate::gucs;
+use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
+use pgrx::pg_sys::panic::CaughtError;
+use pgrx::prelude::*;
+use std::panic::AssertUnwindSafe;
+use std::time::Duration;
+
+pub const LIBRARY: &str = "pg_jobqueue";
+
+/// Called from `_PG_init`.
+pub fn init() {
+    // SAFETY: reading a postmaster global during library load.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
+    registry::init();
+    BackgroundWorkerBuilder::new("pg_jobqueue launcher")
+        .set_type("pg_jobqueue launcher")
+        .set_library(LIBRARY)
+        .set_function("pg_jobqueue_launcher_main")
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(Some(Duration::from_secs(5)))
+        .load();
+    // SAFETY: hooks are installed once, in the postmaster, before any backend exists.
+    unsafe {
+        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
+        pg_sys::ProcessUtility_hook = Some(process_utility);
+    }
+}
+
+/// An error raised by a unit of work, as its SQLSTATE and message.
+#[derive(Debug, Clone)]
+pub struct WorkError {
+    pub sqlstate: String,
+    pub message: String,
+}
+
+impl std::fmt::Display for WorkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} (SQLSTATE {})", self.message, self.sqlstate)
+    }
+}
+
+/// The five-character SQLSTATE of an error code (PostgreSQL packs 6 bits per character).
+fn sqlstate_text(code: i32) -> String {
+    (0..5)
+        .map(|i| char::from(b'0' + ((code >> (6 * i)) & 0x3f) as u8))
+        .collect()
+}
+
+fn work_error(caught: CaughtError) -> WorkError {
+    let (code, message) = match &caught {
+        CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
+            (r.sql_error_code() as i32, r.message().to_owned())
+        }
+        CaughtError::RustPanic { ereport, .. } => (
+            ereport.sql_error_code() as i32,
+            ereport.message().to_owned(),
+        ),
+    };
+    WorkError {
+        sqlstate: sqlstate_text(code),
+        message,
+    }
+}
+
+/// Runs `body` in a transaction of its own and commits it.  An error (in the body or at
+/// commit) aborts the transaction and comes back as `Err`; the process goes on.
+pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, WorkError> {
+    let body = AssertUnwindSafe(body);
+    // SAFETY: the standard sequence for a transaction in a background worker.
+    unsafe {
+        pg_sys::SetCurrentStatementStartTimestamp();
+        pg_sys::StartTransactionCommand();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    let outcome = PgTryBuilder::new(move || {
+        let result = body();
+        // SAFETY: pairs with the push above; commit may raise, which is caught below.
+        unsafe {
+            pg_sys::PopActiveSnapshot();
+            pg_sys::CommitTransactionCommand();
+        }
+        Ok(result)
+    })
+    .catch_others(|caught| Err(work_error(caught)))
+    .execute();
+    if outcome.is_err() {
+        // SAFETY: cleans up the failed transaction: locks, snapshots, SPI, user id, GUCs.
+        unsafe { pg_sys::AbortCurrentTransaction() };
+    }
+    outcome
+}
+
+/// Unwraps the result of an SPI call, raising its error as a PostgreSQL error.
+pub fn spi<T>(result: Result<T, pgrx::spi::Error>) -> T {
+    result.unwrap_or_else(|e| error!("{e}"))
+}
+
+/// Reloads the configuration after SIGHUP (pgrx's handler only sets a flag).
+pub fn reload_config_if_asked() {
+    if BackgroundWorker::sighup_received() {
+        // SAFETY: called from the worker's main loop, outside any transaction.
+        unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
+    }
+}
+
+/// Is the extension installed in the connected database?  Needs a transaction.
+pub fn extension_installed() -> bool {
+    // SAFETY: a syscache lookup with a constant name.
+    unsafe { pg_sys::get_extension_oid(c"pg_jobqueue".as_ptr(), true) != pg_sys::InvalidOid }
+}
+
+/// Sleeps on the latch for at most `timeout`; false when the worker must stop (SIGTERM).
+/// The process exits at once should the postmaster die.
+pub fn sleep(timeout: Duration) -> bool {
+    let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
+    // SAFETY: the standard latch wait of a background worker.
+    unsafe {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            millis,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        // A cancel that arrives between units of work (DROP DATABASE sends one) has nothing
+        // left to cancel; left pending it would fail the next, unrelated, statement.
+        pg_sys::QueryCancelPending = 0;
+        // Other interrupts must be served while idle: DROP DATABASE waits for every process
+        // to absorb its ProcSignalBarrier.
+        pg_sys::check_for_interrupts!();
+    }
+    !BackgroundWorker::sigterm_received()
+}
+
+/// The scheduler's tick: the longest it sleeps without looking at its tables.
+pub fn tick() -> Duration {
+    Duration::from_millis(gucs::SCHEDULER_TICK_MS.get().max(1) as u64)
+}
+
+/// The database a scheduler or executor serves: its main argument.
+pub fn database_argument(arg: pg_sys::Datum) -> pg_sys::Oid {
+    pg_sys::Oid::from(arg.value() as u32)
+}
+
+/// Starts a per-database worker whose main function is `function`.
+pub fn start_database_worker(
+    function: &str,
+    kind: &str,
+    db: pg_sys::Oid,
+    extra: &str,
+) -> Option<pgrx::bgworkers::DynamicBackgroundWorker> {
+    let name = format!("pg_jobqueue {kind} for database {}", db.to_u32());
+    let started = BackgroundWorkerBuilder::new(&name)
+        .set_type(&format!("pg_jobqueue {kind}"))
+        .set_library(LIBRARY)
+        .set_function(function)
+        .enable_spi_access()
+        .set_start_time(BgWorkerStartTime::RecoveryFinished)
+        .set_restart_time(None)
+        .set_argument(Some(pg_sys::Datum::from(db.to_u32())))
+        .set_extra(extra)
+        // SAFETY: MyProcPid is set at process start.
+        .set_notify_pid(unsafe { pg_sys::MyProcPid })
+        .load_dynamic();
+    match started {
+        Ok(handle) => Some(handle),
+        Err(_) => {
+            log!("pg_jobqueue: could not start {name}: no free background worker slot (raise max_worker_processes)");
+            None
+        }
+    }
+}
+
+/// SQL (internal): raises unless the background worker can run `what`.
+#[pg_extern(sql = false, stable)]
+fn _require_worker(what: &str) {
+    if !registry::available() {
+        ereport!(
+            ERROR,
+            PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            format!("{what} need the pg_jobqueue background worker, which runs only when the library is preloaded"),
+            "Add pg_jobqueue to shared_preload_libraries in postgresql.conf and restart PostgreSQL."
+        );
+    }
+}
+
+/// SQL (internal): the launcher should serve this database once this transaction commits.
+#[pg_extern(sql = false, volatile)]
+fn _request_service() {
+    crate::wakeup::request_service_on_commit();
+}
+
+/// SQL: the worker processes serving this database.
+#[pg_extern(sql = false, volatile)]
+fn worker_processes() -> TableIterator<'static, (name!(pid, i32), name!(kind, String))> {
+    // SAFETY: MyDatabaseId is set at backend start.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    let rows = registry::processes_of(db)
+        .into_iter()
+        .map(|(pid, kind)| {
+            let kind = match kind {
+                registry::Kind::Scheduler => "scheduler",
+                registry::Kind::Executor => "executor",
+            };
+            (pid, kind.to_owned())
+        })
+        .collect::<Vec<_>>();
+    TableIterator::new(rows)
+}
+
+static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
+
+/// `DROP DATABASE` waits only a few seconds for other sessions to leave, and our workers
+/// are sessions: stop them first, and keep the launcher from restarting them meanwhile.
+#[pg_guard]
+#[allow(clippy::too_many_arguments)]
+unsafe extern "C-unwind" fn process_utility(
+    pstmt: *mut pg_sys::PlannedStmt,
+    query: *const std::ffi::c_char,
+    read_only_tree: bool,
+    context: pg_sys::ProcessUtilityContext::Type,
+    params: pg_sys::ParamListInfo,
+    query_env: *mut pg_sys::QueryEnvironment,
+    dest: *mut pg_sys::DestReceiver,
+    qc: *mut pg_sys::QueryCompletion,
+) {
+    let stmt = (*pstmt).utilityStmt;
+    if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
+        let drop = stmt.cast::<pg_sys::DropdbStmt>();
+        let db = pg_sys::get_database_oid((*drop).dbname, true);
+        if db != pg_sys::InvalidOid {
+            registry::mark_dropping(db);
+            // Cancel a running handler, then ask the process to exit.
+            registry::signal_processes_of(db, libc::SIGINT);
+            registry::signal_processes_of(db, libc::SIGTERM);
+        }
+    }
+    match PREV_PROCESS_UTILITY {
+        Some(prev) => prev(
+            pstmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+        None => pg_sys::standard_ProcessUtility(
+            pstmt,
+            query,
+            read_only_tree,
+            context,
+            params,
+            query_env,
+            dest,
+            qc,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sqlstate_text;
+
+    #[test]
+    fn sqlstates_unpack_like_postgres() {
+        // MAKE_SQLSTATE('4','0','0','0','1'): 6 bits per character, first character lowest.
+        let pack = |s: &str| {
+            s.bytes().enumerate().fold(0i32, |acc, (i, b)| {
+                acc | (((b - b'0') as i32 & 0x3f) << (6 * i))
+            })
+        };
+        for code in ["40001", "57014", "P0001", "23505", "42P01", "XX000"] {
+            assert_eq!(sqlstate_text(pack(code)), code);
+        }
+    }
+}

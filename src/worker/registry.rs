@@ -1,0 +1,228 @@
+//! Shared-memory bookkeeping between the launcher, the per-database workers and ordinary
+//! backends.  All of it is lock-free atomics; every entry packs a database OID into the
+//! high 32 bits of a u64 so one compare-and-swap claims or frees it.
+//!
+//! * `PROCESSES`: each running scheduler and executor, so that `DROP DATABASE` can stop them
+//!   and a committing producer can wake its database's executors.
+//! * `SERVICE_REQUESTS`: databases whose `CREATE EXTENSION` just committed, for the launcher.
+//! * `DECLINED`: databases whose scheduler found no extension and exited; the launcher stops
+//!   restarting it.
+//! * `DROPPING`: databases being dropped; the launcher leaves them alone for a while.
+
+use pgrx::prelude::*;
+use pgrx::{pg_shmem_init, PgAtomic};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+const MAX_PROCESSES: usize = 256;
+const MAX_REQUESTS: usize = 64;
+/// How long a database stays off-limits after a `DROP DATABASE` started (it may fail).
+const DROP_HOLD_SECONDS: u64 = 30;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Scheduler = 1,
+    Executor = 2,
+}
+
+type Slots<const N: usize> = [AtomicU64; N];
+static PROCESSES: PgAtomic<Slots<MAX_PROCESSES>> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_processes") };
+static KINDS: PgAtomic<Slots<MAX_PROCESSES>> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_process_kinds") };
+static SERVICE_REQUESTS: PgAtomic<Slots<MAX_REQUESTS>> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_service_requests") };
+static DECLINED: PgAtomic<Slots<MAX_REQUESTS>> = unsafe { PgAtomic::new(c"pg_jobqueue_declined") };
+static DROPPING: PgAtomic<Slots<MAX_REQUESTS>> = unsafe { PgAtomic::new(c"pg_jobqueue_dropping") };
+static LAUNCHER_PID: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_jobqueue_launcher_pid") };
+/// Set in the postmaster when the library is preloaded, inherited by every backend.
+static AVAILABLE: AtomicBool = AtomicBool::new(false);
+
+/// Called from `_PG_init` while preloading.
+pub fn init() {
+    pg_shmem_init!(PROCESSES = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(KINDS = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(SERVICE_REQUESTS = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(DECLINED = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(DROPPING = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(LAUNCHER_PID = AtomicU64::new(0));
+    AVAILABLE.store(true, Ordering::Relaxed);
+}
+
+/// False when the library was not preloaded: there is no worker and no shared memory.
+pub fn available() -> bool {
+    AVAILABLE.load(Ordering::Relaxed)
+}
+
+fn pack(db: pg_sys::Oid, low: u32) -> u64 {
+    (u64::from(db.to_u32()) << 32) | u64::from(low)
+}
+
+fn db_of(entry: u64) -> u32 {
+    (entry >> 32) as u32
+}
+
+fn now_seconds() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Puts `entry` into the first free slot; false when all are taken.
+fn insert<const N: usize>(slots: &Slots<N>, entry: u64) -> bool {
+    slots.iter().any(|slot| {
+        slot.compare_exchange(0, entry, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    })
+}
+
+/// Registers the calling worker process; it is forgotten again when the process exits.
+pub fn register_process(db: pg_sys::Oid, kind: Kind) {
+    // SAFETY: MyProcPid is set at process start.
+    let entry = pack(db, unsafe { pg_sys::MyProcPid } as u32);
+    let slots = PROCESSES.get();
+    if let Some(i) = slots.iter().position(|slot| {
+        slot.compare_exchange(0, entry, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }) {
+        KINDS.get()[i].store(kind as u64, Ordering::SeqCst);
+        // SAFETY: registering a guarded callback with a plain integer argument.
+        unsafe {
+            pg_sys::before_shmem_exit(Some(unregister_process), pg_sys::Datum::from(i));
+        }
+    }
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn unregister_process(_code: i32, slot: pg_sys::Datum) {
+    let i = slot.value();
+    KINDS.get()[i].store(0, Ordering::SeqCst);
+    PROCESSES.get()[i].store(0, Ordering::SeqCst);
+}
+
+/// The worker processes serving `db`: (pid, kind).
+pub fn processes_of(db: pg_sys::Oid) -> Vec<(i32, Kind)> {
+    if !available() {
+        return Vec::new();
+    }
+    let kinds = KINDS.get();
+    PROCESSES
+        .get()
+        .iter()
+        .zip(kinds.iter())
+        .filter_map(|(slot, kind)| {
+            let entry = slot.load(Ordering::SeqCst);
+            let kind = match kind.load(Ordering::SeqCst) {
+                1 => Kind::Scheduler,
+                2 => Kind::Executor,
+                _ => return None,
+            };
+            (entry != 0 && db_of(entry) == db.to_u32()).then_some((entry as u32 as i32, kind))
+        })
+        .collect()
+}
+
+/// Sends `signal` to every worker process of `db` that is still that database's backend
+/// (a recycled pid belonging to someone else is left alone).
+pub fn signal_processes_of(db: pg_sys::Oid, signal: i32) {
+    for (pid, _) in processes_of(db) {
+        // SAFETY: BackendPidGetProc reads the proc array; the pid check guards against reuse.
+        unsafe {
+            let proc_ = pg_sys::BackendPidGetProc(pid);
+            if !proc_.is_null() && (*proc_).databaseId == db {
+                libc::kill(pid, signal);
+            }
+        }
+    }
+}
+
+pub fn set_launcher_pid(pid: i32) {
+    LAUNCHER_PID.get().store(pid as u64, Ordering::SeqCst);
+}
+
+fn wake_launcher() {
+    let pid = LAUNCHER_PID.get().load(Ordering::SeqCst) as i32;
+    if pid > 0 {
+        // SAFETY: SIGUSR1 only sets a latch; harmless should the pid be stale.
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
+    }
+}
+
+/// Asks the launcher to (re)start the scheduler of `db`.
+pub fn request_service(db: pg_sys::Oid) {
+    if available() {
+        // When the table is full the launcher's periodic scan still finds the database.
+        insert(SERVICE_REQUESTS.get(), pack(db, 0));
+        wake_launcher();
+    }
+}
+
+/// Drains the set of databases whose scheduler should be started.
+pub fn take_service_requests() -> Vec<u32> {
+    drain(SERVICE_REQUESTS.get())
+}
+
+/// Said by a scheduler that found no extension in its database, before it exits.
+pub fn decline(db: pg_sys::Oid) {
+    insert(DECLINED.get(), pack(db, 0));
+}
+
+pub fn take_declined() -> Vec<u32> {
+    drain(DECLINED.get())
+}
+
+fn drain<const N: usize>(slots: &Slots<N>) -> Vec<u32> {
+    slots
+        .iter()
+        .map(|slot| slot.swap(0, Ordering::SeqCst))
+        .filter(|&entry| entry != 0)
+        .map(db_of)
+        .collect()
+}
+
+/// `DROP DATABASE db` is about to run: stop serving it.
+pub fn mark_dropping(db: pg_sys::Oid) {
+    let slots = DROPPING.get();
+    let now = now_seconds();
+    // Reuse an expired entry, or this database's own, or a free one.
+    for slot in slots.iter() {
+        let entry = slot.load(Ordering::SeqCst);
+        let expired = entry != 0 && now.saturating_sub(entry & 0xffff_ffff) > DROP_HOLD_SECONDS;
+        if (entry == 0 || expired || db_of(entry) == db.to_u32())
+            && slot
+                .compare_exchange(
+                    entry,
+                    pack(db, now as u32),
+                    Ordering::SeqCst,
+                    Ordering::SeqCst,
+                )
+                .is_ok()
+        {
+            return;
+        }
+    }
+}
+
+pub fn is_dropping(db: u32) -> bool {
+    let now = now_seconds();
+    DROPPING.get().iter().any(|slot| {
+        let entry = slot.load(Ordering::SeqCst);
+        entry != 0
+            && db_of(entry) == db
+            && now.saturating_sub(entry & 0xffff_ffff) <= DROP_HOLD_SECONDS
+    })
+}
+
+/// Wakes the executors of the current database (a producer committed ready jobs).
+pub fn wake_executors() {
+    if !available() {
+        return;
+    }
+    // SAFETY: MyDatabaseId is set at backend start.
+    let db = unsafe { pg_sys::MyDatabaseId };
+    for (pid, kind) in processes_of(db) {
+        if kind == Kind::Executor {
+            // SAFETY: SIGUSR1 only sets the latch of a backend (procsignal handler).
+            unsafe { libc::kill(pid, libc::SIGUSR1) };
+        }
+    }
+}
