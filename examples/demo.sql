@@ -45,3 +45,34 @@ SELECT * FROM job.queue_stats;
 \echo '== Every job, every state'
 SELECT id, state, attempt, payload ->> 'template' AS template, result, jsonb_array_length(errors) AS errors
   FROM job.jobs ORDER BY id;
+
+\echo '== Inside the database: a SQL function handles the receipts queue'
+SELECT job.create_queue('receipts', backoff_base => '1 second');
+CREATE TABLE receipts (order_id int PRIMARY KEY, sent_at timestamptz NOT NULL DEFAULT now());
+CREATE FUNCTION send_receipt(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO receipts (order_id) VALUES ((payload ->> 'order_id')::int);
+    RETURN jsonb_build_object('receipt_for', payload -> 'order_id');
+END $$;
+SELECT job.set_handler('receipts', 'send_receipt(jsonb)', concurrency => 2, timeout => '30 seconds');
+SELECT job.enqueue('receipts', jsonb_build_object('order_id', id)) AS receipt_job FROM orders;
+
+\echo '== Schedules: a report every 2 seconds, and a weekday digest at 07:00 New York time'
+SELECT job.create_queue('reports');
+CREATE TABLE reports (id serial PRIMARY KEY, kind text, made_at timestamptz NOT NULL DEFAULT now());
+CREATE FUNCTION make_report(payload jsonb) RETURNS void LANGUAGE sql AS $$
+    INSERT INTO reports (kind) VALUES (payload ->> 'kind')
+$$;
+SELECT job.set_handler('reports', 'make_report(jsonb)');
+SELECT job.schedule('pulse', '*/2 * * * * *', 'reports', '{"kind": "pulse"}');
+SELECT job.schedule('digest', '0 7 * * MON-FRI', 'reports', '{"kind": "digest"}',
+                    timezone => 'America/New_York', jitter => '5 minutes');
+SELECT name, cron, timezone, next_run, next_run_local FROM job.schedules ORDER BY name;
+
+\echo '== Five seconds later: the worker fired the schedule and ran every job itself'
+SELECT pg_sleep(5);
+SELECT order_id, result FROM receipts JOIN job.jobs j ON (j.payload ->> 'order_id')::int = order_id
+ WHERE j.queue = 'receipts';
+SELECT schedule, tick, fired_at - due_at AS lateness, job_id FROM job.schedule_runs ORDER BY tick;
+SELECT kind, count(*) AS reports FROM reports GROUP BY kind;
+SELECT pid, kind FROM job.worker_processes() ORDER BY kind, pid;

@@ -80,5 +80,8 @@ fn _check_cron(cron: &str, timezone: &str) {
 fn _jitter_offset(name: &str, bound: Interval) -> Interval {
     let bound_micros = bound.as_micros();
     let bound_micros = i64::try_from(bound_micros).unwrap_or(i64::MAX);
-    Interval::from_micros(jitter_micros(name, bound_micros))
+    let offset = jitter_micros(name, bound_micros);
+    // Whole seconds when the bound allows: fire times stay readable.
+    let offset = if bound_micros >= 1_000_000 { offset - offset % 1_000_000 } else { offset };
+    Interval::from_micros(offset)
 }
