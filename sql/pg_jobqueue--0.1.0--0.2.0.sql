@@ -45,6 +45,11 @@ CREATE FUNCTION job._request_service()
 RETURNS void LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', '_request_service_wrapper';
 
+-- Wakes this database's scheduler once the current transaction commits.
+CREATE FUNCTION job._wake_scheduler()
+RETURNS void LANGUAGE c VOLATILE
+AS 'MODULE_PATHNAME', '_wake_scheduler_wrapper';
+
 -- The background worker processes serving this database right now.
 CREATE FUNCTION job.worker_processes(OUT pid int, OUT kind text)
 RETURNS SETOF record LANGUAGE c VOLATILE
@@ -192,6 +197,7 @@ BEGIN
            jitter_offset = EXCLUDED.jitter_offset, next_tick = EXCLUDED.next_tick,
            next_run_at = EXCLUDED.next_run_at, last_error = NULL, updated_at = now()
     RETURNING s.id INTO schedule_id;
+    PERFORM job._wake_scheduler();
     RETURN schedule_id;
 END $$;
 
@@ -228,6 +234,7 @@ BEGIN
            SET paused = false, next_tick = resume_tick, next_run_at = resume_tick + s.jitter_offset,
                updated_at = now()
          WHERE d.name = s.name;
+        PERFORM job._wake_scheduler();
     END IF;
 END $$;
 
@@ -356,6 +363,7 @@ BEGIN
        SET handler = EXCLUDED.handler, run_as = EXCLUDED.run_as, concurrency = EXCLUDED.concurrency,
            timeout = EXCLUDED.timeout, updated_at = now();
     PERFORM job._wake_on_commit(set_handler.queue);
+    PERFORM job._wake_scheduler();  -- starts the executors
 END $$;
 
 -- The executors stop taking the queue's jobs (a running one finishes).  False when the queue

@@ -82,6 +82,10 @@ fn _jitter_offset(name: &str, bound: Interval) -> Interval {
     let bound_micros = i64::try_from(bound_micros).unwrap_or(i64::MAX);
     let offset = jitter_micros(name, bound_micros);
     // Whole seconds when the bound allows: fire times stay readable.
-    let offset = if bound_micros >= 1_000_000 { offset - offset % 1_000_000 } else { offset };
+    let offset = if bound_micros >= 1_000_000 {
+        offset - offset % 1_000_000
+    } else {
+        offset
+    };
     Interval::from_micros(offset)
 }

@@ -48,6 +48,8 @@ thread_local! {
     static WAKE_EXECUTORS: Cell<bool> = const { Cell::new(false) };
     /// This transaction installed the extension: at commit, ask the launcher for service.
     static REQUEST_SERVICE: Cell<bool> = const { Cell::new(false) };
+    /// This transaction changed schedules or handlers: at commit, wake the scheduler.
+    static WAKE_SCHEDULER: Cell<bool> = const { Cell::new(false) };
 }
 
 extern "C-unwind" {
@@ -100,6 +102,13 @@ pub fn request_service_on_commit() {
     REQUEST_SERVICE.set(true);
 }
 
+/// The database's scheduler should look at its tables as soon as the current transaction
+/// commits (a new schedule may be due before its next tick).
+pub fn wake_scheduler_on_commit() {
+    register_callback();
+    WAKE_SCHEDULER.set(true);
+}
+
 /// SQL (internal): this transaction made jobs ready in `queue`; wake consumers if it commits.
 #[pg_extern(volatile, parallel_unsafe)]
 fn _wake_on_commit(queue: &str) {
@@ -147,10 +156,13 @@ unsafe extern "C-unwind" fn on_xact_event(
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             if WAKE_EXECUTORS.replace(false) {
-                registry::wake_executors();
+                registry::wake(registry::Kind::Executor);
             }
             if REQUEST_SERVICE.replace(false) {
                 registry::request_service(pg_sys::MyDatabaseId);
+            }
+            if WAKE_SCHEDULER.replace(false) {
+                registry::wake(registry::Kind::Scheduler);
             }
         }
         // Aborted, or prepared (NOTIFY cannot be prepared): nothing to announce.
@@ -158,6 +170,7 @@ unsafe extern "C-unwind" fn on_xact_event(
             PENDING.with_borrow_mut(Vec::clear);
             WAKE_EXECUTORS.set(false);
             REQUEST_SERVICE.set(false);
+            WAKE_SCHEDULER.set(false);
         }
     }
 }

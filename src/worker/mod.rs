@@ -211,6 +211,12 @@ fn _request_service() {
     crate::wakeup::request_service_on_commit();
 }
 
+/// SQL (internal): schedules or handlers changed; the scheduler should look at commit.
+#[pg_extern(sql = false, volatile)]
+fn _wake_scheduler() {
+    crate::wakeup::wake_scheduler_on_commit();
+}
+
 /// SQL: the worker processes serving this database.
 #[pg_extern(sql = false, volatile)]
 fn worker_processes() -> TableIterator<'static, (name!(pid, i32), name!(kind, String))> {

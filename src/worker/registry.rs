@@ -212,17 +212,15 @@ pub fn is_dropping(db: u32) -> bool {
     })
 }
 
-/// Wakes the executors of the current database (a producer committed ready jobs).
-pub fn wake_executors() {
+/// Wakes the current database's processes of one kind (sets their latches).
+pub fn wake(kind: Kind) {
     if !available() {
         return;
     }
     // SAFETY: MyDatabaseId is set at backend start.
     let db = unsafe { pg_sys::MyDatabaseId };
-    for (pid, kind) in processes_of(db) {
-        if kind == Kind::Executor {
-            // SAFETY: SIGUSR1 only sets the latch of a backend (procsignal handler).
-            unsafe { libc::kill(pid, libc::SIGUSR1) };
-        }
+    for (pid, _) in processes_of(db).into_iter().filter(|&(_, k)| k == kind) {
+        // SAFETY: SIGUSR1 only sets the latch of a backend (procsignal handler).
+        unsafe { libc::kill(pid, libc::SIGUSR1) };
     }
 }

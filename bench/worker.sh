@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# `make bench`, second part: the background worker, on the cluster bench/run.sh left running.
+#   1. executor throughput: a backlog of jobs for a no-op SQL handler, run by the worker's
+#      executors (pg_jobqueue.executors = 2, then 8), beside the core's single-job numbers
+#      (dequeue 1 + complete, 8 clients) from the same `make bench` run;
+#   2. schedule lateness: a 1-second schedule on an otherwise idle cluster, fired_at - due_at
+#      at p50 / p99 / max.
+# Appends a section to bench/last-run.md (BENCH_OUT).
+#
+#   bash bench/worker.sh [PORT]
+#
+# Environment: BENCH_EXECUTOR_JOBS [50000], BENCH_EXECUTOR_COUNTS ["2 8"],
+#              BENCH_TICK_SECONDS [60], BENCH_OUT [bench/last-run.md]
+set -euo pipefail
+
+port=${1:-55434}
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=/usr/lib/postgresql/15/bin
+jobs=${BENCH_EXECUTOR_JOBS:-50000}
+executor_counts=${BENCH_EXECUTOR_COUNTS:-"2 8"}
+tick_seconds=${BENCH_TICK_SECONDS:-60}
+out=${BENCH_OUT:-$root/bench/last-run.md}
+
+die() { echo "bench: $*" >&2; exit 1; }
+conn=(-h 127.0.0.1 -p "$port" -U postgres)
+sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
+wait_for() { # wait_for SECONDS SQL: until SQL returns t
+    local deadline=$((SECONDS + $1))
+    until [ "$(sql -c "$2")" = t ]; do
+        [ $SECONDS -lt $deadline ] || return 1
+        sleep 0.2
+    done
+}
+
+# 8 executors, a launcher and a scheduler need more than the default 8 worker slots.
+if [ "$(sql -c 'SHOW max_worker_processes')" -lt 16 ]; then
+    sql -c "ALTER SYSTEM SET max_worker_processes = 16"
+    bash "$root/scripts/cluster.sh" stop bench "$port"
+    bash "$root/scripts/cluster.sh" start bench "$port" >/dev/null
+fi
+sql -c 'CALL bench_reset()'
+sql <<'SQL'
+SELECT job.create_queue('bench_noop', max_retries => 0);
+CREATE OR REPLACE FUNCTION bench_noop(payload jsonb) RETURNS void LANGUAGE sql AS '';
+SQL
+
+# ---------------------------------------------------------------------------------------------
+# 1. Executor throughput.
+executor_rows=""
+for n in $executor_counts; do
+    sql -c "ALTER SYSTEM SET pg_jobqueue.executors = $n" -c "SELECT pg_reload_conf()" >/dev/null
+    sql -c "SELECT job.remove_handler('bench_noop')" >/dev/null
+    sql -c "DELETE FROM job.finished_jobs WHERE queue = 'bench_noop'"
+    sql -c "SELECT count(*) FROM job.enqueue_many('bench_noop',
+                (SELECT array_agg(jsonb_build_object('n', i)) FROM generate_series(1, $jobs) i))" >/dev/null
+    sql -c 'VACUUM (ANALYZE) job.live_jobs, job.finished_jobs'
+    sql -c 'CHECKPOINT'
+    sql -c "SELECT job.set_handler('bench_noop', 'bench_noop(jsonb)', concurrency => $n)" >/dev/null
+    wait_for 600 "SELECT NOT EXISTS (SELECT 1 FROM job.live_jobs WHERE queue = 'bench_noop')" ||
+        die "executors ($n) did not finish $jobs jobs in 10 minutes"
+    read -r done completed seconds < <(sql -F ' ' -c "
+        SELECT count(*), count(*) FILTER (WHERE state = 'completed'),
+               extract(epoch FROM max(finished_at) - min(claimed_at))
+          FROM job.finished_jobs WHERE queue = 'bench_noop'")
+    [ "$done" -eq "$jobs" ] && [ "$completed" -eq "$jobs" ] ||
+        die "executors ($n): $completed of $jobs jobs completed, $done finished"
+    rate=$(awk -v j="$jobs" -v s="$seconds" 'BEGIN { printf "%.0f", j / s }')
+    echo "  executors=$n: $jobs no-op handler jobs in ${seconds}s: $rate jobs/s" >&2
+    executor_rows+="| SQL handler (no-op), $n executors | $rate |"$'\n'
+done
+sql -c "SELECT job.remove_handler('bench_noop')" -c "ALTER SYSTEM RESET pg_jobqueue.executors" \
+    -c "SELECT pg_reload_conf()" >/dev/null
+
+# The core's single-job numbers from this run's table (bench/run.sh), when it measured them.
+core_row=$(grep '^| 3\. process 1 job' "$out" 2>/dev/null || true)
+core_jq=$(awk -F'|' '{ gsub(/[ ,]/, "", $3); print $3 }' <<<"$core_row")
+core_base=$(awk -F'|' '{ gsub(/[ ,]/, "", $4); print $4 }' <<<"$core_row")
+
+# ---------------------------------------------------------------------------------------------
+# 2. Schedule lateness.
+sql -c "SELECT job.create_queue('bench_ticks')" \
+    -c "SELECT job.schedule('bench_tick', '* * * * * *', 'bench_ticks')" >/dev/null
+echo "  schedule lateness: a 1-second schedule for ${tick_seconds}s..." >&2
+sleep "$tick_seconds"
+sql -c "SELECT job.pause_schedule('bench_tick')" >/dev/null
+read -r runs distinct p50 p99 worst < <(sql -F ' ' -c "
+    SELECT count(*), count(DISTINCT tick),
+           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+           round(max(ms)::numeric, 1)
+      FROM (SELECT r.tick, 1000 * extract(epoch FROM r.fired_at - r.due_at) AS ms
+              FROM job.schedule_runs r JOIN job.jobs j ON j.id = r.job_id
+             WHERE r.schedule = 'bench_tick') t")
+[ "$runs" -eq "$distinct" ] || die "a tick fired twice ($runs runs, $distinct ticks)"
+[ "$runs" -ge $((tick_seconds - 2)) ] || die "only $runs ticks fired in ${tick_seconds}s"
+sql -c "SELECT job.unschedule('bench_tick')" -c "SELECT job.drop_queue('bench_ticks', force => true)" \
+    -c 'CALL bench_reset()' >/dev/null
+
+section=$(
+    echo
+    echo "## The background worker"
+    echo
+    echo "| scenario | jobs/s |"
+    echo "|---|---:|"
+    printf '%s' "$executor_rows"
+    if [ -n "$core_jq" ]; then
+        echo "| (same run) pg_jobqueue, dequeue 1 + complete, 8 clients | $core_jq |"
+        echo "| (same run) baseline, claim 1 + delete, 8 clients | $core_base |"
+    fi
+    echo
+    echo "Schedule lateness (fired_at - due_at) of a 1-second schedule over ${tick_seconds}s, $runs ticks,"
+    echo "none missed or fired twice: p50 ${p50} ms, p99 ${p99} ms, max ${worst} ms."
+)
+echo "$section"
+echo "$section" >>"$out"
