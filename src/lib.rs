@@ -31,13 +31,20 @@ extension_sql_file!(
         wakeup::_consumer_idle
     ]
 );
-// Each version's upgrade script also builds that version's objects in a fresh install, so
-// the two paths cannot drift apart.
+// Objects new or changed in 0.2.0: the same files make the 0.1.0 -> 0.2.0 upgrade script
+// (scripts/upgrade-scripts.sh), so a fresh install and an upgrade run the same SQL.
+extension_sql_file!("../sql/0.2.0/01_worker.sql", name = "v0_2_0_worker", requires = ["queue_api"]);
 extension_sql_file!(
-    "../sql/pg_jobqueue--0.1.0--0.2.0.sql",
-    name = "v0_2_0",
-    finalize
+    "../sql/0.2.0/20_schedules.sql",
+    name = "v0_2_0_schedules",
+    requires = ["v0_2_0_worker"]
 );
+extension_sql_file!(
+    "../sql/0.2.0/30_handlers.sql",
+    name = "v0_2_0_handlers",
+    requires = ["v0_2_0_schedules"]
+);
+extension_sql_file!("../sql/0.2.0/90_service.sql", name = "v0_2_0_service", finalize);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
