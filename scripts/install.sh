@@ -19,4 +19,10 @@ fi
     cp "$out/$f" "$dest.tmp.$$"
     mv -f "$dest.tmp.$$" "$dest"
 done
+# Earlier releases' install scripts, so that CREATE EXTENSION ... VERSION can start there.
+extdir=$($pg_config --sharedir)/extension
+for f in "$root"/sql/released/*.sql; do
+    cp "$f" "$extdir/$(basename "$f").tmp.$$"
+    mv -f "$extdir/$(basename "$f").tmp.$$" "$extdir/$(basename "$f")"
+done
 echo "installed pg_jobqueue $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) into $($pg_config --pkglibdir)"

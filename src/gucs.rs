@@ -16,6 +16,8 @@ pub static MAINTENANCE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(500
 pub static MAINTENANCE_BATCH: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// Fired ticks kept per schedule in job.schedule_runs.
 pub static SCHEDULE_HISTORY: GucSetting<i32> = GucSetting::<i32>::new(1000);
+/// Days the audit log keeps its rows.
+pub static AUDIT_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 /// How late a tick may fire under misfire = 'skip' (milliseconds); read by SQL.
 pub static MISFIRE_GRACE_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
@@ -106,6 +108,15 @@ pub fn init() {
         (0, i32::MAX),
         GucContext::Sighup,
         GucFlags::UNIT_MS,
+    );
+    int(
+        c"pg_jobqueue.audit_retention",
+        c"Days job.audit_log keeps its rows before the worker deletes them.",
+        c"",
+        &AUDIT_RETENTION_DAYS,
+        (1, 36_500),
+        GucContext::Sighup,
+        GucFlags::default(),
     );
     // SAFETY: a constant C string; reserves the prefix so typos in settings are reported.
     unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_jobqueue".as_ptr()) };

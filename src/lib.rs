@@ -12,6 +12,7 @@ mod classify;
 mod cron;
 mod cron_sql;
 mod gucs;
+mod metrics;
 mod rescue;
 mod wakeup;
 mod worker;
@@ -33,18 +34,61 @@ extension_sql_file!(
 );
 // Objects new or changed in 0.2.0: the same files make the 0.1.0 -> 0.2.0 upgrade script
 // (scripts/upgrade-scripts.sh), so a fresh install and an upgrade run the same SQL.
-extension_sql_file!("../sql/0.2.0/01_worker.sql", name = "v0_2_0_worker", requires = ["queue_api"]);
+extension_sql_file!(
+    "../sql/0.2.0/01_worker.sql",
+    name = "v0_2_0_worker",
+    requires = ["queue_api"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/05_audit.sql",
+    name = "v0_2_0_audit",
+    requires = ["v0_2_0_worker"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/06_metrics.sql",
+    name = "v0_2_0_metrics",
+    requires = ["v0_2_0_audit"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/10_queues.sql",
+    name = "v0_2_0_queues",
+    requires = ["v0_2_0_metrics"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/15_producing.sql",
+    name = "v0_2_0_producing",
+    requires = ["v0_2_0_queues"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/16_working.sql",
+    name = "v0_2_0_working",
+    requires = ["v0_2_0_producing"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/17_operating.sql",
+    name = "v0_2_0_operating",
+    requires = ["v0_2_0_working"]
+);
 extension_sql_file!(
     "../sql/0.2.0/20_schedules.sql",
     name = "v0_2_0_schedules",
-    requires = ["v0_2_0_worker"]
+    requires = ["v0_2_0_operating"]
 );
 extension_sql_file!(
     "../sql/0.2.0/30_handlers.sql",
     name = "v0_2_0_handlers",
     requires = ["v0_2_0_schedules"]
 );
-extension_sql_file!("../sql/0.2.0/90_service.sql", name = "v0_2_0_service", finalize);
+extension_sql_file!(
+    "../sql/0.2.0/80_privileges.sql",
+    name = "v0_2_0_privileges",
+    requires = ["v0_2_0_handlers"]
+);
+extension_sql_file!(
+    "../sql/0.2.0/90_service.sql",
+    name = "v0_2_0_service",
+    finalize
+);
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {

@@ -1232,19 +1232,19 @@ mod tests {
         for (call, message) in [
             (
                 "SELECT job.set_handler('q', 'two_args(jsonb,int)')",
-                format!("handler two_args(jsonb,integer) {hint}"),
+                format!("handler public.two_args(jsonb,integer) {hint}"),
             ),
             (
                 "SELECT job.set_handler('q', 'text_arg(text)')",
-                format!("handler text_arg(text) {hint}"),
+                format!("handler public.text_arg(text) {hint}"),
             ),
             (
                 "SELECT job.set_handler('q', 'many(jsonb)')",
-                format!("handler many(jsonb) {hint}"),
+                format!("handler public.many(jsonb) {hint}"),
             ),
             (
                 "SELECT job.set_handler('q', 'proc(jsonb)')",
-                format!("handler proc(jsonb) {hint}"),
+                format!("handler public.proc(jsonb) {hint}"),
             ),
             (
                 "SELECT job.set_handler('nope', 'good(jsonb)')",
@@ -1277,10 +1277,11 @@ mod tests {
         run("CREATE ROLE handler_tester");
         run("GRANT USAGE ON SCHEMA job TO handler_tester");
         run("GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA job TO handler_tester");
+        run("GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA job TO handler_tester");
         run("SET LOCAL ROLE handler_tester");
         assert_rejected(
             "SELECT job.set_handler('q', 'secret(jsonb)')",
-            "permission denied: role handler_tester may not execute handler secret(jsonb)",
+            "permission denied: role handler_tester may not execute handler public.secret(jsonb)",
         );
         run("SELECT job.set_handler('q', 'good(jsonb)')");
         run("RESET ROLE");
@@ -1338,5 +1339,494 @@ mod tests {
         );
         run("SELECT job._release_handler_slot(slot_key) FROM (SELECT hashtext('q/0') AS slot_key) s");
         assert_eq!(one::<i64>("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = x'6a716578'::int::oid AND pid = pg_backend_pid()"), 0);
+    }
+
+    // ---- audit log ---------------------------------------------------------------------------
+
+    /// The audit rows so far: "action arguments jobs_touched role", oldest first.
+    fn audit_trail() -> Vec<String> {
+        Spi::connect(|client| {
+            client
+                .select(
+                    "SELECT concat_ws(' ', action, arguments, jobs_touched, role) FROM job.audit_log ORDER BY id",
+                    None,
+                    &[],
+                )
+                .unwrap()
+                .map(|row| row.get::<String>(1).unwrap().unwrap())
+                .collect()
+        })
+    }
+
+    #[pg_test]
+    fn every_manual_intervention_is_audited() {
+        queue("q");
+        run("SELECT job.create_queue('q', max_retries => 0)"); // a change
+        run("SELECT job.create_queue('q', max_retries => 0)"); // no change: nothing to audit
+        let dead = enqueue("q");
+        claim("q");
+        run(&format!("SELECT job.fail({dead}, 'boom')"));
+        let waiting = enqueue("q");
+        run(&format!("SELECT job.retry({dead})"));
+        run(&format!("SELECT job.cancel({waiting})"));
+        run("SELECT job.pause_queue('q')");
+        run("SELECT job.resume_queue('q')");
+        run("SELECT job.retry_dead('q')");
+        run("SELECT job.schedule('s', '@daily', 'q')");
+        run("SELECT job.pause_schedule('s')");
+        run("SELECT job.resume_schedule('s')");
+        run("SELECT job.unschedule('s')");
+        run(&format!("UPDATE job.finished_jobs SET finished_at = now() - interval '2 days' WHERE id = {waiting}"));
+        run("SELECT job.purge('q', 'cancelled', '1 day')");
+        run("CREATE FUNCTION public.h(p jsonb) RETURNS void LANGUAGE sql AS ''");
+        run("SELECT job.set_handler('q', 'h(jsonb)')");
+        run("SELECT job.remove_handler('q')");
+        run("SELECT job.drop_queue('q', force => true)");
+        // A refused intervention leaves no row.
+        error_of("SELECT job.retry(424242)");
+        let trail = audit_trail();
+        let actions: Vec<&str> = trail.iter().map(|t| t.split(' ').next().unwrap()).collect();
+        assert_eq!(
+            actions,
+            [
+                "create_queue",
+                "alter_queue",
+                "retry",
+                "cancel",
+                "pause_queue",
+                "resume_queue",
+                "retry_dead",
+                "schedule",
+                "pause_schedule",
+                "resume_schedule",
+                "unschedule",
+                "purge",
+                "set_handler",
+                "remove_handler",
+                "drop_queue"
+            ]
+        );
+        assert!(
+            trail[1].contains("\"before\": {\"lease\": \"00:05:00\""),
+            "{}",
+            trail[1]
+        );
+        assert!(trail[1].contains("\"max_retries\": 5") && trail[1].contains("\"max_retries\": 0"));
+        assert_eq!(trail[2], format!("retry {{\"id\": {dead}}} 1 postgres"));
+        assert_eq!(trail[3], format!("cancel {{\"id\": {waiting}}} 1 postgres"));
+        assert_eq!(trail[6], "retry_dead {\"queue\": \"q\"} 0 postgres");
+        assert_eq!(trail[11], "purge {\"queue\": \"q\", \"state\": \"cancelled\", \"older_than\": \"1 day\"} 1 postgres");
+        assert_eq!(
+            trail[14],
+            "drop_queue {\"name\": \"q\", \"force\": true} 1 postgres"
+        );
+    }
+
+    #[pg_test]
+    fn purge_deletes_old_finished_jobs_of_one_state() {
+        queue("q");
+        queue("other");
+        run("SELECT job.create_queue('q', max_retries => 0)");
+        let ids: Vec<i64> = (0..3).map(|_| enqueue("q")).collect();
+        for &id in &ids {
+            claim("q");
+            run(&format!("SELECT job.fail({id}, 'boom')"));
+        }
+        let kept_other = enqueue("other");
+        claim("other");
+        run(&format!(
+            "SELECT job.fail({kept_other}, 'boom', permanent => true)"
+        ));
+        run(&format!("UPDATE job.finished_jobs SET finished_at = now() - interval '10 days' WHERE id IN ({}, {}, {kept_other})", ids[0], ids[1]));
+        assert_eq!(
+            one::<i64>("SELECT dead_letters FROM job.queue_metrics WHERE queue = 'q'"),
+            3
+        );
+        assert_eq!(one::<i64>("SELECT job.purge('q', 'completed', '1 day')"), 0);
+        assert_eq!(one::<i64>("SELECT job.purge('q', 'dead', '1 day')"), 2);
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(queue || ':' || state, ',' ORDER BY id) FROM job.finished_jobs"
+            ),
+            "q:dead,other:dead"
+        );
+        assert_eq!(
+            one::<i64>("SELECT dead_letters FROM job.queue_metrics WHERE queue = 'q'"),
+            1
+        );
+        assert_rejected(
+            "SELECT job.purge('q', 'running', '1 day')",
+            "state must be 'completed', 'dead' or 'cancelled', got 'running'",
+        );
+        assert_rejected(
+            "SELECT job.purge('q', 'dead', '-1 day')",
+            "older_than must be a non-negative interval, got -1 days",
+        );
+        assert_rejected(
+            "SELECT job.purge('nope', 'dead', '1 day')",
+            "queue 'nope' does not exist",
+        );
+    }
+
+    // ---- payload size limit ------------------------------------------------------------------
+
+    #[pg_test]
+    fn a_queue_refuses_payloads_over_its_limit() {
+        run("SELECT job.create_queue('small', max_payload_bytes => 100)");
+        let fits = one::<i64>("SELECT job.enqueue('small', '{\"id\": 42}')");
+        assert!(fits > 0);
+        let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(200));
+        let size = one::<i32>(&format!("SELECT pg_column_size('{big}'::jsonb)"));
+        assert_rejected(
+            &format!("SELECT job.enqueue('small', '{big}')"),
+            &format!("payload is {size} bytes, more than queue 'small' accepts (max_payload_bytes = 100)"),
+        );
+        assert_rejected(
+            &format!("SELECT job.enqueue('small', '{big}', idempotency_key => 'k')"),
+            &format!("payload is {size} bytes, more than queue 'small' accepts (max_payload_bytes = 100)"),
+        );
+        assert_rejected(
+            &format!("SELECT job.enqueue_many('small', ARRAY['{{}}', '{big}']::jsonb[])"),
+            &format!("payloads[2] is {size} bytes, more than queue 'small' accepts (max_payload_bytes = 100)"),
+        );
+        assert_rejected(
+            "SELECT job.create_queue('small', max_payload_bytes => 0)",
+            "max_payload_bytes must be 1 or more (or NULL for no limit), got 0",
+        );
+        run("SELECT job.create_queue('small')"); // lifts the limit
+        assert!(one::<i64>(&format!("SELECT job.enqueue('small', '{big}')")) > fits);
+    }
+
+    // ---- metrics -----------------------------------------------------------------------------
+
+    #[pg_test]
+    fn finished_failed_and_stalled_attempts_are_counted() {
+        run("SELECT job.create_queue('m', max_retries => 1)");
+        let done = one::<i64>("SELECT job.enqueue('m', job_type => 'email')");
+        let retried = one::<i64>("SELECT job.enqueue('m', job_type => 'email')");
+        let stalled = one::<i64>("SELECT job.enqueue('m')");
+        for _ in 0..3 {
+            run("SELECT job.dequeue('m', 'w1')");
+        }
+        run(&format!("SELECT job.complete({done})"));
+        run(&format!("SELECT job.fail({retried}, 'boom')"));
+        age_job(retried);
+        run(&format!("UPDATE job.live_jobs SET lease_expires_at = now() - interval '1 second' WHERE id = {stalled}"));
+        run("SELECT job.rescue_stalled()");
+        run("SELECT job.dequeue('m', 'w1', 5)");
+        run(&format!("SELECT job.fail({retried}, 'PERMANENT: no')"));
+        assert_eq!(
+            one::<String>("SELECT string_agg(concat_ws(' ', coalesce(job_type, '-'), completed_5m, failed_5m, dead_5m, stalled_5m,
+                                                       round(failure_rate_5m::numeric, 2), processing_p50 >= 0, wait_p99 >= 0), ','
+                                             ORDER BY job_type NULLS FIRST)
+                             FROM job.metrics WHERE queue = 'm'"),
+            "- 0 1 0 1 1.00 t t,email 1 2 1 0 0.67 t t"
+        );
+        assert_eq!(
+            one::<i64>("SELECT sum(completed + failed)::bigint FROM job.metric_buckets"),
+            4
+        );
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws(' ', worker, jobs_held, jobs_stalled) FROM job.workers"
+            ),
+            "w1 1 1"
+        );
+        assert_eq!(one::<i32>("SELECT job._count_queue_depth()"), 1);
+        assert_eq!(
+            one::<String>("SELECT concat_ws(' ', waiting, scheduled, running, dead_letters, oldest_ready_age IS NULL) FROM job.queue_metrics"),
+            "0 0 1 1 t"
+        );
+    }
+
+    #[pg_test]
+    fn histogram_quantiles_track_durations() {
+        run("SELECT job.create_queue('h')");
+        // 100 jobs claimed 1..100 seconds ago, completed now.
+        run("SELECT job.enqueue_many('h', array_fill('{}'::jsonb, ARRAY[100]))");
+        run("SELECT job.dequeue('h', 'w', 100)");
+        run("UPDATE job.live_jobs SET claimed_at = now() - make_interval(secs => id - (SELECT min(id) - 1 FROM job.live_jobs))");
+        run("SELECT job.complete_many(array_agg(id)) FROM job.live_jobs");
+        let (p50, p99) = Spi::get_two::<f64, f64>(
+            "SELECT processing_p50, processing_p99 FROM job.metrics WHERE queue = 'h'",
+        )
+        .unwrap();
+        let (p50, p99) = (p50.unwrap(), p99.unwrap());
+        // Within one bucket (a factor of √2) of the true 50 and 99 seconds.
+        assert!((50.0 / 1.42..50.0 * 1.42).contains(&p50), "p50 {p50}");
+        assert!((99.0 / 1.42..99.0 * 1.42).contains(&p99), "p99 {p99}");
+    }
+
+    #[pg_test]
+    fn old_buckets_fold_into_totals_and_counters_keep_counting() {
+        run("SELECT job.create_queue('t')");
+        for _ in 0..3 {
+            let id = enqueue("t");
+            claim("t");
+            run(&format!("SELECT job.complete({id})"));
+        }
+        run("UPDATE job.metric_buckets SET bucket = bucket - interval '3 hours'");
+        let id = enqueue("t");
+        claim("t");
+        run(&format!("SELECT job.complete({id})"));
+        let before = one::<String>("SELECT job.prometheus_metrics()");
+        assert!(one::<i32>("SELECT job._fold_metric_buckets(1000)") >= 1);
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws(' ', completed, processing_count) FROM job.metric_totals"
+            ),
+            "3 3"
+        );
+        let after = one::<String>("SELECT job.prometheus_metrics()");
+        let completed = |text: &str| {
+            text.lines()
+                .find(|l| l.starts_with("pg_jobqueue_completed_total{queue=\"t\""))
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            completed(&before),
+            "pg_jobqueue_completed_total{queue=\"t\",job_type=\"\"} 4"
+        );
+        assert_eq!(completed(&after), completed(&before));
+    }
+
+    #[pg_test]
+    fn reading_metrics_never_touches_the_history_table() {
+        run("SELECT job.create_queue('r')");
+        let id = enqueue("r");
+        claim("r");
+        run(&format!("SELECT job.complete({id})"));
+        run("SELECT job._count_queue_depth()");
+        let scans =
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables
+                      WHERE relid = 'job.finished_jobs'::regclass";
+        let before = one::<i64>(scans);
+        run("SELECT count(*) FROM job.metrics");
+        run("SELECT count(*) FROM job.queue_metrics");
+        run("SELECT count(*) FROM job.workers");
+        run("SELECT length(job.prometheus_metrics())");
+        assert_eq!(one::<i64>(scans), before);
+    }
+
+    #[pg_test]
+    fn prometheus_text_escapes_labels_and_names_each_family_once() {
+        run("SELECT job.create_queue(E'we\"ird\\\\q')");
+        let id = one::<i64>("SELECT job.enqueue(E'we\"ird\\\\q')");
+        run(&format!("SELECT job.dequeue(E'we\"ird\\\\q', 'w')"));
+        run(&format!("SELECT job.complete({id})"));
+        run("SELECT job._count_queue_depth()");
+        let text = one::<String>("SELECT job.prometheus_metrics()");
+        assert!(
+            text.contains("pg_jobqueue_jobs{queue=\"we\\\"ird\\\\q\",state=\"running\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "pg_jobqueue_processing_seconds_count{queue=\"we\\\"ird\\\\q\",job_type=\"\"} 1"
+            ),
+            "{text}"
+        );
+        for family in [
+            "pg_jobqueue_jobs",
+            "pg_jobqueue_completed_total",
+            "pg_jobqueue_processing_seconds",
+            "pg_jobqueue_worker_jobs",
+        ] {
+            assert_eq!(
+                text.matches(&format!("# TYPE {family} ")).count(),
+                1,
+                "{family}"
+            );
+        }
+        assert!(text.ends_with('\n'));
+    }
+
+    // ---- least privilege ---------------------------------------------------------------------
+
+    /// The README's GRANT recipes, one role per duty.
+    fn create_duty_roles() {
+        for sql in [
+            "CREATE ROLE jq_producer", "CREATE ROLE jq_worker", "CREATE ROLE jq_monitor",
+            "CREATE ROLE jq_admin", "CREATE ROLE jq_nobody",
+            "GRANT USAGE ON SCHEMA job TO jq_producer, jq_worker, jq_monitor, jq_admin",
+            "GRANT EXECUTE ON FUNCTION job.enqueue, job.enqueue_many TO jq_producer",
+            "GRANT EXECUTE ON FUNCTION job.dequeue, job.complete, job.complete_many, job.fail, job.heartbeat TO jq_worker",
+            "GRANT SELECT ON job.jobs, job.queue_stats, job.queue_metrics, job.metrics, job.workers,
+                             job.schedules, job.handlers, job.audit_log TO jq_monitor",
+            "GRANT EXECUTE ON FUNCTION job.prometheus_metrics TO jq_monitor",
+            "GRANT ALL ON ALL TABLES IN SCHEMA job TO jq_admin",
+            "GRANT ALL ON ALL SEQUENCES IN SCHEMA job TO jq_admin",
+            "GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA job TO jq_admin",
+            "REVOKE UPDATE, DELETE, TRUNCATE ON job.audit_log FROM jq_admin",
+        ] {
+            run(sql);
+        }
+    }
+
+    /// Runs `query` as `role`; returns its error message, or None when it succeeded.
+    fn as_role(role: &str, query: &str) -> Option<String> {
+        run(&format!("SET LOCAL ROLE {role}"));
+        let quoted = query.replace('\'', "''");
+        let outcome =
+            Spi::get_one::<String>(&format!("SELECT pg_temp.error_of('{quoted}')")).unwrap();
+        run("RESET ROLE");
+        outcome
+    }
+
+    #[pg_test]
+    fn each_duty_can_do_its_part_and_nothing_more() {
+        error_of("SELECT 1/0"); // creates pg_temp.error_of as the superuser
+        create_duty_roles();
+        queue("q");
+        let denied = |role: &str, query: &str| {
+            let error = as_role(role, query).unwrap_or_else(|| panic!("{role} may run {query}"));
+            assert!(
+                error.starts_with("permission denied"),
+                "{role}: {query}: {error}"
+            );
+        };
+        let allowed = |role: &str, query: &str| {
+            assert_eq!(as_role(role, query), None, "{role}: {query}");
+        };
+        allowed("jq_producer", "SELECT job.enqueue('q', '{\"n\": 1}')");
+        allowed(
+            "jq_producer",
+            "SELECT job.enqueue_many('q', ARRAY['{}']::jsonb[])",
+        );
+        for query in [
+            "SELECT job.dequeue('q')",
+            "SELECT job.complete(1)",
+            "SELECT job.fail(1, 'x')",
+            "SELECT job.create_queue('q2')",
+            "SELECT job.pause_queue('q')",
+            "SELECT job.cancel(1)",
+            "SELECT job.retry(1)",
+            "SELECT job.purge('q', 'dead', '0')",
+            "SELECT job.schedule('s', '@daily', 'q')",
+            "SELECT * FROM job.jobs",
+            "SELECT * FROM job.live_jobs",
+            "DELETE FROM job.live_jobs",
+            "UPDATE job.live_jobs SET state = 'running'",
+            "SELECT job.prometheus_metrics()",
+        ] {
+            denied("jq_producer", query);
+        }
+        allowed("jq_worker", "SELECT job.dequeue('q', 'w')");
+        allowed(
+            "jq_worker",
+            "SELECT job.complete(id) FROM job.dequeue('q', 'w')",
+        );
+        for query in [
+            "SELECT job.enqueue('q')",
+            "SELECT job.cancel(1)",
+            "SELECT job.retry_dead('q')",
+            "SELECT job.drop_queue('q', true)",
+            "SELECT job.set_handler('q', 'pg_catalog.jsonb_typeof(jsonb)')",
+            "UPDATE job.queues SET paused = true",
+        ] {
+            denied("jq_worker", query);
+        }
+        allowed("jq_monitor", "SELECT count(*) FROM job.jobs");
+        allowed("jq_monitor", "SELECT count(*) FROM job.metrics");
+        allowed("jq_monitor", "SELECT count(*) FROM job.queue_metrics");
+        allowed("jq_monitor", "SELECT job.prometheus_metrics()");
+        for query in [
+            "SELECT job.enqueue('q')",
+            "SELECT job.dequeue('q')",
+            "SELECT job.retry_dead('q')",
+            "DELETE FROM job.audit_log",
+            "INSERT INTO job.queues (name) VALUES ('x')",
+        ] {
+            denied("jq_monitor", query);
+        }
+        for query in [
+            "SELECT job.enqueue('q')",
+            "SELECT count(*) FROM job.jobs",
+            "SELECT job.cron_next('@daily')",
+        ] {
+            denied("jq_nobody", query);
+        }
+        allowed("jq_admin", "SELECT job.pause_queue('q')");
+        allowed("jq_admin", "SELECT job.retry_dead('q')");
+        allowed("jq_admin", "SELECT job.purge('q', 'dead', '0')");
+        denied("jq_admin", "DELETE FROM job.audit_log");
+        assert_eq!(
+            one::<String>("SELECT string_agg(DISTINCT role, ',') FROM job.audit_log WHERE action <> 'create_queue'"),
+            "jq_admin"
+        );
+    }
+
+    #[pg_test]
+    fn every_function_pins_its_search_path() {
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
+                         WHERE p.pronamespace = 'job'::regnamespace AND p.prokind = 'f'
+                           AND l.lanname IN ('sql', 'plpgsql')
+                           AND NOT coalesce(p.proconfig, '{}') @> '{\"search_path=pg_catalog, pg_temp\"}'"),
+            0
+        );
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(p.proname, ',' ORDER BY p.proname) FROM pg_proc p
+                            WHERE p.pronamespace = 'job'::regnamespace AND p.prosecdef"
+            ),
+            "complete,complete_many,dequeue,enqueue,enqueue_many,fail,heartbeat,prometheus_metrics"
+        );
+    }
+
+    #[pg_test]
+    fn a_hostile_search_path_name_or_payload_gains_nothing() {
+        error_of("SELECT 1/0");
+        create_duty_roles();
+        queue("q");
+        // A producer who owns a schema puts look-alikes of what enqueue calls first on its path.
+        run("CREATE SCHEMA evil AUTHORIZATION jq_producer");
+        run("CREATE TABLE public.trap (who text)");
+        run("GRANT INSERT ON public.trap TO PUBLIC");
+        run("SET LOCAL ROLE jq_producer");
+        for sql in [
+            "CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE sql AS
+               $$ INSERT INTO public.trap VALUES (current_user) RETURNING pg_catalog.now() $$",
+            "CREATE FUNCTION evil.jsonb_typeof(jsonb) RETURNS text LANGUAGE sql AS
+               $$ INSERT INTO public.trap VALUES (current_user) RETURNING 'object' $$",
+            "CREATE FUNCTION evil.nextval(regclass) RETURNS bigint LANGUAGE sql AS
+               $$ INSERT INTO public.trap VALUES (current_user) RETURNING 1::bigint $$",
+            "CREATE FUNCTION evil.eq(text, text) RETURNS boolean LANGUAGE sql AS
+               $$ INSERT INTO public.trap VALUES (current_user) RETURNING true $$",
+            "CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.eq)",
+            "SET LOCAL search_path = evil, pg_catalog",
+        ] {
+            run(sql);
+        }
+        let id =
+            one::<i64>("SELECT job.enqueue('q', '{\"sql\": \"''); DROP TABLE job.queues; --\"}')");
+        run("RESET search_path");
+        run("RESET ROLE");
+        assert_eq!(one::<i64>("SELECT count(*) FROM public.trap"), 0);
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT payload ->> 'sql' FROM job.jobs WHERE id = {id}"
+            )),
+            "'); DROP TABLE job.queues; --"
+        );
+        // Names are data too, in every function that takes one.
+        let name = "x'); DROP TABLE job.queues; --";
+        let quoted = name.replace('\'', "''");
+        run(&format!("SELECT job.create_queue('{quoted}')"));
+        run(&format!("SELECT job.enqueue('{quoted}')"));
+        run(&format!(
+            "SELECT job.schedule('{quoted}', '@daily', '{quoted}')"
+        ));
+        run(&format!("SELECT job.pause_queue('{quoted}')"));
+        run("SELECT job._count_queue_depth()");
+        assert!(one::<String>("SELECT job.prometheus_metrics()")
+            .contains("queue=\"x'); DROP TABLE job.queues; --\""));
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT count(*) FROM job.queues WHERE name IN ('q', '{quoted}')"
+            )),
+            2
+        );
     }
 }

@@ -64,6 +64,7 @@ COMMENT ON TABLE job.schedule_runs IS 'Recent fired ticks of each schedule: when
 
 SELECT pg_catalog.pg_extension_config_dump('job.schedule_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('job.schedule_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('job.schedule_defs_id_seq', '');
 
 CREATE VIEW job.schedules AS
 SELECT s.name, s.cron, s.timezone, s.queue, s.payload, s.priority, s.job_type, s.misfire,
@@ -147,6 +148,10 @@ BEGIN
            next_run_at = EXCLUDED.next_run_at, last_error = NULL, updated_at = now()
     RETURNING s.id INTO schedule_id;
     PERFORM job._wake_scheduler();
+    PERFORM job._audit('schedule', jsonb_build_object(
+        'name', schedule.name, 'cron', schedule.cron, 'queue', schedule.queue, 'payload', schedule.payload,
+        'timezone', schedule.timezone, 'priority', schedule.priority, 'job_type', schedule.job_type,
+        'misfire', schedule.misfire, 'jitter', jitter_bound));
     RETURN schedule_id;
 END $$;
 
@@ -160,6 +165,7 @@ BEGIN
         RETURN false;
     END IF;
     DELETE FROM job.schedule_runs r WHERE r.schedule = unschedule.name;
+    PERFORM job._audit('unschedule', jsonb_build_object('name', name));
     RETURN true;
 END $$;
 
@@ -168,6 +174,7 @@ RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM job._require_schedule(name);
     UPDATE job.schedule_defs s SET paused = true, updated_at = now() WHERE s.name = pause_schedule.name;
+    PERFORM job._audit('pause_schedule', jsonb_build_object('name', name));
 END $$;
 
 -- Resumes with the next tick from now: ticks that passed while paused never fire.
@@ -185,6 +192,7 @@ BEGIN
          WHERE d.name = s.name;
         PERFORM job._wake_scheduler();
     END IF;
+    PERFORM job._audit('resume_schedule', jsonb_build_object('name', name));
 END $$;
 
 -- Fires the due ticks of at most max_schedules schedules; returns how many jobs it enqueued.

@@ -58,16 +58,23 @@ BEGIN
            timeout = EXCLUDED.timeout, updated_at = now();
     PERFORM job._wake_on_commit(set_handler.queue);
     PERFORM job._wake_scheduler();  -- starts the executors
+    PERFORM job._audit('set_handler', jsonb_build_object(
+        'queue', set_handler.queue, 'handler', set_handler.handler::text, 'run_as', current_user,
+        'concurrency', set_handler.concurrency, 'timeout', set_handler.timeout));
 END $$;
 
 -- The executors stop taking the queue's jobs (a running one finishes).  False when the queue
 -- had no handler.
 CREATE FUNCTION job.remove_handler(queue text)
 RETURNS boolean LANGUAGE plpgsql AS $$
+DECLARE
+    removed boolean;
 BEGIN
     PERFORM job._require_queue(queue);
     DELETE FROM job.handlers h WHERE h.queue = remove_handler.queue;
-    RETURN FOUND;
+    removed := FOUND;
+    PERFORM job._audit('remove_handler', jsonb_build_object('queue', queue));
+    RETURN removed;
 END $$;
 
 -- Claims one job for an executor from a handler queue with a free concurrency slot.  The slot

@@ -120,37 +120,49 @@ fn fire_due_schedules() {
 }
 
 /// One maintenance round: rescue stalled jobs, apply retention (which also expires
-/// idempotency keys) and prune schedule history, each in batches of
-/// pg_jobqueue.maintenance_batch rows per transaction.
+/// idempotency keys), prune schedule history, fold old metric buckets and prune the audit
+/// log, each in batches of pg_jobqueue.maintenance_batch rows per transaction; then count
+/// the live jobs per queue for the metrics.
 fn run_maintenance() {
-    let batch = gucs::MAINTENANCE_BATCH.get();
-    let keep = gucs::SCHEDULE_HISTORY.get();
-    let steps: [(&str, &str, Vec<i64>); 3] = [
+    let batch = i64::from(gucs::MAINTENANCE_BATCH.get());
+    let keep = i64::from(gucs::SCHEDULE_HISTORY.get());
+    let audit_days = i64::from(gucs::AUDIT_RETENTION_DAYS.get());
+    let steps: [(&str, &str, [i64; 2]); 5] = [
         (
             "rescue stalled jobs",
             "SELECT job.rescue_stalled(NULL, $1::int)::bigint",
-            vec![batch.into()],
+            [batch, 0],
         ),
         (
             "apply retention",
             "SELECT job.apply_retention($1::int)",
-            vec![batch.into()],
+            [batch, 0],
         ),
         (
             "prune schedule history",
             "SELECT job._prune_schedule_runs($2::int, $1::int)::bigint",
-            vec![batch.into(), keep.into()],
+            [batch, keep],
+        ),
+        (
+            "fold metric buckets",
+            "SELECT job._fold_metric_buckets($1::int)::bigint",
+            [batch, 0],
+        ),
+        (
+            "prune the audit log",
+            "SELECT job._prune_audit_log(make_interval(days => $2::int), $1::int)::bigint",
+            [batch, audit_days],
         ),
     ];
     for (what, sql, args) in steps {
         let mut total = 0i64;
         for _ in 0..MAX_BATCHES_PER_STEP {
-            let args = args.iter().map(|&a| a.into()).collect::<Vec<_>>();
-            match transaction(|| spi(Spi::get_one_with_args::<i64>(sql, &args))) {
+            let params = args.map(|a| a.into());
+            match transaction(|| spi(Spi::get_one_with_args::<i64>(sql, &params))) {
                 Ok(n) => {
                     let n = n.unwrap_or(0);
                     total += n;
-                    if n < i64::from(batch) {
+                    if n < batch {
                         break;
                     }
                 }
@@ -163,6 +175,9 @@ fn run_maintenance() {
         if total > 0 {
             debug1!("pg_jobqueue scheduler: {what}: {total} rows");
         }
+    }
+    if let Err(e) = transaction(|| spi(Spi::run("SELECT job._count_queue_depth()"))) {
+        log!("pg_jobqueue scheduler: counting queue depth failed: {e}");
     }
 }
 

@@ -1,0 +1,362 @@
+-- pg_jobqueue 0.2.0: metrics that cost the same at any table size.
+--
+-- Nothing here reads the job tables when metrics are read:
+--   job.metric_buckets   per minute, queue, job type and writer shard: counts and duration
+--                        histograms, added to in the transaction that finishes or fails a job;
+--                        kept for two hours, then folded into
+--   job.metric_totals    the running totals behind the Prometheus counters;
+--   job.queue_depth      jobs per live state and the oldest ready job, per queue, counted by
+--                        the worker every pg_jobqueue.maintenance_interval;
+--   job.queue_counters   the dead-letter queue's size, kept exact as jobs die and leave it;
+--   job.workers_seen     every worker name dequeue and heartbeat saw.
+
+-- Histograms and the writer shard, implemented in Rust (src/metrics.rs).
+CREATE FUNCTION job._hist_of(seconds float8) RETURNS bigint[]
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_of_wrapper';
+CREATE FUNCTION job._hist_add(a bigint[], b bigint[]) RETURNS bigint[]
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_add_wrapper';
+CREATE FUNCTION job._hist_quantile(hist bigint[], q float8) RETURNS float8
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_quantile_wrapper';
+CREATE FUNCTION job._writer_shard() RETURNS smallint
+LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_writer_shard_wrapper';
+CREATE FUNCTION job._worker_seen_due(worker text) RETURNS boolean
+LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', '_worker_seen_due_wrapper';
+CREATE AGGREGATE job._hist_sum(bigint[]) (SFUNC = job._hist_add, STYPE = bigint[]);
+
+CREATE TABLE job.metric_buckets (
+    bucket          timestamptz NOT NULL,  -- the minute
+    queue           text NOT NULL,
+    job_type        text NOT NULL,         -- '' for jobs without a type
+    shard           smallint NOT NULL,     -- job._writer_shard(): concurrent writers, different rows
+    completed       bigint NOT NULL,
+    failed          bigint NOT NULL,       -- failed attempts, retried or not
+    dead            bigint NOT NULL,
+    stalled         bigint NOT NULL,       -- attempts whose lease expired
+    processing      bigint[] NOT NULL,     -- claim to finish of every finished attempt
+    processing_sum  float8 NOT NULL,       -- seconds
+    waiting         bigint[] NOT NULL,     -- ready to claim, of the same attempts
+    waiting_sum     float8 NOT NULL,
+    PRIMARY KEY (bucket, queue, job_type, shard)
+) WITH (fillfactor = 50);  -- room for HOT updates: rows are rewritten many times a minute
+COMMENT ON TABLE job.metric_buckets IS 'Per minute, queue and job type: finished, failed, dead and stalled attempts and duration histograms (last two hours).';
+
+CREATE TABLE job.metric_totals (
+    queue            text NOT NULL,
+    job_type         text NOT NULL,
+    completed        bigint NOT NULL,
+    failed           bigint NOT NULL,
+    dead             bigint NOT NULL,
+    stalled          bigint NOT NULL,
+    processing_count bigint NOT NULL,
+    processing_sum   float8 NOT NULL,
+    waiting_count    bigint NOT NULL,
+    waiting_sum      float8 NOT NULL,
+    PRIMARY KEY (queue, job_type)
+);
+COMMENT ON TABLE job.metric_totals IS 'Running totals of the minute buckets older than two hours.';
+
+CREATE TABLE job.queue_depth (
+    queue           text PRIMARY KEY,
+    waiting         bigint NOT NULL,
+    scheduled       bigint NOT NULL,
+    running         bigint NOT NULL,
+    oldest_ready_at timestamptz,
+    counted_at      timestamptz NOT NULL
+);
+COMMENT ON TABLE job.queue_depth IS 'Live jobs per queue and state, counted by the worker every pg_jobqueue.maintenance_interval.';
+
+CREATE TABLE job.queue_counters (
+    queue        text PRIMARY KEY,
+    dead_letters bigint NOT NULL
+);
+COMMENT ON TABLE job.queue_counters IS 'The size of each queue''s dead-letter queue, kept exact.';
+INSERT INTO job.queue_counters (queue, dead_letters)
+SELECT f.queue, count(*) FROM job.finished_jobs f WHERE f.state = 'dead' GROUP BY f.queue;
+
+CREATE TABLE job.workers_seen (
+    worker     text PRIMARY KEY,
+    first_seen timestamptz NOT NULL,
+    last_seen  timestamptz NOT NULL,
+    stalled    bigint NOT NULL DEFAULT 0
+);
+COMMENT ON TABLE job.workers_seen IS 'Every worker name dequeue and heartbeat saw (recorded at most once a second per session), and how many of its jobs stalled.';
+
+SELECT pg_catalog.pg_extension_config_dump('job.metric_buckets', '');
+SELECT pg_catalog.pg_extension_config_dump('job.metric_totals', '');
+SELECT pg_catalog.pg_extension_config_dump('job.queue_counters', '');
+SELECT pg_catalog.pg_extension_config_dump('job.workers_seen', '');
+
+---------------------------------------------------------------------------------------------
+-- Writing (called where jobs finish, fail and stall)
+---------------------------------------------------------------------------------------------
+
+-- Adds finished or failed attempts to this minute's bucket: one per element of the arrays
+-- (queue, job type, claimed at, ready at), all with one outcome: 'completed', 'failed'
+-- (to be retried), 'dead', 'stalled' (lease expired, to be retried) or 'stalled_dead'.
+CREATE FUNCTION job._record_attempts(outcome text, queues text[], job_types text[],
+                                     claimed timestamptz[], ready timestamptz[])
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO job.metric_buckets AS m
+           (bucket, queue, job_type, shard, completed, failed, dead, stalled,
+            processing, processing_sum, waiting, waiting_sum)
+    SELECT date_trunc('minute', now()), a.queue, coalesce(a.job_type, ''), job._writer_shard(),
+           CASE WHEN outcome = 'completed' THEN count(*) ELSE 0 END,
+           CASE WHEN outcome <> 'completed' THEN count(*) ELSE 0 END,
+           CASE WHEN outcome IN ('dead', 'stalled_dead') THEN count(*) ELSE 0 END,
+           CASE WHEN outcome IN ('stalled', 'stalled_dead') THEN count(*) ELSE 0 END,
+           job._hist_sum(job._hist_of(extract(epoch FROM now() - a.claimed_at)::float8)),
+           coalesce(sum(extract(epoch FROM now() - a.claimed_at)::float8), 0),
+           job._hist_sum(job._hist_of(extract(epoch FROM a.claimed_at - a.ready_at)::float8)),
+           coalesce(sum(greatest(extract(epoch FROM a.claimed_at - a.ready_at)::float8, 0)), 0)
+      FROM unnest(queues, job_types, claimed, ready) AS a(queue, job_type, claimed_at, ready_at)
+     GROUP BY a.queue, coalesce(a.job_type, '')
+    ON CONFLICT (bucket, queue, job_type, shard) DO UPDATE
+       SET completed = m.completed + EXCLUDED.completed,
+           failed = m.failed + EXCLUDED.failed,
+           dead = m.dead + EXCLUDED.dead,
+           stalled = m.stalled + EXCLUDED.stalled,
+           processing = job._hist_add(m.processing, EXCLUDED.processing),
+           processing_sum = m.processing_sum + EXCLUDED.processing_sum,
+           waiting = job._hist_add(m.waiting, EXCLUDED.waiting),
+           waiting_sum = m.waiting_sum + EXCLUDED.waiting_sum
+$$;
+
+-- The dead-letter queue of `queue` grew (or shrank, for a negative delta) by `delta` jobs.
+CREATE FUNCTION job._count_dead_letters(queue text, delta bigint)
+RETURNS void LANGUAGE sql AS $$
+    INSERT INTO job.queue_counters AS c (queue, dead_letters) VALUES (queue, greatest(delta, 0))
+    ON CONFLICT (queue) DO UPDATE SET dead_letters = greatest(c.dead_letters + EXCLUDED.dead_letters + least(delta, 0), 0)
+$$;
+
+-- dequeue and heartbeat saw `worker`: at most once a second per session, record it.
+CREATE FUNCTION job._saw_worker(seen text)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF seen IS NOT NULL AND job._worker_seen_due(seen) THEN
+        INSERT INTO job.workers_seen AS w (worker, first_seen, last_seen) VALUES (seen, now(), now())
+        ON CONFLICT (worker) DO UPDATE SET last_seen = EXCLUDED.last_seen
+         WHERE w.last_seen < EXCLUDED.last_seen;
+    END IF;
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Maintenance (run by the worker's scheduler)
+---------------------------------------------------------------------------------------------
+
+-- Counts live jobs per queue and state into job.queue_depth.  Returns the number of queues.
+CREATE FUNCTION job._count_queue_depth()
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    counted int;
+BEGIN
+    INSERT INTO job.queue_depth AS d (queue, waiting, scheduled, running, oldest_ready_at, counted_at)
+    SELECT q.name, coalesce(l.waiting, 0), coalesce(l.scheduled, 0), coalesce(l.running, 0),
+           l.oldest_ready_at, now()
+      FROM job.queues q
+      LEFT JOIN (SELECT j.queue,
+                        count(*) FILTER (WHERE j.state = 'waiting' OR (j.state = 'scheduled' AND j.run_at <= now())) AS waiting,
+                        count(*) FILTER (WHERE j.state = 'scheduled' AND j.run_at > now()) AS scheduled,
+                        count(*) FILTER (WHERE j.state = 'running') AS running,
+                        min(j.run_at) FILTER (WHERE j.state = 'waiting' OR (j.state = 'scheduled' AND j.run_at <= now())) AS oldest_ready_at
+                   FROM job.live_jobs j GROUP BY j.queue) l ON l.queue = q.name
+    ON CONFLICT (queue) DO UPDATE
+       SET waiting = EXCLUDED.waiting, scheduled = EXCLUDED.scheduled, running = EXCLUDED.running,
+           oldest_ready_at = EXCLUDED.oldest_ready_at, counted_at = EXCLUDED.counted_at;
+    GET DIAGNOSTICS counted = ROW_COUNT;
+    DELETE FROM job.queue_depth d WHERE NOT EXISTS (SELECT 1 FROM job.queues q WHERE q.name = d.queue);
+    RETURN counted;
+END $$;
+
+-- Folds minute buckets older than two hours into job.metric_totals (at most max_rows of
+-- them), and forgets workers unseen for a day.  Returns how many buckets it folded.
+CREATE FUNCTION job._fold_metric_buckets(max_rows int)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    folded int;
+BEGIN
+    WITH old AS (
+        DELETE FROM job.metric_buckets b
+         WHERE (b.bucket, b.queue, b.job_type, b.shard) IN (
+               SELECT o.bucket, o.queue, o.job_type, o.shard FROM job.metric_buckets o
+                WHERE o.bucket < now() - interval '2 hours' ORDER BY o.bucket LIMIT max_rows)
+        RETURNING b.*
+    ), summed AS (
+        SELECT o.queue, o.job_type, sum(o.completed) AS completed, sum(o.failed) AS failed,
+               sum(o.dead) AS dead, sum(o.stalled) AS stalled,
+               sum((SELECT sum(c) FROM unnest(o.processing) c)) AS processing_count,
+               sum(o.processing_sum) AS processing_sum,
+               sum((SELECT sum(c) FROM unnest(o.waiting) c)) AS waiting_count,
+               sum(o.waiting_sum) AS waiting_sum
+          FROM old o GROUP BY o.queue, o.job_type
+    )
+    INSERT INTO job.metric_totals AS t
+    SELECT s.queue, s.job_type, s.completed, s.failed, s.dead, s.stalled, s.processing_count,
+           s.processing_sum, s.waiting_count, s.waiting_sum
+      FROM summed s
+    ON CONFLICT (queue, job_type) DO UPDATE
+       SET completed = t.completed + EXCLUDED.completed, failed = t.failed + EXCLUDED.failed,
+           dead = t.dead + EXCLUDED.dead, stalled = t.stalled + EXCLUDED.stalled,
+           processing_count = t.processing_count + EXCLUDED.processing_count,
+           processing_sum = t.processing_sum + EXCLUDED.processing_sum,
+           waiting_count = t.waiting_count + EXCLUDED.waiting_count,
+           waiting_sum = t.waiting_sum + EXCLUDED.waiting_sum;
+    GET DIAGNOSTICS folded = ROW_COUNT;
+    DELETE FROM job.workers_seen w
+     WHERE w.last_seen < now() - interval '1 day'
+       AND NOT EXISTS (SELECT 1 FROM job.live_jobs l WHERE l.state = 'running' AND l.claimed_by = w.worker);
+    RETURN folded;
+END $$;
+
+---------------------------------------------------------------------------------------------
+-- Reading
+---------------------------------------------------------------------------------------------
+
+-- Per queue and job type: attempts over the last 1, 5 and 60 minutes (minute resolution: a
+-- window holds the buckets of the minutes that started within it), failure rate and duration
+-- quantiles over the last 5 minutes.
+CREATE VIEW job.metrics AS
+WITH recent AS (
+    SELECT b.queue, b.job_type,
+           sum(b.completed) FILTER (WHERE b.bucket > now() - interval '1 minute')  AS completed_1m,
+           sum(b.completed) FILTER (WHERE b.bucket > now() - interval '5 minutes') AS completed_5m,
+           sum(b.completed)                                                        AS completed_1h,
+           sum(b.failed)    FILTER (WHERE b.bucket > now() - interval '1 minute')  AS failed_1m,
+           sum(b.failed)    FILTER (WHERE b.bucket > now() - interval '5 minutes') AS failed_5m,
+           sum(b.failed)                                                           AS failed_1h,
+           sum(b.dead)      FILTER (WHERE b.bucket > now() - interval '1 minute')  AS dead_1m,
+           sum(b.dead)      FILTER (WHERE b.bucket > now() - interval '5 minutes') AS dead_5m,
+           sum(b.dead)                                                             AS dead_1h,
+           sum(b.stalled)   FILTER (WHERE b.bucket > now() - interval '1 minute')  AS stalled_1m,
+           sum(b.stalled)   FILTER (WHERE b.bucket > now() - interval '5 minutes') AS stalled_5m,
+           sum(b.stalled)                                                          AS stalled_1h,
+           job._hist_sum(b.processing) FILTER (WHERE b.bucket > now() - interval '5 minutes') AS processing,
+           job._hist_sum(b.waiting)    FILTER (WHERE b.bucket > now() - interval '5 minutes') AS waiting
+      FROM job.metric_buckets b
+     WHERE b.bucket > now() - interval '60 minutes'
+     GROUP BY b.queue, b.job_type
+)
+SELECT r.queue, nullif(r.job_type, '') AS job_type,
+       coalesce(r.completed_1m, 0) AS completed_1m, coalesce(r.completed_5m, 0) AS completed_5m,
+       r.completed_1h,
+       coalesce(r.failed_1m, 0) AS failed_1m, coalesce(r.failed_5m, 0) AS failed_5m, r.failed_1h,
+       coalesce(r.dead_1m, 0) AS dead_1m, coalesce(r.dead_5m, 0) AS dead_5m, r.dead_1h,
+       coalesce(r.stalled_1m, 0) AS stalled_1m, coalesce(r.stalled_5m, 0) AS stalled_5m, r.stalled_1h,
+       coalesce(r.failed_5m, 0)::float8 / nullif(coalesce(r.completed_5m, 0) + coalesce(r.failed_5m, 0), 0) AS failure_rate_5m,
+       job._hist_quantile(r.processing, 0.5)  AS processing_p50,
+       job._hist_quantile(r.processing, 0.95) AS processing_p95,
+       job._hist_quantile(r.processing, 0.99) AS processing_p99,
+       job._hist_quantile(r.waiting, 0.5)     AS wait_p50,
+       job._hist_quantile(r.waiting, 0.95)    AS wait_p95,
+       job._hist_quantile(r.waiting, 0.99)    AS wait_p99
+  FROM recent r;
+COMMENT ON VIEW job.metrics IS 'Per queue and job type: completed, failed, dead and stalled attempts over 1/5/60 minutes; failure rate and processing and wait time quantiles (seconds) over 5 minutes.';
+
+CREATE VIEW job.queue_metrics AS
+SELECT q.name AS queue, q.paused,
+       coalesce(d.waiting, 0) AS waiting, coalesce(d.scheduled, 0) AS scheduled,
+       coalesce(d.running, 0) AS running, coalesce(c.dead_letters, 0) AS dead_letters,
+       now() - d.oldest_ready_at AS oldest_ready_age,
+       d.counted_at AS depth_counted_at
+  FROM job.queues q
+  LEFT JOIN job.queue_depth d ON d.queue = q.name
+  LEFT JOIN job.queue_counters c ON c.queue = q.name;
+COMMENT ON VIEW job.queue_metrics IS 'Per queue: jobs waiting, scheduled and running (as of depth_counted_at), the dead-letter queue''s size, the oldest ready job''s age.';
+
+CREATE VIEW job.workers AS
+SELECT w.worker, w.first_seen, w.last_seen, coalesce(h.held, 0) AS jobs_held, w.stalled AS jobs_stalled
+  FROM job.workers_seen w
+  LEFT JOIN (SELECT l.claimed_by, count(*) AS held FROM job.live_jobs l
+              WHERE l.state = 'running' GROUP BY l.claimed_by) h ON h.claimed_by = w.worker;
+COMMENT ON VIEW job.workers IS 'Every worker name seen by dequeue or heartbeat (the worker''s executors included): when last seen, jobs held now, jobs of it that stalled.';
+
+-- Escapes a Prometheus label value.
+CREATE FUNCTION job._prometheus_label(value text)
+RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"'
+$$;
+
+-- Per queue and job type: the running totals behind the Prometheus counters (folded totals
+-- plus the recent buckets), and the last 5 minutes' histograms.
+CREATE VIEW job._metric_running_totals AS
+SELECT k.queue, k.job_type,
+       coalesce(t.completed, 0) + coalesce(b.completed, 0) AS completed,
+       coalesce(t.failed, 0) + coalesce(b.failed, 0) AS failed,
+       coalesce(t.dead, 0) + coalesce(b.dead, 0) AS dead,
+       coalesce(t.stalled, 0) + coalesce(b.stalled, 0) AS stalled,
+       coalesce(t.processing_count, 0) + coalesce(b.processing_count, 0) AS processing_count,
+       coalesce(t.processing_sum, 0) + coalesce(b.processing_sum, 0) AS processing_sum,
+       coalesce(t.waiting_count, 0) + coalesce(b.waiting_count, 0) AS waiting_count,
+       coalesce(t.waiting_sum, 0) + coalesce(b.waiting_sum, 0) AS waiting_sum,
+       b.processing, b.waiting
+  FROM (SELECT queue, job_type FROM job.metric_totals
+        UNION SELECT queue, job_type FROM job.metric_buckets) k
+  LEFT JOIN job.metric_totals t ON t.queue = k.queue AND t.job_type = k.job_type
+  LEFT JOIN (SELECT mb.queue, mb.job_type, sum(mb.completed) AS completed, sum(mb.failed) AS failed,
+                    sum(mb.dead) AS dead, sum(mb.stalled) AS stalled,
+                    sum((SELECT sum(c) FROM unnest(mb.processing) c)) AS processing_count,
+                    sum(mb.processing_sum) AS processing_sum,
+                    sum((SELECT sum(c) FROM unnest(mb.waiting) c)) AS waiting_count,
+                    sum(mb.waiting_sum) AS waiting_sum,
+                    job._hist_sum(mb.processing) FILTER (WHERE mb.bucket > now() - interval '5 minutes') AS processing,
+                    job._hist_sum(mb.waiting) FILTER (WHERE mb.bucket > now() - interval '5 minutes') AS waiting
+               FROM job.metric_buckets mb GROUP BY mb.queue, mb.job_type) b
+         ON b.queue = k.queue AND b.job_type = k.job_type;
+
+-- Every metric in the Prometheus text exposition format (version 0.0.4): one HELP and TYPE
+-- line per family, then its samples.
+CREATE FUNCTION job.prometheus_metrics()
+RETURNS text LANGUAGE sql STABLE AS $$
+WITH q AS (SELECT * FROM job.queue_metrics),
+t AS (SELECT *, job._prometheus_label(queue) AS ql, job._prometheus_label(job_type) AS tl
+        FROM job._metric_running_totals),
+w AS (SELECT *, job._prometheus_label(worker) AS wl FROM job.workers),
+families (n, name, type, help) AS (VALUES
+    (1, 'pg_jobqueue_jobs', 'gauge', 'Jobs per queue and state (live states as of the worker''s last count).'),
+    (2, 'pg_jobqueue_oldest_ready_age_seconds', 'gauge', 'Age of the oldest job ready to run.'),
+    (3, 'pg_jobqueue_completed_total', 'counter', 'Jobs completed.'),
+    (4, 'pg_jobqueue_failed_attempts_total', 'counter', 'Failed attempts, retried or not, stalled ones included.'),
+    (5, 'pg_jobqueue_dead_total', 'counter', 'Jobs moved to the dead-letter queue.'),
+    (6, 'pg_jobqueue_stalled_total', 'counter', 'Attempts whose lease expired before their worker finished them.'),
+    (7, 'pg_jobqueue_processing_seconds', 'summary', 'Claim to finish of finished attempts; quantiles over the last 5 minutes.'),
+    (8, 'pg_jobqueue_wait_seconds', 'summary', 'Ready to claim of finished attempts; quantiles over the last 5 minutes.'),
+    (9, 'pg_jobqueue_worker_jobs', 'gauge', 'Jobs each worker holds.'),
+    (10, 'pg_jobqueue_worker_last_seen_timestamp_seconds', 'gauge', 'When dequeue or heartbeat last saw each worker.')),
+samples (n, sort1, sort2, line) AS (
+    SELECT 1, q.queue, s.state, format('pg_jobqueue_jobs{queue=%s,state="%s"} %s', job._prometheus_label(q.queue), s.state, s.n)
+      FROM q CROSS JOIN LATERAL (VALUES ('waiting', q.waiting), ('scheduled', q.scheduled),
+                                        ('running', q.running), ('dead', q.dead_letters)) s(state, n)
+    UNION ALL
+    SELECT 2, q.queue, '', format('pg_jobqueue_oldest_ready_age_seconds{queue=%s} %s', job._prometheus_label(q.queue),
+                                  coalesce(extract(epoch FROM q.oldest_ready_age), 0))
+      FROM q
+    UNION ALL
+    SELECT c.n, t.queue, t.job_type, format('%s{queue=%s,job_type=%s} %s', f.name, t.ql, t.tl, c.value)
+      FROM t CROSS JOIN LATERAL (VALUES (3, t.completed), (4, t.failed), (5, t.dead), (6, t.stalled)) c(n, value)
+      JOIN families f ON f.n = c.n
+    UNION ALL
+    SELECT h.n, t.queue, t.job_type || h.sort, format('%s%s{queue=%s,job_type=%s%s} %s', f.name, h.suffix, t.ql, t.tl, h.label, h.value)
+      FROM t CROSS JOIN LATERAL (VALUES
+               (7, '1', '', ',quantile="0.5"', coalesce(job._hist_quantile(t.processing, 0.5)::text, 'NaN')),
+               (7, '2', '', ',quantile="0.95"', coalesce(job._hist_quantile(t.processing, 0.95)::text, 'NaN')),
+               (7, '3', '', ',quantile="0.99"', coalesce(job._hist_quantile(t.processing, 0.99)::text, 'NaN')),
+               (7, '4', '_sum', '', t.processing_sum::text),
+               (7, '5', '_count', '', t.processing_count::text),
+               (8, '1', '', ',quantile="0.5"', coalesce(job._hist_quantile(t.waiting, 0.5)::text, 'NaN')),
+               (8, '2', '', ',quantile="0.95"', coalesce(job._hist_quantile(t.waiting, 0.95)::text, 'NaN')),
+               (8, '3', '', ',quantile="0.99"', coalesce(job._hist_quantile(t.waiting, 0.99)::text, 'NaN')),
+               (8, '4', '_sum', '', t.waiting_sum::text),
+               (8, '5', '_count', '', t.waiting_count::text)) h(n, sort, suffix, label, value)
+      JOIN families f ON f.n = h.n
+    UNION ALL
+    SELECT 9, w.worker, '', format('pg_jobqueue_worker_jobs{worker=%s} %s', w.wl, w.jobs_held) FROM w
+    UNION ALL
+    SELECT 10, w.worker, '', format('pg_jobqueue_worker_last_seen_timestamp_seconds{worker=%s} %s', w.wl,
+                                    extract(epoch FROM w.last_seen)) FROM w
+)
+SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s\n', f.name, f.help, f.name, f.type)
+                  || coalesce((SELECT string_agg(s.line || E'\n', '' ORDER BY s.sort1, s.sort2)
+                                 FROM samples s WHERE s.n = f.n), ''),
+                  '' ORDER BY f.n)
+  FROM families f
+$$;
+COMMENT ON FUNCTION job.prometheus_metrics() IS 'Every pg_jobqueue metric in the Prometheus text exposition format.';

@@ -1,0 +1,143 @@
+-- pg_jobqueue 0.2.0: queue administration (changed: audited, a payload size limit, purge).
+
+ALTER TABLE job.queues ADD COLUMN max_payload_bytes int CHECK (max_payload_bytes > 0);
+COMMENT ON COLUMN job.queues.max_payload_bytes IS 'The largest payload (stored jsonb size) enqueue accepts; NULL: no limit.';
+
+-- 0.1.0's create_queue had no max_payload_bytes.
+DROP FUNCTION IF EXISTS job.create_queue(text, int, interval, interval, float8, interval, interval, interval);
+
+-- Creates the queue, or changes the settings of an existing one (audited either way).
+CREATE FUNCTION job.create_queue(
+    name text,
+    max_retries int DEFAULT 5,
+    backoff_base interval DEFAULT '1 second',
+    backoff_max interval DEFAULT '60 seconds',
+    jitter float8 DEFAULT 0.1,
+    lease interval DEFAULT '5 minutes',
+    idempotency_window interval DEFAULT '24 hours',
+    retention interval DEFAULT '7 days',
+    max_payload_bytes int DEFAULT NULL
+) RETURNS void LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    before job.queues;
+    after job.queues;
+BEGIN
+    PERFORM job._check_name('queue name', name);
+    PERFORM job._check_not_null('max_retries', max_retries);
+    IF max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries must be 0 or more, got %', max_retries USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_interval('backoff_base', backoff_base, false);
+    PERFORM job._check_interval('backoff_max', backoff_max, false);
+    IF backoff_max < backoff_base THEN
+        RAISE EXCEPTION 'backoff_max (%) must not be less than backoff_base (%)', backoff_max, backoff_base
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_not_null('jitter', jitter);
+    IF jitter < 0 OR jitter > 1 OR jitter = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'jitter must be between 0 and 1, got %', jitter USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_interval('lease', lease, false);
+    PERFORM job._check_interval('idempotency_window', idempotency_window, true);
+    PERFORM job._check_interval('retention', retention, true);
+    IF max_payload_bytes < 1 THEN
+        RAISE EXCEPTION 'max_payload_bytes must be 1 or more (or NULL for no limit), got %', max_payload_bytes
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    SELECT * INTO before FROM job.queues q WHERE q.name = create_queue.name FOR UPDATE;
+    INSERT INTO job.queues AS q (name, max_retries, backoff_base, backoff_max, jitter, lease,
+                                 idempotency_window, retention, max_payload_bytes)
+    VALUES (name, max_retries, backoff_base, backoff_max, jitter, lease, idempotency_window, retention,
+            max_payload_bytes)
+    ON CONFLICT ON CONSTRAINT queues_pkey DO UPDATE
+       SET max_retries = EXCLUDED.max_retries, backoff_base = EXCLUDED.backoff_base,
+           backoff_max = EXCLUDED.backoff_max, jitter = EXCLUDED.jitter, lease = EXCLUDED.lease,
+           idempotency_window = EXCLUDED.idempotency_window, retention = EXCLUDED.retention,
+           max_payload_bytes = EXCLUDED.max_payload_bytes, updated_at = now()
+    RETURNING * INTO after;
+    IF before.name IS NULL THEN
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{paused,created_at,updated_at}'::text[]);
+    ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{name,paused,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{name,paused,created_at,updated_at}'::text[]));
+    END IF;
+END $$;
+
+-- Drops the queue with its history, keys, schedules and handler; refuses while it has
+-- unfinished jobs unless forced.
+CREATE OR REPLACE FUNCTION job.drop_queue(name text, force boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    q job.queues := job._require_queue(name);
+    unfinished bigint;
+    history bigint;
+BEGIN
+    PERFORM job._check_not_null('force', force);
+    -- Wait out in-flight producers and keep new ones out until this commits, so no enqueue
+    -- slips into the queue between the check below and the delete.
+    LOCK TABLE job.live_jobs IN SHARE ROW EXCLUSIVE MODE;
+    SELECT count(*) INTO unfinished FROM job.live_jobs WHERE queue = q.name;
+    IF unfinished > 0 AND NOT force THEN
+        RAISE EXCEPTION 'queue % still has % unfinished (waiting, scheduled or running) jobs',
+            quote_literal(q.name), unfinished
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Let them finish, cancel them, or drop with force => true to discard them.';
+    END IF;
+    DELETE FROM job.live_jobs WHERE queue = q.name;
+    DELETE FROM job.finished_jobs WHERE queue = q.name;
+    GET DIAGNOSTICS history = ROW_COUNT;
+    DELETE FROM job.idempotency_keys WHERE queue = q.name;
+    DELETE FROM job.queue_counters WHERE queue = q.name;
+    DELETE FROM job.queue_depth WHERE queue = q.name;
+    DELETE FROM job.queues WHERE queues.name = q.name;  -- schedules and handler go with it
+    PERFORM job._audit('drop_queue', jsonb_build_object('name', q.name, 'force', force), unfinished + history);
+END $$;
+
+CREATE OR REPLACE FUNCTION job._set_paused(queue_name text, paused boolean)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM job._require_queue(queue_name);
+    UPDATE job.queues q SET paused = _set_paused.paused, updated_at = now()
+     WHERE q.name = queue_name AND q.paused IS DISTINCT FROM _set_paused.paused;
+    IF NOT paused THEN
+        PERFORM job._wake_on_commit(queue_name);
+    END IF;
+    PERFORM job._audit(CASE WHEN paused THEN 'pause_queue' ELSE 'resume_queue' END,
+                       jsonb_build_object('name', queue_name));
+END $$;
+
+-- A paused queue accepts enqueues but hands out nothing.
+CREATE OR REPLACE FUNCTION job.pause_queue(name text) RETURNS void LANGUAGE sql AS $$
+    SELECT job._set_paused(name, true)
+$$;
+
+CREATE OR REPLACE FUNCTION job.resume_queue(name text) RETURNS void LANGUAGE sql AS $$
+    SELECT job._set_paused(name, false)
+$$;
+
+-- Deletes the queue's finished jobs in `state` (completed, dead or cancelled) that finished
+-- more than `older_than` ago; audited.  Returns how many it deleted.
+CREATE FUNCTION job.purge(queue text, state text, older_than interval)
+RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_variable
+DECLARE
+    q job.queues := job._require_queue(queue);
+    purged bigint;
+BEGIN
+    IF state IS NULL OR state NOT IN ('completed', 'dead', 'cancelled') THEN
+        RAISE EXCEPTION 'state must be ''completed'', ''dead'' or ''cancelled'', got %', coalesce(quote_literal(state), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Unfinished jobs are not purged: cancel them first.';
+    END IF;
+    PERFORM job._check_interval('older_than', older_than, true);
+    DELETE FROM job.finished_jobs f
+     WHERE f.queue = q.name AND f.state = purge.state AND f.finished_at < now() - older_than;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    IF state = 'dead' AND purged > 0 THEN
+        PERFORM job._count_dead_letters(q.name, -purged);
+    END IF;
+    PERFORM job._audit('purge', jsonb_build_object('queue', q.name, 'state', state, 'older_than', older_than), purged);
+    RETURN purged;
+END $$;

@@ -1,0 +1,148 @@
+-- pg_jobqueue 0.2.0: producing (changed: the queue's payload size limit).
+
+-- Raises when `payload` is larger than the queue `q` accepts.
+CREATE FUNCTION job._check_payload_size(q job.queues, what text, payload jsonb)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    IF pg_column_size(payload) > q.max_payload_bytes THEN
+        RAISE EXCEPTION '% is % bytes, more than queue % accepts (max_payload_bytes = %)',
+            what, pg_column_size(payload), quote_literal(q.name), q.max_payload_bytes
+            USING ERRCODE = 'program_limit_exceeded',
+                  HINT = 'Store large data in a table and put its id in the payload.';
+    END IF;
+END $$;
+
+-- Enqueues one job; returns its id (or, for a known idempotency key, the existing job's).
+CREATE OR REPLACE FUNCTION job.enqueue(
+    queue text,
+    payload jsonb DEFAULT '{}',
+    run_at timestamptz DEFAULT NULL,
+    delay interval DEFAULT NULL,
+    priority int DEFAULT 0,
+    idempotency_key text DEFAULT NULL,
+    max_retries int DEFAULT NULL,
+    job_type text DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    start_at timestamptz := now();
+    new_id bigint;
+    existing_id bigint;
+BEGIN
+    IF enqueue.payload IS NULL OR jsonb_typeof(enqueue.payload) <> 'object' THEN
+        PERFORM job._require_queue(enqueue.queue);
+        PERFORM job._check_payload('payload', enqueue.payload);
+    END IF;
+    IF enqueue.delay IS NOT NULL THEN
+        IF enqueue.run_at IS NOT NULL THEN
+            RAISE EXCEPTION 'give run_at or delay, not both' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM job._check_interval('delay', enqueue.delay, true);
+        start_at := now() + enqueue.delay;
+    ELSIF enqueue.run_at IS NOT NULL THEN
+        IF NOT isfinite(enqueue.run_at) THEN
+            RAISE EXCEPTION 'run_at must be a finite time, got %', enqueue.run_at USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        start_at := enqueue.run_at;
+    END IF;
+    IF enqueue.priority IS NULL THEN
+        PERFORM job._check_not_null('priority', enqueue.priority);
+    END IF;
+    IF enqueue.max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries must be 0 or more, got %', enqueue.max_retries USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF enqueue.job_type IS NOT NULL THEN
+        PERFORM job._check_name('job_type', enqueue.job_type);
+    END IF;
+
+    IF enqueue.idempotency_key IS NOT NULL THEN
+        PERFORM job._check_name('idempotency_key', enqueue.idempotency_key, 512);
+        -- The primary key arbitrates: a racing enqueue of the same key waits for ours to
+        -- commit or roll back.  An expired key is taken over by the new job.
+        new_id := nextval('job.job_id_seq');
+        INSERT INTO job.idempotency_keys AS k (queue, key, job_id, expires_at)
+        SELECT qs.name, enqueue.idempotency_key, new_id, now() + qs.idempotency_window
+          FROM job.queues qs WHERE qs.name = enqueue.queue
+        ON CONFLICT (queue, key) DO UPDATE
+           SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at
+         WHERE k.expires_at <= now();
+        IF NOT FOUND THEN
+            SELECT k.job_id INTO existing_id FROM job.idempotency_keys k
+             WHERE k.queue = enqueue.queue AND k.key = enqueue.idempotency_key;
+            IF FOUND THEN
+                RETURN existing_id;
+            END IF;
+            PERFORM job._require_queue(enqueue.queue);  -- no such queue: raises
+        END IF;
+    END IF;
+
+    -- The queue lookup, size check and insert in one statement: no row means no such queue
+    -- or a payload over the queue's limit.
+    INSERT INTO job.live_jobs (id, run_at, priority, max_retries, state, queue, job_type,
+                               idempotency_key, payload)
+    SELECT coalesce(new_id, nextval('job.job_id_seq')), start_at, enqueue.priority,
+           coalesce(enqueue.max_retries, qs.max_retries),
+           CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END,
+           qs.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload
+      FROM job.queues qs
+     WHERE qs.name = enqueue.queue
+       AND (qs.max_payload_bytes IS NULL OR pg_column_size(enqueue.payload) <= qs.max_payload_bytes)
+    RETURNING id INTO new_id;
+    IF NOT FOUND THEN
+        PERFORM job._check_payload_size(job._require_queue(enqueue.queue), 'payload', enqueue.payload);  -- raises
+    END IF;
+    IF start_at <= now() THEN
+        PERFORM job._wake_on_commit(enqueue.queue);
+    END IF;
+    RETURN new_id;
+END $$;
+
+-- Many jobs in one statement; ids come back in payload order.
+CREATE OR REPLACE FUNCTION job.enqueue_many(
+    queue text,
+    payloads jsonb[],
+    priority int DEFAULT 0,
+    job_type text DEFAULT NULL
+) RETURNS SETOF bigint LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    q job.queues := job._require_queue(enqueue_many.queue);
+    bad record;
+BEGIN
+    PERFORM job._check_not_null('payloads', enqueue_many.payloads);
+    PERFORM job._check_not_null('priority', enqueue_many.priority);
+    IF enqueue_many.job_type IS NOT NULL THEN
+        PERFORM job._check_name('job_type', enqueue_many.job_type);
+    END IF;
+    SELECT p.payload, p.ord INTO bad
+      FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+     WHERE p.payload IS NULL OR jsonb_typeof(p.payload) <> 'object'
+     ORDER BY p.ord LIMIT 1;
+    IF FOUND THEN
+        PERFORM job._check_payload(format('payloads[%s]', bad.ord), bad.payload);
+    END IF;
+    IF q.max_payload_bytes IS NOT NULL THEN
+        SELECT p.payload, p.ord INTO bad
+          FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+         WHERE pg_column_size(p.payload) > q.max_payload_bytes
+         ORDER BY p.ord LIMIT 1;
+        IF FOUND THEN
+            PERFORM job._check_payload_size(q, format('payloads[%s]', bad.ord), bad.payload);
+        END IF;
+    END IF;
+    IF cardinality(enqueue_many.payloads) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- ids are drawn in payload order (the insert consumes the ordered rows one by one).
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO job.live_jobs (run_at, priority, max_retries, state, queue, job_type, payload)
+        SELECT now(), enqueue_many.priority, q.max_retries, 'waiting', q.name, enqueue_many.job_type, p.payload
+          FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+         ORDER BY p.ord
+        RETURNING id
+    )
+    SELECT i.id FROM inserted i ORDER BY i.id;
+    PERFORM job._wake_on_commit(q.name);
+END $$;
