@@ -32,7 +32,8 @@ CREATE TABLE job.metric_buckets (
     failed          bigint NOT NULL,       -- failed attempts, retried or not
     dead            bigint NOT NULL,
     stalled         bigint NOT NULL,       -- attempts whose lease expired
-    processing      bigint[] NOT NULL,     -- claim to finish of every finished attempt
+    processing      bigint[] NOT NULL,     -- claim to finish of every attempt counted above
+                                           -- (completed + failed of them: the histogram's count)
     processing_sum  float8 NOT NULL,       -- seconds
     waiting         bigint[] NOT NULL,     -- ready to claim, of the same attempts
     waiting_sum     float8 NOT NULL,
@@ -167,6 +168,42 @@ BEGIN
     RETURN counted;
 END $$;
 
+-- Merges the writer shards of every minute before the last two into one row (shard -1), at
+-- most max_rows rows per call, so that reads scan about one row per minute, queue and job
+-- type.  A late writer (a transaction that began in that minute) just adds a shard row that
+-- the next call merges.  Returns how many rows it merged.
+CREATE FUNCTION job._compact_metric_buckets(max_rows int)
+RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    compacted int;
+BEGIN
+    WITH old AS (
+        DELETE FROM job.metric_buckets b
+         WHERE (b.bucket, b.queue, b.job_type, b.shard) IN (
+               SELECT o.bucket, o.queue, o.job_type, o.shard FROM job.metric_buckets o
+                WHERE o.bucket < date_trunc('minute', now()) - interval '1 minute' AND o.shard <> -1
+                ORDER BY o.bucket LIMIT max_rows)
+        RETURNING b.*
+    ), merged AS (
+        INSERT INTO job.metric_buckets AS m
+        SELECT o.bucket, o.queue, o.job_type, -1, sum(o.completed), sum(o.failed), sum(o.dead),
+               sum(o.stalled), job._hist_sum(o.processing), sum(o.processing_sum),
+               job._hist_sum(o.waiting), sum(o.waiting_sum)
+          FROM old o GROUP BY o.bucket, o.queue, o.job_type
+        ON CONFLICT (bucket, queue, job_type, shard) DO UPDATE
+           SET completed = m.completed + EXCLUDED.completed,
+               failed = m.failed + EXCLUDED.failed,
+               dead = m.dead + EXCLUDED.dead,
+               stalled = m.stalled + EXCLUDED.stalled,
+               processing = job._hist_add(m.processing, EXCLUDED.processing),
+               processing_sum = m.processing_sum + EXCLUDED.processing_sum,
+               waiting = job._hist_add(m.waiting, EXCLUDED.waiting),
+               waiting_sum = m.waiting_sum + EXCLUDED.waiting_sum
+    )
+    SELECT count(*) INTO compacted FROM old;
+    RETURN compacted;
+END $$;
+
 -- Folds minute buckets older than two hours into job.metric_totals (at most max_rows of
 -- them), and forgets workers unseen for a day.  Returns how many buckets it folded.
 CREATE FUNCTION job._fold_metric_buckets(max_rows int)
@@ -183,9 +220,9 @@ BEGIN
     ), summed AS (
         SELECT o.queue, o.job_type, sum(o.completed) AS completed, sum(o.failed) AS failed,
                sum(o.dead) AS dead, sum(o.stalled) AS stalled,
-               sum((SELECT sum(c) FROM unnest(o.processing) c)) AS processing_count,
+               sum(o.completed + o.failed) AS processing_count,
                sum(o.processing_sum) AS processing_sum,
-               sum((SELECT sum(c) FROM unnest(o.waiting) c)) AS waiting_count,
+               sum(o.completed + o.failed) AS waiting_count,
                sum(o.waiting_sum) AS waiting_sum
           FROM old o GROUP BY o.queue, o.job_type
     )
@@ -293,9 +330,9 @@ SELECT k.queue, k.job_type,
   LEFT JOIN job.metric_totals t ON t.queue = k.queue AND t.job_type = k.job_type
   LEFT JOIN (SELECT mb.queue, mb.job_type, sum(mb.completed) AS completed, sum(mb.failed) AS failed,
                     sum(mb.dead) AS dead, sum(mb.stalled) AS stalled,
-                    sum((SELECT sum(c) FROM unnest(mb.processing) c)) AS processing_count,
+                    sum(mb.completed + mb.failed) AS processing_count,
                     sum(mb.processing_sum) AS processing_sum,
-                    sum((SELECT sum(c) FROM unnest(mb.waiting) c)) AS waiting_count,
+                    sum(mb.completed + mb.failed) AS waiting_count,
                     sum(mb.waiting_sum) AS waiting_sum,
                     job._hist_sum(mb.processing) FILTER (WHERE mb.bucket > now() - interval '5 minutes') AS processing,
                     job._hist_sum(mb.waiting) FILTER (WHERE mb.bucket > now() - interval '5 minutes') AS waiting

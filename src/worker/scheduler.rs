@@ -120,14 +120,14 @@ fn fire_due_schedules() {
 }
 
 /// One maintenance round: rescue stalled jobs, apply retention (which also expires
-/// idempotency keys), prune schedule history, fold old metric buckets and prune the audit
+/// idempotency keys), prune schedule history, merge and fold old metric buckets, prune the audit
 /// log, each in batches of pg_jobqueue.maintenance_batch rows per transaction; then count
 /// the live jobs per queue for the metrics.
 fn run_maintenance() {
     let batch = i64::from(gucs::MAINTENANCE_BATCH.get());
     let keep = i64::from(gucs::SCHEDULE_HISTORY.get());
     let audit_days = i64::from(gucs::AUDIT_RETENTION_DAYS.get());
-    let steps: [(&str, &str, [i64; 2]); 5] = [
+    let steps: [(&str, &str, [i64; 2]); 6] = [
         (
             "rescue stalled jobs",
             "SELECT job.rescue_stalled(NULL, $1::int)::bigint",
@@ -142,6 +142,11 @@ fn run_maintenance() {
             "prune schedule history",
             "SELECT job._prune_schedule_runs($2::int, $1::int)::bigint",
             [batch, keep],
+        ),
+        (
+            "merge metric shards",
+            "SELECT job._compact_metric_buckets($1::int)::bigint",
+            [batch, 0],
         ),
         (
             "fold metric buckets",
