@@ -55,6 +55,7 @@ integration-test: install
 bench: install
 	@bash bench/run.sh $(BENCH_PORT)
 	@bash bench/worker.sh $(BENCH_PORT)
+	@bash bench/metrics.sh $(BENCH_PORT)
 
 bench-stop:
 	@$(CLUSTER) stop bench $(BENCH_PORT)

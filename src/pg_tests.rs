@@ -1829,4 +1829,23 @@ mod tests {
             2
         );
     }
+
+    #[pg_test]
+    fn past_minutes_merge_their_writer_shards() {
+        run("SELECT job.create_queue('c')");
+        run("INSERT INTO job.metric_buckets
+             SELECT date_trunc('minute', now()) - interval '5 minutes', 'c', '', s, 2, 1, 0, 0,
+                    job._hist_add(job._hist_of(0.5), job._hist_of(2)), 2.5, job._hist_of(0.1), 0.1
+               FROM generate_series(0, 3) s");
+        run("INSERT INTO job.metric_buckets
+             SELECT date_trunc('minute', now()), 'c', '', 0, 1, 0, 0, 0, job._hist_of(1), 1, job._hist_of(1), 1");
+        assert_eq!(one::<i32>("SELECT job._compact_metric_buckets(1000)"), 4);
+        assert_eq!(
+            one::<String>("SELECT string_agg(concat_ws(' ', shard, completed, failed, processing_sum,
+                                                       (SELECT sum(c) FROM unnest(processing) c)), ',' ORDER BY bucket)
+                             FROM job.metric_buckets"),
+            "-1 8 4 10 8,0 1 0 1 1"
+        );
+        assert_eq!(one::<i32>("SELECT job._compact_metric_buckets(1000)"), 0);
+    }
 }
