@@ -91,26 +91,10 @@ SELECT pg_catalog.pg_extension_config_dump('job.workers_seen', '');
 -- Writing (called where jobs finish, fail and stall)
 ---------------------------------------------------------------------------------------------
 
--- Adds finished or failed attempts to this minute's bucket: one per element of the arrays
--- (queue, job type, claimed at, ready at), all with one outcome: 'completed', 'failed'
--- (to be retried), 'dead', 'stalled' (lease expired, to be retried) or 'stalled_dead'.
-CREATE FUNCTION job._record_attempts(outcome text, queues text[], job_types text[],
-                                     claimed timestamptz[], ready timestamptz[])
+-- Adds `rows` to the buckets with the same minute, queue, job type and shard (or inserts them).
+CREATE FUNCTION job._add_buckets(rows job.metric_buckets[])
 RETURNS void LANGUAGE sql AS $$
-    INSERT INTO job.metric_buckets AS m
-           (bucket, queue, job_type, shard, completed, failed, dead, stalled,
-            processing, processing_sum, waiting, waiting_sum)
-    SELECT date_trunc('minute', now()), a.queue, coalesce(a.job_type, ''), job._writer_shard(),
-           CASE WHEN outcome = 'completed' THEN count(*) ELSE 0 END,
-           CASE WHEN outcome <> 'completed' THEN count(*) ELSE 0 END,
-           CASE WHEN outcome IN ('dead', 'stalled_dead') THEN count(*) ELSE 0 END,
-           CASE WHEN outcome IN ('stalled', 'stalled_dead') THEN count(*) ELSE 0 END,
-           job._hist_sum(job._hist_of(extract(epoch FROM now() - a.claimed_at)::float8)),
-           coalesce(sum(extract(epoch FROM now() - a.claimed_at)::float8), 0),
-           job._hist_sum(job._hist_of(extract(epoch FROM a.claimed_at - a.ready_at)::float8)),
-           coalesce(sum(greatest(extract(epoch FROM a.claimed_at - a.ready_at)::float8, 0)), 0)
-      FROM unnest(queues, job_types, claimed, ready) AS a(queue, job_type, claimed_at, ready_at)
-     GROUP BY a.queue, coalesce(a.job_type, '')
+    INSERT INTO job.metric_buckets AS m SELECT * FROM unnest(rows)
     ON CONFLICT (bucket, queue, job_type, shard) DO UPDATE
        SET completed = m.completed + EXCLUDED.completed,
            failed = m.failed + EXCLUDED.failed,
@@ -120,6 +104,28 @@ RETURNS void LANGUAGE sql AS $$
            processing_sum = m.processing_sum + EXCLUDED.processing_sum,
            waiting = job._hist_add(m.waiting, EXCLUDED.waiting),
            waiting_sum = m.waiting_sum + EXCLUDED.waiting_sum
+$$;
+
+-- Adds finished or failed attempts to this minute's bucket: one per element of the arrays
+-- (queue, job type, claimed at, ready at), all with one outcome: 'completed', 'failed'
+-- (to be retried), 'dead', 'stalled' (lease expired, to be retried) or 'stalled_dead'.
+CREATE FUNCTION job._record_attempts(outcome text, queues text[], job_types text[],
+                                     claimed timestamptz[], ready timestamptz[])
+RETURNS void LANGUAGE sql AS $$
+    SELECT job._add_buckets(array_agg(ROW(
+               date_trunc('minute', now()), a.queue, a.job_type, job._writer_shard(),
+               CASE WHEN outcome = 'completed' THEN a.n ELSE 0 END,
+               CASE WHEN outcome <> 'completed' THEN a.n ELSE 0 END,
+               CASE WHEN outcome IN ('dead', 'stalled_dead') THEN a.n ELSE 0 END,
+               CASE WHEN outcome IN ('stalled', 'stalled_dead') THEN a.n ELSE 0 END,
+               a.processing, a.processing_sum, a.waiting, a.waiting_sum)::job.metric_buckets))
+      FROM (SELECT r.queue, coalesce(r.job_type, '') AS job_type, count(*) AS n,
+                   job._hist_sum(job._hist_of(extract(epoch FROM now() - r.claimed_at)::float8)) AS processing,
+                   coalesce(sum(extract(epoch FROM now() - r.claimed_at)::float8), 0) AS processing_sum,
+                   job._hist_sum(job._hist_of(extract(epoch FROM r.claimed_at - r.ready_at)::float8)) AS waiting,
+                   coalesce(sum(greatest(extract(epoch FROM r.claimed_at - r.ready_at)::float8, 0)), 0) AS waiting_sum
+              FROM unnest(queues, job_types, claimed, ready) AS r(queue, job_type, claimed_at, ready_at)
+             GROUP BY r.queue, coalesce(r.job_type, '')) a
 $$;
 
 -- The dead-letter queue of `queue` grew (or shrank, for a negative delta) by `delta` jobs.
@@ -176,6 +182,7 @@ CREATE FUNCTION job._compact_metric_buckets(max_rows int)
 RETURNS int LANGUAGE plpgsql AS $$
 DECLARE
     compacted int;
+    merged job.metric_buckets[];
 BEGIN
     WITH old AS (
         DELETE FROM job.metric_buckets b
@@ -184,23 +191,16 @@ BEGIN
                 WHERE o.bucket < date_trunc('minute', now()) - interval '1 minute' AND o.shard <> -1
                 ORDER BY o.bucket LIMIT max_rows)
         RETURNING b.*
-    ), merged AS (
-        INSERT INTO job.metric_buckets AS m
-        SELECT o.bucket, o.queue, o.job_type, -1, sum(o.completed), sum(o.failed), sum(o.dead),
-               sum(o.stalled), job._hist_sum(o.processing), sum(o.processing_sum),
-               job._hist_sum(o.waiting), sum(o.waiting_sum)
-          FROM old o GROUP BY o.bucket, o.queue, o.job_type
-        ON CONFLICT (bucket, queue, job_type, shard) DO UPDATE
-           SET completed = m.completed + EXCLUDED.completed,
-               failed = m.failed + EXCLUDED.failed,
-               dead = m.dead + EXCLUDED.dead,
-               stalled = m.stalled + EXCLUDED.stalled,
-               processing = job._hist_add(m.processing, EXCLUDED.processing),
-               processing_sum = m.processing_sum + EXCLUDED.processing_sum,
-               waiting = job._hist_add(m.waiting, EXCLUDED.waiting),
-               waiting_sum = m.waiting_sum + EXCLUDED.waiting_sum
     )
-    SELECT count(*) INTO compacted FROM old;
+    SELECT coalesce(sum(m.n), 0), array_agg(m.row) INTO compacted, merged
+      FROM (SELECT count(*) AS n,
+                   ROW(o.bucket, o.queue, o.job_type, -1, sum(o.completed), sum(o.failed), sum(o.dead),
+                       sum(o.stalled), job._hist_sum(o.processing), sum(o.processing_sum),
+                       job._hist_sum(o.waiting), sum(o.waiting_sum))::job.metric_buckets AS row
+              FROM old o GROUP BY o.bucket, o.queue, o.job_type) m;
+    IF compacted > 0 THEN
+        PERFORM job._add_buckets(merged);
+    END IF;
     RETURN compacted;
 END $$;
 
