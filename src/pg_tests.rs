@@ -1085,7 +1085,7 @@ mod tests {
         assert_eq!(one::<i32>("SELECT job._fire_due_schedules()"), 1);
         assert_eq!(
             one::<String>("SELECT concat_ws(',', j.payload, j.priority, j.job_type,
-                                  j.idempotency_key = 'schedule:every:' || extract(epoch FROM r.tick),
+                                  j.idempotency_key = 'schedule:every:' || extract(epoch FROM r.tick)::bigint,
                                   s.last_job_id = j.id, s.last_job_state, s.next_run > r.tick)
                              FROM job.schedule_runs r JOIN job.jobs j ON j.id = r.job_id
                              JOIN job.schedules s ON s.name = r.schedule"),

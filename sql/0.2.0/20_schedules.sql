@@ -226,7 +226,7 @@ BEGIN
                 IF FOUND THEN
                     fired_job := job.enqueue(s.queue, s.payload, priority => s.priority, job_type => s.job_type,
                                           idempotency_key => format('schedule:%s:%s', s.name,
-                                                                    extract(epoch FROM fire_tick)));
+                                                                    extract(epoch FROM fire_tick)::bigint));
                     UPDATE job.schedule_runs r SET job_id = fired_job
                      WHERE r.schedule = s.name AND r.tick = fire_tick;
                     fired := fired + 1;

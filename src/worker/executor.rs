@@ -60,6 +60,10 @@ pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
     let worker = format!("pg_jobqueue executor {index} (pid {})", unsafe {
         pg_sys::MyProcPid
     });
+    if let Err(e) = transaction(super::pin_search_path) {
+        log!("pg_jobqueue executor: {e}");
+        return;
+    }
 
     loop {
         super::reload_config_if_asked();
@@ -94,7 +98,7 @@ fn claim(worker: &str) -> Claim {
     spi(Spi::run("SET LOCAL synchronous_commit = off"));
     let claimed = Spi::connect_mut(|client| {
         let rows = client.update(
-            "SELECT job_id, payload::text, format('%I.%I', handler_schema, handler_name),
+            "SELECT job_id, payload::text, pg_catalog.format('%I.%I', handler_schema, handler_name),
                     returns_jsonb, run_as, timeout_ms, slot_key
                FROM job._claim_handler_job($1)",
             Some(1),
@@ -164,7 +168,17 @@ fn run(job: Claimed) {
 }
 
 /// Calls the handler as its role under its timeout; returns its result as JSON text.
+///
+/// Whatever settings the handler changes, even with a session-level `SET`, are undone when it
+/// returns (a GUC nest level rolled back like an aborted subtransaction's): they must not
+/// leak into the executor's own statements, which run as superuser, or into the next job.
 fn call_handler(job: &Claimed) -> Option<String> {
+    // SAFETY: a nest level closed below; an error aborts the transaction, which closes it.
+    let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+    // A handler sees an ordinary session's default path (its own SET clause still wins).
+    spi(Spi::run(
+        "SELECT pg_catalog.set_config('search_path', '\"$user\", public', true)",
+    ));
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: switches the current user the way SECURITY DEFINER functions do; restored
@@ -183,20 +197,24 @@ fn call_handler(job: &Claimed) -> Option<String> {
     let args = [job.payload.as_str().into()];
     let result = if job.returns_jsonb {
         spi(Spi::get_one_with_args::<String>(
-            &format!("SELECT {}($1::jsonb)::text", job.handler_call),
+            &format!(
+                "SELECT {}($1::pg_catalog.jsonb)::pg_catalog.text",
+                job.handler_call
+            ),
             &args,
         ))
     } else {
         spi(Spi::run_with_args(
-            &format!("SELECT {}($1::jsonb)", job.handler_call),
+            &format!("SELECT {}($1::pg_catalog.jsonb)", job.handler_call),
             &args,
         ));
         None
     };
-    // SAFETY: undoes the switch above.
+    // SAFETY: undoes the switches above, innermost first.
     unsafe {
         disable_timeout(STATEMENT_TIMEOUT, false);
         pg_sys::SetUserIdAndSecContext(saved_user, saved_context);
+        pg_sys::AtEOXact_GUC(false, nest_level);
     }
     result
 }

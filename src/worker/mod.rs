@@ -20,6 +20,7 @@ use crate::gucs;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
+use pgrx::PgList;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -130,6 +131,25 @@ pub fn extension_installed() -> bool {
     unsafe { pg_sys::get_extension_oid(c"pg_jobqueue".as_ptr(), true) != pg_sys::InvalidOid }
 }
 
+/// The extension's version in the connected database, if installed.  Needs a transaction.
+pub fn installed_version() -> Option<String> {
+    spi(Spi::get_one::<String>(
+        "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_jobqueue')",
+    ))
+}
+
+/// The version of this library: a database at another version is not served until
+/// `ALTER EXTENSION pg_jobqueue UPDATE` (whose script asks for service again).
+pub const LIBRARY_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Pins this process's own search_path, so that no database or role default, and nothing a
+/// handler did, decides what the worker's statements resolve to.  Needs a transaction.
+pub fn pin_search_path() {
+    spi(Spi::run(
+        "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)",
+    ));
+}
+
 /// Sleeps on the latch for at most `timeout`; false when the worker must stop (SIGTERM).
 /// The process exits at once should the postmaster die.
 pub fn sleep(timeout: Duration) -> bool {
@@ -238,7 +258,8 @@ fn worker_processes() -> TableIterator<'static, (name!(pid, i32), name!(kind, St
 static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
 
 /// `DROP DATABASE` waits only a few seconds for other sessions to leave, and our workers
-/// are sessions: stop them first, and keep the launcher from restarting them meanwhile.
+/// are sessions: stop them first, and keep the launcher from restarting them meanwhile;
+/// should the drop fail, serve the database again.
 #[pg_guard]
 #[allow(clippy::too_many_arguments)]
 unsafe extern "C-unwind" fn process_utility(
@@ -252,17 +273,19 @@ unsafe extern "C-unwind" fn process_utility(
     qc: *mut pg_sys::QueryCompletion,
 ) {
     let stmt = (*pstmt).utilityStmt;
+    let mut stopped = None;
     if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
         let drop = stmt.cast::<pg_sys::DropdbStmt>();
         let db = pg_sys::get_database_oid((*drop).dbname, true);
-        if db != pg_sys::InvalidOid {
+        if db != pg_sys::InvalidOid && drop_will_proceed(db, drop) {
             registry::mark_dropping(db);
             // Cancel a running handler, then ask the process to exit.
             registry::signal_processes_of(db, libc::SIGINT);
             registry::signal_processes_of(db, libc::SIGTERM);
+            stopped = Some(db);
         }
     }
-    match PREV_PROCESS_UTILITY {
+    let run = AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
         Some(prev) => prev(
             pstmt,
             query,
@@ -283,7 +306,42 @@ unsafe extern "C-unwind" fn process_utility(
             dest,
             qc,
         ),
+    });
+    match stopped {
+        None => run(),
+        // The drop failed after all: serve the database again at once.
+        Some(db) => PgTryBuilder::new(run)
+            .catch_others(|caught| {
+                registry::unmark_dropping(db);
+                registry::request_service(db);
+                caught.rethrow()
+            })
+            .execute(),
     }
+}
+
+/// Whether `DROP DATABASE` will get as far as waiting for other sessions: it runs outside a
+/// transaction block, by the owner or a superuser, and either with FORCE or with no client
+/// connected (which would make it fail anyway).  Anything else leaves the worker alone.
+unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> bool {
+    if pg_sys::IsTransactionBlock()
+        || !(pg_sys::superuser() || pg_sys::pg_database_ownercheck(db, pg_sys::GetUserId()))
+    {
+        return false;
+    }
+    let options = PgList::<pg_sys::DefElem>::from_pg((*drop).options);
+    let force = options
+        .iter_ptr()
+        .any(|option| std::ffi::CStr::from_ptr((*option).defname).to_bytes() == b"force");
+    force
+        || !spi(Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
+                             WHERE datid = $1 AND pid <> pg_catalog.pg_backend_pid()
+                               AND backend_type <> 'autovacuum worker'
+                               AND backend_type NOT LIKE 'pg_jobqueue %')",
+            &[db.into()],
+        ))
+        .unwrap_or(false)
 }
 
 #[cfg(test)]

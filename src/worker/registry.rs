@@ -202,6 +202,16 @@ pub fn mark_dropping(db: pg_sys::Oid) {
     }
 }
 
+/// The `DROP DATABASE` of `db` failed.
+pub fn unmark_dropping(db: pg_sys::Oid) {
+    for slot in DROPPING.get().iter() {
+        let entry = slot.load(Ordering::SeqCst);
+        if entry != 0 && db_of(entry) == db.to_u32() {
+            let _ = slot.compare_exchange(entry, 0, Ordering::SeqCst, Ordering::SeqCst);
+        }
+    }
+}
+
 pub fn is_dropping(db: u32) -> bool {
     let now = now_seconds();
     DROPPING.get().iter().any(|slot| {

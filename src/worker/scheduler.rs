@@ -28,9 +28,21 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     registry::register_process(db, Kind::Scheduler);
 
-    match transaction(super::extension_installed) {
-        Ok(true) => {}
-        Ok(false) => {
+    match transaction(|| {
+        super::pin_search_path();
+        super::installed_version()
+    }) {
+        Ok(Some(version)) if version == super::LIBRARY_VERSION => {}
+        Ok(Some(version)) => {
+            log!(
+                "pg_jobqueue scheduler: this database has pg_jobqueue {version} and the library is {}: \
+                 run ALTER EXTENSION pg_jobqueue UPDATE to start its worker",
+                super::LIBRARY_VERSION
+            );
+            registry::decline(db);
+            return;
+        }
+        Ok(None) => {
             registry::decline(db);
             return;
         }
@@ -48,10 +60,12 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
         if !gucs::ENABLED.get() {
             break;
         }
-        match transaction(super::extension_installed) {
-            Ok(true) => {}
-            Ok(false) => {
-                log!("pg_jobqueue scheduler: the extension was dropped; stopping");
+        match transaction(super::installed_version) {
+            Ok(Some(version)) if version == super::LIBRARY_VERSION => {}
+            Ok(_) => {
+                log!(
+                    "pg_jobqueue scheduler: the extension was dropped or changed version; stopping"
+                );
                 registry::decline(db);
                 break;
             }

@@ -5,6 +5,8 @@
 //! (`make integration-test` sets it).  Every test works in a database of its own, created by
 //! [`TestDb::create`] and dropped when the guard goes out of scope, so tests run in parallel.
 
+pub mod cluster;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -96,6 +98,11 @@ impl TestDb {
     /// Creates `itest_<test>_<pid>` (dropping a leftover of that name first) and runs
     /// `CREATE EXTENSION pg_jobqueue` in it.
     pub fn create(test: &str) -> TestDb {
+        Self::create_with(test, "CREATE EXTENSION pg_jobqueue")
+    }
+
+    /// Like [`TestDb::create`], with `setup` run in the new database instead (`""`: none).
+    pub fn create_with(test: &str, setup: &str) -> TestDb {
         let name = format!("itest_{}_{}", test, std::process::id()).to_lowercase();
         let mut admin = connect_admin();
         let quoted = quote_ident(&name);
@@ -126,15 +133,9 @@ impl TestDb {
         }
         // The guard exists from here on, so a failure below still drops the database.
         let db = TestDb { name };
-        db.connect()
-            .batch_execute("CREATE EXTENSION pg_jobqueue")
-            .unwrap_or_else(|e| {
-                panic!(
-                    "CREATE EXTENSION pg_jobqueue failed in {}: {err}",
-                    db.name,
-                    err = error_text(&e)
-                )
-            });
+        db.connect().batch_execute(setup).unwrap_or_else(|e| {
+            panic!("{setup} failed in {}: {err}", db.name, err = error_text(&e))
+        });
         db
     }
 

@@ -1,0 +1,347 @@
+//! Operations: upgrading from the previous release, pg_dump and pg_restore, and the Prometheus
+//! export read by a real parser.
+
+use pg_jobqueue_integration::{connect, error_text, Client, TestDb};
+use std::collections::BTreeSet;
+use std::process::Command;
+
+const BIN: &str = "/usr/lib/postgresql/15/bin";
+
+fn strings(client: &mut Client, query: &str) -> Vec<String> {
+    client
+        .query(query, &[])
+        .unwrap_or_else(|e| panic!("{query}: {}", error_text(&e)))
+        .iter()
+        .map(|row| {
+            row.get::<_, Option<String>>(0)
+                .unwrap_or_else(|| "NULL".into())
+        })
+        .collect()
+}
+
+fn one_string(client: &mut Client, query: &str) -> String {
+    strings(client, query).pop().unwrap_or_default()
+}
+
+/// Everything the extension defines, one line per object and property, so two databases
+/// can be compared: functions (definition, settings, security, privileges), tables and
+/// their columns, constraints, indexes and privileges, views, sequences, types and what
+/// pg_dump keeps.
+const SCHEMA_DESCRIPTION: &str = "
+    SELECT 'function ' || p.oid::regprocedure || ' ' || pg_get_functiondef(p.oid)
+           || ' config=' || coalesce(p.proconfig::text, '') || ' definer=' || p.prosecdef
+           || ' acl=' || coalesce(p.proacl::text, '')
+      FROM pg_proc p WHERE p.pronamespace = 'job'::regnamespace AND p.prokind <> 'a'
+    UNION ALL
+    SELECT 'aggregate ' || p.oid::regprocedure FROM pg_proc p
+     WHERE p.pronamespace = 'job'::regnamespace AND p.prokind = 'a'
+    UNION ALL
+    SELECT 'relation ' || c.relname || ' ' || c.relkind::text || ' options=' || coalesce(c.reloptions::text, '')
+           || ' acl=' || coalesce(c.relacl::text, '')
+      FROM pg_class c WHERE c.relnamespace = 'job'::regnamespace
+    UNION ALL
+    SELECT 'column ' || c.relname || '.' || a.attname || ' ' || format_type(a.atttypid, a.atttypmod)
+           || ' notnull=' || a.attnotnull || ' default=' || coalesce(pg_get_expr(d.adbin, d.adrelid), '')
+           || ' identity=' || a.attidentity::text || ' position=' || a.attnum
+      FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+      LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
+     WHERE c.relnamespace = 'job'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped
+       AND c.relkind IN ('r', 'v', 'c')
+    UNION ALL
+    SELECT 'constraint ' || conrelid::regclass || ' ' || conname || ' ' || pg_get_constraintdef(oid)
+      FROM pg_constraint WHERE connamespace = 'job'::regnamespace
+    UNION ALL
+    SELECT 'index ' || pg_get_indexdef(indexrelid) FROM pg_index
+     WHERE indrelid IN (SELECT oid FROM pg_class WHERE relnamespace = 'job'::regnamespace)
+    UNION ALL
+    SELECT 'view ' || c.relname || ' ' || pg_get_viewdef(c.oid)
+      FROM pg_class c WHERE c.relnamespace = 'job'::regnamespace AND c.relkind = 'v'
+    UNION ALL
+    SELECT 'comment ' || c.relname || ' ' || obj_description(c.oid, 'pg_class')
+      FROM pg_class c WHERE c.relnamespace = 'job'::regnamespace AND obj_description(c.oid, 'pg_class') IS NOT NULL
+    UNION ALL
+    SELECT 'dumped ' || unnest(extconfig)::regclass::text FROM pg_extension WHERE extname = 'pg_jobqueue'
+    UNION ALL
+    SELECT 'schema acl ' || coalesce(nspacl::text, '') FROM pg_namespace WHERE nspname = 'job'";
+
+fn schema_of(client: &mut Client) -> BTreeSet<String> {
+    strings(client, SCHEMA_DESCRIPTION).into_iter().collect()
+}
+
+#[test]
+fn upgrade_from_0_1_0_keeps_the_data_and_matches_a_fresh_install() {
+    let old = TestDb::create_with(
+        "upgrade_old",
+        "CREATE EXTENSION pg_jobqueue VERSION '0.1.0'",
+    );
+    let mut c = old.connect();
+    assert_eq!(
+        one_string(
+            &mut c,
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'"
+        ),
+        "0.1.0"
+    );
+    // Fill it through 0.1.0's own API: queues, and jobs in every state.
+    c.batch_execute(
+        "SELECT job.create_queue('mail', max_retries => 0, lease => '1 minute');
+         SELECT job.create_queue('reports');
+         SELECT job.enqueue('mail', '{\"n\": 1}', idempotency_key => 'first');
+         SELECT job.enqueue('mail', '{\"n\": 2}', delay => '1 hour');
+         SELECT job.enqueue_many('reports', ARRAY['{\"r\": 1}', '{\"r\": 2}', '{\"r\": 3}']::jsonb[]);
+         SELECT job.complete(id, '{\"ok\": true}') FROM job.dequeue('reports', 'w1');
+         SELECT job.fail(id, 'boom') FROM job.dequeue('mail', 'w1');
+         SELECT job.dequeue('reports', 'w2');",
+    )
+    .unwrap_or_else(|e| panic!("filling 0.1.0: {}", error_text(&e)));
+    let jobs_before = strings(
+        &mut c,
+        "SELECT concat_ws(' ', id, queue, state, attempt, payload, result, idempotency_key, claimed_by) FROM job.jobs ORDER BY id",
+    );
+    assert_eq!(jobs_before.len(), 5);
+
+    c.batch_execute("ALTER EXTENSION pg_jobqueue UPDATE")
+        .unwrap_or_else(|e| panic!("ALTER EXTENSION pg_jobqueue UPDATE: {}", error_text(&e)));
+    assert_eq!(
+        one_string(
+            &mut c,
+            "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'"
+        ),
+        "0.2.0"
+    );
+    let jobs_after = strings(
+        &mut c,
+        "SELECT concat_ws(' ', id, queue, state, attempt, payload, result, idempotency_key, claimed_by) FROM job.jobs ORDER BY id",
+    );
+    assert_eq!(jobs_after, jobs_before);
+    assert_eq!(
+        strings(
+            &mut c,
+            "SELECT concat_ws(' ', queue, dead_letters) FROM job.queue_metrics ORDER BY queue"
+        ),
+        ["mail 1", "reports 0"],
+        "the dead-letter count starts from the dead jobs already there"
+    );
+    // 0.2.0's API works on the upgraded data.
+    c.batch_execute(
+        "SELECT job.complete(id) FROM job.jobs WHERE state = 'running';
+         SELECT job.retry_dead('mail');
+         SELECT job.schedule('nightly', '0 3 * * *', 'reports', timezone => 'Europe/Paris');",
+    )
+    .unwrap_or_else(|e| panic!("using 0.2.0 after the upgrade: {}", error_text(&e)));
+    assert_eq!(
+        one_string(
+            &mut c,
+            "SELECT string_agg(action, ',' ORDER BY id) FROM job.audit_log"
+        ),
+        "retry_dead,schedule"
+    );
+    assert_eq!(
+        one_string(
+            &mut c,
+            "SELECT job.enqueue('mail', '{\"n\": 1}', idempotency_key => 'first')::text"
+        ),
+        one_string(
+            &mut c,
+            "SELECT id::text FROM job.jobs WHERE idempotency_key = 'first'"
+        ),
+        "idempotency keys survive the upgrade"
+    );
+
+    let fresh = TestDb::create("upgrade_fresh");
+    let upgraded = schema_of(&mut old.connect());
+    let installed = schema_of(&mut fresh.connect());
+    let only_upgraded: Vec<_> = upgraded.difference(&installed).collect();
+    let only_fresh: Vec<_> = installed.difference(&upgraded).collect();
+    assert!(
+        only_upgraded.is_empty() && only_fresh.is_empty(),
+        "the upgraded schema differs from a fresh install:\n only after upgrade: {only_upgraded:#?}\n only in fresh install: {only_fresh:#?}"
+    );
+}
+
+fn pg_tool(tool: &str, args: &[&str]) {
+    let url = pg_jobqueue_integration::cluster_url();
+    let config: postgres::Config = url.parse().unwrap();
+    let port = config
+        .get_ports()
+        .first()
+        .copied()
+        .unwrap_or(5432)
+        .to_string();
+    let output = Command::new(format!("{BIN}/{tool}"))
+        .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {tool}: {e}"));
+    assert!(
+        output.status.success(),
+        "{tool} {args:?} failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn dump_and_restore_keep_settings_schedules_handlers_and_unfinished_jobs() {
+    let source = TestDb::create("dump_source");
+    let mut c = source.connect();
+    c.batch_execute(
+        "CREATE FUNCTION public.handle_mail(p jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT p';
+         SELECT job.create_queue('mail', max_retries => 2, backoff_base => '3 seconds', lease => '90 seconds',
+                                 retention => '2 days', max_payload_bytes => 4096);
+         SELECT job.create_queue('held');
+         SELECT job.pause_queue('held');
+         SELECT job.set_handler('held', 'public.handle_mail(jsonb)', concurrency => 3, timeout => '10 seconds');
+         SELECT job.schedule('digest', '0 7 * * MON-FRI', 'mail', '{\"kind\": \"digest\"}',
+                             timezone => 'America/New_York', jitter => '5 minutes', misfire => 'catch_up');
+         SELECT job.enqueue('held', '{\"n\": 1}', idempotency_key => 'k1');
+         SELECT job.enqueue('held', '{\"n\": 2}', delay => '1 day', priority => 7);
+         SELECT job.enqueue('mail', '{\"n\": 3}');
+         SELECT job.dequeue('mail', 'w1');
+         SELECT job.enqueue('mail', '{\"n\": 4}');
+         SELECT job.complete(id) FROM job.dequeue('mail', 'w1');",
+    )
+    .unwrap_or_else(|e| panic!("filling the source: {}", error_text(&e)));
+    let snapshot = |c: &mut Client| {
+        [
+            "SELECT string_agg(to_jsonb(q)::text, ',' ORDER BY name) FROM (SELECT * FROM job.queues) q",
+            "SELECT string_agg(concat_ws(' ', name, id, cron, timezone, queue, payload, misfire, jitter, jitter_offset, paused, next_tick), ',' ORDER BY name) FROM job.schedule_defs",
+            "SELECT string_agg(concat_ws(' ', queue, handler, run_as, concurrency, timeout), ',') FROM job.handlers",
+            "SELECT string_agg(concat_ws(' ', id, queue, state, priority, attempt, run_at, payload, claimed_by, lease_expires_at, idempotency_key), ',' ORDER BY id) FROM job.jobs",
+            "SELECT string_agg(concat_ws(' ', queue, key, job_id, expires_at), ',') FROM job.idempotency_keys",
+            "SELECT string_agg(concat_ws(' ', action, arguments, role), ',' ORDER BY id) FROM job.audit_log",
+        ]
+        .map(|q| one_string(c, q))
+    };
+    let before = snapshot(&mut c);
+    let max_id = one_string(&mut c, "SELECT max(id)::text FROM job.jobs");
+
+    let dump = std::env::temp_dir().join(format!("pg_jobqueue_dump_{}.pgdump", std::process::id()));
+    let dump_path = dump.to_str().unwrap();
+    pg_tool("pg_dump", &["-Fc", "-f", dump_path, "-d", source.name()]);
+    let target = TestDb::create_with("dump_target", "");
+    pg_tool(
+        "pg_restore",
+        &["--exit-on-error", "-d", target.name(), dump_path],
+    );
+    std::fs::remove_file(&dump).ok();
+
+    let mut t = connect(target.name());
+    assert_eq!(snapshot(&mut t), before);
+    // The sequences continue where they were: new ids do not collide with restored ones.
+    let new_id: i64 = t
+        .query_one("SELECT job.enqueue('mail', '{}')", &[])
+        .unwrap()
+        .get(0);
+    assert!(new_id > max_id.parse::<i64>().unwrap());
+    let new_schedule: i64 = t
+        .query_one("SELECT job.schedule('other', '@hourly', 'mail')", &[])
+        .unwrap()
+        .get(0);
+    assert!(new_schedule > 1);
+    // The restored handler resolves to the restored function.
+    assert_eq!(
+        one_string(&mut t, "SELECT (handler::oid = 'public.handle_mail(jsonb)'::regprocedure::oid)::text FROM job.handlers")
+            .as_str(),
+        "true"
+    );
+}
+
+#[test]
+fn prometheus_export_parses_as_the_text_format() {
+    let db = TestDb::create("prometheus");
+    let mut c = db.connect();
+    c.batch_execute(
+        "SELECT job.create_queue('mail', max_retries => 0);
+         SELECT job.enqueue_many('mail', array_fill('{}'::jsonb, ARRAY[5]));
+         SELECT job.enqueue('mail', '{}', job_type => 'welcome');
+         SELECT job.complete(id) FROM job.dequeue('mail', 'w1', 3);
+         SELECT job.fail(id, 'boom') FROM job.dequeue('mail', 'w2', 1);
+         SELECT job._count_queue_depth();",
+    )
+    .unwrap();
+    let text = one_string(&mut c, "SELECT job.prometheus_metrics()");
+
+    // Every line is a HELP, TYPE or sample line of the format, and every sample belongs to
+    // the family declared just before it (families are contiguous).
+    let mut family = String::new();
+    let mut declared = BTreeSet::new();
+    for line in text.lines() {
+        match prometheus_parse::LineInfo::parse(line) {
+            prometheus_parse::LineInfo::Doc { .. } => {}
+            prometheus_parse::LineInfo::Type { metric_name, .. } => {
+                assert!(
+                    declared.insert(metric_name.clone()),
+                    "{metric_name} declared twice"
+                );
+                family = metric_name;
+            }
+            prometheus_parse::LineInfo::Sample {
+                metric_name, value, ..
+            } => {
+                assert!(
+                    metric_name == family
+                        || metric_name == format!("{family}_sum")
+                        || metric_name == format!("{family}_count"),
+                    "sample {metric_name} outside its family {family}: {line}"
+                );
+                assert!(
+                    value == "NaN" || value.parse::<f64>().is_ok(),
+                    "bad value in {line}"
+                );
+            }
+            other => panic!("not a valid exposition line ({other:?}): {line:?}"),
+        }
+    }
+
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let find = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .unwrap_or_else(|| panic!("no sample {name} {labels:?} in:\n{text}"))
+            .value
+            .clone()
+    };
+    use prometheus_parse::Value;
+    assert_eq!(
+        find(
+            "pg_jobqueue_jobs",
+            &[("queue", "mail"), ("state", "waiting")]
+        ),
+        Value::Gauge(2.0)
+    );
+    assert_eq!(
+        find("pg_jobqueue_jobs", &[("queue", "mail"), ("state", "dead")]),
+        Value::Gauge(1.0)
+    );
+    assert_eq!(
+        find(
+            "pg_jobqueue_completed_total",
+            &[("queue", "mail"), ("job_type", "")]
+        ),
+        Value::Counter(3.0)
+    );
+    assert_eq!(
+        find(
+            "pg_jobqueue_failed_attempts_total",
+            &[("queue", "mail"), ("job_type", "")]
+        ),
+        Value::Counter(1.0)
+    );
+    match find(
+        "pg_jobqueue_processing_seconds",
+        &[("queue", "mail"), ("job_type", "")],
+    ) {
+        Value::Summary(quantiles) => {
+            let qs: Vec<f64> = quantiles.iter().map(|q| q.quantile).collect();
+            assert_eq!(qs, [0.5, 0.95, 0.99]);
+            assert!(quantiles.iter().all(|q| q.count >= 0.0));
+        }
+        other => panic!("processing_seconds is not a summary: {other:?}"),
+    }
+    assert_eq!(
+        find("pg_jobqueue_worker_jobs", &[("worker", "w1")]),
+        Value::Gauge(0.0)
+    );
+}
