@@ -9,20 +9,18 @@ const PG_EPOCH_UNIX_SECONDS: i64 = 946_684_800;
 
 fn parse(cron: &str, timezone: &str) -> (Schedule, jiff::tz::TimeZone) {
     let schedule = Schedule::parse(cron).unwrap_or_else(|msg| {
-        ereport!(
-            ERROR,
+        crate::raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             format!("invalid schedule {}: {msg}", quote(cron)),
-            "Use 5 cron fields (minute hour day month weekday), 6 with leading seconds, a macro such as @daily, or an interval such as '30 seconds'."
-        );
+            "Use 5 cron fields (minute hour day month weekday), 6 with leading seconds, a macro such as @daily, or an interval such as '30 seconds'.",
+        )
     });
     let tz = time_zone(timezone).unwrap_or_else(|msg| {
-        ereport!(
-            ERROR,
+        crate::raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             msg,
-            "Use an IANA time zone name such as 'Europe/London' or 'UTC' (see pg_timezone_names)."
-        );
+            "Use an IANA time zone name such as 'Europe/London' or 'UTC' (see pg_timezone_names).",
+        )
     });
     (schedule, tz)
 }

@@ -90,6 +90,14 @@ extension_sql_file!(
     finalize
 );
 
+/// Raises an ERROR with a hint line (pgrx's `ereport!` takes a detail, not a hint).
+pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
+    pgrx::pg_sys::panic::ErrorReport::new(code, message, "pg_jobqueue")
+        .set_hint(hint)
+        .report(PgLogLevel::ERROR);
+    unreachable!("ERROR does not return")
+}
+
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();

@@ -216,11 +216,10 @@ pub fn start_database_worker(
 #[pg_extern(sql = false, stable)]
 fn _require_worker(what: &str) {
     if !registry::available() {
-        ereport!(
-            ERROR,
+        crate::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{what} need the pg_jobqueue background worker, which runs only when the library is preloaded"),
-            "Add pg_jobqueue to shared_preload_libraries in postgresql.conf and restart PostgreSQL."
+            "Add pg_jobqueue to shared_preload_libraries in postgresql.conf and restart PostgreSQL.",
         );
     }
 }

@@ -600,3 +600,40 @@ fn database_still_at_0_1_0_is_served_after_update_without_log_errors_before() {
     );
     wait_for_scheduler(&mut client, Duration::from_secs(1));
 }
+
+/// Without shared_preload_libraries there is no worker: the queue API works, and schedules
+/// and handlers are refused with an error that says what to do.
+#[test]
+fn without_preload_schedules_and_handlers_refuse_clearly() {
+    let cluster = Cluster::start_new("life-no-preload", &[("shared_preload_libraries", "''")]);
+    let mut client = cluster.connect("postgres");
+    exec(
+        &mut client,
+        &format!(
+            "CREATE EXTENSION pg_jobqueue;
+             {ECHO_HANDLER}
+             SELECT job.create_queue('q');
+             SELECT job.enqueue('q');"
+        ),
+    );
+    assert_eq!(dequeue(&mut client, "q", "w", 1, None).len(), 1);
+    for (call, what) in [
+        ("SELECT job.schedule('s', '@daily', 'q')", "schedules"),
+        ("SELECT job.set_handler('q', 'echo(jsonb)')", "handlers"),
+    ] {
+        let error = client.batch_execute(call).expect_err(call);
+        let text = error_text(&error);
+        assert!(
+            text.contains(&format!(
+                "{what} need the pg_jobqueue background worker, which runs only when the library is preloaded"
+            )) && text.contains("HINT: Add pg_jobqueue to shared_preload_libraries"),
+            "{call}: {text}"
+        );
+    }
+    assert_eq!(
+        one::<i64>(&mut client, "SELECT count(*) FROM job.schedule_defs", &[])
+            + one::<i64>(&mut client, "SELECT count(*) FROM job.handlers", &[]),
+        0
+    );
+    assert!(jobqueue_backends(&mut client).is_empty());
+}
