@@ -35,7 +35,12 @@ log_min_messages = warning
 CONF
     fi
     if ! as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
-        as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null
+        if ! as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 start >/dev/null; then
+            echo "cluster $name: PostgreSQL did not start on port $port; its log ends:" >&2
+            tail -n 5 "$dir/postgres.log" >&2
+            echo "(another server on port $port? 'make demo-stop' / 'make bench-stop' stop ours)" >&2
+            exit 1
+        fi
     fi
     echo "cluster $name: postgresql://postgres@127.0.0.1:$port/postgres (log: $dir/postgres.log)"
     ;;
