@@ -77,6 +77,12 @@ fn _hist_of(seconds: Option<f64>) -> Vec<i64> {
     hist
 }
 
+/// SQL (internal): the 1-based array index of the bucket a duration falls in.
+#[pg_extern(sql = false, immutable, parallel_safe)]
+fn _hist_bucket(seconds: Option<f64>) -> i32 {
+    bucket_of(seconds.unwrap_or(0.0)) as i32 + 1
+}
+
 /// SQL (internal): element-wise sum of two histograms (NULL counts as empty).
 #[pg_extern(sql = false, immutable, parallel_safe)]
 fn _hist_add(a: Option<Vec<Option<i64>>>, b: Option<Vec<Option<i64>>>) -> Vec<i64> {

@@ -13,6 +13,8 @@
 -- Histograms and the writer shard, implemented in Rust (src/metrics.rs).
 CREATE FUNCTION job._hist_of(seconds float8) RETURNS bigint[]
 LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_of_wrapper';
+CREATE FUNCTION job._hist_bucket(seconds float8) RETURNS int
+LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_bucket_wrapper';
 CREATE FUNCTION job._hist_add(a bigint[], b bigint[]) RETURNS bigint[]
 LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_add_wrapper';
 CREATE FUNCTION job._hist_quantile(hist bigint[], q float8) RETURNS float8
@@ -92,8 +94,11 @@ SELECT pg_catalog.pg_extension_config_dump('job.workers_seen', '');
 ---------------------------------------------------------------------------------------------
 
 -- Adds `rows` to the buckets with the same minute, queue, job type and shard (or inserts them).
+-- (The writers here are PL/pgSQL, not SQL functions: these run on every completion, and only
+-- PL/pgSQL keeps their plans for the session.)
 CREATE FUNCTION job._add_buckets(rows job.metric_buckets[])
-RETURNS void LANGUAGE sql AS $$
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
     INSERT INTO job.metric_buckets AS m SELECT * FROM unnest(rows)
     ON CONFLICT (bucket, queue, job_type, shard) DO UPDATE
        SET completed = m.completed + EXCLUDED.completed,
@@ -103,16 +108,45 @@ RETURNS void LANGUAGE sql AS $$
            processing = job._hist_add(m.processing, EXCLUDED.processing),
            processing_sum = m.processing_sum + EXCLUDED.processing_sum,
            waiting = job._hist_add(m.waiting, EXCLUDED.waiting),
-           waiting_sum = m.waiting_sum + EXCLUDED.waiting_sum
-$$;
+           waiting_sum = m.waiting_sum + EXCLUDED.waiting_sum;
+END $$;
 
 -- Adds finished or failed attempts to this minute's bucket: one per element of the arrays
 -- (queue, job type, claimed at, ready at), all with one outcome: 'completed', 'failed'
 -- (to be retried), 'dead', 'stalled' (lease expired, to be retried) or 'stalled_dead'.
 CREATE FUNCTION job._record_attempts(outcome text, queues text[], job_types text[],
                                      claimed timestamptz[], ready timestamptz[])
-RETURNS void LANGUAGE sql AS $$
-    SELECT job._add_buckets(array_agg(ROW(
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    took float8;      -- claim to finish, seconds
+    waited float8;    -- ready to claim, seconds
+    n int := CASE WHEN outcome = 'completed' THEN 0 ELSE 1 END;
+BEGIN
+    IF cardinality(queues) = 1 THEN
+        -- One attempt (complete, fail): the common case, so it bumps one element of each
+        -- histogram in place; only the minute's first attempt inserts the row.
+        took := extract(epoch FROM now() - claimed[1]);
+        waited := greatest(extract(epoch FROM claimed[1] - ready[1]), 0);
+        UPDATE job.metric_buckets m
+           SET completed = m.completed + 1 - n, failed = m.failed + n,
+               dead = m.dead + CASE WHEN outcome IN ('dead', 'stalled_dead') THEN 1 ELSE 0 END,
+               stalled = m.stalled + CASE WHEN outcome IN ('stalled', 'stalled_dead') THEN 1 ELSE 0 END,
+               processing[job._hist_bucket(took)] = m.processing[job._hist_bucket(took)] + 1,
+               processing_sum = m.processing_sum + took,
+               waiting[job._hist_bucket(waited)] = m.waiting[job._hist_bucket(waited)] + 1,
+               waiting_sum = m.waiting_sum + waited
+         WHERE m.bucket = date_trunc('minute', now()) AND m.queue = queues[1]
+           AND m.job_type = coalesce(job_types[1], '') AND m.shard = job._writer_shard();
+        IF NOT FOUND THEN
+            PERFORM job._add_buckets(ARRAY[ROW(
+                date_trunc('minute', now()), queues[1], coalesce(job_types[1], ''), job._writer_shard(),
+                1 - n, n, CASE WHEN outcome IN ('dead', 'stalled_dead') THEN 1 ELSE 0 END,
+                CASE WHEN outcome IN ('stalled', 'stalled_dead') THEN 1 ELSE 0 END,
+                job._hist_of(took), took, job._hist_of(waited), waited)::job.metric_buckets]);
+        END IF;
+        RETURN;
+    END IF;
+    PERFORM job._add_buckets(array_agg(ROW(
                date_trunc('minute', now()), a.queue, a.job_type, job._writer_shard(),
                CASE WHEN outcome = 'completed' THEN a.n ELSE 0 END,
                CASE WHEN outcome <> 'completed' THEN a.n ELSE 0 END,
@@ -125,15 +159,17 @@ RETURNS void LANGUAGE sql AS $$
                    job._hist_sum(job._hist_of(extract(epoch FROM r.claimed_at - r.ready_at)::float8)) AS waiting,
                    coalesce(sum(greatest(extract(epoch FROM r.claimed_at - r.ready_at)::float8, 0)), 0) AS waiting_sum
               FROM unnest(queues, job_types, claimed, ready) AS r(queue, job_type, claimed_at, ready_at)
-             GROUP BY r.queue, coalesce(r.job_type, '')) a
-$$;
+             GROUP BY r.queue, coalesce(r.job_type, '')) a;
+END $$;
 
 -- The dead-letter queue of `queue` grew (or shrank, for a negative delta) by `delta` jobs.
-CREATE FUNCTION job._count_dead_letters(queue text, delta bigint)
-RETURNS void LANGUAGE sql AS $$
-    INSERT INTO job.queue_counters AS c (queue, dead_letters) VALUES (queue, greatest(delta, 0))
-    ON CONFLICT (queue) DO UPDATE SET dead_letters = greatest(c.dead_letters + EXCLUDED.dead_letters + least(delta, 0), 0)
-$$;
+CREATE FUNCTION job._count_dead_letters(dead_queue text, delta bigint)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO job.queue_counters AS c (queue, dead_letters) VALUES (dead_queue, greatest(delta, 0))
+    ON CONFLICT ON CONSTRAINT queue_counters_pkey
+    DO UPDATE SET dead_letters = greatest(c.dead_letters + EXCLUDED.dead_letters + least(delta, 0), 0);
+END $$;
 
 -- dequeue and heartbeat saw `worker`: at most once a second per session, record it.
 CREATE FUNCTION job._saw_worker(seen text)

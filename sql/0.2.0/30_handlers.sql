@@ -121,9 +121,10 @@ BEGIN
 END $$;
 
 CREATE FUNCTION job._release_handler_slot(slot_key int)
-RETURNS void LANGUAGE sql AS $$
-    SELECT pg_advisory_unlock(x'6a716578'::int, slot_key) AND true;
-$$;
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_advisory_unlock(x'6a716578'::int, slot_key);
+END $$;
 
 -- When an executor must next look for work: the earliest scheduled (delayed or backing off)
 -- job of a handler queue (NULL: none).
