@@ -69,7 +69,7 @@ history=$(sql -c "SELECT pg_size_pretty(pg_total_relation_size('job.finished_job
 
 section=$(
     echo
-    echo "## Reading metrics with $(printf "%'d" "$finished") finished jobs retained ($history)"
+    echo "## Reading metrics with $(sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$finished") finished jobs retained ($history)"
     echo
     echo "| read | median ms | max ms (of 20) |"
     echo "|---|---:|---:|"
