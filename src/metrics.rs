@@ -26,8 +26,8 @@ pub fn bucket_bound(k: usize) -> f64 {
 
 /// The bucket a duration of `seconds` falls in.
 pub fn bucket_of(seconds: f64) -> usize {
-    if !(seconds > FIRST_BOUND) {
-        return 0; // also NaN and negative durations (clock steps)
+    if seconds.is_nan() || seconds <= FIRST_BOUND {
+        return 0; // also negative durations (clock steps)
     }
     let k = (2.0 * (seconds / FIRST_BOUND).log2()).ceil() as usize;
     // Guard against rounding at exact bounds.

@@ -18,7 +18,6 @@ use super::{sleep, spi, tick, transaction, WorkError};
 use crate::classify::{classify_sqlstate, Failure};
 use crate::gucs;
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
-use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use std::time::Duration;
 
@@ -132,20 +131,7 @@ fn claim(worker: &str) -> Claim {
 /// Until the earliest delayed or backing-off job of a handler queue is due, at most a tick.
 /// Jobs that become ready by a commit wake the executor at once (see `wakeup.rs`).
 fn idle_wait() -> Duration {
-    let due = transaction(|| {
-        spi(Spi::get_one::<TimestampWithTimeZone>(
-            "SELECT job._next_handler_job_due()",
-        ))
-    });
-    match due {
-        Ok(Some(due)) => {
-            // SAFETY: reads the clock.
-            let now = unsafe { pg_sys::GetCurrentTimestamp() };
-            let micros = (pg_sys::TimestampTz::from(due) - now).max(0) as u64;
-            Duration::from_micros(micros).min(tick())
-        }
-        _ => tick(),
-    }
+    super::wait_until_due("executor", "SELECT job._next_handler_job_due()")
 }
 
 fn run(job: Claimed) {

@@ -178,6 +178,28 @@ pub fn tick() -> Duration {
     Duration::from_millis(gucs::SCHEDULER_TICK_MS.get().max(1) as u64)
 }
 
+/// How long to sleep until the time `next_due_query` returns (a timestamptz, NULL for none),
+/// at most one tick.  A failed query is logged and waits a tick.
+pub fn wait_until_due(who: &str, next_due_query: &str) -> Duration {
+    match transaction(|| {
+        spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>(
+            next_due_query,
+        ))
+    }) {
+        Ok(Some(due)) => {
+            // SAFETY: reads the clock.
+            let now = unsafe { pg_sys::GetCurrentTimestamp() };
+            let micros = (pg_sys::TimestampTz::from(due) - now).max(0) as u64;
+            Duration::from_micros(micros).min(tick())
+        }
+        Ok(None) => tick(),
+        Err(e) => {
+            log!("pg_jobqueue {who}: {e}");
+            tick()
+        }
+    }
+}
+
 /// The database a scheduler or executor serves: its main argument.
 pub fn database_argument(arg: pg_sys::Datum) -> pg_sys::Oid {
     pg_sys::Oid::from(arg.value() as u32)

@@ -67,9 +67,9 @@ fn now_seconds() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Puts `entry` into the first free slot; false when all are taken.
-fn insert<const N: usize>(slots: &Slots<N>, entry: u64) -> bool {
-    slots.iter().any(|slot| {
+/// Puts `entry` into the first free slot and returns its index; None when all are taken.
+fn insert<const N: usize>(slots: &Slots<N>, entry: u64) -> Option<usize> {
+    slots.iter().position(|slot| {
         slot.compare_exchange(0, entry, Ordering::SeqCst, Ordering::SeqCst)
             .is_ok()
     })
@@ -79,11 +79,7 @@ fn insert<const N: usize>(slots: &Slots<N>, entry: u64) -> bool {
 pub fn register_process(db: pg_sys::Oid, kind: Kind) {
     // SAFETY: MyProcPid is set at process start.
     let entry = pack(db, unsafe { pg_sys::MyProcPid } as u32);
-    let slots = PROCESSES.get();
-    if let Some(i) = slots.iter().position(|slot| {
-        slot.compare_exchange(0, entry, Ordering::SeqCst, Ordering::SeqCst)
-            .is_ok()
-    }) {
+    if let Some(i) = insert(PROCESSES.get(), entry) {
         KINDS.get()[i].store(kind as u64, Ordering::SeqCst);
         // SAFETY: registering a guarded callback with a plain integer argument.
         unsafe {

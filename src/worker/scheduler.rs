@@ -5,12 +5,11 @@
 //! within milliseconds of its time.  Each step is a transaction of its own, bounded in rows.
 
 use super::registry::{self, Kind};
-use super::{sleep, spi, start_database_worker, tick, transaction};
+use super::{sleep, spi, start_database_worker, transaction};
 use crate::gucs;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };
-use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -79,21 +78,8 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
         }
         supervise_executors(db, &mut executors);
 
-        let until_due = match transaction(|| {
-            spi(Spi::get_one::<TimestampWithTimeZone>(
-                "SELECT job._next_schedule_due()",
-            ))
-        }) {
-            Ok(Some(due)) => duration_until(due),
-            Ok(None) => tick(),
-            Err(e) => {
-                log!("pg_jobqueue scheduler: {e}");
-                tick()
-            }
-        };
-        let wait = until_due
-            .min(tick())
-            .min(next_maintenance.saturating_duration_since(Instant::now()));
+        let until_due = super::wait_until_due("scheduler", "SELECT job._next_schedule_due()");
+        let wait = until_due.min(next_maintenance.saturating_duration_since(Instant::now()));
         if !sleep(wait) {
             break;
         }
@@ -104,14 +90,6 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
 
 fn maintenance_interval() -> Duration {
     Duration::from_millis(gucs::MAINTENANCE_INTERVAL_MS.get().max(1) as u64)
-}
-
-/// Time from now until `due` (zero when it has passed).
-fn duration_until(due: TimestampWithTimeZone) -> Duration {
-    // SAFETY: reads the clock.
-    let now = unsafe { pg_sys::GetCurrentTimestamp() };
-    let micros = pg_sys::TimestampTz::from(due) - now;
-    Duration::from_micros(micros.max(0) as u64)
 }
 
 fn fire_due_schedules() {
