@@ -7,7 +7,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 pg_config=/usr/lib/postgresql/15/bin/pg_config
 out=$root/target/package
 cd "$root"
-bash scripts/upgrade-scripts.sh
+mkdir -p target
 rm -rf "$out"
 if ! cargo pgrx package --pg-config "$pg_config" --out-dir "$out" >"$out.log" 2>&1; then
     cat "$out.log" >&2

@@ -1,6 +1,6 @@
 //! pg_jobqueue: background jobs inside PostgreSQL.
 //!
-//! The queue API is SQL (`sql/queue_api.sql`): it is mostly statements, and PL/pgSQL keeps
+//! The queue API is SQL (`sql/`, a file per concept): it is mostly statements, and PL/pgSQL keeps
 //! their plans cached per session.  Rust holds the logic that is clearer as code: retry
 //! backoff, failure classification, commit-time wake-ups and
 //! the stalled-job look-up throttle.
@@ -19,12 +19,21 @@ mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
-extension_sql_file!("../sql/schema.sql", name = "schema", bootstrap);
+// The SQL, one file per concept, each holding the current definition of its objects (see
+// sql/README.md).  The install script runs them in this order; Rust functions are declared by
+// pgrx and come first where a file needs them.
+extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
+extension_sql_file!("../sql/validation.sql", name = "validation", requires = ["tables"]);
+extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["validation"]);
+extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["worker"]);
+extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["audit"]);
+extension_sql_file!("../sql/queues.sql", name = "queues", requires = ["metrics"]);
+extension_sql_file!("../sql/producing.sql", name = "producing", requires = ["queues"]);
 extension_sql_file!(
-    "../sql/queue_api.sql",
-    name = "queue_api",
+    "../sql/working.sql",
+    name = "working",
     requires = [
-        "schema",
+        "producing",
         backoff::retry_delay,
         classify::is_permanent_failure,
         rescue::_rescue_due,
@@ -32,63 +41,11 @@ extension_sql_file!(
         wakeup::_consumer_idle
     ]
 );
-// Objects new or changed in 0.2.0: the same files make the 0.1.0 -> 0.2.0 upgrade script
-// (scripts/upgrade-scripts.sh), so a fresh install and an upgrade run the same SQL.
-extension_sql_file!(
-    "../sql/0.2.0/01_worker.sql",
-    name = "v0_2_0_worker",
-    requires = ["queue_api"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/05_audit.sql",
-    name = "v0_2_0_audit",
-    requires = ["v0_2_0_worker"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/06_metrics.sql",
-    name = "v0_2_0_metrics",
-    requires = ["v0_2_0_audit"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/10_queues.sql",
-    name = "v0_2_0_queues",
-    requires = ["v0_2_0_metrics"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/15_producing.sql",
-    name = "v0_2_0_producing",
-    requires = ["v0_2_0_queues"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/16_working.sql",
-    name = "v0_2_0_working",
-    requires = ["v0_2_0_producing"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/17_operating.sql",
-    name = "v0_2_0_operating",
-    requires = ["v0_2_0_working"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/20_schedules.sql",
-    name = "v0_2_0_schedules",
-    requires = ["v0_2_0_operating"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/30_handlers.sql",
-    name = "v0_2_0_handlers",
-    requires = ["v0_2_0_schedules"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/80_privileges.sql",
-    name = "v0_2_0_privileges",
-    requires = ["v0_2_0_handlers"]
-);
-extension_sql_file!(
-    "../sql/0.2.0/90_service.sql",
-    name = "v0_2_0_service",
-    finalize
-);
+extension_sql_file!("../sql/operating.sql", name = "operating", requires = ["working"]);
+extension_sql_file!("../sql/schedules.sql", name = "schedules", requires = ["operating"]);
+extension_sql_file!("../sql/handlers.sql", name = "handlers", requires = ["schedules"]);
+extension_sql_file!("../sql/privileges.sql", name = "privileges", requires = ["handlers"]);
+extension_sql_file!("../sql/service.sql", name = "service", finalize);
 
 /// Raises an ERROR with a hint line (pgrx's `ereport!` takes a detail, not a hint).
 pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {

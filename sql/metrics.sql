@@ -1,4 +1,4 @@
--- pg_jobqueue 0.2.0: metrics that cost the same at any table size.
+-- pg_jobqueue metrics that cost the same at any table size.
 --
 -- Nothing here reads the job tables when metrics are read:
 --   job.metric_buckets   per minute, queue, job type and writer shard: counts and duration
@@ -13,81 +13,27 @@
 -- Histograms and the writer shard, implemented in Rust (src/metrics.rs).
 CREATE FUNCTION job._hist_of(seconds float8) RETURNS bigint[]
 LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_of_wrapper';
+
 CREATE FUNCTION job._hist_bucket(seconds float8) RETURNS int
 LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_bucket_wrapper';
+
 CREATE FUNCTION job._hist_add(a bigint[], b bigint[]) RETURNS bigint[]
 LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_add_wrapper';
+
 CREATE FUNCTION job._hist_quantile(hist bigint[], q float8) RETURNS float8
 LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_quantile_wrapper';
+
 CREATE FUNCTION job._writer_shard() RETURNS smallint
 LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_writer_shard_wrapper';
+
 CREATE FUNCTION job._worker_seen_due(worker text) RETURNS boolean
 LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', '_worker_seen_due_wrapper';
+
 CREATE AGGREGATE job._hist_sum(bigint[]) (SFUNC = job._hist_add, STYPE = bigint[]);
 
-CREATE TABLE job.metric_buckets (
-    bucket          timestamptz NOT NULL,  -- the minute
-    queue           text NOT NULL,
-    job_type        text NOT NULL,         -- '' for jobs without a type
-    shard           smallint NOT NULL,     -- job._writer_shard(): concurrent writers, different rows
-    completed       bigint NOT NULL,
-    failed          bigint NOT NULL,       -- failed attempts, retried or not
-    dead            bigint NOT NULL,
-    stalled         bigint NOT NULL,       -- attempts whose lease expired
-    processing      bigint[] NOT NULL,     -- claim to finish of every attempt counted above
-                                           -- (completed + failed of them: the histogram's count)
-    processing_sum  float8 NOT NULL,       -- seconds
-    waiting         bigint[] NOT NULL,     -- ready to claim, of the same attempts
-    waiting_sum     float8 NOT NULL,
-    PRIMARY KEY (bucket, queue, job_type, shard)
-) WITH (fillfactor = 50);  -- room for HOT updates: rows are rewritten many times a minute
-COMMENT ON TABLE job.metric_buckets IS 'Per minute, queue and job type: finished, failed, dead and stalled attempts and duration histograms (last two hours).';
-
-CREATE TABLE job.metric_totals (
-    queue            text NOT NULL,
-    job_type         text NOT NULL,
-    completed        bigint NOT NULL,
-    failed           bigint NOT NULL,
-    dead             bigint NOT NULL,
-    stalled          bigint NOT NULL,
-    processing_count bigint NOT NULL,
-    processing_sum   float8 NOT NULL,
-    waiting_count    bigint NOT NULL,
-    waiting_sum      float8 NOT NULL,
-    PRIMARY KEY (queue, job_type)
-);
-COMMENT ON TABLE job.metric_totals IS 'Running totals of the minute buckets older than two hours.';
-
-CREATE TABLE job.queue_depth (
-    queue           text PRIMARY KEY,
-    waiting         bigint NOT NULL,
-    scheduled       bigint NOT NULL,
-    running         bigint NOT NULL,
-    oldest_ready_at timestamptz,
-    counted_at      timestamptz NOT NULL
-);
-COMMENT ON TABLE job.queue_depth IS 'Live jobs per queue and state, counted by the worker every pg_jobqueue.maintenance_interval.';
-
-CREATE TABLE job.queue_counters (
-    queue        text PRIMARY KEY,
-    dead_letters bigint NOT NULL
-);
-COMMENT ON TABLE job.queue_counters IS 'The size of each queue''s dead-letter queue, kept exact.';
-INSERT INTO job.queue_counters (queue, dead_letters)
-SELECT f.queue, count(*) FROM job.finished_jobs f WHERE f.state = 'dead' GROUP BY f.queue;
-
-CREATE TABLE job.workers_seen (
-    worker     text PRIMARY KEY,
-    first_seen timestamptz NOT NULL,
-    last_seen  timestamptz NOT NULL,
-    stalled    bigint NOT NULL DEFAULT 0
-);
-COMMENT ON TABLE job.workers_seen IS 'Every worker name dequeue and heartbeat saw (recorded at most once a second per session), and how many of its jobs stalled.';
-
-SELECT pg_catalog.pg_extension_config_dump('job.metric_buckets', '');
-SELECT pg_catalog.pg_extension_config_dump('job.metric_totals', '');
-SELECT pg_catalog.pg_extension_config_dump('job.queue_counters', '');
-SELECT pg_catalog.pg_extension_config_dump('job.workers_seen', '');
+---------------------------------------------------------------------------------------------
+-- Writing (called where jobs finish, fail and stall)
+---------------------------------------------------------------------------------------------
 
 ---------------------------------------------------------------------------------------------
 -- Writing (called where jobs finish, fail and stall)
@@ -97,7 +43,8 @@ SELECT pg_catalog.pg_extension_config_dump('job.workers_seen', '');
 -- (The writers here are PL/pgSQL, not SQL functions: these run on every completion, and only
 -- PL/pgSQL keeps their plans for the session.)
 CREATE FUNCTION job._add_buckets(rows job.metric_buckets[])
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO job.metric_buckets AS m SELECT * FROM unnest(rows)
     ON CONFLICT (bucket, queue, job_type, shard) DO UPDATE
@@ -116,7 +63,8 @@ END $$;
 -- (to be retried), 'dead', 'stalled' (lease expired, to be retried) or 'stalled_dead'.
 CREATE FUNCTION job._record_attempts(outcome text, queues text[], job_types text[],
                                      claimed timestamptz[], ready timestamptz[])
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     took float8;      -- claim to finish, seconds
     waited float8;    -- ready to claim, seconds
@@ -164,7 +112,8 @@ END $$;
 
 -- The dead-letter queue of `queue` grew (or shrank, for a negative delta) by `delta` jobs.
 CREATE FUNCTION job._count_dead_letters(dead_queue text, delta bigint)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO job.queue_counters AS c (queue, dead_letters) VALUES (dead_queue, greatest(delta, 0))
     ON CONFLICT ON CONSTRAINT queue_counters_pkey
@@ -173,7 +122,8 @@ END $$;
 
 -- dequeue and heartbeat saw `worker`: at most once a second per session, record it.
 CREATE FUNCTION job._saw_worker(seen text)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF seen IS NOT NULL AND job._worker_seen_due(seen) THEN
         INSERT INTO job.workers_seen AS w (worker, first_seen, last_seen) VALUES (seen, now(), now())
@@ -188,7 +138,8 @@ END $$;
 
 -- Counts live jobs per queue and state into job.queue_depth.  Returns the number of queues.
 CREATE FUNCTION job._count_queue_depth()
-RETURNS int LANGUAGE plpgsql AS $$
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     counted int;
 BEGIN
@@ -215,7 +166,8 @@ END $$;
 -- type.  A late writer (a transaction that began in that minute) just adds a shard row that
 -- the next call merges.  Returns how many rows it merged.
 CREATE FUNCTION job._compact_metric_buckets(max_rows int)
-RETURNS int LANGUAGE plpgsql AS $$
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     compacted int;
     merged job.metric_buckets[];
@@ -243,7 +195,8 @@ END $$;
 -- Folds minute buckets older than two hours into job.metric_totals (at most max_rows of
 -- them), and forgets workers unseen for a day.  Returns how many buckets it folded.
 CREATE FUNCTION job._fold_metric_buckets(max_rows int)
-RETURNS int LANGUAGE plpgsql AS $$
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     folded int;
 BEGIN
@@ -279,6 +232,10 @@ BEGIN
        AND NOT EXISTS (SELECT 1 FROM job.live_jobs l WHERE l.state = 'running' AND l.claimed_by = w.worker);
     RETURN folded;
 END $$;
+
+---------------------------------------------------------------------------------------------
+-- Reading
+---------------------------------------------------------------------------------------------
 
 ---------------------------------------------------------------------------------------------
 -- Reading
@@ -322,6 +279,7 @@ SELECT r.queue, nullif(r.job_type, '') AS job_type,
        job._hist_quantile(r.waiting, 0.95)    AS wait_p95,
        job._hist_quantile(r.waiting, 0.99)    AS wait_p99
   FROM recent r;
+
 COMMENT ON VIEW job.metrics IS 'Per queue and job type: completed, failed, dead and stalled attempts over 1/5/60 minutes; failure rate and processing and wait time quantiles (seconds) over 5 minutes.';
 
 CREATE VIEW job.queue_metrics AS
@@ -333,6 +291,7 @@ SELECT q.name AS queue, q.paused,
   FROM job.queues q
   LEFT JOIN job.queue_depth d ON d.queue = q.name
   LEFT JOIN job.queue_counters c ON c.queue = q.name;
+
 COMMENT ON VIEW job.queue_metrics IS 'Per queue: jobs waiting, scheduled and running (as of depth_counted_at), the dead-letter queue''s size, the oldest ready job''s age.';
 
 CREATE VIEW job.workers AS
@@ -340,11 +299,13 @@ SELECT w.worker, w.first_seen, w.last_seen, coalesce(h.held, 0) AS jobs_held, w.
   FROM job.workers_seen w
   LEFT JOIN (SELECT l.claimed_by, count(*) AS held FROM job.live_jobs l
               WHERE l.state = 'running' GROUP BY l.claimed_by) h ON h.claimed_by = w.worker;
+
 COMMENT ON VIEW job.workers IS 'Every worker name seen by dequeue or heartbeat (the worker''s executors included): when last seen, jobs held now, jobs of it that stalled.';
 
 -- Escapes a Prometheus label value.
 CREATE FUNCTION job._prometheus_label(value text)
-RETURNS text LANGUAGE sql IMMUTABLE AS $$
+RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT '"' || replace(replace(replace(value, '\', '\\'), '"', '\"'), E'\n', '\n') || '"'
 $$;
 
@@ -378,7 +339,8 @@ SELECT k.queue, k.job_type,
 -- Every metric in the Prometheus text exposition format (version 0.0.4): one HELP and TYPE
 -- line per family, then its samples.
 CREATE FUNCTION job.prometheus_metrics()
-RETURNS text LANGUAGE sql STABLE AS $$
+RETURNS text LANGUAGE sql STABLE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 WITH q AS (SELECT * FROM job.queue_metrics),
 t AS (SELECT *, job._prometheus_label(queue) AS ql, job._prometheus_label(job_type) AS tl
         FROM job._metric_running_totals),
@@ -432,4 +394,5 @@ SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s\n', f.name, f.help, f.name
                   '' ORDER BY f.n)
   FROM families f
 $$;
+
 COMMENT ON FUNCTION job.prometheus_metrics() IS 'Every pg_jobqueue metric in the Prometheus text exposition format.';

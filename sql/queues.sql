@@ -1,10 +1,4 @@
--- pg_jobqueue 0.2.0: queue administration (changed: audited, a payload size limit, purge).
-
-ALTER TABLE job.queues ADD COLUMN max_payload_bytes int CHECK (max_payload_bytes > 0);
-COMMENT ON COLUMN job.queues.max_payload_bytes IS 'The largest payload (stored jsonb size) enqueue accepts; NULL: no limit.';
-
--- 0.1.0's create_queue had no max_payload_bytes.
-DROP FUNCTION IF EXISTS job.create_queue(text, int, interval, interval, float8, interval, interval, interval);
+-- pg_jobqueue queues: creating, changing, pausing and dropping them (all audited).
 
 -- Creates the queue, or changes the settings of an existing one (audited either way).
 CREATE FUNCTION job.create_queue(
@@ -17,7 +11,8 @@ CREATE FUNCTION job.create_queue(
     idempotency_window interval DEFAULT '24 hours',
     retention interval DEFAULT '7 days',
     max_payload_bytes int DEFAULT NULL
-) RETURNS void LANGUAGE plpgsql AS $$
+) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     before job.queues;
@@ -67,8 +62,9 @@ END $$;
 
 -- Drops the queue with its history, keys, schedules and handler; refuses while it has
 -- unfinished jobs unless forced.
-CREATE OR REPLACE FUNCTION job.drop_queue(name text, force boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION job.drop_queue(name text, force boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q job.queues := job._require_queue(name);
     unfinished bigint;
@@ -95,8 +91,9 @@ BEGIN
     PERFORM job._audit('drop_queue', jsonb_build_object('name', q.name, 'force', force), unfinished + history);
 END $$;
 
-CREATE OR REPLACE FUNCTION job._set_paused(queue_name text, paused boolean)
-RETURNS void LANGUAGE plpgsql AS $$
+CREATE FUNCTION job._set_paused(queue_name text, paused boolean)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._require_queue(queue_name);
     UPDATE job.queues q SET paused = _set_paused.paused, updated_at = now()
@@ -109,35 +106,12 @@ BEGIN
 END $$;
 
 -- A paused queue accepts enqueues but hands out nothing.
-CREATE OR REPLACE FUNCTION job.pause_queue(name text) RETURNS void LANGUAGE sql AS $$
+CREATE FUNCTION job.pause_queue(name text) RETURNS void LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_paused(name, true)
 $$;
 
-CREATE OR REPLACE FUNCTION job.resume_queue(name text) RETURNS void LANGUAGE sql AS $$
+CREATE FUNCTION job.resume_queue(name text) RETURNS void LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_paused(name, false)
 $$;
-
--- Deletes the queue's finished jobs in `state` (completed, dead or cancelled) that finished
--- more than `older_than` ago; audited.  Returns how many it deleted.
-CREATE FUNCTION job.purge(queue text, state text, older_than interval)
-RETURNS bigint LANGUAGE plpgsql AS $$
-#variable_conflict use_variable
-DECLARE
-    q job.queues := job._require_queue(queue);
-    purged bigint;
-BEGIN
-    IF state IS NULL OR state NOT IN ('completed', 'dead', 'cancelled') THEN
-        RAISE EXCEPTION 'state must be ''completed'', ''dead'' or ''cancelled'', got %', coalesce(quote_literal(state), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Unfinished jobs are not purged: cancel them first.';
-    END IF;
-    PERFORM job._check_interval('older_than', older_than, true);
-    DELETE FROM job.finished_jobs f
-     WHERE f.queue = q.name AND f.state = purge.state AND f.finished_at < now() - older_than;
-    GET DIAGNOSTICS purged = ROW_COUNT;
-    IF state = 'dead' AND purged > 0 THEN
-        PERFORM job._count_dead_letters(q.name, -purged);
-    END IF;
-    PERFORM job._audit('purge', jsonb_build_object('queue', q.name, 'state', state, 'older_than', older_than), purged);
-    RETURN purged;
-END $$;

@@ -1,13 +1,26 @@
--- pg_jobqueue 0.2.0: consuming and finishing (changed: every finished, failed or stalled
--- attempt is counted into job.metric_buckets; the dead-letter queue's size is kept; workers
--- are recorded as seen).
+-- pg_jobqueue working: claiming jobs, acknowledging, failing and heartbeating them, and taking
+-- back the jobs of workers that vanished.  Every finished, failed or stalled attempt is
+-- counted into job.metric_buckets; the dead-letter queue's size is kept; workers are recorded
+-- as seen.
+
+---------------------------------------------------------------------------------------------
+-- Job movement helpers
+---------------------------------------------------------------------------------------------
+
+-- One entry of a job's `errors` array.
+CREATE FUNCTION job._attempt_error(attempt int, worker text, detail jsonb)
+RETURNS jsonb LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('attempt', attempt, 'at', now(), 'worker', worker) || detail
+$$;
 
 -- Moves live jobs (those of `ids` whose state is in `from_states`) to history as
 -- `final_state`, appending `error` (if any) to each job's errors, and counts the finished
 -- attempts.  Returns how many moved.
-CREATE OR REPLACE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
+CREATE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
                             job_result jsonb DEFAULT NULL, error jsonb DEFAULT NULL)
-RETURNS int LANGUAGE plpgsql AS $$
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     moved_count int;
     queues text[];
@@ -54,49 +67,15 @@ BEGIN
     RETURN moved_count;
 END $$;
 
--- Moves finished jobs (those of `ids` whose state is in `from_states`) back to the live table,
--- ready now with a fresh retry budget; their past errors stay.  Returns how many moved.
-CREATE OR REPLACE FUNCTION job._revive(ids bigint[], from_states text[])
-RETURNS bigint LANGUAGE plpgsql AS $$
-DECLARE
-    revived_count bigint := 0;
-    revived_in_queue bigint;
-    revived_queue text;
-    revived_dead bigint;
-BEGIN
-    FOR revived_queue, revived_in_queue, revived_dead IN
-        WITH back AS (
-            DELETE FROM job.finished_jobs f
-             WHERE f.id = ANY (ids) AND f.state = ANY (from_states)
-            RETURNING f.*
-        ), inserted AS (
-            INSERT INTO job.live_jobs (id, run_at, enqueued_at, priority, attempt, max_retries, state,
-                                       queue, job_type, idempotency_key, payload, errors)
-            SELECT b.id, now(), b.enqueued_at, b.priority, 0, b.max_retries, 'waiting',
-                   b.queue, b.job_type, b.idempotency_key, b.payload, b.errors
-              FROM back b
-            RETURNING queue
-        )
-        SELECT b.queue, count(*), count(*) FILTER (WHERE b.state = 'dead')
-          FROM back b WHERE EXISTS (SELECT 1 FROM inserted) GROUP BY b.queue
-    LOOP
-        PERFORM job._wake_on_commit(revived_queue);
-        IF revived_dead > 0 THEN
-            PERFORM job._count_dead_letters(revived_queue, -revived_dead);
-        END IF;
-        revived_count := revived_count + revived_in_queue;
-    END LOOP;
-    RETURN revived_count;
-END $$;
-
 -- Claims up to `batch` ready jobs.  Never waits for rows another worker holds (SKIP LOCKED);
 -- a job is handed to one worker at a time until its lease expires.
-CREATE OR REPLACE FUNCTION job.dequeue(
+CREATE FUNCTION job.dequeue(
     queue text,
     worker text DEFAULT NULL,
     batch int DEFAULT 1,
     lease interval DEFAULT NULL
-) RETURNS SETOF job.claimed_job LANGUAGE plpgsql AS $$
+) RETURNS SETOF job.claimed_job LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     q record;
@@ -160,15 +139,46 @@ BEGIN
     END LOOP;
 END $$;
 
+---------------------------------------------------------------------------------------------
+-- Acknowledging
+---------------------------------------------------------------------------------------------
+
+CREATE FUNCTION job.complete(id bigint, result jsonb DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF complete.id IS NULL THEN
+        PERFORM job._check_not_null('id', complete.id);
+    END IF;
+    IF job._finish(ARRAY[complete.id], '{running}', 'completed', complete.result) = 1 THEN
+        RETURN true;
+    END IF;
+    PERFORM job._require_job(complete.id);
+    RETURN false;  -- not running: already finished, cancelled, or never claimed
+END $$;
+
+-- Acknowledges many jobs in one round trip; returns how many were running and completed.
+CREATE FUNCTION job.complete_many(ids bigint[])
+RETURNS int LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF ids IS NULL THEN
+        PERFORM job._check_not_null('ids', ids);
+    END IF;
+    RETURN job._finish(ids, '{running}', 'completed');
+END $$;
+
 -- Records a failed attempt.  Returns the job's new state: 'scheduled' or 'waiting' (it will be
 -- retried) or 'dead' (permanent, or out of retries).
-CREATE OR REPLACE FUNCTION job.fail(
+CREATE FUNCTION job.fail(
     id bigint,
     error text,
     permanent boolean DEFAULT false,
     http_status int DEFAULT NULL,
     retry_after interval DEFAULT NULL
-) RETURNS text LANGUAGE plpgsql AS $$
+) RETURNS text LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     j job.live_jobs;
@@ -221,8 +231,9 @@ BEGIN
 END $$;
 
 -- Extends a running job's lease; raises unless the caller still holds it (running, unexpired).
-CREATE OR REPLACE FUNCTION job.heartbeat(id bigint, extend interval DEFAULT NULL)
-RETURNS timestamptz LANGUAGE plpgsql AS $$
+CREATE FUNCTION job.heartbeat(id bigint, extend interval DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     expires timestamptz;
@@ -256,8 +267,9 @@ END $$;
 
 -- Running jobs whose lease expired: the attempt counts as a transient failure; the job is
 -- ready again at once, or dead when it has no retries left.  Returns how many were rescued.
-CREATE OR REPLACE FUNCTION job.rescue_stalled(queue text DEFAULT NULL, max_jobs int DEFAULT 1000)
-RETURNS int LANGUAGE plpgsql AS $$
+CREATE FUNCTION job.rescue_stalled(queue text DEFAULT NULL, max_jobs int DEFAULT 1000)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     stalled bigint[];

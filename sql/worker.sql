@@ -1,5 +1,4 @@
--- pg_jobqueue 0.2.0: the background worker's SQL-callable functions (implemented in Rust,
--- src/worker/, declared here because they are new in 0.2.0; see sql/README.md).
+-- pg_jobqueue background worker: its SQL-callable functions, implemented in Rust (src/worker/).
 
 -- Raises unless the background worker can run (the library is preloaded); `what` names
 -- the feature that needs it.
@@ -21,6 +20,6 @@ AS 'MODULE_PATHNAME', '_wake_scheduler_wrapper';
 CREATE FUNCTION job.worker_processes(OUT pid int, OUT kind text)
 RETURNS SETOF record LANGUAGE c VOLATILE
 AS 'MODULE_PATHNAME', 'worker_processes_wrapper';
+
 COMMENT ON FUNCTION job.worker_processes() IS
     'The pg_jobqueue background worker processes serving this database: scheduler and executors.';
-

@@ -1,18 +1,5 @@
--- pg_jobqueue 0.2.0: SQL handlers, jobs the worker's executors run inside the database.
-
--- Queues whose jobs the worker's executors run by calling a SQL function.
-CREATE TABLE job.handlers (
-    queue       text PRIMARY KEY REFERENCES job.queues (name) ON DELETE CASCADE,
-    handler     regprocedure NOT NULL,
-    run_as      regrole NOT NULL,
-    concurrency int NOT NULL CHECK (concurrency BETWEEN 1 AND 1000),
-    timeout     interval NOT NULL CHECK (timeout > interval '0'),
-    created_at  timestamptz NOT NULL DEFAULT pg_catalog.now(),
-    updated_at  timestamptz NOT NULL DEFAULT pg_catalog.now()
-);
-COMMENT ON TABLE job.handlers IS 'Queues whose jobs the background worker runs itself: handler(payload jsonb), as run_as, under timeout.';
-
-SELECT pg_catalog.pg_extension_config_dump('job.handlers', '');
+-- pg_jobqueue handlers: jobs the worker's executors run inside the database by calling a SQL
+-- function.
 
 ---------------------------------------------------------------------------------------------
 -- Handlers: jobs run inside the database
@@ -25,7 +12,8 @@ CREATE FUNCTION job.set_handler(
     handler regprocedure,
     concurrency int DEFAULT 1,
     timeout interval DEFAULT '5 minutes'
-) RETURNS void LANGUAGE plpgsql AS $$
+) RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     fn record;
@@ -66,7 +54,8 @@ END $$;
 -- The executors stop taking the queue's jobs (a running one finishes).  False when the queue
 -- had no handler.
 CREATE FUNCTION job.remove_handler(queue text)
-RETURNS boolean LANGUAGE plpgsql AS $$
+RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     removed boolean;
 BEGIN
@@ -83,7 +72,8 @@ END $$;
 CREATE FUNCTION job._claim_handler_job(worker text)
 RETURNS TABLE (job_id bigint, payload jsonb, attempt int, handler_schema name, handler_name name,
                returns_jsonb boolean, run_as oid, timeout_ms bigint, slot_key int)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h record;
     claimed job.claimed_job;
@@ -121,7 +111,8 @@ BEGIN
 END $$;
 
 CREATE FUNCTION job._release_handler_slot(slot_key int)
-RETURNS void LANGUAGE plpgsql AS $$
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM pg_advisory_unlock(x'6a716578'::int, slot_key);
 END $$;
@@ -129,7 +120,8 @@ END $$;
 -- When an executor must next look for work: the earliest scheduled (delayed or backing off)
 -- job of a handler queue (NULL: none).
 CREATE FUNCTION job._next_handler_job_due()
-RETURNS timestamptz LANGUAGE sql STABLE AS $$
+RETURNS timestamptz LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
     SELECT min(d.run_at)
       FROM job.handlers h
      CROSS JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
@@ -139,7 +131,8 @@ $$;
 
 -- Records a handler's failed attempt through job.fail's rules, keeping the SQLSTATE with it.
 CREATE FUNCTION job._fail_handler_job(job_id bigint, sqlstate text, message text, permanent boolean)
-RETURNS text LANGUAGE plpgsql AS $$
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     outcome text := job.fail(job_id, message, permanent);
 BEGIN

@@ -1,0 +1,198 @@
+-- pg_jobqueue operating: looking at jobs, and manual interventions on them (cancel, retry,
+-- purge; all audited), and retention.
+
+-- Every job, whatever its state.  A scheduled job whose run_at has passed is ready
+-- now and shows as waiting.
+CREATE VIEW job.jobs AS
+SELECT id, queue, job_type,
+       CASE WHEN state = 'scheduled' AND run_at <= pg_catalog.now() THEN 'waiting' ELSE state END AS state,
+       payload, priority, attempt, max_retries, run_at, enqueued_at, claimed_at, claimed_by,
+       lease_expires_at, NULL::timestamptz AS finished_at, errors, NULL::jsonb AS result,
+       idempotency_key
+  FROM job.live_jobs
+UNION ALL
+SELECT id, queue, job_type, state,
+       payload, priority, attempt, max_retries, run_at, enqueued_at, claimed_at, claimed_by,
+       NULL::timestamptz, finished_at, errors, result,
+       idempotency_key
+  FROM job.finished_jobs;
+
+COMMENT ON VIEW job.jobs IS 'Every job in every state with its attempts, errors, result and timestamps.';
+
+CREATE VIEW job.queue_stats AS
+SELECT q.name AS queue,
+       q.paused,
+       COALESCE(l.waiting, 0)   AS waiting,
+       COALESCE(l.scheduled, 0) AS scheduled,
+       COALESCE(l.running, 0)   AS running,
+       COALESCE(f.completed, 0) AS completed,
+       COALESCE(f.dead, 0)      AS dead,
+       COALESCE(f.cancelled, 0) AS cancelled,
+       pg_catalog.now() - l.oldest_ready_at AS oldest_waiting_age
+  FROM job.queues q
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE j.state = 'waiting'
+                                   OR (j.state = 'scheduled' AND j.run_at <= pg_catalog.now())) AS waiting,
+               count(*) FILTER (WHERE j.state = 'scheduled' AND j.run_at > pg_catalog.now()) AS scheduled,
+               count(*) FILTER (WHERE j.state = 'running') AS running,
+               min(j.run_at) FILTER (WHERE j.state = 'waiting'
+                                        OR (j.state = 'scheduled' AND j.run_at <= pg_catalog.now())) AS oldest_ready_at
+          FROM job.live_jobs j
+         WHERE j.queue = q.name) l ON true
+  LEFT JOIN LATERAL (
+        SELECT count(*) FILTER (WHERE h.state = 'completed') AS completed,
+               count(*) FILTER (WHERE h.state = 'dead') AS dead,
+               count(*) FILTER (WHERE h.state = 'cancelled') AS cancelled
+          FROM job.finished_jobs h
+         WHERE h.queue = q.name) f ON true;
+
+COMMENT ON VIEW job.queue_stats IS 'Per queue: jobs waiting (ready now), scheduled (later), running, completed, dead and cancelled, and the age of the oldest ready job.';
+
+-- Moves finished jobs (those of `ids` whose state is in `from_states`) back to the live table,
+-- ready now with a fresh retry budget; their past errors stay.  Returns how many moved.
+CREATE FUNCTION job._revive(ids bigint[], from_states text[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    revived_count bigint := 0;
+    revived_in_queue bigint;
+    revived_queue text;
+    revived_dead bigint;
+BEGIN
+    FOR revived_queue, revived_in_queue, revived_dead IN
+        WITH back AS (
+            DELETE FROM job.finished_jobs f
+             WHERE f.id = ANY (ids) AND f.state = ANY (from_states)
+            RETURNING f.*
+        ), inserted AS (
+            INSERT INTO job.live_jobs (id, run_at, enqueued_at, priority, attempt, max_retries, state,
+                                       queue, job_type, idempotency_key, payload, errors)
+            SELECT b.id, now(), b.enqueued_at, b.priority, 0, b.max_retries, 'waiting',
+                   b.queue, b.job_type, b.idempotency_key, b.payload, b.errors
+              FROM back b
+            RETURNING queue
+        )
+        SELECT b.queue, count(*), count(*) FILTER (WHERE b.state = 'dead')
+          FROM back b WHERE EXISTS (SELECT 1 FROM inserted) GROUP BY b.queue
+    LOOP
+        PERFORM job._wake_on_commit(revived_queue);
+        IF revived_dead > 0 THEN
+            PERFORM job._count_dead_letters(revived_queue, -revived_dead);
+        END IF;
+        revived_count := revived_count + revived_in_queue;
+    END LOOP;
+    RETURN revived_count;
+END $$;
+
+-- A waiting, scheduled or running job never runs (again); its worker cannot complete it.
+CREATE FUNCTION job.cancel(id bigint)
+RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cancelled boolean;
+BEGIN
+    PERFORM job._check_not_null('id', id);
+    cancelled := job._finish(ARRAY[id], '{waiting,scheduled,running}', 'cancelled') = 1;
+    IF NOT cancelled THEN
+        PERFORM job._require_job(id);
+    END IF;
+    PERFORM job._audit('cancel', jsonb_build_object('id', id), cancelled::int);
+    RETURN cancelled;
+END $$;
+
+-- A dead or cancelled job runs again now, with a fresh retry budget.
+CREATE FUNCTION job.retry(id bigint)
+RETURNS boolean LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    revived boolean;
+BEGIN
+    PERFORM job._check_not_null('id', id);
+    revived := job._revive(ARRAY[id], '{dead,cancelled}') = 1;
+    IF NOT revived THEN
+        PERFORM job._require_job(id);
+    END IF;
+    PERFORM job._audit('retry', jsonb_build_object('id', id), revived::int);
+    RETURN revived;
+END $$;
+
+-- Replays the queue's whole dead-letter queue; returns how many jobs run again.
+CREATE FUNCTION job.retry_dead(queue text)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q job.queues := job._require_queue(queue);
+    revived bigint;
+BEGIN
+    revived := job._revive(ARRAY(SELECT f.id FROM job.finished_jobs f
+                                  WHERE f.queue = q.name AND f.state = 'dead'), '{dead}');
+    PERFORM job._audit('retry_dead', jsonb_build_object('queue', q.name), revived);
+    RETURN revived;
+END $$;
+
+-- Deletes the queue's finished jobs in `state` (completed, dead or cancelled) that finished
+-- more than `older_than` ago; audited.  Returns how many it deleted.
+CREATE FUNCTION job.purge(queue text, state text, older_than interval)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q job.queues := job._require_queue(queue);
+    purged bigint;
+BEGIN
+    IF state IS NULL OR state NOT IN ('completed', 'dead', 'cancelled') THEN
+        RAISE EXCEPTION 'state must be ''completed'', ''dead'' or ''cancelled'', got %', coalesce(quote_literal(state), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Unfinished jobs are not purged: cancel them first.';
+    END IF;
+    PERFORM job._check_interval('older_than', older_than, true);
+    DELETE FROM job.finished_jobs f
+     WHERE f.queue = q.name AND f.state = purge.state AND f.finished_at < now() - older_than;
+    GET DIAGNOSTICS purged = ROW_COUNT;
+    IF state = 'dead' AND purged > 0 THEN
+        PERFORM job._count_dead_letters(q.name, -purged);
+    END IF;
+    PERFORM job._audit('purge', jsonb_build_object('queue', q.name, 'state', state, 'older_than', older_than), purged);
+    RETURN purged;
+END $$;
+
+-- Deletes finished jobs older than their queue's retention and expired idempotency keys, at
+-- most max_rows of each per call (call again while it returns max_rows).  Returns rows deleted.
+CREATE FUNCTION job.apply_retention(max_rows int DEFAULT 10000)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    jobs_deleted bigint;
+    keys_deleted bigint;
+    dead_queue record;
+BEGIN
+    PERFORM job._check_not_null('max_rows', max_rows);
+    FOR dead_queue IN
+        WITH gone AS (
+            DELETE FROM job.finished_jobs f
+             WHERE f.id IN (SELECT old.id
+                              FROM job.queues q
+                             CROSS JOIN unnest(ARRAY['completed', 'dead', 'cancelled']) AS s(state)
+                             CROSS JOIN LATERAL (
+                                   SELECT h.id FROM job.finished_jobs h
+                                    WHERE h.queue = q.name AND h.state = s.state
+                                      AND h.finished_at < now() - q.retention
+                                    ORDER BY h.finished_at
+                                    LIMIT max_rows) old
+                             LIMIT max_rows)
+            RETURNING f.queue, f.state
+        )
+        SELECT g.queue, count(*) AS n, count(*) FILTER (WHERE g.state = 'dead') AS dead FROM gone g GROUP BY g.queue
+    LOOP
+        jobs_deleted := coalesce(jobs_deleted, 0) + dead_queue.n;
+        IF dead_queue.dead > 0 THEN
+            PERFORM job._count_dead_letters(dead_queue.queue, -dead_queue.dead);
+        END IF;
+    END LOOP;
+    DELETE FROM job.idempotency_keys k
+     WHERE (k.queue, k.key) IN (SELECT e.queue, e.key FROM job.idempotency_keys e
+                                 WHERE e.expires_at <= now()
+                                 ORDER BY e.expires_at LIMIT max_rows);
+    GET DIAGNOSTICS keys_deleted = ROW_COUNT;
+    RETURN coalesce(jobs_deleted, 0) + keys_deleted;
+END $$;
