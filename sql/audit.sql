@@ -1,9 +1,17 @@
 -- pg_jobqueue audit log: one row per manual intervention, written by the intervention itself.
+-- The table takes no privilege from anyone: the administrative functions write it (they run
+-- as the extension's owner), and roles read it through the job.audit_log view.
 
+-- Records an intervention.  `role` is the session's current role when it called: the role it
+-- logged in as, or the one it chose with SET ROLE.  Inside the extension's SECURITY DEFINER
+-- functions current_user is the extension's owner, so it is read from the session
+-- (job._calling_role, in Rust) instead: the role the client acts as is the one accountable,
+-- whatever function of another role may stand between it and the call.
 CREATE FUNCTION job._audit(action text, arguments jsonb, jobs_touched bigint DEFAULT 0)
 RETURNS void LANGUAGE sql
 SET search_path = pg_catalog, pg_temp AS $$
-    INSERT INTO job.audit_log (action, arguments, jobs_touched) VALUES (action, arguments, jobs_touched)
+    INSERT INTO job.audit_entries (role, session_role, action, arguments, jobs_touched)
+    VALUES (job._calling_role(), session_user, action, arguments, jobs_touched)
 $$;
 
 -- Deletes audit rows older than `older_than`, at most max_rows; returns how many.
@@ -13,9 +21,14 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pruned int;
 BEGIN
-    DELETE FROM job.audit_log a
-     WHERE a.id IN (SELECT o.id FROM job.audit_log o WHERE o.at < now() - older_than
+    DELETE FROM job.audit_entries a
+     WHERE a.id IN (SELECT o.id FROM job.audit_entries o WHERE o.at < now() - older_than
                      ORDER BY o.at LIMIT max_rows);
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END $$;
+
+CREATE VIEW job.audit_log AS
+SELECT a.id, a.at, a.role, a.session_role, a.action, a.arguments, a.jobs_touched
+  FROM job.audit_entries a;
+COMMENT ON VIEW job.audit_log IS 'Manual interventions: who (the session''s role and login role), when, what (action and arguments), how many jobs it touched.';

@@ -1,146 +1,193 @@
 -- pg_jobqueue handlers: jobs the worker's executors run inside the database by calling a SQL
--- function.
+-- function, with the rights of the handler's run_as role for the whole transaction.
+--
+-- job.set_handler itself is in Rust (src/handlers.rs): it must know which role called it,
+-- which a SECURITY DEFINER function cannot tell, and it then records the handler through
+-- job._set_handler as the extension's owner.
 
----------------------------------------------------------------------------------------------
--- Handlers: jobs run inside the database
----------------------------------------------------------------------------------------------
+CREATE VIEW job.handlers AS
+SELECT h.queue, h.handler, h.run_as, h.concurrency, h.timeout, h.set_by,
+       CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.oid = h.handler) THEN 'handler dropped'
+            WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = h.run_as) THEN 'run_as role dropped'
+            WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = h.set_by)
+              OR NOT pg_catalog.pg_has_role(h.set_by, h.run_as, 'MEMBER') THEN 'set_by no longer a member of run_as'
+            WHEN q.paused THEN 'paused'
+            ELSE 'active' END AS state,
+       h.created_at, h.updated_at
+  FROM job.handler_defs h
+  JOIN job.queues q ON q.name = h.queue;
+COMMENT ON VIEW job.handlers IS 'Queues whose jobs the background worker runs: handler, run_as, concurrency, timeout, who set it, and whether it runs (active) or why not.';
 
--- From now on the worker's executors run `queue`'s jobs by calling handler(payload jsonb) as
--- the current role, at most `concurrency` at a time, each under statement_timeout = timeout.
-CREATE FUNCTION job.set_handler(
-    queue text,
-    handler regprocedure,
-    concurrency int DEFAULT 1,
-    timeout interval DEFAULT '5 minutes'
-) RETURNS void LANGUAGE plpgsql
+-- Records a handler (job.set_handler has checked who may name run_as).  `caller` is the role
+-- that called job.set_handler; only the extension's owner can call this.
+CREATE FUNCTION job._set_handler(caller regrole, queue text, handler regprocedure, concurrency int,
+                                 timeout interval, run_as regrole)
+RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     fn record;
+    q job.queues;
 BEGIN
     PERFORM job._require_worker('handlers');
-    PERFORM job._require_queue(set_handler.queue);
-    PERFORM job._check_not_null('handler', set_handler.handler);
+    q := job._require_queue(_set_handler.queue);
+    PERFORM job._check_not_null('handler', _set_handler.handler);
+    PERFORM job._check_not_null('run_as', _set_handler.run_as);
     SELECT p.prokind, p.proretset, p.pronargs, p.proargtypes[0] AS argtype INTO fn
-      FROM pg_catalog.pg_proc p WHERE p.oid = set_handler.handler;
+      FROM pg_catalog.pg_proc p WHERE p.oid = _set_handler.handler;
     IF fn.prokind <> 'f' OR fn.proretset OR fn.pronargs <> 1 OR fn.argtype <> 'jsonb'::regtype THEN
-        RAISE EXCEPTION 'handler % must be a function taking one jsonb argument and returning one value', set_handler.handler
+        RAISE EXCEPTION 'handler % must be a function taking one jsonb argument and returning one value', _set_handler.handler
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'CREATE FUNCTION my_handler(payload jsonb) RETURNS jsonb ...';
     END IF;
-    IF NOT has_function_privilege(current_user, set_handler.handler, 'EXECUTE') THEN
-        RAISE EXCEPTION 'permission denied: role % may not execute handler %', current_user, set_handler.handler
+    IF NOT pg_has_role(_set_handler.caller, _set_handler.run_as, 'MEMBER') THEN
+        RAISE EXCEPTION 'permission denied: role % is not a member of role %, so it cannot name it as run_as',
+            _set_handler.caller, _set_handler.run_as
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'A handler runs with the rights of run_as: name a role you belong to (yourself, by default).';
+    END IF;
+    IF NOT has_function_privilege(_set_handler.run_as, _set_handler.handler, 'EXECUTE') THEN
+        RAISE EXCEPTION 'permission denied: role % may not execute handler %', _set_handler.run_as, _set_handler.handler
             USING ERRCODE = 'insufficient_privilege';
     END IF;
-    IF set_handler.concurrency IS NULL OR set_handler.concurrency NOT BETWEEN 1 AND 1000 THEN
-        RAISE EXCEPTION 'concurrency must be between 1 and 1000, got %', coalesce(set_handler.concurrency::text, 'NULL')
+    IF _set_handler.concurrency IS NULL OR _set_handler.concurrency NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'concurrency must be between 1 and 1000, got %', coalesce(_set_handler.concurrency::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM job._check_interval('timeout', set_handler.timeout, false);
+    PERFORM job._check_interval('timeout', _set_handler.timeout, false);
 
-    INSERT INTO job.handlers AS h (queue, handler, run_as, concurrency, timeout)
-    VALUES (set_handler.queue, set_handler.handler, current_user::regrole, set_handler.concurrency,
-            set_handler.timeout)
+    INSERT INTO job.handler_defs AS h (queue, handler, run_as, concurrency, timeout, set_by)
+    VALUES (q.name, _set_handler.handler, _set_handler.run_as, _set_handler.concurrency,
+            _set_handler.timeout, _set_handler.caller)
     ON CONFLICT (queue) DO UPDATE
        SET handler = EXCLUDED.handler, run_as = EXCLUDED.run_as, concurrency = EXCLUDED.concurrency,
-           timeout = EXCLUDED.timeout, updated_at = now();
-    PERFORM job._wake_on_commit(set_handler.queue);
+           timeout = EXCLUDED.timeout, set_by = EXCLUDED.set_by, updated_at = now();
+    PERFORM job._wake_queue_on_commit(q.id);
     PERFORM job._wake_scheduler();  -- starts the executors
     PERFORM job._audit('set_handler', jsonb_build_object(
-        'queue', set_handler.queue, 'handler', set_handler.handler::text, 'run_as', current_user,
-        'concurrency', set_handler.concurrency, 'timeout', set_handler.timeout));
+        'queue', q.name, 'handler', _set_handler.handler::text, 'run_as', _set_handler.run_as::text,
+        'set_by', _set_handler.caller::text, 'concurrency', _set_handler.concurrency,
+        'timeout', _set_handler.timeout));
 END $$;
 
 -- The executors stop taking the queue's jobs (a running one finishes).  False when the queue
 -- had no handler.
 CREATE FUNCTION job.remove_handler(queue text)
-RETURNS boolean LANGUAGE plpgsql
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     removed boolean;
 BEGIN
     PERFORM job._require_queue(queue);
-    DELETE FROM job.handlers h WHERE h.queue = remove_handler.queue;
+    DELETE FROM job.handler_defs h WHERE h.queue = remove_handler.queue;
     removed := FOUND;
     PERFORM job._audit('remove_handler', jsonb_build_object('queue', queue));
     RETURN removed;
 END $$;
 
--- Claims one job for an executor from a handler queue with a free concurrency slot.  The slot
--- is a session-level advisory lock the executor holds while it runs the job (released by
--- job._release_handler_slot, or when the executor exits).  No row: nothing to run.
-CREATE FUNCTION job._claim_handler_job(worker text)
-RETURNS TABLE (job_id bigint, payload jsonb, attempt int, handler_schema name, handler_name name,
-               returns_jsonb boolean, run_as oid, timeout_ms bigint, slot_key int)
+-- The handler queues an executor serving role `run_as` may claim from: active ones (the queue
+-- is not paused, the handler and both roles exist, and the role that set it is still a member
+-- of run_as), with how to call the handler.
+CREATE FUNCTION job._runnable_handlers(run_as regrole)
+RETURNS TABLE (queue text, concurrency int, timeout interval, handler_schema name, handler_name name,
+               returns_jsonb boolean)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT hd.queue, hd.concurrency, hd.timeout, n.nspname, p.proname,
+           p.prorettype = 'jsonb'::regtype
+      FROM job.handler_defs hd
+      JOIN job.queues q ON q.name = hd.queue AND NOT q.paused
+      JOIN pg_catalog.pg_proc p ON p.oid = hd.handler
+      JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+     WHERE hd.run_as = _runnable_handlers.run_as
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
+       AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.set_by)
+       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER')
+$$;
+
+-- Claims one job for an executor serving role `run_as`, from one of its handler queues with
+-- fewer than `concurrency` jobs running.  Executors claiming from one queue take turns (an
+-- internal lock, held until the claim commits), so the count they test is exact.  No row:
+-- nothing to run.
+CREATE FUNCTION job._claim_handler_job(worker text, run_as regrole)
+RETURNS TABLE (job_id bigint, token uuid, payload jsonb, attempt int, handler_schema name,
+               handler_name name, returns_jsonb boolean, timeout_ms bigint)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
 DECLARE
     h record;
     claimed job.claimed_job;
 BEGIN
-    FOR h IN SELECT hd.queue, hd.concurrency, hd.timeout, hd.run_as, n.nspname, p.proname,
-                    p.prorettype = 'jsonb'::regtype AS returns_jsonb
-               FROM job.handlers hd
-               JOIN job.queues q ON q.name = hd.queue AND NOT q.paused
-               JOIN pg_catalog.pg_proc p ON p.oid = hd.handler
-               JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-               JOIN pg_catalog.pg_roles r ON r.oid = hd.run_as
-              ORDER BY random()
-    LOOP
-        FOR slot IN 0 .. h.concurrency - 1 LOOP
-            slot_key := hashtext(h.queue || '/' || slot);
-            CONTINUE WHEN NOT pg_try_advisory_lock(x'6a716578'::int, slot_key);
-            SELECT * INTO claimed
-              FROM job.dequeue(h.queue, worker, 1, h.timeout + interval '30 seconds');
-            IF claimed.id IS NULL THEN
-                PERFORM pg_advisory_unlock(x'6a716578'::int, slot_key);
-                EXIT;  -- nothing ready in this queue
-            END IF;
-            job_id := claimed.id;
-            payload := claimed.payload;
-            attempt := claimed.attempt;
-            handler_schema := h.nspname;
-            handler_name := h.proname;
-            returns_jsonb := h.returns_jsonb;
-            run_as := h.run_as;
-            timeout_ms := (extract(epoch FROM h.timeout) * 1000)::bigint;
-            RETURN NEXT;
-            RETURN;
-        END LOOP;
+    FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_job.run_as) ORDER BY random() LOOP
+        PERFORM job._lock_handler_queue(h.queue);
+        CONTINUE WHEN (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
+                                              WHERE l.queue = h.queue AND l.state = 'running'
+                                              LIMIT h.concurrency) r) >= h.concurrency;
+        SELECT * INTO claimed FROM job.dequeue(h.queue, worker, 1, h.timeout + interval '30 seconds');
+        CONTINUE WHEN claimed.id IS NULL;
+        job_id := claimed.id;
+        token := claimed.lease_token;
+        payload := claimed.payload;
+        attempt := claimed.attempt;
+        handler_schema := h.handler_schema;
+        handler_name := h.handler_name;
+        returns_jsonb := h.returns_jsonb;
+        timeout_ms := (extract(epoch FROM h.timeout) * 1000)::bigint;
+        RETURN NEXT;
+        RETURN;
     END LOOP;
 END $$;
 
-CREATE FUNCTION job._release_handler_slot(slot_key int)
-RETURNS void LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM pg_advisory_unlock(x'6a716578'::int, slot_key);
-END $$;
-
--- When an executor must next look for work: the earliest scheduled (delayed or backing off)
--- job of a handler queue (NULL: none).
-CREATE FUNCTION job._next_handler_job_due()
+-- When an executor serving `run_as` must next look for work: the earliest scheduled (delayed
+-- or backing off) job of its handler queues (NULL: none).
+CREATE FUNCTION job._next_handler_job_due(run_as regrole)
 RETURNS timestamptz LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT min(d.run_at)
-      FROM job.handlers h
+      FROM job.handler_defs h
      CROSS JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
                           WHERE l.queue = h.queue AND l.state = 'scheduled'
                           ORDER BY l.run_at LIMIT 1) d
+     WHERE h.run_as = _next_handler_job_due.run_as
 $$;
 
--- Records a handler's failed attempt through job.fail's rules, keeping the SQLSTATE with it.
-CREATE FUNCTION job._fail_handler_job(job_id bigint, sqlstate text, message text, permanent boolean)
+-- How many executors each run_as role needs (pg_jobqueue.executors at most, and no more than
+-- its handlers' concurrency in all).  Read by the scheduler.
+CREATE FUNCTION job._executors_wanted(per_role int)
+RETURNS TABLE (run_as regrole, executors int)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT hd.run_as, least(per_role, sum(hd.concurrency))::int
+      FROM job.handler_defs hd
+     WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
+     GROUP BY hd.run_as
+$$;
+
+-- Completes a handler's job with its result, under the executor's claim.
+CREATE FUNCTION job._complete_handler_job(job_id bigint, token uuid, result jsonb)
+RETURNS boolean LANGUAGE sql
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT job.complete(job_id, result, token)
+$$;
+
+-- Records a handler's failed attempt through job.fail's rules (under the executor's claim),
+-- keeping the SQLSTATE with it.
+CREATE FUNCTION job._fail_handler_job(job_id bigint, token uuid, sqlstate text, message text, permanent boolean)
 RETURNS text LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    outcome text := job.fail(job_id, message, permanent);
+    errors_before int;
+    outcome text;
 BEGIN
+    SELECT jsonb_array_length(j.errors) INTO errors_before FROM job.jobs j WHERE j.id = job_id;
+    outcome := job.fail(job_id, message, permanent, token => token);
+    -- Annotate the entry fail just added, if it added one (a lost claim records nothing).
     UPDATE job.live_jobs l
        SET errors = jsonb_set(l.errors, '{-1,sqlstate}', to_jsonb(sqlstate))
-     WHERE l.id = job_id;
+     WHERE l.id = job_id AND jsonb_array_length(l.errors) > errors_before;
     UPDATE job.finished_jobs f
        SET errors = jsonb_set(f.errors, '{-1,sqlstate}', to_jsonb(sqlstate))
-     WHERE f.id = job_id;
+     WHERE f.id = job_id AND jsonb_array_length(f.errors) > errors_before;
     RETURN outcome;
 END $$;

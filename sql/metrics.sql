@@ -10,25 +10,7 @@
 --   job.queue_counters   the dead-letter queue's size, kept exact as jobs die and leave it;
 --   job.workers_seen     every worker name dequeue and heartbeat saw.
 
--- Histograms and the writer shard, implemented in Rust (src/metrics.rs).
-CREATE FUNCTION job._hist_of(seconds float8) RETURNS bigint[]
-LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_of_wrapper';
-
-CREATE FUNCTION job._hist_bucket(seconds float8) RETURNS int
-LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_bucket_wrapper';
-
-CREATE FUNCTION job._hist_add(a bigint[], b bigint[]) RETURNS bigint[]
-LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_add_wrapper';
-
-CREATE FUNCTION job._hist_quantile(hist bigint[], q float8) RETURNS float8
-LANGUAGE c IMMUTABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_hist_quantile_wrapper';
-
-CREATE FUNCTION job._writer_shard() RETURNS smallint
-LANGUAGE c STABLE PARALLEL SAFE AS 'MODULE_PATHNAME', '_writer_shard_wrapper';
-
-CREATE FUNCTION job._worker_seen_due(worker text) RETURNS boolean
-LANGUAGE c VOLATILE AS 'MODULE_PATHNAME', '_worker_seen_due_wrapper';
-
+-- Histograms, the writer shard and the worker-seen throttle are in Rust (src/metrics.rs).
 CREATE AGGREGATE job._hist_sum(bigint[]) (SFUNC = job._hist_add, STYPE = bigint[]);
 
 ---------------------------------------------------------------------------------------------
@@ -396,3 +378,6 @@ SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s\n', f.name, f.help, f.name
 $$;
 
 COMMENT ON FUNCTION job.prometheus_metrics() IS 'Every pg_jobqueue metric in the Prometheus text exposition format.';
+
+COMMENT ON FUNCTION job.worker_processes() IS
+    'The pg_jobqueue background worker processes serving this database: scheduler and executors.';

@@ -48,45 +48,44 @@ SELECT q.name AS queue,
 
 COMMENT ON VIEW job.queue_stats IS 'Per queue: jobs waiting (ready now), scheduled (later), running, completed, dead and cancelled, and the age of the oldest ready job.';
 
--- Moves finished jobs (those of `ids` whose state is in `from_states`) back to the live table,
--- ready now with a fresh retry budget; their past errors stay.  Returns how many moved.
-CREATE FUNCTION job._revive(ids bigint[], from_states text[])
+-- Moves finished jobs of one queue (those of `ids` whose state is in `from_states`) back to
+-- the live table, ready now with a fresh retry budget; their past errors stay.  Returns how
+-- many moved.
+CREATE FUNCTION job._revive(queue_name text, ids bigint[], from_states text[])
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    revived_count bigint := 0;
-    revived_in_queue bigint;
-    revived_queue text;
+    q job.queues := job._require_queue(queue_name);
+    revived_count bigint;
     revived_dead bigint;
 BEGIN
-    FOR revived_queue, revived_in_queue, revived_dead IN
-        WITH back AS (
-            DELETE FROM job.finished_jobs f
-             WHERE f.id = ANY (ids) AND f.state = ANY (from_states)
-            RETURNING f.*
-        ), inserted AS (
-            INSERT INTO job.live_jobs (id, run_at, enqueued_at, priority, attempt, max_retries, state,
-                                       queue, job_type, idempotency_key, payload, errors)
-            SELECT b.id, now(), b.enqueued_at, b.priority, 0, b.max_retries, 'waiting',
-                   b.queue, b.job_type, b.idempotency_key, b.payload, b.errors
-              FROM back b
-            RETURNING queue
-        )
-        SELECT b.queue, count(*), count(*) FILTER (WHERE b.state = 'dead')
-          FROM back b WHERE EXISTS (SELECT 1 FROM inserted) GROUP BY b.queue
-    LOOP
-        PERFORM job._wake_on_commit(revived_queue);
-        IF revived_dead > 0 THEN
-            PERFORM job._count_dead_letters(revived_queue, -revived_dead);
-        END IF;
-        revived_count := revived_count + revived_in_queue;
-    END LOOP;
+    PERFORM job._guard_queue(q.name);  -- no revival into a queue being dropped
+    WITH back AS (
+        DELETE FROM job.finished_jobs f
+         WHERE f.id = ANY (ids) AND f.queue = q.name AND f.state = ANY (from_states)
+        RETURNING f.*
+    ), inserted AS (
+        INSERT INTO job.live_jobs (id, run_at, enqueued_at, priority, attempt, max_retries, state,
+                                   queue, job_type, idempotency_key, payload, errors)
+        SELECT b.id, now(), b.enqueued_at, b.priority, 0, b.max_retries, 'waiting',
+               b.queue, b.job_type, b.idempotency_key, b.payload, b.errors
+          FROM back b
+        RETURNING 1
+    )
+    SELECT count(*), count(*) FILTER (WHERE b.state = 'dead') INTO revived_count, revived_dead
+      FROM back b WHERE EXISTS (SELECT 1 FROM inserted);
+    IF revived_count > 0 THEN
+        PERFORM job._wake_queue_on_commit(q.id);
+    END IF;
+    IF revived_dead > 0 THEN
+        PERFORM job._count_dead_letters(q.name, -revived_dead);
+    END IF;
     RETURN revived_count;
 END $$;
 
 -- A waiting, scheduled or running job never runs (again); its worker cannot complete it.
 CREATE FUNCTION job.cancel(id bigint)
-RETURNS boolean LANGUAGE plpgsql
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cancelled boolean;
@@ -102,13 +101,17 @@ END $$;
 
 -- A dead or cancelled job runs again now, with a fresh retry budget.
 CREATE FUNCTION job.retry(id bigint)
-RETURNS boolean LANGUAGE plpgsql
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    revived boolean;
+    job_queue text;
+    revived boolean := false;
 BEGIN
     PERFORM job._check_not_null('id', id);
-    revived := job._revive(ARRAY[id], '{dead,cancelled}') = 1;
+    SELECT f.queue INTO job_queue FROM job.finished_jobs f WHERE f.id = retry.id;
+    IF FOUND THEN
+        revived := job._revive(job_queue, ARRAY[id], '{dead,cancelled}') = 1;
+    END IF;
     IF NOT revived THEN
         PERFORM job._require_job(id);
     END IF;
@@ -118,14 +121,14 @@ END $$;
 
 -- Replays the queue's whole dead-letter queue; returns how many jobs run again.
 CREATE FUNCTION job.retry_dead(queue text)
-RETURNS bigint LANGUAGE plpgsql
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q job.queues := job._require_queue(queue);
     revived bigint;
 BEGIN
-    revived := job._revive(ARRAY(SELECT f.id FROM job.finished_jobs f
-                                  WHERE f.queue = q.name AND f.state = 'dead'), '{dead}');
+    revived := job._revive(q.name, ARRAY(SELECT f.id FROM job.finished_jobs f
+                                          WHERE f.queue = q.name AND f.state = 'dead'), '{dead}');
     PERFORM job._audit('retry_dead', jsonb_build_object('queue', q.name), revived);
     RETURN revived;
 END $$;
@@ -133,7 +136,7 @@ END $$;
 -- Deletes the queue's finished jobs in `state` (completed, dead or cancelled) that finished
 -- more than `older_than` ago; audited.  Returns how many it deleted.
 CREATE FUNCTION job.purge(queue text, state text, older_than interval)
-RETURNS bigint LANGUAGE plpgsql
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -158,41 +161,48 @@ END $$;
 
 -- Deletes finished jobs older than their queue's retention and expired idempotency keys, at
 -- most max_rows of each per call (call again while it returns max_rows).  Returns rows deleted.
+-- Each queue is pruned on its own: should one fail, the others are still pruned (the failure
+-- is reported as a warning naming the queue).
 CREATE FUNCTION job.apply_retention(max_rows int DEFAULT 10000)
-RETURNS bigint LANGUAGE plpgsql
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    jobs_deleted bigint;
+    q record;
+    left_to_delete bigint := max_rows;
+    deleted bigint;
+    dead bigint;
     keys_deleted bigint;
-    dead_queue record;
 BEGIN
-    PERFORM job._check_not_null('max_rows', max_rows);
-    FOR dead_queue IN
-        WITH gone AS (
-            DELETE FROM job.finished_jobs f
-             WHERE f.id IN (SELECT old.id
-                              FROM job.queues q
-                             CROSS JOIN unnest(ARRAY['completed', 'dead', 'cancelled']) AS s(state)
-                             CROSS JOIN LATERAL (
-                                   SELECT h.id FROM job.finished_jobs h
-                                    WHERE h.queue = q.name AND h.state = s.state
-                                      AND h.finished_at < now() - q.retention
-                                    ORDER BY h.finished_at
-                                    LIMIT max_rows) old
-                             LIMIT max_rows)
-            RETURNING f.queue, f.state
-        )
-        SELECT g.queue, count(*) AS n, count(*) FILTER (WHERE g.state = 'dead') AS dead FROM gone g GROUP BY g.queue
-    LOOP
-        jobs_deleted := coalesce(jobs_deleted, 0) + dead_queue.n;
-        IF dead_queue.dead > 0 THEN
-            PERFORM job._count_dead_letters(dead_queue.queue, -dead_queue.dead);
-        END IF;
+    PERFORM job._check_count('max_rows', max_rows);
+    FOR q IN SELECT qs.name, qs.retention FROM job.queues qs ORDER BY qs.name LOOP
+        EXIT WHEN left_to_delete <= 0;
+        BEGIN
+            WITH gone AS (
+                DELETE FROM job.finished_jobs f
+                 WHERE f.id IN (SELECT old.id
+                                  FROM unnest(ARRAY['completed', 'dead', 'cancelled']) AS s(state)
+                                 CROSS JOIN LATERAL (
+                                       SELECT h.id FROM job.finished_jobs h
+                                        WHERE h.queue = q.name AND h.state = s.state
+                                          AND h.finished_at < now() - q.retention
+                                        ORDER BY h.finished_at
+                                        LIMIT left_to_delete) old
+                                 LIMIT left_to_delete)
+                RETURNING f.state
+            )
+            SELECT count(*), count(*) FILTER (WHERE g.state = 'dead') INTO deleted, dead FROM gone g;
+            IF dead > 0 THEN
+                PERFORM job._count_dead_letters(q.name, -dead);
+            END IF;
+            left_to_delete := left_to_delete - deleted;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_jobqueue: retention of queue % failed: % (SQLSTATE %)', quote_literal(q.name), SQLERRM, SQLSTATE;
+        END;
     END LOOP;
     DELETE FROM job.idempotency_keys k
      WHERE (k.queue, k.key) IN (SELECT e.queue, e.key FROM job.idempotency_keys e
                                  WHERE e.expires_at <= now()
                                  ORDER BY e.expires_at LIMIT max_rows);
     GET DIAGNOSTICS keys_deleted = ROW_COUNT;
-    RETURN coalesce(jobs_deleted, 0) + keys_deleted;
+    RETURN max_rows - left_to_delete + keys_deleted;
 END $$;

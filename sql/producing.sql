@@ -17,17 +17,27 @@ CREATE FUNCTION job.enqueue(
     idempotency_key text DEFAULT NULL,
     max_retries int DEFAULT NULL,
     job_type text DEFAULT NULL
-) RETURNS bigint LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
+    q record;
     start_at timestamptz := now();
     new_id bigint;
     existing_id bigint;
 BEGIN
+    -- A drop of this queue in progress makes this fail at once instead of waiting for it.
+    PERFORM job._guard_queue(enqueue.queue);
+    SELECT qs.id, qs.name, qs.max_retries, qs.idempotency_window, qs.max_payload_bytes INTO q
+      FROM job.queues qs WHERE qs.name = enqueue.queue;
+    IF NOT FOUND THEN
+        PERFORM job._require_queue(enqueue.queue);  -- raises
+    END IF;
     IF enqueue.payload IS NULL OR jsonb_typeof(enqueue.payload) <> 'object' THEN
-        PERFORM job._require_queue(enqueue.queue);
         PERFORM job._check_payload('payload', enqueue.payload);
+    END IF;
+    IF pg_column_size(enqueue.payload) > q.max_payload_bytes THEN
+        PERFORM job._check_payload_size(job._require_queue(q.name), 'payload', enqueue.payload);
     END IF;
     IF enqueue.delay IS NOT NULL THEN
         IF enqueue.run_at IS NOT NULL THEN
@@ -47,48 +57,40 @@ BEGIN
     IF enqueue.max_retries < 0 THEN
         RAISE EXCEPTION 'max_retries must be 0 or more, got %', enqueue.max_retries USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF enqueue.job_type IS NOT NULL THEN
+    IF enqueue.job_type IS NOT NULL AND job._name_problem(enqueue.job_type, 128) IS NOT NULL THEN
         PERFORM job._check_name('job_type', enqueue.job_type);
     END IF;
 
     IF enqueue.idempotency_key IS NOT NULL THEN
-        PERFORM job._check_name('idempotency_key', enqueue.idempotency_key, 512);
+        IF job._name_problem(enqueue.idempotency_key, 512) IS NOT NULL THEN
+            PERFORM job._check_name('idempotency_key', enqueue.idempotency_key, 512);
+        END IF;
         -- The primary key arbitrates: a racing enqueue of the same key waits for ours to
         -- commit or roll back.  An expired key is taken over by the new job.
         new_id := nextval('job.job_id_seq');
         INSERT INTO job.idempotency_keys AS k (queue, key, job_id, expires_at)
-        SELECT qs.name, enqueue.idempotency_key, new_id, now() + qs.idempotency_window
-          FROM job.queues qs WHERE qs.name = enqueue.queue
+        VALUES (q.name, enqueue.idempotency_key, new_id, now() + q.idempotency_window)
         ON CONFLICT (queue, key) DO UPDATE
            SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at
          WHERE k.expires_at <= now();
         IF NOT FOUND THEN
             SELECT k.job_id INTO existing_id FROM job.idempotency_keys k
-             WHERE k.queue = enqueue.queue AND k.key = enqueue.idempotency_key;
-            IF FOUND THEN
-                RETURN existing_id;
-            END IF;
-            PERFORM job._require_queue(enqueue.queue);  -- no such queue: raises
+             WHERE k.queue = q.name AND k.key = enqueue.idempotency_key;
+            RETURN existing_id;
         END IF;
     END IF;
 
-    -- The queue lookup, size check and insert in one statement: no row means no such queue
-    -- or a payload over the queue's limit.
     INSERT INTO job.live_jobs (id, run_at, priority, max_retries, state, queue, job_type,
                                idempotency_key, payload)
-    SELECT coalesce(new_id, nextval('job.job_id_seq')), start_at, enqueue.priority,
-           coalesce(enqueue.max_retries, qs.max_retries),
-           CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END,
-           qs.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload
-      FROM job.queues qs
-     WHERE qs.name = enqueue.queue
-       AND (qs.max_payload_bytes IS NULL OR pg_column_size(enqueue.payload) <= qs.max_payload_bytes)
+    VALUES (coalesce(new_id, nextval('job.job_id_seq')), start_at, enqueue.priority,
+            coalesce(enqueue.max_retries, q.max_retries),
+            CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END,
+            q.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload)
     RETURNING id INTO new_id;
-    IF NOT FOUND THEN
-        PERFORM job._check_payload_size(job._require_queue(enqueue.queue), 'payload', enqueue.payload);  -- raises
-    END IF;
     IF start_at <= now() THEN
-        PERFORM job._wake_on_commit(enqueue.queue);
+        PERFORM job._wake_queue_on_commit(q.id);
+    ELSE
+        PERFORM job._due_on_commit(start_at);  -- the worker makes it ready when due, and wakes consumers
     END IF;
     RETURN new_id;
 END $$;
@@ -99,14 +101,20 @@ CREATE FUNCTION job.enqueue_many(
     payloads jsonb[],
     priority int DEFAULT 0,
     job_type text DEFAULT NULL
-) RETURNS SETOF bigint LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+) RETURNS SETOF bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    q job.queues := job._require_queue(enqueue_many.queue);
+    q job.queues;
     bad record;
 BEGIN
+    PERFORM job._guard_queue(enqueue_many.queue);
+    q := job._require_queue(enqueue_many.queue);
     PERFORM job._check_not_null('payloads', enqueue_many.payloads);
+    IF array_ndims(enqueue_many.payloads) > 1 THEN
+        RAISE EXCEPTION 'payloads must be a one-dimensional array, got % dimensions', array_ndims(enqueue_many.payloads)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM job._check_not_null('priority', enqueue_many.priority);
     IF enqueue_many.job_type IS NOT NULL THEN
         PERFORM job._check_name('job_type', enqueue_many.job_type);
@@ -141,5 +149,5 @@ BEGIN
         RETURNING id
     )
     SELECT i.id FROM inserted i ORDER BY i.id;
-    PERFORM job._wake_on_commit(q.name);
+    PERFORM job._wake_queue_on_commit(q.id);
 END $$;

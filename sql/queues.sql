@@ -11,7 +11,7 @@ CREATE FUNCTION job.create_queue(
     idempotency_window interval DEFAULT '24 hours',
     retention interval DEFAULT '7 days',
     max_payload_bytes int DEFAULT NULL
-) RETURNS void LANGUAGE plpgsql
+) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -53,17 +53,17 @@ BEGIN
            max_payload_bytes = EXCLUDED.max_payload_bytes, updated_at = now()
     RETURNING * INTO after;
     IF before.name IS NULL THEN
-        PERFORM job._audit('create_queue', to_jsonb(after) - '{paused,created_at,updated_at}'::text[]);
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,created_at,updated_at}'::text[]);
     ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
-        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{name,paused,created_at,updated_at}'::text[],
-                                                             'after', to_jsonb(after) - '{name,paused,created_at,updated_at}'::text[]));
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{id,name,paused,created_at,updated_at}'::text[]));
     END IF;
 END $$;
 
 -- Drops the queue with its history, keys, schedules and handler; refuses while it has
 -- unfinished jobs unless forced.
 CREATE FUNCTION job.drop_queue(name text, force boolean DEFAULT false)
-RETURNS void LANGUAGE plpgsql
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q job.queues := job._require_queue(name);
@@ -71,9 +71,10 @@ DECLARE
     history bigint;
 BEGIN
     PERFORM job._check_not_null('force', force);
-    -- Wait out in-flight producers and keep new ones out until this commits, so no enqueue
-    -- slips into the queue between the check below and the delete.
-    LOCK TABLE job.live_jobs IN SHARE ROW EXCLUSIVE MODE;
+    -- Waits out the queue's in-flight producers, and makes new ones fail at once until this
+    -- commits (job._guard_queue), so no job slips into the queue between the check below and
+    -- the delete.  Producers of other queues never wait.
+    PERFORM job._lock_queue_for_drop(q.name);
     SELECT count(*) INTO unfinished FROM job.live_jobs WHERE queue = q.name;
     IF unfinished > 0 AND NOT force THEN
         RAISE EXCEPTION 'queue % still has % unfinished (waiting, scheduled or running) jobs',
@@ -94,24 +95,33 @@ END $$;
 CREATE FUNCTION job._set_paused(queue_name text, paused boolean)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q job.queues := job._require_queue(queue_name);
 BEGIN
-    PERFORM job._require_queue(queue_name);
-    UPDATE job.queues q SET paused = _set_paused.paused, updated_at = now()
-     WHERE q.name = queue_name AND q.paused IS DISTINCT FROM _set_paused.paused;
+    UPDATE job.queues qs SET paused = _set_paused.paused, updated_at = now()
+     WHERE qs.name = q.name AND qs.paused IS DISTINCT FROM _set_paused.paused;
     IF NOT paused THEN
-        PERFORM job._wake_on_commit(queue_name);
+        PERFORM job._wake_queue_on_commit(q.id);
     END IF;
     PERFORM job._audit(CASE WHEN paused THEN 'pause_queue' ELSE 'resume_queue' END,
                        jsonb_build_object('name', queue_name));
 END $$;
 
 -- A paused queue accepts enqueues but hands out nothing.
-CREATE FUNCTION job.pause_queue(name text) RETURNS void LANGUAGE sql
+CREATE FUNCTION job.pause_queue(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_paused(name, true)
 $$;
 
-CREATE FUNCTION job.resume_queue(name text) RETURNS void LANGUAGE sql
+CREATE FUNCTION job.resume_queue(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_paused(name, false)
 $$;
+
+-- The queue's opaque number, the payload of its wake-up notifications (see the README's
+-- "Wake-ups"): a worker LISTENs on pg_jobqueue and dequeues when a notification carries it.
+CREATE FUNCTION job.queue_id(queue text) RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (job._require_queue(queue)).id;
+END $$;

@@ -1,28 +1,9 @@
 -- pg_jobqueue schedules: cron and interval schedules, fired by the worker's scheduler.
 
--- Schedule expressions, implemented in Rust (src/cron.rs, src/cron_sql.rs).
--- The first time a schedule fires strictly after `after` (src/cron.rs has the rules).
-CREATE FUNCTION job.cron_next(cron text, timezone text DEFAULT 'UTC', after timestamptz DEFAULT now())
-RETURNS timestamptz LANGUAGE c STABLE PARALLEL SAFE
-AS 'MODULE_PATHNAME', 'cron_next_wrapper';
-
+-- Schedule expressions are parsed and computed in Rust (src/cron.rs; job.cron_next,
+-- job._cron_latest, job._check_cron and job._jitter_offset are declared from src/cron_sql.rs).
 COMMENT ON FUNCTION job.cron_next(text, text, timestamptz) IS
     'When a schedule expression fires next after a given time, in a given time zone.';
-
--- The last fire time in [lower, upper], or NULL.
-CREATE FUNCTION job._cron_latest(cron text, timezone text, lower timestamptz, upper timestamptz)
-RETURNS timestamptz LANGUAGE c STABLE PARALLEL SAFE
-AS 'MODULE_PATHNAME', '_cron_latest_wrapper';
-
--- Raises (naming the bad part) unless the expression and the time zone are usable.
-CREATE FUNCTION job._check_cron(cron text, timezone text)
-RETURNS void LANGUAGE c STABLE PARALLEL SAFE
-AS 'MODULE_PATHNAME', '_check_cron_wrapper';
-
--- The schedule's stable jitter offset within [0, bound).
-CREATE FUNCTION job._jitter_offset(name text, bound interval)
-RETURNS interval LANGUAGE c IMMUTABLE PARALLEL SAFE
-AS 'MODULE_PATHNAME', '_jitter_offset_wrapper';
 
 CREATE VIEW job.schedules AS
 SELECT s.name, s.cron, s.timezone, s.queue, s.payload, s.priority, s.job_type, s.misfire,
@@ -68,7 +49,7 @@ CREATE FUNCTION job.schedule(
     job_type text DEFAULT NULL,
     misfire text DEFAULT 'skip',
     jitter interval DEFAULT NULL
-) RETURNS bigint LANGUAGE plpgsql
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -118,7 +99,7 @@ END $$;
 
 -- Deletes the schedule (its fired jobs stay).  False when there was no such schedule.
 CREATE FUNCTION job.unschedule(name text)
-RETURNS boolean LANGUAGE plpgsql
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._check_name('schedule name', name);
@@ -132,7 +113,7 @@ BEGIN
 END $$;
 
 CREATE FUNCTION job.pause_schedule(name text)
-RETURNS void LANGUAGE plpgsql
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._require_schedule(name);
@@ -142,7 +123,7 @@ END $$;
 
 -- Resumes with the next tick from now: ticks that passed while paused never fire.
 CREATE FUNCTION job.resume_schedule(name text)
-RETURNS void LANGUAGE plpgsql
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     s job.schedule_defs := job._require_schedule(name);
@@ -189,9 +170,10 @@ BEGIN
                 VALUES (s.name, fire_tick, fire_tick + s.jitter_offset, at_now)
                 ON CONFLICT DO NOTHING;
                 IF FOUND THEN
-                    fired_job := job.enqueue(s.queue, s.payload, priority => s.priority, job_type => s.job_type,
-                                          idempotency_key => format('schedule:%s:%s', s.name,
-                                                                    extract(epoch FROM fire_tick)::bigint));
+                    -- No idempotency key: the run row above is what makes the tick fire once,
+                    -- and a key would live where producers' keys live, so a producer could
+                    -- take a tick's key first and suppress it.
+                    fired_job := job.enqueue(s.queue, s.payload, priority => s.priority, job_type => s.job_type);
                     UPDATE job.schedule_runs r SET job_id = fired_job
                      WHERE r.schedule = s.name AND r.tick = fire_tick;
                     fired := fired + 1;

@@ -5,22 +5,19 @@
 -- complete) test their input inline and call these helpers only to raise, because a nested
 -- PL/pgSQL call costs more than the test itself.
 
--- Raises unless `value` is a usable name: not NULL, not blank, at most max_len characters,
--- no control characters.
+-- Raises unless `value` is a usable name: not NULL, at most max_len characters, with at least
+-- one visible character and no control characters (job._name_problem, in Rust, decides; the hot
+-- paths call it inline and this only to raise).
 CREATE FUNCTION job._check_name(what text, value text, max_len int DEFAULT 128)
 RETURNS void LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    problem text := job._name_problem(value, max_len);
 BEGIN
     IF value IS NULL THEN
         RAISE EXCEPTION '% must not be NULL', what USING ERRCODE = 'null_value_not_allowed';
-    ELSIF btrim(value) = '' THEN
-        RAISE EXCEPTION '% must not be empty', what USING ERRCODE = 'invalid_parameter_value';
-    ELSIF length(value) > max_len THEN
-        RAISE EXCEPTION '% is too long: % characters, at most % allowed', what, length(value), max_len
-            USING ERRCODE = 'invalid_parameter_value';
-    ELSIF value ~ '[[:cntrl:]]' THEN
-        RAISE EXCEPTION '% must not contain control characters: %', what, quote_literal(value)
-            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF problem IS NOT NULL THEN
+        RAISE EXCEPTION '% %', what, problem USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $$;
 
@@ -33,6 +30,9 @@ BEGIN
     END IF;
 END $$;
 
+-- Raises unless `value` is an interval from 0 (or just above, unless allow_zero) up to 100
+-- years: every interval the API takes is added to or subtracted from now(), and 100 years
+-- keeps that and the backoff arithmetic far from the end of the timestamp range.
 CREATE FUNCTION job._check_interval(what text, value interval, allow_zero boolean)
 RETURNS void LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -42,6 +42,20 @@ BEGIN
         RAISE EXCEPTION '% must be % interval, got %', what,
             CASE WHEN allow_zero THEN 'a non-negative' ELSE 'a positive' END, value
             USING ERRCODE = 'invalid_parameter_value';
+    ELSIF value > interval '100 years' THEN
+        RAISE EXCEPTION '% must be at most 100 years, got %', what, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- Raises unless `value` is a row count: not NULL and not negative.
+CREATE FUNCTION job._check_count(what text, value bigint)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM job._check_not_null(what, value);
+    IF value < 0 THEN
+        RAISE EXCEPTION '% must be 0 or more, got %', what, value USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $$;
 

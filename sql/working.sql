@@ -14,11 +14,12 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object('attempt', attempt, 'at', now(), 'worker', worker) || detail
 $$;
 
--- Moves live jobs (those of `ids` whose state is in `from_states`) to history as
--- `final_state`, appending `error` (if any) to each job's errors, and counts the finished
--- attempts.  Returns how many moved.
+-- Moves live jobs (those of `ids` whose state is in `from_states`, and whose current claim
+-- is one of `tokens` unless that is NULL) to history as `final_state`, appending `error` (if
+-- any) to each job's errors, and counts the finished attempts.  Returns how many moved.
 CREATE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
-                            job_result jsonb DEFAULT NULL, error jsonb DEFAULT NULL)
+                            job_result jsonb DEFAULT NULL, error jsonb DEFAULT NULL,
+                            tokens uuid[] DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -35,6 +36,7 @@ BEGIN
     WITH moved AS (
         DELETE FROM job.live_jobs j
          WHERE j.id = ANY (ids) AND (j.state COLLATE "C") = ANY (from_states)
+           AND (tokens IS NULL OR j.lease_token = ANY (tokens))
         RETURNING j.*
     ), kept AS (
         INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
@@ -68,21 +70,25 @@ BEGIN
 END $$;
 
 -- Claims up to `batch` ready jobs.  Never waits for rows another worker holds (SKIP LOCKED);
--- a job is handed to one worker at a time until its lease expires.
+-- a job is handed to one worker at a time until its lease expires.  Every job of one call
+-- carries the same new lease token, which complete, fail, heartbeat and release take to act
+-- only on this claim.
 CREATE FUNCTION job.dequeue(
     queue text,
     worker text DEFAULT NULL,
     batch int DEFAULT 1,
     lease interval DEFAULT NULL
-) RETURNS SETOF job.claimed_job LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+) RETURNS SETOF job.claimed_job LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     q record;
     lease_for interval;
     claimed bigint;
+    promoted bigint := 0;
+    token uuid;
 BEGIN
-    SELECT qs.name, qs.lease, qs.paused INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
+    SELECT qs.name, qs.id, qs.lease, qs.paused INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
     IF NOT FOUND THEN
         PERFORM job._require_queue(dequeue.queue);
     END IF;
@@ -91,21 +97,21 @@ BEGIN
         RAISE EXCEPTION 'batch must be 1 or more, got %', dequeue.batch USING ERRCODE = 'invalid_parameter_value';
     END IF;
     lease_for := coalesce(dequeue.lease, q.lease);
-    IF lease_for <= interval '0' THEN
+    IF lease_for <= interval '0' OR lease_for > interval '100 years' THEN
         PERFORM job._check_interval('lease', lease_for, false);
     END IF;
-    IF dequeue.worker IS NOT NULL AND (length(dequeue.worker) > 128 OR btrim(dequeue.worker) = ''
-                                       OR dequeue.worker ~ '[[:cntrl:]]') THEN
+    IF dequeue.worker IS NOT NULL AND job._name_problem(dequeue.worker, 128) IS NOT NULL THEN
         PERFORM job._check_name('worker', dequeue.worker);
     END IF;
     PERFORM job._saw_worker(dequeue.worker);
     IF q.paused THEN
         -- Nothing to hand out: this consumer now waits, and resume_queue will wake it.
-        PERFORM job._consumer_idle(q.name);
+        PERFORM job._consumer_waits(q.id);
         RETURN;
     END IF;
 
-    -- Due scheduled jobs (delayed, or retrying after backoff) become ready.
+    -- Due scheduled jobs (delayed, or retrying after backoff) become ready.  The worker does
+    -- this too (and wakes consumers); here it keeps the queue moving without the worker.
     IF EXISTS (SELECT 1 FROM job.live_jobs d
                 WHERE d.queue = q.name AND d.state = 'scheduled' AND d.run_at <= now()) THEN
         UPDATE job.live_jobs j SET state = 'waiting'
@@ -113,6 +119,7 @@ BEGIN
                                   WHERE d.queue = q.name AND d.state = 'scheduled' AND d.run_at <= now()
                                   ORDER BY d.run_at LIMIT 1000
                                   FOR UPDATE SKIP LOCKED));
+        GET DIAGNOSTICS promoted = ROW_COUNT;
     END IF;
     -- Jobs whose worker vanished go back to waiting (or dead) before anything else is claimed;
     -- looked for at most every pg_jobqueue.rescue_interval per session (see src/rescue.rs).
@@ -120,65 +127,102 @@ BEGIN
         PERFORM job.rescue_stalled(q.name);
     END IF;
 
+    token := gen_random_uuid();
     FOR pass IN 1..2 LOOP
         RETURN QUERY
         UPDATE job.live_jobs j
            SET state = 'running', attempt = j.attempt + 1, claimed_at = now(),
-               claimed_by = dequeue.worker, lease_expires_at = now() + lease_for
+               claimed_by = dequeue.worker, lease_expires_at = now() + lease_for, lease_token = token
          WHERE j.id = ANY (ARRAY(SELECT n.id FROM job.live_jobs n
                                   WHERE n.queue = q.name AND n.state = 'waiting'
                                   ORDER BY n.priority DESC, n.run_at, n.id
                                   LIMIT (SELECT dequeue.batch)
                                   FOR UPDATE SKIP LOCKED))
         RETURNING j.id, j.queue, j.job_type, j.payload, j.attempt, j.max_retries, j.enqueued_at,
-                  j.lease_expires_at;
+                  j.lease_expires_at, j.lease_token;
         GET DIAGNOSTICS claimed = ROW_COUNT;
         -- Found nothing: mark this consumer as waiting for a wake-up, then look once more
         -- for jobs whose producers committed while we looked (see src/wakeup.rs).
-        EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_idle(q.name);
+        EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_waits(q.id);
     END LOOP;
+    IF promoted > claimed THEN
+        PERFORM job._wake_queue_on_commit(q.id);  -- more became ready than this call took
+    END IF;
+END $$;
+
+-- When a dequeue on `queue` next has something to claim: now when a job is ready, else the
+-- earliest time a delayed job or a retry becomes due or a lease runs out (its job is then
+-- taken back); NULL when the queue has no live jobs, or is paused (resume_queue wakes
+-- LISTENers).  For workers that cannot LISTEN: sleep until then (at most a poll interval).
+CREATE FUNCTION job.next_due(queue text)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q job.queues := job._require_queue(next_due.queue);
+BEGIN
+    IF q.paused THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM job.live_jobs w WHERE w.queue = q.name AND w.state = 'waiting') THEN
+        RETURN now();
+    END IF;
+    RETURN least((SELECT greatest(d.run_at, now()) FROM job.live_jobs d
+                   WHERE d.queue = q.name AND d.state = 'scheduled'
+                   ORDER BY d.run_at LIMIT 1),
+                 (SELECT greatest(r.lease_expires_at, now()) FROM job.live_jobs r
+                   WHERE r.queue = q.name AND r.state = 'running'
+                   ORDER BY r.lease_expires_at LIMIT 1));
 END $$;
 
 ---------------------------------------------------------------------------------------------
 -- Acknowledging
 ---------------------------------------------------------------------------------------------
 
-CREATE FUNCTION job.complete(id bigint, result jsonb DEFAULT NULL)
-RETURNS boolean LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Completes a running job with its result.  With `token`, only while that claim is the job's
+-- current one; without, whoever claimed it (unsafe once the lease may have run out: another
+-- worker may hold the job by then).  False when nothing was completed.
+CREATE FUNCTION job.complete(id bigint, result jsonb DEFAULT NULL, token uuid DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 BEGIN
     IF complete.id IS NULL THEN
         PERFORM job._check_not_null('id', complete.id);
     END IF;
-    IF job._finish(ARRAY[complete.id], '{running}', 'completed', complete.result) = 1 THEN
+    IF job._finish(ARRAY[complete.id], '{running}', 'completed', complete.result, NULL,
+                   CASE WHEN complete.token IS NULL THEN NULL ELSE ARRAY[complete.token] END) = 1 THEN
         RETURN true;
     END IF;
     PERFORM job._require_job(complete.id);
-    RETURN false;  -- not running: already finished, cancelled, or never claimed
+    RETURN false;  -- not running under this claim: finished, cancelled, taken back or never claimed
 END $$;
 
--- Acknowledges many jobs in one round trip; returns how many were running and completed.
-CREATE FUNCTION job.complete_many(ids bigint[])
-RETURNS int LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Acknowledges many jobs in one round trip (with their claims' tokens: one token serves all
+-- the jobs of one dequeue); returns how many were running under those claims and completed.
+CREATE FUNCTION job.complete_many(ids bigint[], tokens uuid[] DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF ids IS NULL THEN
         PERFORM job._check_not_null('ids', ids);
     END IF;
-    RETURN job._finish(ids, '{running}', 'completed');
+    RETURN job._finish(ids, '{running}', 'completed', NULL, NULL, tokens);
 END $$;
 
 -- Records a failed attempt.  Returns the job's new state: 'scheduled' or 'waiting' (it will be
--- retried) or 'dead' (permanent, or out of retries).
+-- retried) or 'dead' (permanent, or out of retries).  With `token`, a claim that is no longer
+-- the job's current one records nothing and gets the job's current state back.  Error texts
+-- are kept up to 8,192 characters (the entry says how long the whole was).
 CREATE FUNCTION job.fail(
     id bigint,
     error text,
     permanent boolean DEFAULT false,
     http_status int DEFAULT NULL,
-    retry_after interval DEFAULT NULL
-) RETURNS text LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    retry_after interval DEFAULT NULL,
+    token uuid DEFAULT NULL
+) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     j job.live_jobs;
@@ -203,14 +247,19 @@ BEGIN
         SELECT f.state INTO new_state FROM job.finished_jobs f WHERE f.id = fail.id;
         RETURN new_state;
     END IF;
+    IF fail.token IS NOT NULL AND (j.state <> 'running' OR j.lease_token IS DISTINCT FROM fail.token) THEN
+        RETURN j.state;  -- taken back, and maybe claimed again: that attempt is not ours
+    END IF;
     IF j.state <> 'running' THEN
         RAISE EXCEPTION 'job % is %, not running: only a claimed job can fail', j.id, j.state
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
 
-    detail := jsonb_build_object('error', fail.error, 'permanent', is_permanent)
+    detail := jsonb_build_object('error', left(fail.error, 8192), 'permanent', is_permanent)
               || CASE WHEN fail.http_status IS NULL THEN '{}'::jsonb
-                      ELSE jsonb_build_object('http_status', fail.http_status) END;
+                      ELSE jsonb_build_object('http_status', fail.http_status) END
+              || CASE WHEN length(fail.error) <= 8192 THEN '{}'::jsonb
+                      ELSE jsonb_build_object('error_length', length(fail.error)) END;
     IF is_permanent OR j.attempt > j.max_retries THEN
         PERFORM job._finish(ARRAY[j.id], '{running}', 'dead', NULL, detail);
         RETURN 'dead';
@@ -221,19 +270,24 @@ BEGIN
     retry_in := coalesce(fail.retry_after, job.retry_delay(j.attempt, q.backoff_base, q.backoff_max, q.jitter));
     new_state := CASE WHEN retry_in > interval '0' THEN 'scheduled' ELSE 'waiting' END;
     UPDATE job.live_jobs l
-       SET state = new_state, run_at = now() + retry_in, lease_expires_at = NULL,
+       SET state = new_state, run_at = now() + retry_in, lease_expires_at = NULL, lease_token = NULL,
            errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
      WHERE l.id = j.id;
     IF new_state = 'waiting' THEN
-        PERFORM job._wake_on_commit(j.queue);
+        PERFORM job._wake_queue_on_commit(q.id);
+    ELSE
+        PERFORM job._due_on_commit(now() + retry_in);
     END IF;
     RETURN new_state;
 END $$;
 
--- Extends a running job's lease; raises unless the caller still holds it (running, unexpired).
-CREATE FUNCTION job.heartbeat(id bigint, extend interval DEFAULT NULL)
-RETURNS timestamptz LANGUAGE plpgsql
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Extends a running job's lease and returns the new expiry.  With `token`: while that claim
+-- is the job's current one (even past its expiry, as long as nobody took the job back).
+-- Without: while the job is running and its lease unexpired.  Otherwise raises SQLSTATE 55000
+-- (object_not_in_prerequisite_state): the worker must stop working on the job.
+CREATE FUNCTION job.heartbeat(id bigint, extend interval DEFAULT NULL, token uuid DEFAULT NULL)
+RETURNS timestamptz LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     expires timestamptz;
@@ -247,7 +301,9 @@ BEGIN
     UPDATE job.live_jobs l
        SET lease_expires_at = now() + coalesce(heartbeat.extend,
                                                (SELECT q.lease FROM job.queues q WHERE q.name = l.queue))
-     WHERE l.id = heartbeat.id AND l.state = 'running' AND l.lease_expires_at > now()
+     WHERE l.id = heartbeat.id AND l.state = 'running'
+       AND CASE WHEN heartbeat.token IS NULL THEN l.lease_expires_at > now()
+                ELSE l.lease_token = heartbeat.token END
     RETURNING l.lease_expires_at, l.claimed_by INTO expires, holder;
     IF FOUND THEN
         PERFORM job._saw_worker(holder);
@@ -255,20 +311,89 @@ BEGIN
     END IF;
 
     PERFORM job._require_job(heartbeat.id);
-    SELECT j.state, j.lease_expires_at INTO found_job FROM job.jobs j WHERE j.id = heartbeat.id;
-    IF found_job.state = 'running' THEN
+    SELECT j.state, j.lease_expires_at, j.attempt INTO found_job FROM job.jobs j WHERE j.id = heartbeat.id;
+    IF found_job.state = 'running' AND heartbeat.token IS NOT NULL THEN
+        RAISE EXCEPTION 'job % is no longer held by this lease: it was taken back and claimed again (attempt %)',
+            heartbeat.id, found_job.attempt
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Stop working on it: another worker runs it now, and complete and fail with this token change nothing.';
+    ELSIF found_job.state = 'running' THEN
         RAISE EXCEPTION 'job % is no longer held: its lease expired at %', heartbeat.id, found_job.lease_expires_at
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = 'Stop working on it: another worker may claim it. Heartbeat before the lease runs out.';
     END IF;
     RAISE EXCEPTION 'job % is no longer held: it is %', heartbeat.id, found_job.state
-        USING ERRCODE = 'object_not_in_prerequisite_state';
+        USING ERRCODE = 'object_not_in_prerequisite_state',
+              HINT = 'Stop working on it: its lease ran out and it was taken back, or it was cancelled.';
+END $$;
+
+-- Extends the leases of many jobs in one call (a batch: pass the dequeue's token once, or one
+-- per job).  One row per id, in order: whether this claim still holds it and its new expiry.
+-- A job no longer held is not renewed; the worker should stop working on it.
+CREATE FUNCTION job.heartbeat_many(ids bigint[], tokens uuid[], extend interval DEFAULT NULL)
+RETURNS TABLE (id bigint, held boolean, lease_expires_at timestamptz)
+LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM job._check_not_null('ids', heartbeat_many.ids);
+    PERFORM job._check_not_null('tokens', heartbeat_many.tokens);
+    IF heartbeat_many.extend IS NOT NULL THEN
+        PERFORM job._check_interval('extend', heartbeat_many.extend, false);
+    END IF;
+    RETURN QUERY
+    WITH renewed AS (
+        UPDATE job.live_jobs l
+           SET lease_expires_at = now() + coalesce(heartbeat_many.extend,
+                                                   (SELECT q.lease FROM job.queues q WHERE q.name = l.queue))
+         WHERE l.id = ANY (heartbeat_many.ids) AND l.state = 'running'
+           AND l.lease_token = ANY (heartbeat_many.tokens)
+        RETURNING l.id, l.lease_expires_at
+    )
+    SELECT i.id, r.id IS NOT NULL, r.lease_expires_at
+      FROM unnest(heartbeat_many.ids) WITH ORDINALITY AS i(id, ord)
+      LEFT JOIN renewed r ON r.id = i.id
+     ORDER BY i.ord;
+END $$;
+
+-- Hands a claimed job back without spending an attempt (for a worker shutting down): it is
+-- ready again at once in its old place, or after `delay`.  False when `token` is not the
+-- job's current claim.
+CREATE FUNCTION job.release(id bigint, token uuid, delay interval DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    released record;
+BEGIN
+    PERFORM job._check_not_null('id', release.id);
+    PERFORM job._check_not_null('token', release.token);
+    IF release.delay IS NOT NULL THEN
+        PERFORM job._check_interval('delay', release.delay, true);
+    END IF;
+    UPDATE job.live_jobs l
+       SET state = CASE WHEN release.delay > interval '0' THEN 'scheduled' ELSE 'waiting' END,
+           run_at = CASE WHEN release.delay IS NULL THEN l.run_at ELSE now() + release.delay END,
+           attempt = l.attempt - 1, claimed_at = NULL, claimed_by = NULL,
+           lease_expires_at = NULL, lease_token = NULL
+     WHERE l.id = release.id AND l.state = 'running' AND l.lease_token = release.token
+    RETURNING l.queue, l.state, l.run_at INTO released;
+    IF NOT FOUND THEN
+        PERFORM job._require_job(release.id);
+        RETURN false;
+    END IF;
+    IF released.state = 'waiting' THEN
+        PERFORM job._wake_queue_on_commit((job._require_queue(released.queue)).id);
+    ELSE
+        PERFORM job._due_on_commit(released.run_at);
+    END IF;
+    RETURN true;
 END $$;
 
 -- Running jobs whose lease expired: the attempt counts as a transient failure; the job is
 -- ready again at once, or dead when it has no retries left.  Returns how many were rescued.
 CREATE FUNCTION job.rescue_stalled(queue text DEFAULT NULL, max_jobs int DEFAULT 1000)
-RETURNS int LANGUAGE plpgsql
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
@@ -281,16 +406,24 @@ DECLARE
     job_types text[];
     claimed timestamptz[];
     ready timestamptz[];
+    woken record;
 BEGIN
-    PERFORM job._check_not_null('max_jobs', rescue_stalled.max_jobs);
+    IF rescue_stalled.queue IS NOT NULL THEN
+        PERFORM job._require_queue(rescue_stalled.queue);
+    END IF;
+    PERFORM job._check_count('max_jobs', rescue_stalled.max_jobs);
+    -- One probe of the lease index per queue: its entries are ordered by lease within a queue.
     SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.attempt > s.max_retries)
       INTO stalled, exhausted
-      FROM (SELECT l.id, l.attempt, l.max_retries FROM job.live_jobs l
-             WHERE l.state = 'running' AND l.lease_expires_at < now()
-               AND (rescue_stalled.queue IS NULL OR l.queue = rescue_stalled.queue)
-             ORDER BY l.lease_expires_at
-             LIMIT rescue_stalled.max_jobs
-             FOR UPDATE SKIP LOCKED) s;
+      FROM (SELECT e.id, e.attempt, e.max_retries
+              FROM job.queues q
+             CROSS JOIN LATERAL (SELECT l.id, l.attempt, l.max_retries FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at < now()
+                                  ORDER BY l.lease_expires_at
+                                  LIMIT rescue_stalled.max_jobs
+                                  FOR UPDATE SKIP LOCKED) e
+             WHERE rescue_stalled.queue IS NULL OR q.name = rescue_stalled.queue
+             LIMIT rescue_stalled.max_jobs) s;
     IF stalled IS NULL THEN
         RETURN 0;
     END IF;
@@ -299,7 +432,7 @@ BEGIN
     END IF;
     WITH revived_jobs AS (
         UPDATE job.live_jobs l
-           SET state = 'waiting', run_at = l.lease_expires_at, lease_expires_at = NULL,
+           SET state = 'waiting', run_at = l.lease_expires_at, lease_expires_at = NULL, lease_token = NULL,
                errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
          WHERE l.id = ANY (stalled) AND l.state = 'running'
         RETURNING l.queue, l.job_type, l.claimed_at, l.run_at
@@ -309,6 +442,9 @@ BEGIN
       FROM revived_jobs r;
     IF revived > 0 THEN
         PERFORM job._record_attempts('stalled', queues, job_types, claimed, ready);
+        FOR woken IN SELECT qs.id FROM job.queues qs WHERE qs.name = ANY (queues) AND NOT qs.paused LOOP
+            PERFORM job._wake_queue_on_commit(woken.id);
+        END LOOP;
     END IF;
     UPDATE job.workers_seen w SET stalled = w.stalled + s.n
       FROM (SELECT x.claimed_by, count(*) AS n
@@ -319,3 +455,51 @@ BEGIN
      WHERE w.worker = s.claimed_by;
     RETURN revived + coalesce(cardinality(exhausted), 0);
 END $$;
+
+---------------------------------------------------------------------------------------------
+-- Coming due (the worker's scheduler runs these, so that LISTENing workers hear of jobs as
+-- they become ready, without anyone calling dequeue)
+---------------------------------------------------------------------------------------------
+
+-- Makes due scheduled jobs (delayed, or retrying after backoff) ready, at most max_jobs,
+-- and wakes the consumers of their queues at commit.  Returns how many became ready.
+CREATE FUNCTION job._promote_due(max_jobs int)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q record;
+    promoted bigint;
+    total bigint := 0;
+BEGIN
+    FOR q IN SELECT qs.name, qs.id, qs.paused FROM job.queues qs
+              WHERE EXISTS (SELECT 1 FROM job.live_jobs d
+                             WHERE d.queue = qs.name AND d.state = 'scheduled' AND d.run_at <= now()) LOOP
+        EXIT WHEN total >= max_jobs;
+        UPDATE job.live_jobs j SET state = 'waiting'
+         WHERE j.id = ANY (ARRAY(SELECT d.id FROM job.live_jobs d
+                                  WHERE d.queue = q.name AND d.state = 'scheduled' AND d.run_at <= now()
+                                  ORDER BY d.run_at LIMIT max_jobs - total
+                                  FOR UPDATE SKIP LOCKED));
+        GET DIAGNOSTICS promoted = ROW_COUNT;
+        IF promoted > 0 AND NOT q.paused THEN
+            PERFORM job._wake_queue_on_commit(q.id);
+        END IF;
+        total := total + promoted;
+    END LOOP;
+    RETURN total;
+END $$;
+
+-- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
+-- when the scheduler must next promote or rescue.  One index probe per queue and kind.
+CREATE FUNCTION job._next_job_due()
+RETURNS timestamptz LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT least(min(d.run_at), min(r.lease_expires_at))
+      FROM job.queues q
+      LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
+                          WHERE l.queue = q.name AND l.state = 'scheduled'
+                          ORDER BY l.run_at LIMIT 1) d ON true
+      LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
+                          WHERE l.queue = q.name AND l.state = 'running'
+                          ORDER BY l.lease_expires_at LIMIT 1) r ON true
+$$;

@@ -20,10 +20,14 @@ pub fn retry_delay_micros(attempt: i32, base: i64, max: i64, jitter: f64, unit: 
     (capped * (1.0 + u)).round().max(0.0) as i64
 }
 
+fn invalid(message: String) -> ! {
+    crate::raise(PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE, message, "")
+}
+
 fn positive_micros(name: &str, value: Interval) -> i64 {
     let micros = value.as_micros();
     if micros <= 0 {
-        error!("{name} must be a positive interval, got {value}");
+        invalid(format!("{name} must be a positive interval, got {value}"));
     }
     micros.min(i64::MAX as i128) as i64
 }
@@ -37,15 +41,17 @@ fn retry_delay(
     jitter: f64,
 ) -> Interval {
     if attempt < 1 {
-        error!("attempt must be 1 or more, got {attempt}");
+        invalid(format!("attempt must be 1 or more, got {attempt}"));
     }
     let base = positive_micros("backoff_base", backoff_base);
     let max = positive_micros("backoff_max", backoff_max);
     if max < base {
-        error!("backoff_max ({backoff_max}) must not be less than backoff_base ({backoff_base})");
+        invalid(format!(
+            "backoff_max ({backoff_max}) must not be less than backoff_base ({backoff_base})"
+        ));
     }
     if !(0.0..=1.0).contains(&jitter) {
-        error!("jitter must be between 0 and 1, got {jitter}");
+        invalid(format!("jitter must be between 0 and 1, got {jitter}"));
     }
     // SAFETY: the backend-global PRNG, seeded by PostgreSQL at backend start.
     let unit = unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) };

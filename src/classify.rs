@@ -50,19 +50,26 @@ pub fn classify_sqlstate(sqlstate: &str, message: &str) -> Failure {
     }
 }
 
-/// SQL: true when `job.fail` would dead-letter this failure without retrying.
+/// SQL: true when `job.fail` would dead-letter this failure without retrying (NULL when the
+/// error or the permanent flag is NULL).
 #[pg_extern(immutable, parallel_safe)]
 fn is_permanent_failure(
-    error: &str,
-    permanent: default!(bool, false),
+    error: Option<&str>,
+    permanent: default!(Option<bool>, false),
     http_status: default!(Option<i32>, "NULL"),
-) -> bool {
+) -> Option<bool> {
     if let Some(status) = http_status {
         if !(100..=599).contains(&status) {
-            error!("http_status must be an HTTP status code between 100 and 599, got {status}");
+            crate::raise(
+                PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+                format!(
+                    "http_status must be an HTTP status code between 100 and 599, got {status}"
+                ),
+                "",
+            );
         }
     }
-    classify(error, permanent, http_status) == Failure::Permanent
+    Some(classify(error?, permanent?, http_status) == Failure::Permanent)
 }
 
 #[cfg(test)]

@@ -1,5 +1,4 @@
 //! SQL face of `cron.rs`: the functions `job.schedule` and the scheduler call.
-//! Declared in `sql/pg_jobqueue--0.1.0--0.2.0.sql`, hence `sql = false`.
 
 use crate::cron::{jitter_micros, time_zone, Schedule};
 use pgrx::prelude::*;
@@ -11,7 +10,7 @@ fn parse(cron: &str, timezone: &str) -> (Schedule, jiff::tz::TimeZone) {
     let schedule = Schedule::parse(cron).unwrap_or_else(|msg| {
         crate::raise(
             PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
-            format!("invalid schedule {}: {msg}", quote(cron)),
+            format!("invalid schedule {}: {msg}", crate::quote_literal(cron)),
             "Use 5 cron fields (minute hour day month weekday), 6 with leading seconds, a macro such as @daily, or an interval such as '30 seconds'.",
         )
     });
@@ -25,38 +24,57 @@ fn parse(cron: &str, timezone: &str) -> (Schedule, jiff::tz::TimeZone) {
     (schedule, tz)
 }
 
-fn quote(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
+/// Schedules are computed for times within these years (jiff's range, less a margin for
+/// time zone offsets and the 10-year search horizon).
+const SUPPORTED_YEARS: &str = "years -9000 to 9000";
+
+fn out_of_range(what: &str, ts: TimestampWithTimeZone) -> ! {
+    crate::raise(
+        PgSqlErrorCode::ERRCODE_DATETIME_FIELD_OVERFLOW,
+        format!(
+            "{what} is out of the range schedules are computed for ({SUPPORTED_YEARS}), got {ts}"
+        ),
+        "",
+    )
 }
 
 fn to_instant(ts: TimestampWithTimeZone, what: &str) -> jiff::Timestamp {
     if ts.is_infinity() || ts.is_neg_infinity() {
-        error!("{what} must be a finite time");
+        crate::raise(
+            PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
+            format!("{what} must be a finite time, got {ts}"),
+            "",
+        );
     }
     let micros = ts.into_inner() + PG_EPOCH_UNIX_SECONDS * 1_000_000;
     jiff::Timestamp::from_microsecond(micros)
-        .unwrap_or_else(|_| error!("{what} is out of the supported range"))
+        .ok()
+        .filter(|t| (-9000..=9000).contains(&t.to_zoned(jiff::tz::TimeZone::UTC).year()))
+        .unwrap_or_else(|| out_of_range(what, ts))
 }
 
 fn from_instant(t: jiff::Timestamp) -> TimestampWithTimeZone {
     let micros = t.as_microsecond() - PG_EPOCH_UNIX_SECONDS * 1_000_000;
-    // SAFETY-free: any i64 between the infinities is a valid timestamptz.
-    TimestampWithTimeZone::try_from(micros).unwrap_or_else(|_| error!("fire time out of range"))
+    // Any i64 between the infinities is a valid timestamptz, and jiff's range lies inside.
+    TimestampWithTimeZone::try_from(micros).expect("jiff's range lies inside PostgreSQL's")
 }
 
-#[pg_extern(sql = false, stable, parallel_safe)]
+/// SQL: when the schedule `cron` fires next after `after`, in time zone `timezone`.
+#[pg_extern(stable, parallel_safe)]
 fn cron_next(
     cron: &str,
-    timezone: &str,
-    after: TimestampWithTimeZone,
-) -> Option<TimestampWithTimeZone> {
+    timezone: default!(&str, "'UTC'"),
+    after: default!(TimestampWithTimeZone, "now()"),
+) -> TimestampWithTimeZone {
     let (schedule, tz) = parse(cron, timezone);
-    schedule
+    // A valid expression fires within its search horizon from any time in range.
+    let next = schedule
         .next_after(to_instant(after, "after"), &tz)
-        .map(from_instant)
+        .unwrap_or_else(|| out_of_range("after", after));
+    from_instant(next)
 }
 
-#[pg_extern(sql = false, stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 fn _cron_latest(
     cron: &str,
     timezone: &str,
@@ -69,12 +87,12 @@ fn _cron_latest(
         .map(from_instant)
 }
 
-#[pg_extern(sql = false, stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 fn _check_cron(cron: &str, timezone: &str) {
     parse(cron, timezone);
 }
 
-#[pg_extern(sql = false, immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe)]
 fn _jitter_offset(name: &str, bound: Interval) -> Interval {
     let bound_micros = bound.as_micros();
     let bound_micros = i64::try_from(bound_micros).unwrap_or(i64::MAX);

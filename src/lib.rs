@@ -1,9 +1,13 @@
 //! pg_jobqueue: background jobs inside PostgreSQL.
 //!
-//! The queue API is SQL (`sql/`, a file per concept): it is mostly statements, and PL/pgSQL keeps
-//! their plans cached per session.  Rust holds the logic that is clearer as code: retry
-//! backoff, failure classification, commit-time wake-ups and
-//! the stalled-job look-up throttle.
+//! The queue API is SQL (`sql/`, a file per concept): it is mostly statements, and PL/pgSQL
+//! keeps their plans cached per session.  Rust holds what is clearer as code or needs the
+//! server's internals: retry backoff (`backoff`), failure classification (`classify`), cron
+//! expressions (`cron`, `cron_sql`), name rules (`validation`), commit-time wake-ups
+//! (`wakeup`), internal locks (`locks`), shared memory (`shmem`), the calling role
+//! (`security`), `set_handler` (`handlers`), metrics helpers (`metrics`), the stalled-job
+//! look-up throttle (`rescue`), settings (`gucs`), the background worker (`worker`) and the
+//! `DROP DATABASE` hook (`utility_hook`).
 
 use pgrx::prelude::*;
 
@@ -12,23 +16,61 @@ mod classify;
 mod cron;
 mod cron_sql;
 mod gucs;
+mod handlers;
+mod locks;
 mod metrics;
 mod rescue;
+mod security;
+mod shmem;
+mod utility_hook;
+mod validation;
 mod wakeup;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
 
 // The SQL, one file per concept, each holding the current definition of its objects (see
-// sql/README.md).  The install script runs them in this order; Rust functions are declared by
-// pgrx and come first where a file needs them.
+// sql/README.md).  The install script runs them in this order; the Rust functions a file uses
+// are declared (by pgrx, from their #[pg_extern]) before it.
 extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
-extension_sql_file!("../sql/validation.sql", name = "validation", requires = ["tables"]);
-extension_sql_file!("../sql/worker.sql", name = "worker", requires = ["validation"]);
-extension_sql_file!("../sql/audit.sql", name = "audit", requires = ["worker"]);
-extension_sql_file!("../sql/metrics.sql", name = "metrics", requires = ["audit"]);
-extension_sql_file!("../sql/queues.sql", name = "queues", requires = ["metrics"]);
-extension_sql_file!("../sql/producing.sql", name = "producing", requires = ["queues"]);
+extension_sql_file!(
+    "../sql/validation.sql",
+    name = "validation",
+    requires = ["tables", validation::_name_problem]
+);
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = ["validation", security::_calling_role]
+);
+extension_sql_file!(
+    "../sql/metrics.sql",
+    name = "metrics",
+    requires = [
+        "audit",
+        metrics::_hist_of,
+        metrics::_hist_bucket,
+        metrics::_hist_add,
+        metrics::_hist_quantile,
+        metrics::_writer_shard,
+        metrics::_worker_seen_due,
+        worker::worker_processes
+    ]
+);
+extension_sql_file!(
+    "../sql/queues.sql",
+    name = "queues",
+    requires = [
+        "metrics",
+        locks::_lock_queue_for_drop,
+        wakeup::_wake_queue_on_commit
+    ]
+);
+extension_sql_file!(
+    "../sql/producing.sql",
+    name = "producing",
+    requires = ["queues", locks::_guard_queue, wakeup::_due_on_commit]
+);
 extension_sql_file!(
     "../sql/working.sql",
     name = "working",
@@ -37,28 +79,71 @@ extension_sql_file!(
         backoff::retry_delay,
         classify::is_permanent_failure,
         rescue::_rescue_due,
-        wakeup::_wake_on_commit,
-        wakeup::_consumer_idle
+        wakeup::_consumer_waits
     ]
 );
-extension_sql_file!("../sql/operating.sql", name = "operating", requires = ["working"]);
-extension_sql_file!("../sql/schedules.sql", name = "schedules", requires = ["operating"]);
-extension_sql_file!("../sql/handlers.sql", name = "handlers", requires = ["schedules"]);
-extension_sql_file!("../sql/privileges.sql", name = "privileges", requires = ["handlers"]);
-extension_sql_file!("../sql/service.sql", name = "service", finalize);
+extension_sql_file!(
+    "../sql/operating.sql",
+    name = "operating",
+    requires = ["working"]
+);
+extension_sql_file!(
+    "../sql/schedules.sql",
+    name = "schedules",
+    requires = [
+        "operating",
+        cron_sql::cron_next,
+        cron_sql::_cron_latest,
+        cron_sql::_check_cron,
+        cron_sql::_jitter_offset,
+        worker::_require_worker,
+        worker::_wake_scheduler
+    ]
+);
+extension_sql_file!(
+    "../sql/handlers.sql",
+    name = "handlers",
+    requires = [
+        "schedules",
+        handlers::set_handler,
+        locks::_lock_handler_queue
+    ]
+);
+extension_sql_file!(
+    "../sql/privileges.sql",
+    name = "privileges",
+    requires = ["handlers"]
+);
+extension_sql_file!(
+    "../sql/service.sql",
+    name = "service",
+    finalize,
+    requires = [worker::_request_service]
+);
 
 /// Raises an ERROR with a hint line (pgrx's `ereport!` takes a detail, not a hint).
+/// An empty hint adds none.
 pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
-    pgrx::pg_sys::panic::ErrorReport::new(code, message, "pg_jobqueue")
-        .set_hint(hint)
-        .report(PgLogLevel::ERROR);
+    let report = pgrx::pg_sys::panic::ErrorReport::new(code, message, "pg_jobqueue");
+    let report = if hint.is_empty() {
+        report
+    } else {
+        report.set_hint(hint)
+    };
+    report.report(PgLogLevel::ERROR);
     unreachable!("ERROR does not return")
+}
+
+/// `text` as a SQL string literal, for messages (as SQL's quote_literal).
+pub(crate) fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
-    wakeup::init();
+    shmem::init();
+    utility_hook::init();
     worker::init();
 }
 

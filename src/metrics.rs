@@ -68,7 +68,7 @@ pub fn quantile(hist: &[i64], q: f64) -> Option<f64> {
 }
 
 /// SQL (internal): a histogram holding one duration.
-#[pg_extern(sql = false, immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe)]
 fn _hist_of(seconds: Option<f64>) -> Vec<i64> {
     let mut hist = vec![0; BUCKETS];
     if let Some(s) = seconds {
@@ -78,13 +78,13 @@ fn _hist_of(seconds: Option<f64>) -> Vec<i64> {
 }
 
 /// SQL (internal): the 1-based array index of the bucket a duration falls in.
-#[pg_extern(sql = false, immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe)]
 fn _hist_bucket(seconds: Option<f64>) -> i32 {
     bucket_of(seconds.unwrap_or(0.0)) as i32 + 1
 }
 
 /// SQL (internal): element-wise sum of two histograms (NULL counts as empty).
-#[pg_extern(sql = false, immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe)]
 fn _hist_add(a: Option<Vec<Option<i64>>>, b: Option<Vec<Option<i64>>>) -> Vec<i64> {
     let mut sum = vec![0i64; BUCKETS];
     for hist in [a, b].into_iter().flatten() {
@@ -96,7 +96,7 @@ fn _hist_add(a: Option<Vec<Option<i64>>>, b: Option<Vec<Option<i64>>>) -> Vec<i6
 }
 
 /// SQL (internal): the `q` quantile (seconds) of a histogram, NULL when it is empty.
-#[pg_extern(sql = false, immutable, parallel_safe)]
+#[pg_extern(immutable, parallel_safe)]
 fn _hist_quantile(hist: Option<Vec<Option<i64>>>, q: f64) -> Option<f64> {
     let hist: Vec<i64> = hist?.into_iter().map(|c| c.unwrap_or(0)).collect();
     quantile(&hist, q)
@@ -104,7 +104,7 @@ fn _hist_quantile(hist: Option<Vec<Option<i64>>>, q: f64) -> Option<f64> {
 
 /// SQL (internal): which rollup row this backend writes.  Backend ids are dense, so
 /// concurrent writers of one queue land on different rows and never wait for each other.
-#[pg_extern(sql = false, stable, parallel_safe)]
+#[pg_extern(stable, parallel_safe)]
 fn _writer_shard() -> i16 {
     // SAFETY: set once at backend start.
     (unsafe { pg_sys::MyBackendId } % 32) as i16
@@ -119,7 +119,7 @@ const SEEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// SQL (internal): should this session record `worker` as seen now?  At most once a second
 /// per session and worker, so that a busy worker costs one small update per second.
-#[pg_extern(sql = false, volatile, parallel_unsafe)]
+#[pg_extern(volatile, parallel_unsafe)]
 fn _worker_seen_due(worker: &str) -> bool {
     let now = Instant::now();
     LAST_SEEN.with_borrow_mut(|seen| match seen.get(worker) {

@@ -7,42 +7,37 @@
 //! presumably waiting on `LISTEN`); a busy queue sends nothing.
 //!
 //! Race-freedom (no consumer sleeps through a committed job):
-//! * a producer decides at pre-commit, holding a shared advisory lock on the queue's slot
-//!   until its commit is visible;
-//! * a consumer that found nothing first marks the slot idle, then takes and drops the
-//!   exclusive lock (waiting out producers that decided before the mark), then claims again.
-//!   Any producer either saw the mark and notifies, or had committed before that second claim.
+//! * a producer decides at pre-commit, holding the queue's slot lock (shared) until its
+//!   commit is visible;
+//! * a consumer that found nothing first marks the slot idle, then takes and drops the slot
+//!   lock exclusively (waiting out producers that decided before the mark), then claims
+//!   again.  Any producer either saw the mark and notifies, or had committed before that
+//!   second claim.
+//!
+//! The slot locks are internal locks (`locks.rs`): no session can hold one and stall
+//! producers at commit, where no statement timeout applies.  The notification's payload is
+//! the queue's id (`job.queue_id`), not its name: any role may LISTEN on any channel.
+//!
+//! A commit can also make a job due later (a delayed enqueue, a retry's backoff): it then
+//! tells the scheduler when, if that is before the scheduler means to wake, so that the job
+//! is made ready, and its consumers woken, on time.
 //!
 //! The idle marks live in shared memory, so they need `shared_preload_libraries`; without it
 //! every transaction that makes a job ready notifies (still once per queue per transaction).
 
-use crate::worker::registry;
+use crate::locks::{self, Class};
+use crate::shmem::{self, Kind, WAKEUP_SLOTS};
 use pgrx::prelude::*;
-use pgrx::{pg_shmem_init, PgAtomic};
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
-/// The channel consumers `LISTEN` on; the payload is the queue name.
+/// The channel consumers `LISTEN` on; the payload is the queue's id.
 pub const CHANNEL: &str = "pg_jobqueue";
 
-/// Queues hash onto this many slots; two queues sharing a slot only cost spurious wake-ups.
-const SLOTS: usize = 1024;
-/// First key of the advisory locks this module takes: (ADVISORY_CLASS, slot).
-const ADVISORY_CLASS: u32 = 0x6a71_7765; // "jqwe"
-
-type Counters = [AtomicU64; SLOTS];
-/// Per slot: how many times a consumer came up empty.
-static IDLE_EPISODES: PgAtomic<Counters> = unsafe { PgAtomic::new(c"pg_jobqueue_idle_episodes") };
-/// Per slot: the idle episode the last notification answered.
-static ANSWERED_EPISODES: PgAtomic<Counters> =
-    unsafe { PgAtomic::new(c"pg_jobqueue_answered_episodes") };
-/// Set in the postmaster when the library is preloaded, inherited by every backend.
-static SHARED_MEMORY: AtomicBool = AtomicBool::new(false);
-
 thread_local! {
-    /// Queues this transaction made work ready in, notified (or not) at pre-commit.
-    static PENDING: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+    /// Wake-ups this transaction owes, notified (or not) at pre-commit: (slot, payload).
+    static PENDING: RefCell<Vec<(usize, String)>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// This transaction notified someone: at commit, also wake this database's executors.
     static WAKE_EXECUTORS: Cell<bool> = const { Cell::new(false) };
@@ -50,6 +45,8 @@ thread_local! {
     static REQUEST_SERVICE: Cell<bool> = const { Cell::new(false) };
     /// This transaction changed schedules or handlers: at commit, wake the scheduler.
     static WAKE_SCHEDULER: Cell<bool> = const { Cell::new(false) };
+    /// The earliest time (TimestampTz) at which a job this transaction touched becomes due.
+    static DUE_AT: Cell<Option<i64>> = const { Cell::new(None) };
 }
 
 extern "C-unwind" {
@@ -57,34 +54,14 @@ extern "C-unwind" {
     fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
 }
 
-/// Called from `_PG_init`.
-pub fn init() {
-    // SAFETY: reading a postmaster global during library load.
-    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
-        pg_shmem_init!(IDLE_EPISODES = std::array::from_fn(|_| AtomicU64::new(0)));
-        pg_shmem_init!(ANSWERED_EPISODES = std::array::from_fn(|_| AtomicU64::new(0)));
-        SHARED_MEMORY.store(true, Ordering::Relaxed);
-    }
+/// The wake-up slot of a queue (by id).
+fn slot_of(queue_id: i64) -> usize {
+    queue_id.rem_euclid(WAKEUP_SLOTS as i64) as usize
 }
 
-/// FNV-1a: stable across processes (std's hasher is randomly seeded per process).
-fn slot_of(queue: &str) -> usize {
-    let hash = queue.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-    });
-    (hash % SLOTS as u64) as usize
-}
-
-fn slot_lock(slot: usize) -> pg_sys::LOCKTAG {
-    pg_sys::LOCKTAG {
-        // SAFETY: set once at backend start.
-        locktag_field1: unsafe { pg_sys::MyDatabaseId }.to_u32(),
-        locktag_field2: ADVISORY_CLASS,
-        locktag_field3: slot as u32,
-        locktag_field4: 2, // the (int4, int4) key space of pg_advisory_lock
-        locktag_type: pg_sys::LockTagType::LOCKTAG_ADVISORY as u8,
-        locktag_lockmethodid: pg_sys::USER_LOCKMETHOD as u8,
-    }
+/// The wake-up slot of a queue by name: how 0.1.0 and 0.2.0 databases address slots.
+fn legacy_slot_of(queue: &str) -> usize {
+    (locks::key_of(queue) % WAKEUP_SLOTS as u64) as usize
 }
 
 fn register_callback() {
@@ -109,31 +86,64 @@ pub fn wake_scheduler_on_commit() {
     WAKE_SCHEDULER.set(true);
 }
 
-/// SQL (internal): this transaction made jobs ready in `queue`; wake consumers if it commits.
-#[pg_extern(volatile, parallel_unsafe)]
-fn _wake_on_commit(queue: &str) {
+fn owe_wakeup(slot: usize, payload: String) {
     register_callback();
     PENDING.with_borrow_mut(|pending| {
-        if !pending.iter().any(|q| q == queue) {
-            pending.push(queue.to_owned());
+        if !pending.iter().any(|(_, p)| *p == payload) {
+            pending.push((slot, payload));
         }
     });
 }
 
-/// SQL (internal): a consumer found `queue` empty and is about to wait.  Returns true when it
-/// should look once more (producers that committed meanwhile will not notify it).
+/// SQL (internal): this transaction made jobs ready in the queue with this id; wake its
+/// consumers if it commits.
 #[pg_extern(volatile, parallel_unsafe)]
+fn _wake_queue_on_commit(queue_id: i64) {
+    owe_wakeup(slot_of(queue_id), queue_id.to_string());
+}
+
+/// SQL (internal): a job this transaction touched becomes due at `at`; if it commits, the
+/// scheduler makes it ready then (and wakes its consumers).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _due_on_commit(at: TimestampWithTimeZone) {
+    register_callback();
+    let at = at.into_inner();
+    DUE_AT.set(Some(DUE_AT.get().map_or(at, |earlier| earlier.min(at))));
+}
+
+/// SQL (internal): a consumer found the queue with this id empty and is about to wait.
+/// Returns true when it should look once more (producers that committed meanwhile will not
+/// notify it).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _consumer_waits(queue_id: i64) -> bool {
+    mark_idle(slot_of(queue_id))
+}
+
+/// 0.1.0 and 0.2.0's `_wake_on_commit(queue)`: kept because their install scripts, which the
+/// upgrade path still runs, name this symbol.  Not declared in 0.3.0.
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
+fn _wake_on_commit(queue: &str) {
+    owe_wakeup(legacy_slot_of(queue), queue.to_owned());
+}
+
+/// 0.1.0 and 0.2.0's `_consumer_idle(queue)` (see [`_wake_on_commit`]).
+#[pg_extern(sql = false, volatile, parallel_unsafe)]
 fn _consumer_idle(queue: &str) -> bool {
-    if !SHARED_MEMORY.load(Ordering::Relaxed) {
+    mark_idle(legacy_slot_of(queue))
+}
+
+fn mark_idle(slot: usize) -> bool {
+    if !shmem::available() {
         return false;
     }
-    let slot = slot_of(queue);
-    IDLE_EPISODES.get()[slot].fetch_add(1, Ordering::SeqCst);
-    let tag = slot_lock(slot);
-    // SAFETY: a session-level lock taken and dropped at once: a barrier, never held.
+    shmem::wakeup_counters(slot)
+        .0
+        .fetch_add(1, Ordering::SeqCst);
+    let tag = locks::tag(Class::WakeupSlot, slot as u64);
+    // SAFETY: taken and dropped at once: a barrier, never held.
     unsafe {
-        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as _, true, false);
-        pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as _, true);
+        pg_sys::LockAcquire(&tag, pg_sys::ExclusiveLock as _, false, false);
+        pg_sys::LockRelease(&tag, pg_sys::ExclusiveLock as _, false);
     }
     true
 }
@@ -145,24 +155,25 @@ unsafe extern "C-unwind" fn on_xact_event(
 ) {
     match event {
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
-            let mut queues = PENDING.take();
+            let mut owed = PENDING.take();
             // One order for everyone: two producers never wait on each other's slot locks.
-            queues.sort_by_key(|q| slot_of(q));
-            for queue in queues {
-                if notify_if_awaited(&queue) {
+            owed.sort_by_key(|(slot, _)| *slot);
+            for (slot, payload) in owed {
+                if notify_if_awaited(slot, &payload) {
                     WAKE_EXECUTORS.set(true);
                 }
             }
         }
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             if WAKE_EXECUTORS.replace(false) {
-                registry::wake(registry::Kind::Executor);
+                shmem::wake(Kind::Executor);
             }
             if REQUEST_SERVICE.replace(false) {
-                registry::request_service(pg_sys::MyDatabaseId);
+                shmem::request_service(pg_sys::MyDatabaseId);
             }
-            if WAKE_SCHEDULER.replace(false) {
-                registry::wake(registry::Kind::Scheduler);
+            let due = DUE_AT.take();
+            if WAKE_SCHEDULER.replace(false) || due.is_some_and(scheduler_wakes_later) {
+                shmem::wake(Kind::Scheduler);
             }
         }
         // Aborted, or prepared (NOTIFY cannot be prepared): nothing to announce.
@@ -171,19 +182,33 @@ unsafe extern "C-unwind" fn on_xact_event(
             WAKE_EXECUTORS.set(false);
             REQUEST_SERVICE.set(false);
             WAKE_SCHEDULER.set(false);
+            DUE_AT.set(None);
         }
     }
 }
 
-/// Notifies LISTENers of `queue` if one of them is waiting; returns whether it did.
-fn notify_if_awaited(queue: &str) -> bool {
-    if SHARED_MEMORY.load(Ordering::Relaxed) {
-        let slot = slot_of(queue);
-        let tag = slot_lock(slot);
-        // SAFETY: a transaction-level lock, released when this commit is visible.
-        unsafe { pg_sys::LockAcquire(&tag, pg_sys::ShareLock as _, false, false) };
-        let idle = IDLE_EPISODES.get()[slot].load(Ordering::SeqCst);
-        let answered = &ANSWERED_EPISODES.get()[slot];
+/// Whether this database's scheduler would sleep past `due` (or is awake, and might be about
+/// to decide so without seeing the job: then it is told too, which costs it one more look).
+fn scheduler_wakes_later(due: i64) -> bool {
+    // SAFETY: MyDatabaseId is set at backend start.
+    match shmem::scheduler_of(unsafe { pg_sys::MyDatabaseId }) {
+        Some((_, Some(wake_at))) => due < wake_at,
+        Some((_, None)) => true,
+        None => false,
+    }
+}
+
+/// Notifies LISTENers of a queue if one of them is waiting; returns whether it did.
+fn notify_if_awaited(slot: usize, payload: &str) -> bool {
+    if shmem::available() {
+        // Held until this commit is visible (a transaction-level lock).
+        locks::acquire(
+            &locks::tag(Class::WakeupSlot, slot as u64),
+            pg_sys::ShareLock,
+            true,
+        );
+        let (idle_episodes, answered) = shmem::wakeup_counters(slot);
+        let idle = idle_episodes.load(Ordering::SeqCst);
         let seen = answered.load(Ordering::SeqCst);
         if idle == seen
             || answered
@@ -194,7 +219,7 @@ fn notify_if_awaited(queue: &str) -> bool {
         }
     }
     let channel = CString::new(CHANNEL).expect("channel name has no NUL");
-    let payload = CString::new(queue).expect("queue names have no NUL");
+    let payload = CString::new(payload).expect("payloads have no NUL");
     // SAFETY: valid C strings; Async_Notify copies them into transaction memory.
     unsafe { Async_Notify(channel.as_ptr(), payload.as_ptr()) };
     true
@@ -202,18 +227,19 @@ fn notify_if_awaited(queue: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::{slot_of, SLOTS};
+    use super::{legacy_slot_of, slot_of};
+    use crate::shmem::WAKEUP_SLOTS;
 
     #[test]
     fn slots_are_stable_and_in_range() {
-        assert_eq!(slot_of("emails"), slot_of("emails"));
-        for q in ["", "a", "emails", "a much longer queue name with spaces"] {
-            assert!(slot_of(q) < SLOTS);
+        for id in [0, 1, 1023, 1024, i64::MAX, -5] {
+            assert!(slot_of(id) < WAKEUP_SLOTS);
         }
-        // Known FNV-1a value keeps the mapping stable across releases (shared with older backends).
+        assert_eq!(slot_of(1025), 1);
+        // The legacy mapping stays what 0.2.0 backends computed (FNV-1a of the name).
         assert_eq!(
-            slot_of("a"),
-            (0xaf63_dc4c_8601_ec8cu64 % SLOTS as u64) as usize
+            legacy_slot_of("a"),
+            (0xaf63_dc4c_8601_ec8cu64 % WAKEUP_SLOTS as u64) as usize
         );
     }
 }

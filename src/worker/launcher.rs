@@ -6,8 +6,9 @@
 //! is absent), `CREATE EXTENSION` asks for service at commit, and a scheduler that stopped
 //! without declining is restarted.
 
-use super::{registry, sleep, start_database_worker};
+use super::{sleep, start_database_worker};
 use crate::gucs;
+use crate::shmem;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };
@@ -27,7 +28,7 @@ pub extern "C-unwind" fn pg_jobqueue_launcher_main(_arg: pg_sys::Datum) {
     BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGHUP | SignalWakeFlags::SIGTERM);
     BackgroundWorker::connect_worker_to_spi(None, None);
     // SAFETY: MyProcPid is set at process start.
-    registry::set_launcher_pid(unsafe { pg_sys::MyProcPid });
+    shmem::set_launcher_pid(unsafe { pg_sys::MyProcPid });
     log!("pg_jobqueue launcher started");
 
     let mut running: HashMap<u32, DynamicBackgroundWorker> = HashMap::new();
@@ -40,10 +41,10 @@ pub extern "C-unwind" fn pg_jobqueue_launcher_main(_arg: pg_sys::Datum) {
         super::reload_config_if_asked();
         let enabled = gucs::ENABLED.get();
 
-        for db in registry::take_declined() {
+        for db in shmem::take_declined() {
             wanted.remove(&db);
         }
-        wanted.extend(registry::take_service_requests());
+        wanted.extend(shmem::take_service_requests());
 
         if last_scan.is_none_or(|t| t.elapsed() >= RESCAN_INTERVAL) {
             let databases = list_databases();
@@ -68,7 +69,7 @@ pub extern "C-unwind" fn pg_jobqueue_launcher_main(_arg: pg_sys::Datum) {
         let mut restart_pending = false;
         if enabled {
             for &db in &wanted {
-                if running.contains_key(&db) || registry::is_dropping(db) {
+                if running.contains_key(&db) || shmem::is_dropping(db) {
                     continue;
                 }
                 if last_start

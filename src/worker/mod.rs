@@ -13,14 +13,13 @@
 
 mod executor;
 mod launcher;
-pub mod registry;
 mod scheduler;
 
 use crate::gucs;
+use crate::shmem;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
-use pgrx::PgList;
 use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
@@ -32,7 +31,6 @@ pub fn init() {
     if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
         return;
     }
-    registry::init();
     BackgroundWorkerBuilder::new("pg_jobqueue launcher")
         .set_type("pg_jobqueue launcher")
         .set_library(LIBRARY)
@@ -41,11 +39,6 @@ pub fn init() {
         .set_start_time(BgWorkerStartTime::RecoveryFinished)
         .set_restart_time(Some(Duration::from_secs(5)))
         .load();
-    // SAFETY: hooks are installed once, in the postmaster, before any backend exists.
-    unsafe {
-        PREV_PROCESS_UTILITY = pg_sys::ProcessUtility_hook;
-        pg_sys::ProcessUtility_hook = Some(process_utility);
-    }
 }
 
 /// An error raised by a unit of work, as its SQLSTATE and message.
@@ -178,24 +171,40 @@ pub fn tick() -> Duration {
     Duration::from_millis(gucs::SCHEDULER_TICK_MS.get().max(1) as u64)
 }
 
-/// How long to sleep until the time `next_due_query` returns (a timestamptz, NULL for none),
-/// at most one tick.  A failed query is logged and waits a tick.
-pub fn wait_until_due(who: &str, next_due_query: &str) -> Duration {
-    match transaction(|| {
-        spi(Spi::get_one::<pgrx::datum::TimestampWithTimeZone>(
-            next_due_query,
-        ))
-    }) {
-        Ok(Some(due)) => {
+/// The shortest sleep before looking again at work that was due but could not be done
+/// (its rows were locked, or a handler queue was at its concurrency): no busy loop.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long to sleep until `due` (a TimestampTz; None: nothing is due), at most one tick.
+pub fn until(due: Option<i64>) -> Duration {
+    match due {
+        Some(due) => {
             // SAFETY: reads the clock.
             let now = unsafe { pg_sys::GetCurrentTimestamp() };
-            let micros = (pg_sys::TimestampTz::from(due) - now).max(0) as u64;
-            Duration::from_micros(micros).min(tick())
+            if due <= now {
+                RETRY_PAUSE
+            } else {
+                Duration::from_micros((due - now) as u64).min(tick())
+            }
         }
-        Ok(None) => tick(),
+        None => tick(),
+    }
+}
+
+/// Runs `next_due_query` (one timestamptz, NULL for none) in a transaction of its own.  A
+/// failed query is logged and counts as nothing due.
+pub fn next_due(
+    who: &str,
+    next_due_query: &str,
+    args: &[pgrx::datum::DatumWithOid],
+) -> Option<i64> {
+    match transaction(|| {
+        spi(Spi::get_one_with_args::<pgrx::datum::TimestampWithTimeZone>(next_due_query, args))
+    }) {
+        Ok(due) => due.map(|t| t.into_inner()),
         Err(e) => {
             log!("pg_jobqueue {who}: {e}");
-            tick()
+            None
         }
     }
 }
@@ -235,9 +244,9 @@ pub fn start_database_worker(
 }
 
 /// SQL (internal): raises unless the background worker can run `what`.
-#[pg_extern(sql = false, stable)]
+#[pg_extern(stable)]
 fn _require_worker(what: &str) {
-    if !registry::available() {
+    if !shmem::available() {
         crate::raise(
             PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             format!("{what} need the pg_jobqueue background worker, which runs only when the library is preloaded"),
@@ -247,122 +256,33 @@ fn _require_worker(what: &str) {
 }
 
 /// SQL (internal): the launcher should serve this database once this transaction commits.
-#[pg_extern(sql = false, volatile)]
+#[pg_extern(volatile)]
 fn _request_service() {
     crate::wakeup::request_service_on_commit();
 }
 
 /// SQL (internal): schedules or handlers changed; the scheduler should look at commit.
-#[pg_extern(sql = false, volatile)]
+#[pg_extern(volatile)]
 fn _wake_scheduler() {
     crate::wakeup::wake_scheduler_on_commit();
 }
 
 /// SQL: the worker processes serving this database.
-#[pg_extern(sql = false, volatile)]
+#[pg_extern(volatile)]
 fn worker_processes() -> TableIterator<'static, (name!(pid, i32), name!(kind, String))> {
     // SAFETY: MyDatabaseId is set at backend start.
     let db = unsafe { pg_sys::MyDatabaseId };
-    let rows = registry::processes_of(db)
+    let rows = shmem::processes_of(db)
         .into_iter()
         .map(|(pid, kind)| {
             let kind = match kind {
-                registry::Kind::Scheduler => "scheduler",
-                registry::Kind::Executor => "executor",
+                shmem::Kind::Scheduler => "scheduler",
+                shmem::Kind::Executor => "executor",
             };
             (pid, kind.to_owned())
         })
         .collect::<Vec<_>>();
     TableIterator::new(rows)
-}
-
-static mut PREV_PROCESS_UTILITY: pg_sys::ProcessUtility_hook_type = None;
-
-/// `DROP DATABASE` waits only a few seconds for other sessions to leave, and our workers
-/// are sessions: stop them first, and keep the launcher from restarting them meanwhile;
-/// should the drop fail, serve the database again.
-#[pg_guard]
-#[allow(clippy::too_many_arguments)]
-unsafe extern "C-unwind" fn process_utility(
-    pstmt: *mut pg_sys::PlannedStmt,
-    query: *const std::ffi::c_char,
-    read_only_tree: bool,
-    context: pg_sys::ProcessUtilityContext::Type,
-    params: pg_sys::ParamListInfo,
-    query_env: *mut pg_sys::QueryEnvironment,
-    dest: *mut pg_sys::DestReceiver,
-    qc: *mut pg_sys::QueryCompletion,
-) {
-    let stmt = (*pstmt).utilityStmt;
-    let mut stopped = None;
-    if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
-        let drop = stmt.cast::<pg_sys::DropdbStmt>();
-        let db = pg_sys::get_database_oid((*drop).dbname, true);
-        if db != pg_sys::InvalidOid && drop_will_proceed(db, drop) {
-            registry::mark_dropping(db);
-            // Cancel a running handler, then ask the process to exit.
-            registry::signal_processes_of(db, libc::SIGINT);
-            registry::signal_processes_of(db, libc::SIGTERM);
-            stopped = Some(db);
-        }
-    }
-    let run = AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
-        Some(prev) => prev(
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-        None => pg_sys::standard_ProcessUtility(
-            pstmt,
-            query,
-            read_only_tree,
-            context,
-            params,
-            query_env,
-            dest,
-            qc,
-        ),
-    });
-    match stopped {
-        None => run(),
-        // The drop failed after all: serve the database again at once.
-        Some(db) => PgTryBuilder::new(run)
-            .catch_others(|caught| {
-                registry::unmark_dropping(db);
-                registry::request_service(db);
-                caught.rethrow()
-            })
-            .execute(),
-    }
-}
-
-/// Whether `DROP DATABASE` will get as far as waiting for other sessions: it runs outside a
-/// transaction block, by the owner or a superuser, and either with FORCE or with no client
-/// connected (which would make it fail anyway).  Anything else leaves the worker alone.
-unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> bool {
-    if pg_sys::IsTransactionBlock()
-        || !(pg_sys::superuser() || pg_sys::pg_database_ownercheck(db, pg_sys::GetUserId()))
-    {
-        return false;
-    }
-    let options = PgList::<pg_sys::DefElem>::from_pg((*drop).options);
-    let force = options
-        .iter_ptr()
-        .any(|option| std::ffi::CStr::from_ptr((*option).defname).to_bytes() == b"force");
-    force
-        || !spi(Spi::get_one_with_args::<bool>(
-            "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                             WHERE datid = $1 AND pid <> pg_catalog.pg_backend_pid()
-                               AND backend_type <> 'autovacuum worker'
-                               AND backend_type NOT LIKE 'pg_jobqueue %')",
-            &[db.into()],
-        ))
-        .unwrap_or(false)
 }
 
 #[cfg(test)]

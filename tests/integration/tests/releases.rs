@@ -14,8 +14,9 @@ fn sql_dir() -> PathBuf {
 
 /// The version this tree builds (the root Cargo.toml's package version).
 fn current_version() -> String {
-    let manifest = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
-        .expect("root Cargo.toml");
+    let manifest =
+        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
+            .expect("root Cargo.toml");
     manifest
         .lines()
         .find_map(|l| l.strip_prefix("version = \""))
@@ -61,9 +62,15 @@ fn every_script_of_a_past_release_is_frozen() {
         scripts.push(entry.file_name().into_string().unwrap());
     }
     for entry in fs::read_dir(sql_dir().join("released")).unwrap().flatten() {
-        scripts.push(format!("released/{}", entry.file_name().into_string().unwrap()));
+        scripts.push(format!(
+            "released/{}",
+            entry.file_name().into_string().unwrap()
+        ));
     }
-    for script in scripts.iter().filter(|s| s.ends_with(".sql") && s.contains("pg_jobqueue--")) {
+    for script in scripts
+        .iter()
+        .filter(|s| s.ends_with(".sql") && s.contains("pg_jobqueue--"))
+    {
         // pg_jobqueue--A--B.sql upgrades to B; released/pg_jobqueue--A.sql installs A.
         let stem = script.trim_end_matches(".sql");
         let target = stem.rsplit("--").next().unwrap();

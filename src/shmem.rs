@@ -1,13 +1,18 @@
-//! Shared-memory bookkeeping between the launcher, the per-database workers and ordinary
-//! backends.  All of it is lock-free atomics; every entry packs a database OID into the
-//! high 32 bits of a u64 so one compare-and-swap claims or frees it.
+//! Shared memory: everything pg_jobqueue keeps there, and the one place that sets it up.
+//! It exists only when the library is preloaded ([`available`]).  All of it is lock-free
+//! atomics; registry entries pack a database OID into the high 32 bits of a u64 so one
+//! compare-and-swap claims or frees an entry.
 //!
 //! * `PROCESSES`: each running scheduler and executor, so that `DROP DATABASE` can stop them
-//!   and a committing producer can wake its database's executors.
+//!   and a committing producer can wake its database's executors; beside each, `WAKE_AT`:
+//!   when a sleeping scheduler plans to wake, so that a commit that makes a job due earlier
+//!   wakes it (see `wakeup.rs`).
 //! * `SERVICE_REQUESTS`: databases whose `CREATE EXTENSION` just committed, for the launcher.
 //! * `DECLINED`: databases whose scheduler found no extension and exited; the launcher stops
 //!   restarting it.
 //! * `DROPPING`: databases being dropped; the launcher leaves them alone for a while.
+//! * `IDLE_EPISODES`, `ANSWERED_EPISODES`: the wake-up protocol's per-slot counters
+//!   (`wakeup.rs`).
 
 use pgrx::prelude::*;
 use pgrx::{pg_shmem_init, PgAtomic};
@@ -34,17 +39,36 @@ static SERVICE_REQUESTS: PgAtomic<Slots<MAX_REQUESTS>> =
 static DECLINED: PgAtomic<Slots<MAX_REQUESTS>> = unsafe { PgAtomic::new(c"pg_jobqueue_declined") };
 static DROPPING: PgAtomic<Slots<MAX_REQUESTS>> = unsafe { PgAtomic::new(c"pg_jobqueue_dropping") };
 static LAUNCHER_PID: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_jobqueue_launcher_pid") };
+/// Per process slot: when that scheduler plans to wake (a TimestampTz), or 0 while it is awake.
+static WAKE_AT: PgAtomic<Slots<MAX_PROCESSES>> = unsafe { PgAtomic::new(c"pg_jobqueue_wake_at") };
+
+/// Wake-up slots: queues hash onto this many; two queues sharing one only cost spurious
+/// wake-ups.
+pub const WAKEUP_SLOTS: usize = 1024;
+/// Per wake-up slot: how many times a consumer came up empty.
+static IDLE_EPISODES: PgAtomic<Slots<WAKEUP_SLOTS>> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_idle_episodes") };
+/// Per wake-up slot: the idle episode the last notification answered.
+static ANSWERED_EPISODES: PgAtomic<Slots<WAKEUP_SLOTS>> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_answered_episodes") };
 /// Set in the postmaster when the library is preloaded, inherited by every backend.
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
-/// Called from `_PG_init` while preloading.
+/// Called from `_PG_init`: sets shared memory up when preloading (otherwise there is none).
 pub fn init() {
+    // SAFETY: reading a postmaster global during library load.
+    if !unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        return;
+    }
     pg_shmem_init!(PROCESSES = std::array::from_fn(|_| AtomicU64::new(0)));
     pg_shmem_init!(KINDS = std::array::from_fn(|_| AtomicU64::new(0)));
     pg_shmem_init!(SERVICE_REQUESTS = std::array::from_fn(|_| AtomicU64::new(0)));
     pg_shmem_init!(DECLINED = std::array::from_fn(|_| AtomicU64::new(0)));
     pg_shmem_init!(DROPPING = std::array::from_fn(|_| AtomicU64::new(0)));
     pg_shmem_init!(LAUNCHER_PID = AtomicU64::new(0));
+    pg_shmem_init!(WAKE_AT = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(IDLE_EPISODES = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(ANSWERED_EPISODES = std::array::from_fn(|_| AtomicU64::new(0)));
     AVAILABLE.store(true, Ordering::Relaxed);
 }
 
@@ -76,21 +100,56 @@ fn insert<const N: usize>(slots: &Slots<N>, entry: u64) -> Option<usize> {
 }
 
 /// Registers the calling worker process; it is forgotten again when the process exits.
-pub fn register_process(db: pg_sys::Oid, kind: Kind) {
+/// Returns its slot (None when the table is full).
+pub fn register_process(db: pg_sys::Oid, kind: Kind) -> Option<usize> {
     // SAFETY: MyProcPid is set at process start.
     let entry = pack(db, unsafe { pg_sys::MyProcPid } as u32);
-    if let Some(i) = insert(PROCESSES.get(), entry) {
-        KINDS.get()[i].store(kind as u64, Ordering::SeqCst);
-        // SAFETY: registering a guarded callback with a plain integer argument.
-        unsafe {
-            pg_sys::before_shmem_exit(Some(unregister_process), pg_sys::Datum::from(i));
-        }
+    let i = insert(PROCESSES.get(), entry)?;
+    KINDS.get()[i].store(kind as u64, Ordering::SeqCst);
+    // SAFETY: registering a guarded callback with a plain integer argument.
+    unsafe {
+        pg_sys::before_shmem_exit(Some(unregister_process), pg_sys::Datum::from(i));
     }
+    Some(i)
+}
+
+/// Said by a scheduler (in its slot) before it sleeps: it will wake at `at` (a TimestampTz),
+/// or, with None, it is awake and will look at its tables before sleeping again.
+pub fn publish_wake_at(slot: Option<usize>, at: Option<i64>) {
+    if let Some(i) = slot {
+        WAKE_AT.get()[i].store(at.map_or(0, |t| t.max(1) as u64), Ordering::SeqCst);
+    }
+}
+
+/// The current database's scheduler, if one runs: its pid and when it plans to wake
+/// (None: it is awake).
+pub fn scheduler_of(db: pg_sys::Oid) -> Option<(i32, Option<i64>)> {
+    if !available() {
+        return None;
+    }
+    let kinds = KINDS.get();
+    let wake = WAKE_AT.get();
+    PROCESSES.get().iter().enumerate().find_map(|(i, slot)| {
+        let entry = slot.load(Ordering::SeqCst);
+        (entry != 0
+            && db_of(entry) == db.to_u32()
+            && kinds[i].load(Ordering::SeqCst) == Kind::Scheduler as u64)
+            .then(|| {
+                let at = wake[i].load(Ordering::SeqCst);
+                (entry as u32 as i32, (at != 0).then_some(at as i64))
+            })
+    })
+}
+
+/// The wake-up protocol's counters of one slot: (idle episodes, answered episodes).
+pub fn wakeup_counters(slot: usize) -> (&'static AtomicU64, &'static AtomicU64) {
+    (&IDLE_EPISODES.get()[slot], &ANSWERED_EPISODES.get()[slot])
 }
 
 #[pg_guard]
 unsafe extern "C-unwind" fn unregister_process(_code: i32, slot: pg_sys::Datum) {
     let i = slot.value();
+    WAKE_AT.get()[i].store(0, Ordering::SeqCst);
     KINDS.get()[i].store(0, Ordering::SeqCst);
     PROCESSES.get()[i].store(0, Ordering::SeqCst);
 }

@@ -1,0 +1,53 @@
+//! Who is calling, and acting as another role for a moment.
+//!
+//! The extension's SQL functions are `SECURITY DEFINER`: inside them `current_user` is the
+//! extension's owner.  Two things need more than that: the audit log names the role the
+//! session acts as, and `set_handler` must know the role that called it (which is who may
+//! name `run_as`).  Rust functions that are not `SECURITY DEFINER` see the caller directly.
+
+use pgrx::prelude::*;
+
+/// SQL (internal): the session's current role (the login role, or the one chosen with
+/// `SET ROLE`), whatever `SECURITY DEFINER` functions stand between it and this call.
+#[pg_extern(stable)]
+fn _calling_role() -> String {
+    // SAFETY: both read backend globals; the role exists while the session uses it.
+    unsafe {
+        let name = pg_sys::GetUserNameFromId(pg_sys::GetOuterUserId(), false);
+        std::ffi::CStr::from_ptr(name)
+            .to_string_lossy()
+            .into_owned()
+    }
+}
+
+/// Runs `body` with `role` as the current user, the way a `SECURITY DEFINER` function does
+/// (`SET ROLE` and `SET SESSION AUTHORIZATION` are refused meanwhile), then switches back.
+/// Should `body` raise, the transaction's abort restores the user.
+pub fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_context = 0;
+    // SAFETY: the same switch fmgr makes for SECURITY DEFINER functions, undone below.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_context);
+        pg_sys::SetUserIdAndSecContext(
+            role,
+            saved_context | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+    }
+    let result = body();
+    // SAFETY: restores what was saved above.
+    unsafe { pg_sys::SetUserIdAndSecContext(saved_user, saved_context) };
+    result
+}
+
+/// The role that owns the extension's function `signature` (a regprocedure text): the role
+/// the extension's `SECURITY DEFINER` functions act as.
+pub fn owner_of(signature: &str) -> pg_sys::Oid {
+    Spi::get_one_with_args::<pg_sys::Oid>(
+        "SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = $1::pg_catalog.regprocedure",
+        &[signature.into()],
+    )
+    .ok()
+    .flatten()
+    .unwrap_or_else(|| error!("pg_jobqueue: function {signature} is missing"))
+}
