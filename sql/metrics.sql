@@ -103,14 +103,23 @@ BEGIN
 END $$;
 
 -- dequeue and heartbeat saw `worker`: at most once a second per session, record it.
+-- Records that worker `seen` is alive (at most once a second per session, see
+-- job._worker_seen_due).  Never waits: sessions sharing a worker name in open transactions
+-- skip the row another one holds (only the very first sighting of a name may wait, for the
+-- other session's insert of it).
 CREATE FUNCTION job._saw_worker(seen text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF seen IS NOT NULL AND job._worker_seen_due(seen) THEN
-        INSERT INTO job.workers_seen AS w (worker, first_seen, last_seen) VALUES (seen, now(), now())
-        ON CONFLICT (worker) DO UPDATE SET last_seen = EXCLUDED.last_seen
-         WHERE w.last_seen < EXCLUDED.last_seen;
+        UPDATE job.workers_seen w SET last_seen = now()
+         WHERE w.worker = (SELECT s.worker FROM job.workers_seen s WHERE s.worker = seen
+                            FOR UPDATE SKIP LOCKED)
+           AND w.last_seen < now();
+        IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM job.workers_seen s WHERE s.worker = seen) THEN
+            INSERT INTO job.workers_seen (worker, first_seen, last_seen) VALUES (seen, now(), now())
+            ON CONFLICT (worker) DO NOTHING;
+        END IF;
     END IF;
 END $$;
 

@@ -75,6 +75,7 @@ BEGIN
     -- commits (job._guard_queue), so no job slips into the queue between the check below and
     -- the delete.  Producers of other queues never wait.
     PERFORM job._lock_queue_for_drop(q.name);
+    q := job._require_queue(name);  -- a concurrent drop may have committed while we waited
     SELECT count(*) INTO unfinished FROM job.live_jobs WHERE queue = q.name;
     IF unfinished > 0 AND NOT force THEN
         RAISE EXCEPTION 'queue % still has % unfinished (waiting, scheduled or running) jobs',

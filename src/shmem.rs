@@ -11,7 +11,8 @@
 //! * `DECLINED`: databases whose scheduler found no extension and exited; the launcher stops
 //!   restarting it.
 //! * `DROPPING`: databases being dropped; the launcher leaves them alone for a while.
-//! * `IDLE_EPISODES`, `ANSWERED_EPISODES`: the wake-up protocol's per-slot counters
+//! * `IDLE_EPISODES`, `ANSWERED_EPISODES`: the wake-up protocol's counters, a block of slots
+//!   per database that has waiting consumers (`WAKEUP_BLOCK_OWNERS`), one slot per queue id
 //!   (`wakeup.rs`).
 
 use pgrx::prelude::*;
@@ -42,15 +43,25 @@ static LAUNCHER_PID: PgAtomic<AtomicU64> = unsafe { PgAtomic::new(c"pg_jobqueue_
 /// Per process slot: when that scheduler plans to wake (a TimestampTz), or 0 while it is awake.
 static WAKE_AT: PgAtomic<Slots<MAX_PROCESSES>> = unsafe { PgAtomic::new(c"pg_jobqueue_wake_at") };
 
-/// Wake-up slots: queues hash onto this many; two queues sharing one only cost spurious
-/// wake-ups.
+/// Wake-up slots per database: queue ids 0..WAKEUP_SLOTS each have a slot of their own, so a
+/// slot's counters only ever count one queue's consumers (see `wakeup.rs`).
 pub const WAKEUP_SLOTS: usize = 1024;
-/// Per wake-up slot: how many times a consumer came up empty.
-static IDLE_EPISODES: PgAtomic<Slots<WAKEUP_SLOTS>> =
+/// Databases whose consumers wait at once, each with a block of slots.
+pub const WAKEUP_DATABASES: usize = 32;
+type Block = [AtomicU64; WAKEUP_SLOTS];
+/// Which database each block of wake-up slots belongs to (0: free).
+static WAKEUP_BLOCK_OWNERS: PgAtomic<Slots<WAKEUP_DATABASES>> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_wakeup_block_owners") };
+/// Per block and slot: how many times a consumer came up empty.
+static IDLE_EPISODES: PgAtomic<[Block; WAKEUP_DATABASES]> =
     unsafe { PgAtomic::new(c"pg_jobqueue_idle_episodes") };
-/// Per wake-up slot: the idle episode the last notification answered.
-static ANSWERED_EPISODES: PgAtomic<Slots<WAKEUP_SLOTS>> =
+/// Per block and slot: the idle episode the last notification answered.
+static ANSWERED_EPISODES: PgAtomic<[Block; WAKEUP_DATABASES]> =
     unsafe { PgAtomic::new(c"pg_jobqueue_answered_episodes") };
+/// Set once a database found no free block: from then on, producers of databases without a
+/// block notify on every commit (correct, only less frugal).
+static WAKEUP_BLOCKS_RAN_OUT: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"pg_jobqueue_wakeup_blocks_ran_out") };
 /// Set in the postmaster when the library is preloaded, inherited by every backend.
 static AVAILABLE: AtomicBool = AtomicBool::new(false);
 
@@ -67,8 +78,14 @@ pub fn init() {
     pg_shmem_init!(DROPPING = std::array::from_fn(|_| AtomicU64::new(0)));
     pg_shmem_init!(LAUNCHER_PID = AtomicU64::new(0));
     pg_shmem_init!(WAKE_AT = std::array::from_fn(|_| AtomicU64::new(0)));
-    pg_shmem_init!(IDLE_EPISODES = std::array::from_fn(|_| AtomicU64::new(0)));
-    pg_shmem_init!(ANSWERED_EPISODES = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(WAKEUP_BLOCK_OWNERS = std::array::from_fn(|_| AtomicU64::new(0)));
+    pg_shmem_init!(
+        IDLE_EPISODES = std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+    );
+    pg_shmem_init!(
+        ANSWERED_EPISODES = std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0)))
+    );
+    pg_shmem_init!(WAKEUP_BLOCKS_RAN_OUT = AtomicU64::new(0));
     AVAILABLE.store(true, Ordering::Relaxed);
 }
 
@@ -141,9 +158,52 @@ pub fn scheduler_of(db: pg_sys::Oid) -> Option<(i32, Option<i64>)> {
     })
 }
 
-/// The wake-up protocol's counters of one slot: (idle episodes, answered episodes).
-pub fn wakeup_counters(slot: usize) -> (&'static AtomicU64, &'static AtomicU64) {
-    (&IDLE_EPISODES.get()[slot], &ANSWERED_EPISODES.get()[slot])
+/// The block of wake-up slots of database `db`; with `claim`, a free one becomes its own (None
+/// when all are taken: that is then remembered, see [`wakeup_blocks_ran_out`]).
+pub fn wakeup_block(db: pg_sys::Oid, claim: bool) -> Option<usize> {
+    let owners = WAKEUP_BLOCK_OWNERS.get();
+    let me = u64::from(db.to_u32());
+    if let Some(i) = owners.iter().position(|o| o.load(Ordering::SeqCst) == me) {
+        return Some(i);
+    }
+    if !claim {
+        return None;
+    }
+    let claimed = owners.iter().position(|o| {
+        o.compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    });
+    if claimed.is_none() {
+        WAKEUP_BLOCKS_RAN_OUT.get().store(1, Ordering::SeqCst);
+    }
+    claimed
+}
+
+/// Whether some database ever found no free block of wake-up slots.
+pub fn wakeup_blocks_ran_out() -> bool {
+    WAKEUP_BLOCKS_RAN_OUT.get().load(Ordering::SeqCst) != 0
+}
+
+/// Database `db` is gone: its block of wake-up slots (if any) is free again, counters reset.
+pub fn free_wakeup_block(db: pg_sys::Oid) {
+    if !available() {
+        return;
+    }
+    if let Some(i) = wakeup_block(db, false) {
+        for slot in 0..WAKEUP_SLOTS {
+            IDLE_EPISODES.get()[i][slot].store(0, Ordering::SeqCst);
+            ANSWERED_EPISODES.get()[i][slot].store(0, Ordering::SeqCst);
+        }
+        WAKEUP_BLOCK_OWNERS.get()[i].store(0, Ordering::SeqCst);
+    }
+}
+
+/// The wake-up protocol's counters of one slot of a block: (idle episodes, answered episodes).
+pub fn wakeup_counters(block: usize, slot: usize) -> (&'static AtomicU64, &'static AtomicU64) {
+    (
+        &IDLE_EPISODES.get()[block][slot],
+        &ANSWERED_EPISODES.get()[block][slot],
+    )
 }
 
 #[pg_guard]

@@ -41,15 +41,19 @@ unsafe extern "C-unwind" fn process_utility(
 ) {
     let stmt = (*pstmt).utilityStmt;
     let mut stopped = None;
+    let mut dropping = None;
     if !stmt.is_null() && (*stmt).type_ == pg_sys::NodeTag::T_DropdbStmt {
         let drop = stmt.cast::<pg_sys::DropdbStmt>();
         let db = pg_sys::get_database_oid((*drop).dbname, true);
-        if db != pg_sys::InvalidOid && drop_will_proceed(db, drop) {
-            shmem::mark_dropping(db);
-            // Cancel a running handler, then ask the process to exit.
-            shmem::signal_processes_of(db, libc::SIGINT);
-            shmem::signal_processes_of(db, libc::SIGTERM);
-            stopped = Some(db);
+        if db != pg_sys::InvalidOid {
+            dropping = Some(db);
+            if drop_will_proceed(db, drop) {
+                shmem::mark_dropping(db);
+                // Cancel a running handler, then ask the process to exit.
+                shmem::signal_processes_of(db, libc::SIGINT);
+                shmem::signal_processes_of(db, libc::SIGTERM);
+                stopped = Some(db);
+            }
         }
     }
     let run = AssertUnwindSafe(|| match PREV_PROCESS_UTILITY {
@@ -84,6 +88,10 @@ unsafe extern "C-unwind" fn process_utility(
                 caught.rethrow()
             })
             .execute(),
+    }
+    // Dropped: its wake-up slots can serve another database.
+    if let Some(db) = dropping {
+        shmem::free_wakeup_block(db);
     }
 }
 

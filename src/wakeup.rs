@@ -14,6 +14,12 @@
 //!   again.  Any producer either saw the mark and notifies, or had committed before that
 //!   second claim.
 //!
+//! A slot counts one queue's consumers, never another's: each database that has waiting
+//! consumers gets a block of slots in shared memory, and queue id n uses slot n.  (Were two
+//! queues to share a slot, a producer of one could answer, and so swallow, the wake-up a
+//! consumer of the other waits for.)  Queues with ids beyond the block, and databases beyond
+//! the blocks there are, have no slot: their producers notify on every commit instead.
+//!
 //! The slot locks are internal locks (`locks.rs`): no session can hold one and stall
 //! producers at commit, where no statement timeout applies.  The notification's payload is
 //! the queue's id (`job.queue_id`), not its name: any role may LISTEN on any channel.
@@ -27,6 +33,7 @@
 
 use crate::locks::{self, Class};
 use crate::shmem::{self, Kind, WAKEUP_SLOTS};
+use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
@@ -37,7 +44,7 @@ pub const CHANNEL: &str = "pg_jobqueue";
 
 thread_local! {
     /// Wake-ups this transaction owes, notified (or not) at pre-commit: (slot, payload).
-    static PENDING: RefCell<Vec<(usize, String)>> = const { RefCell::new(Vec::new()) };
+    static PENDING: RefCell<Vec<(Option<usize>, String)>> = const { RefCell::new(Vec::new()) };
     static CALLBACK_REGISTERED: Cell<bool> = const { Cell::new(false) };
     /// This transaction notified someone: at commit, also wake this database's executors.
     static WAKE_EXECUTORS: Cell<bool> = const { Cell::new(false) };
@@ -54,14 +61,22 @@ extern "C-unwind" {
     fn Async_Notify(channel: *const std::ffi::c_char, payload: *const std::ffi::c_char);
 }
 
-/// The wake-up slot of a queue (by id).
-fn slot_of(queue_id: i64) -> usize {
-    queue_id.rem_euclid(WAKEUP_SLOTS as i64) as usize
+/// The wake-up slot of a queue (by id), if it has one.
+fn slot_of(queue_id: i64) -> Option<usize> {
+    usize::try_from(queue_id)
+        .ok()
+        .filter(|&id| id < WAKEUP_SLOTS)
 }
 
-/// The wake-up slot of a queue by name: how 0.1.0 and 0.2.0 databases address slots.
-fn legacy_slot_of(queue: &str) -> usize {
-    (locks::key_of(queue) % WAKEUP_SLOTS as u64) as usize
+/// The wake-up slot of a queue by name: how 0.1.0 and 0.2.0 databases address slots (two
+/// queues of such a database may share one, as they did then).
+fn legacy_slot_of(queue: &str) -> Option<usize> {
+    Some((locks::key_of(queue) % WAKEUP_SLOTS as u64) as usize)
+}
+
+fn my_database() -> Oid {
+    // SAFETY: set once at backend start.
+    unsafe { pg_sys::MyDatabaseId }
 }
 
 fn register_callback() {
@@ -86,7 +101,7 @@ pub fn wake_scheduler_on_commit() {
     WAKE_SCHEDULER.set(true);
 }
 
-fn owe_wakeup(slot: usize, payload: String) {
+fn owe_wakeup(slot: Option<usize>, payload: String) {
     register_callback();
     PENDING.with_borrow_mut(|pending| {
         if !pending.iter().any(|(_, p)| *p == payload) {
@@ -132,11 +147,17 @@ fn _consumer_idle(queue: &str) -> bool {
     mark_idle(legacy_slot_of(queue))
 }
 
-fn mark_idle(slot: usize) -> bool {
+/// Marks a consumer of the queue with this slot idle; returns whether it should look again.
+/// (Without a slot, or a block for the database, there is nothing to mark: producers then
+/// notify on every commit, and the consumer, already listening, hears each one.)
+fn mark_idle(slot: Option<usize>) -> bool {
     if !shmem::available() {
         return false;
     }
-    shmem::wakeup_counters(slot)
+    let (Some(slot), Some(block)) = (slot, shmem::wakeup_block(my_database(), true)) else {
+        return false;
+    };
+    shmem::wakeup_counters(block, slot)
         .0
         .fetch_add(1, Ordering::SeqCst);
     let tag = locks::tag(Class::WakeupSlot, slot as u64);
@@ -157,7 +178,7 @@ unsafe extern "C-unwind" fn on_xact_event(
         pg_sys::XactEvent::XACT_EVENT_PRE_COMMIT => {
             let mut owed = PENDING.take();
             // One order for everyone: two producers never wait on each other's slot locks.
-            owed.sort_by_key(|(slot, _)| *slot);
+            owed.sort_by_key(|(slot, _)| slot.unwrap_or(usize::MAX));
             for (slot, payload) in owed {
                 if notify_if_awaited(slot, &payload) {
                     WAKE_EXECUTORS.set(true);
@@ -199,15 +220,19 @@ fn scheduler_wakes_later(due: i64) -> bool {
 }
 
 /// Notifies LISTENers of a queue if one of them is waiting; returns whether it did.
-fn notify_if_awaited(slot: usize, payload: &str) -> bool {
-    if shmem::available() {
+fn notify_if_awaited(slot: Option<usize>, payload: &str) -> bool {
+    if let (true, Some(slot)) = (shmem::available(), slot) {
         // Held until this commit is visible (a transaction-level lock).
         locks::acquire(
             &locks::tag(Class::WakeupSlot, slot as u64),
             pg_sys::ShareLock,
             true,
         );
-        let (idle_episodes, answered) = shmem::wakeup_counters(slot);
+        let Some(block) = shmem::wakeup_block(my_database(), false) else {
+            // No consumer of this database ever waited, unless the blocks ran out.
+            return shmem::wakeup_blocks_ran_out() && notify(payload);
+        };
+        let (idle_episodes, answered) = shmem::wakeup_counters(block, slot);
         let idle = idle_episodes.load(Ordering::SeqCst);
         let seen = answered.load(Ordering::SeqCst);
         if idle == seen
@@ -218,6 +243,10 @@ fn notify_if_awaited(slot: usize, payload: &str) -> bool {
             return false; // nobody waits, or a concurrent producer answers this episode
         }
     }
+    notify(payload)
+}
+
+fn notify(payload: &str) -> bool {
     let channel = CString::new(CHANNEL).expect("channel name has no NUL");
     let payload = CString::new(payload).expect("payloads have no NUL");
     // SAFETY: valid C strings; Async_Notify copies them into transaction memory.
@@ -231,15 +260,16 @@ mod tests {
     use crate::shmem::WAKEUP_SLOTS;
 
     #[test]
-    fn slots_are_stable_and_in_range() {
-        for id in [0, 1, 1023, 1024, i64::MAX, -5] {
-            assert!(slot_of(id) < WAKEUP_SLOTS);
+    fn each_queue_id_has_a_slot_of_its_own_or_none() {
+        assert_eq!(slot_of(1), Some(1));
+        assert_eq!(slot_of(1023), Some(1023));
+        for id in [1024, 1025, i64::MAX, -5] {
+            assert_eq!(slot_of(id), None, "{id}");
         }
-        assert_eq!(slot_of(1025), 1);
         // The legacy mapping stays what 0.2.0 backends computed (FNV-1a of the name).
         assert_eq!(
             legacy_slot_of("a"),
-            (0xaf63_dc4c_8601_ec8cu64 % WAKEUP_SLOTS as u64) as usize
+            Some((0xaf63_dc4c_8601_ec8cu64 % WAKEUP_SLOTS as u64) as usize)
         );
     }
 }

@@ -16,8 +16,16 @@ pub use postgres::error::SqlState;
 use postgres::fallible_iterator::FallibleIterator;
 pub use postgres::{Client, Config, Error, NoTls, Notification};
 
-/// The channel pg_jobqueue notifies on; the payload is the queue name.
+/// The channel pg_jobqueue notifies on; the payload is the queue's id.
 pub const CHANNEL: &str = "pg_jobqueue";
+
+/// The payload of `queue`'s wake-up notifications: its id (`job.queue_id`), as text.
+pub fn queue_id(client: &mut Client, queue: &str) -> String {
+    client
+        .query_one("SELECT job.queue_id($1)::text", &[&queue])
+        .unwrap_or_else(|e| panic!("job.queue_id({queue}): {}", error_text(&e)))
+        .get(0)
+}
 
 /// An error as the server reported it (SQLSTATE, message, detail, hint): `postgres::Error`'s
 /// Display says only "db error".

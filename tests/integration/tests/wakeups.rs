@@ -15,7 +15,11 @@ fn expect_one_notification(listener: &mut Client, queue: &str, producer_pid: i32
         .unwrap_or_else(|| panic!("no notification for {queue} within 2 s of the commit"));
     let latency = started.elapsed();
     assert_eq!(n.channel(), CHANNEL);
-    assert_eq!(n.payload(), queue, "the payload should be the queue name");
+    assert_eq!(
+        n.payload(),
+        queue_id(listener, queue),
+        "the payload should be the queue's id"
+    );
     assert_eq!(
         n.process_id(),
         producer_pid,
@@ -172,6 +176,7 @@ fn wakeup_race(db: &TestDb, queue: &str, jobs: usize, seed: u64, pace: Pace) -> 
     let mut consumer = db.connect();
     let mut producer = db.connect();
     create_queue(&mut producer, queue);
+    let expected_payload = queue_id(&mut consumer, queue);
     listen(&mut consumer);
     // Come up empty once, so that the producer's first commit already has someone to wake.
     assert!(dequeue(&mut consumer, queue, "consumer", 1, None).is_empty());
@@ -225,7 +230,7 @@ fn wakeup_race(db: &TestDb, queue: &str, jobs: usize, seed: u64, pace: Pace) -> 
         let wait_started = Instant::now();
         match next_notification(&mut consumer, WAIT) {
             Some(n) => {
-                assert_eq!(n.payload(), queue);
+                assert_eq!(n.payload(), expected_payload);
                 wakeups += 1;
                 // Notifications that arrived while the consumer was busy are stale: drop them.
                 extra_notifications += drain_notifications(&mut consumer).len();

@@ -1,0 +1,175 @@
+//! `#[pg_test]`s of queues: creating, changing, pausing, dropping; payload size limits.
+
+#[pgrx::pg_schema]
+mod tests {
+    use crate::pg_tests::support::*;
+    use pgrx::prelude::*;
+
+    #[pg_test]
+    fn create_queue_stores_defaults_and_updates_in_place() {
+        queue("q");
+        assert_eq!(
+            one::<String>("SELECT concat_ws(',', max_retries, backoff_base, backoff_max, jitter, lease, idempotency_window, retention, paused) FROM job.queues WHERE name = 'q'"),
+            "5,00:00:01,00:01:00,0.1,00:05:00,24:00:00,7 days,f"
+        );
+        run("SELECT job.create_queue('q', max_retries => 2, lease => '30 seconds')");
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws(',', count(*), min(max_retries), min(lease)) FROM job.queues"
+            ),
+            "1,2,00:00:30"
+        );
+    }
+
+    #[pg_test]
+    fn create_queue_rejects_bad_settings() {
+        let long = "x".repeat(129);
+        for (call, message) in [
+            (
+                "SELECT job.create_queue(NULL)",
+                "queue name must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('  ')",
+                "queue name must have a visible character: it is only white space or invisible characters".to_string(),
+            ),
+            (
+                &format!("SELECT job.create_queue('{long}')"),
+                "queue name is too long: 129 characters, at most 128 allowed".to_string(),
+            ),
+            (
+                "SELECT job.create_queue(E'a\\nb')",
+                "queue name must not contain control characters: 'a\nb'".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', max_retries => -1)",
+                "max_retries must be 0 or more, got -1".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', max_retries => NULL)",
+                "max_retries must not be NULL".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', backoff_base => '0')",
+                "backoff_base must be a positive interval, got 00:00:00".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', backoff_base => '10 s', backoff_max => '5 s')",
+                "backoff_max (00:00:05) must not be less than backoff_base (00:00:10)".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', jitter => 1.5)",
+                "jitter must be between 0 and 1, got 1.5".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', jitter => 'NaN')",
+                "jitter must be between 0 and 1, got NaN".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', lease => '-1 minute')",
+                "lease must be a positive interval, got -00:01:00".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', idempotency_window => '-1 s')",
+                "idempotency_window must be a non-negative interval, got -00:00:01".to_string(),
+            ),
+            (
+                "SELECT job.create_queue('q', retention => NULL)",
+                "retention must not be NULL".to_string(),
+            ),
+        ] {
+            assert_rejected(call, &message);
+        }
+    }
+
+    #[pg_test]
+    fn odd_queue_names_are_data_not_sql() {
+        queue("it''s; DROP TABLE job.live_jobs; --");
+        let id = enqueue("it''s; DROP TABLE job.live_jobs; --");
+        assert_eq!(claim("it''s; DROP TABLE job.live_jobs; --"), id);
+        assert_eq!(
+            one::<String>(&format!("SELECT queue FROM job.jobs WHERE id = {id}")),
+            "it's; DROP TABLE job.live_jobs; --"
+        );
+    }
+
+    #[pg_test]
+    fn drop_queue_refuses_unfinished_jobs_unless_forced() {
+        queue("q");
+        let id = enqueue("q");
+        run("SELECT job.enqueue('q', idempotency_key => 'k')");
+        assert_rejected(
+            "SELECT job.drop_queue('q')",
+            "queue 'q' still has 2 unfinished (waiting, scheduled or running) jobs",
+        );
+        run("SELECT job.drop_queue('q', force => true)");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.queues"), 0);
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 0);
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.idempotency_keys"), 0);
+        assert_rejected(
+            &format!("SELECT job.complete({id})"),
+            &format!("job {id} does not exist"),
+        );
+    }
+
+    #[pg_test]
+    fn drop_queue_with_only_history_needs_no_force() {
+        queue("q");
+        enqueue("q");
+        let id = claim("q");
+        run(&format!("SELECT job.complete({id})"));
+        run("SELECT job.drop_queue('q')");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 0);
+        assert_rejected("SELECT job.drop_queue('q')", "queue 'q' does not exist");
+    }
+
+    #[pg_test]
+    fn a_paused_queue_accepts_jobs_but_hands_out_none() {
+        queue("q");
+        run("SELECT job.pause_queue('q')");
+        let id = enqueue("q");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.dequeue('q')"), 0);
+        assert!(one::<bool>(
+            "SELECT paused FROM job.queue_stats WHERE queue = 'q'"
+        ));
+        run("SELECT job.resume_queue('q')");
+        assert_eq!(claim("q"), id);
+        assert_rejected(
+            "SELECT job.pause_queue('nope')",
+            "queue 'nope' does not exist",
+        );
+        assert_rejected(
+            "SELECT job.resume_queue('')",
+            "queue name must not be empty",
+        );
+    }
+
+    // ---- payload size limit ------------------------------------------------------------------
+
+    #[pg_test]
+    fn a_queue_refuses_payloads_over_its_limit() {
+        run("SELECT job.create_queue('small', max_payload_bytes => 100)");
+        let fits = one::<i64>("SELECT job.enqueue('small', '{\"id\": 42}')");
+        assert!(fits > 0);
+        let big = format!("{{\"blob\": \"{}\"}}", "x".repeat(200));
+        let size = one::<i32>(&format!("SELECT pg_column_size('{big}'::jsonb)"));
+        assert_rejected(
+            &format!("SELECT job.enqueue('small', '{big}')"),
+            &format!("payload is {size} bytes, more than queue 'small' accepts (max_payload_bytes = 100)"),
+        );
+        assert_rejected(
+            &format!("SELECT job.enqueue('small', '{big}', idempotency_key => 'k')"),
+            &format!("payload is {size} bytes, more than queue 'small' accepts (max_payload_bytes = 100)"),
+        );
+        assert_rejected(
+            &format!("SELECT job.enqueue_many('small', ARRAY['{{}}', '{big}']::jsonb[])"),
+            &format!("payloads[2] is {size} bytes, more than queue 'small' accepts (max_payload_bytes = 100)"),
+        );
+        assert_rejected(
+            "SELECT job.create_queue('small', max_payload_bytes => 0)",
+            "max_payload_bytes must be 1 or more (or NULL for no limit), got 0",
+        );
+        run("SELECT job.create_queue('small')"); // lifts the limit
+        assert!(one::<i64>(&format!("SELECT job.enqueue('small', '{big}')")) > fits);
+    }
+}
