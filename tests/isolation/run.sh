@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs the isolation specs (pg_isolation_regress, as PostgreSQL and pgmq do) against a running
 # cluster that preloads pg_jobqueue and has it installed:
-#   tests/isolation/run.sh PORT [SPEC...]
-# The specs run one after another (they share the database, and each reinstalls the
-# extension in its setup).  Every run starts from a fresh database (pg_jobqueue_isolation, dropped and created again);
-# each spec's setup also installs the extension afresh, so queue and job ids start at 1 in
-# every permutation whatever ran before.  Results and diffs go to target/isolation (or
-# $ISOLATION_OUT), never into the source tree.
+#   tests/isolation/run.sh PORT [SPEC...]        (default: every spec in specs/)
+# Every run starts from a fresh database (pg_jobqueue_isolation, dropped and created again), so
+# nothing an earlier or interrupted run left can matter.  The specs run one after another: they
+# share that database, and each one's setup installs the extension afresh, so that queue and
+# job ids start at 1 in every permutation whatever ran before.  Results and diffs go to
+# target/isolation (or $ISOLATION_OUT), never into the source tree; the database is dropped
+# after a passing run and kept after a failing one.
 set -euo pipefail
 
 port=${1:?usage: tests/isolation/run.sh PORT [SPEC...]}
