@@ -31,9 +31,10 @@ if [ $# -eq 0 ]; then
 fi
 
 # A fresh database: nothing a previous (maybe interrupted) run left can matter.  FORCE also
-# ends the background worker's session in it.
+# ends the background worker's session in it.  (wakeup_databases.spec makes ${db}_other.)
 "${psql[@]}" -d postgres -c "SET client_min_messages = warning" \
-    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "DROP DATABASE IF EXISTS ${db}_other WITH (FORCE)" \
+    -c "CREATE DATABASE $db"
 "${psql[@]}" -d "$db" -c "CREATE EXTENSION pg_jobqueue"
 
 rm -rf "$out"
