@@ -6,7 +6,7 @@ TEST_PORT  ?= 55433
 BENCH_PORT ?= 55434
 CLUSTER    := bash scripts/cluster.sh
 
-.PHONY: setup install demo demo-stop test unit-test pg-test integration-test bench bench-stop lint clean
+.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test bench bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -31,8 +31,8 @@ demo-stop:
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 
 # Everything the project tests: formatting, Rust unit tests and #[pg_test]s (cargo pgrx test),
-# then the multi-session integration tests against a scratch cluster.
-test: setup lint pg-test integration-test
+# then the multi-session integration tests and the isolation specs against a scratch cluster.
+test: setup lint pg-test integration-test isolation-test
 
 lint:
 	cargo fmt --all --check
@@ -50,6 +50,14 @@ integration-test: install
 	@$(CLUSTER) start test $(TEST_PORT)
 	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
 	    cargo test --release -p pg_jobqueue_integration -- --test-threads=4 ; \
+	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
+
+# The locking protocols interleaved step by step (pg_isolation_regress, tests/isolation/):
+# claims, idempotency keys, drop_queue against producers, wake-ups, leases.
+isolation-test: install
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	bash tests/isolation/run.sh $(TEST_PORT) ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
 bench: install
