@@ -818,6 +818,88 @@ fn a_handlers_deferred_trigger_fires_as_the_handlers_role() {
     );
 }
 
+/// Beyond finding 3: commit-time code runs as the handler's role, but whatever settings it
+/// makes at session level outlive the commit, into the executor's next statements, which run
+/// as the superuser.  A deferred trigger that sets search_path = 'hs, pg_catalog' (hs: the
+/// role's schema, holding an operator = on regrole, which pg_catalog lacks) must not get that
+/// operator called by the executor as superuser.
+#[test]
+fn a_handlers_commit_cannot_steer_the_executors_own_statements() {
+    let (cluster, mut su) = served_cluster("sec-commit-guc", &[]);
+    let roles = Roles::in_cluster("guc", &mut su);
+    exec(&mut su, &roles.recipes());
+    let role = roles.admin.clone();
+    exec(
+        &mut su,
+        &format!(
+            "CREATE SCHEMA hs AUTHORIZATION {role};
+             SELECT job.create_queue('steer');"
+        ),
+    );
+    let mut h = connect_cluster_as(&cluster, "postgres", &role);
+    exec(
+        &mut h,
+        "CREATE TABLE hs.calls (decoy text, who text);
+         GRANT INSERT ON hs.calls TO PUBLIC;
+         CREATE FUNCTION hs.regrole_eq(regrole, regrole) RETURNS boolean LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO hs.calls VALUES ('regrole =', current_user);
+             IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+                 EXECUTE format('ALTER ROLE %I SUPERUSER', (SELECT nspowner::regrole::text
+                                                              FROM pg_namespace WHERE nspname = 'hs'));
+             END IF;
+             RETURN $1::oid OPERATOR(pg_catalog.=) $2::oid;
+         END $$;
+         CREATE OPERATOR hs.= (LEFTARG = regrole, RIGHTARG = regrole, FUNCTION = hs.regrole_eq);
+         CREATE TABLE hs.t (n int);
+         CREATE FUNCTION hs.at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM set_config('search_path', 'hs, pg_catalog', false);
+             INSERT INTO hs.calls VALUES ('at_commit', current_user);
+             RETURN NULL;
+         END $$;
+         CREATE CONSTRAINT TRIGGER at_commit AFTER INSERT ON hs.t
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION hs.at_commit();
+         CREATE FUNCTION hs.h(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         BEGIN
+             INSERT INTO hs.t VALUES (1);
+             RETURN payload;
+         END $$;
+         SELECT job.set_handler('steer', 'hs.h(jsonb)');",
+    );
+    exec(&mut su, "SELECT job.enqueue('steer', '{}')");
+    wait_for_finished(&cluster, &mut su, "steer", 1, Duration::from_secs(30));
+    // The executor goes on claiming (every tick, and for this job).
+    exec(&mut su, "SELECT job.enqueue('steer', '{}')");
+    wait_for_finished(&cluster, &mut su, "steer", 2, Duration::from_secs(30));
+    std::thread::sleep(Duration::from_secs(1));
+
+    let calls: Vec<(String, String, i64)> = su
+        .query(
+            "SELECT decoy, who, count(*) FROM hs.calls GROUP BY 1, 2 ORDER BY 1, 2",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert!(
+        calls.iter().any(|(decoy, _, _)| decoy == "at_commit"),
+        "the deferred trigger never ran: the test proves nothing ({calls:?})"
+    );
+    let foreign: Vec<&(String, String, i64)> =
+        calls.iter().filter(|(_, who, _)| *who != role).collect();
+    assert!(
+        foreign.is_empty(),
+        "the executor ran the handler role's operator as another role (decoy, as whom, how \
+         often): {foreign:?}"
+    );
+    assert!(
+        !is_superuser(&mut su, &role),
+        "the handler's role made itself superuser through the executor's own statements"
+    );
+}
+
 /// Finding 9b: a handler set by a member of run_as, whose membership is revoked afterwards:
 /// the executors stop running it (job.handlers says why) and its jobs wait; granted again,
 /// they run.
