@@ -27,7 +27,9 @@
 //!   server connection from BEGIN to COMMIT, so Parse, Bind and Close all reach it.
 //! - `simple_query`/`batch_execute` (no parameters).
 //!
-//! [`named_statements_break_and_session_settings_leak`] shows the breakage deterministically.
+//! [`named_statements_break_and_session_settings_leak`] shows the breakage deterministically;
+//! [`claim_calls_work_on_another_server_connection`] the lease calls with a claim made on
+//! another server connection.
 
 use pg_jobqueue_integration::cluster::state_dir;
 use pg_jobqueue_integration::*;
@@ -665,6 +667,182 @@ fn next_due_polling_picks_up_a_delayed_job_through_the_pooler() {
     assert!(complete_via(&mut worker, &claim, "{}").0);
 }
 
+/// Runs `call` on `a` on the server connection `avoid` does not pick, of a pool of two:
+/// `holders` take both server connections in open transactions, `avoid` tells (run in each)
+/// which one to keep away from `a`, the other holder lets its connection go, and `call` gets
+/// it.  (Which idle server connection pgbouncer hands out next is not something to rely on.)
+fn on_other_server<T>(
+    a: &mut Client,
+    holders: &mut [Client; 2],
+    avoid: impl Fn(&mut postgres::Transaction) -> bool,
+    call: impl FnOnce(&mut Client) -> T,
+) -> T {
+    let [h0, h1] = holders;
+    let mut t0 = h0.transaction().unwrap();
+    let mut t1 = h1.transaction().unwrap();
+    let (avoid0, avoid1) = (avoid(&mut t0), avoid(&mut t1));
+    assert!(
+        avoid0 != avoid1,
+        "not exactly one of the pool's two server connections is to be avoided"
+    );
+    let (keep, free) = if avoid0 { (t0, t1) } else { (t1, t0) };
+    free.commit().unwrap();
+    let result = call(a);
+    keep.commit().unwrap();
+    result
+}
+
+fn backend_of(tx: &mut postgres::Transaction) -> i32 {
+    tx.query_typed_one("SELECT pg_backend_pid()", &[])
+        .unwrap()
+        .get(0)
+}
+
+/// [`on_other_server`] away from server connection `backend`; `call` returns its result and
+/// the backend it ran on, which is checked.
+fn elsewhere<T>(
+    a: &mut Client,
+    holders: &mut [Client; 2],
+    backend: i32,
+    call: impl FnOnce(&mut Client) -> (T, i32),
+) -> T {
+    let (result, ran_on) = on_other_server(a, holders, |tx| backend_of(tx) == backend, call);
+    assert_ne!(
+        ran_on, backend,
+        "the call ran on the avoided server connection"
+    );
+    result
+}
+
+/// heartbeat, fail, release, complete and complete_many with the lease token, each on another
+/// server connection than the dequeue that claimed the job; a stale token is refused there too.
+#[test]
+fn claim_calls_work_on_another_server_connection() {
+    let _serial = serial();
+    let db = TestDb::create("pgbouncer_claims");
+    let bouncer = PgBouncer::start(
+        "claims",
+        &[Pool {
+            alias: db.name(),
+            dbname: db.name(),
+            pool_size: 2,
+        }],
+    );
+    let queue = unique_queue("bouncer_claims");
+    let mut a = bouncer.connect(db.name());
+    let mut holders = [bouncer.connect(db.name()), bouncer.connect(db.name())];
+    create_queue_via(&mut a, &queue);
+    let ids: Vec<i64> = (0..3).map(|n| enqueue_via(&mut a, &queue, n)).collect();
+    let claims = dequeue_via(&mut a, &queue, "w", 3);
+    assert_eq!(claims.iter().map(|c| c.id).collect::<Vec<_>>(), ids);
+    let (first, backend, token) = (&claims[0], claims[0].backend, claims[0].token.clone());
+
+    let extended: Option<f64> = elsewhere(&mut a, &mut holders, backend, |a| {
+        let row = a
+            .query_typed_one(
+                "SELECT extract(epoch FROM job.heartbeat($1, '10 minutes', $2::uuid))::float8,
+                        pg_backend_pid()",
+                &[(&ids[0], Type::INT8), (&token, Type::TEXT)],
+            )
+            .unwrap_or_else(|e| panic!("heartbeat failed: {}", error_text(&e)));
+        (row.get(0), row.get(1))
+    });
+    assert!(extended.is_some_and(|at| at > unix_now() + 500.0));
+
+    let state: String = elsewhere(&mut a, &mut holders, backend, |a| {
+        let row = a
+            .query_typed_one(
+                "SELECT job.fail($1, 'boom', retry_after => '0'::interval, token => $2::uuid),
+                        pg_backend_pid()",
+                &[(&ids[1], Type::INT8), (&token, Type::TEXT)],
+            )
+            .unwrap_or_else(|e| panic!("fail failed: {}", error_text(&e)));
+        (row.get(0), row.get(1))
+    });
+    assert_eq!(state, "waiting");
+
+    let released: bool = elsewhere(&mut a, &mut holders, backend, |a| {
+        let row = a
+            .query_typed_one(
+                "SELECT job.release($1, $2::uuid), pg_backend_pid()",
+                &[(&ids[2], Type::INT8), (&token, Type::TEXT)],
+            )
+            .unwrap_or_else(|e| panic!("release failed: {}", error_text(&e)));
+        (row.get(0), row.get(1))
+    });
+    assert!(released);
+
+    let completed = elsewhere(&mut a, &mut holders, backend, |a| {
+        complete_via(a, first, r#"{"ok": true}"#)
+    });
+    assert!(completed);
+
+    // The failed and the released job, claimed again: a new token.
+    let again = dequeue_via(&mut a, &queue, "w", 3);
+    assert_eq!(again.iter().map(|c| c.id).collect::<Vec<_>>(), &ids[1..]);
+    let (backend, new_token) = (again[0].backend, again[0].token.clone());
+    assert_ne!(new_token, token);
+    // The old claim's token changes nothing, wherever it runs.
+    let stale: bool = elsewhere(&mut a, &mut holders, backend, |a| {
+        let row = a
+            .query_typed_one(
+                "SELECT job.complete($1, NULL, $2::uuid), pg_backend_pid()",
+                &[(&ids[1], Type::INT8), (&token, Type::TEXT)],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    });
+    assert!(
+        !stale,
+        "complete with the previous claim's token completed the job"
+    );
+    let err = a
+        .query_typed(
+            "SELECT job.heartbeat($1, token => $2::uuid)",
+            &[(&ids[2], Type::INT8), (&token, Type::TEXT)],
+        )
+        .expect_err("heartbeat with the previous claim's token should raise");
+    assert_eq!(
+        err.code(),
+        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
+        "{}",
+        error_text(&err)
+    );
+    let many: i32 = elsewhere(&mut a, &mut holders, backend, |a| {
+        let row = a
+            .query_typed_one(
+                "SELECT job.complete_many($1::text::bigint[], ARRAY[$2::uuid]), pg_backend_pid()",
+                &[
+                    (&format!("{{{},{}}}", ids[1], ids[2]), Type::TEXT),
+                    (&new_token, Type::TEXT),
+                ],
+            )
+            .unwrap_or_else(|e| panic!("complete_many failed: {}", error_text(&e)));
+        (row.get(0), row.get(1))
+    });
+    assert_eq!(many, 2);
+
+    let mut direct = db.connect();
+    let rows = direct
+        .query(
+            "SELECT id, state, attempt FROM job.jobs WHERE queue = $1 ORDER BY id",
+            &[&queue],
+        )
+        .unwrap();
+    let jobs: Vec<(i64, String, i32)> = rows
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        jobs,
+        [
+            (ids[0], "completed".to_string(), 1),
+            (ids[1], "completed".to_string(), 2),
+            (ids[2], "completed".to_string(), 1),
+        ]
+    );
+}
+
 /// What breaks through the pooler, deterministically, with a pool whose server connections
 /// the test controls: a named prepared statement run on another server connection than the
 /// one it was prepared on, and a session `SET` seen by another client (`SET LOCAL` is not).
@@ -689,39 +867,43 @@ fn named_statements_break_and_session_settings_leak() {
         ],
     );
 
-    // Named statements (the postgres crate's default outside query_typed).  A fresh pool of
-    // two: `a` prepares on the only server connection, S1; `b` then holds S1 in a
-    // transaction, so `a`'s Bind goes to a new connection, S2, which has no such statement.
+    // Named statements (the postgres crate's default outside query_typed): `a` prepares one
+    // on some server connection of the pool; the holders find which (pg_prepared_statements)
+    // and keep it, so `a`'s Bind goes to the other one, which has no such statement.
     let mut a = bouncer.connect(db.name());
-    let mut b = bouncer.connect(db.name());
+    let mut holders = [bouncer.connect(db.name()), bouncer.connect(db.name())];
+    let has_statement = |tx: &mut postgres::Transaction| -> bool {
+        tx.query_typed_one("SELECT EXISTS (SELECT FROM pg_prepared_statements)", &[])
+            .unwrap()
+            .get(0)
+    };
     let statement = a
         .prepare("SELECT job.next_due($1)")
         .unwrap_or_else(|e| panic!("prepare failed: {}", error_text(&e)));
-    let mut held = b.transaction().unwrap();
-    held.simple_query("SELECT 1").unwrap();
-    let err = a
-        .query(&statement, &[&"no_such_queue"])
-        .expect_err("a named statement ran on a server connection that never prepared it");
+    let err = on_other_server(&mut a, &mut holders, has_statement, |a| {
+        a.query(&statement, &[&"no_such_queue"])
+            .expect_err("a named statement ran on a server connection that never prepared it")
+    });
     assert_eq!(
         err.code(),
         Some(&SqlState::INVALID_SQL_STATEMENT_NAME),
         "expected 'prepared statement does not exist', got {}",
         error_text(&err)
     );
-    held.commit().unwrap();
-    // The same call as an unnamed statement works whichever server connection it gets.
-    let mut held = b.transaction().unwrap();
-    held.simple_query("SELECT 1").unwrap();
-    let err = a
-        .query_typed("SELECT job.next_due($1)", &[(&"no_such_queue", Type::TEXT)])
-        .expect_err("next_due of a missing queue should raise");
+    // The same call as an unnamed statement (query_typed) runs there: it raises what
+    // next_due raises for a missing queue.
+    let err = on_other_server(&mut a, &mut holders, has_statement, |a| {
+        a.query_typed("SELECT job.next_due($1)", &[(&"no_such_queue", Type::TEXT)])
+            .expect_err("next_due of a missing queue should raise")
+    });
     assert_ne!(
         err.code(),
         Some(&SqlState::INVALID_SQL_STATEMENT_NAME),
         "{}",
         error_text(&err)
     );
-    held.commit().unwrap();
+    assert!(err.as_db_error().is_some(), "{}", error_text(&err));
+    drop(statement);
 
     // Session settings: one server connection serves both clients of `single`.
     let mut c = bouncer.connect(&single);
