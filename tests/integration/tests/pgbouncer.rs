@@ -940,3 +940,67 @@ fn named_statements_break_and_session_settings_leak() {
         "SET LOCAL should end with its transaction"
     );
 }
+
+/// BUG (pg_jobqueue 0.3.0, not the pooler's): once a claimed job's lease runs out,
+/// `job.next_due` says now() ("a lease runs out: its job is then taken back"), but `dequeue`
+/// takes the job back only when its session has not looked for stalled jobs on that queue
+/// within `pg_jobqueue.rescue_interval` (src/rescue.rs).  A worker that polls on next_due, as
+/// the README recommends behind a pooler, then gets nothing and is told "now" again: it spins
+/// for up to rescue_interval (1 s by default), a round trip pair per turn.  Through a
+/// transaction pooler the "session" is a server connection that other workers' dequeues keep
+/// fresh, so it happens there whenever a lease runs out.  Same without a pooler (one session).
+/// Expected: the first dequeue after next_due said now claims the job (or next_due tells the
+/// time the rescue will happen).  Run with `--ignored` to see it fail.
+#[test]
+#[ignore = "BUG: next_due says now() for an expired lease while dequeue waits for rescue_interval"]
+fn next_due_now_for_an_expired_lease_means_dequeue_gets_the_job() {
+    let _serial = serial();
+    let db = TestDb::create("pgbouncer_expired");
+    let bouncer = PgBouncer::start(
+        "expired",
+        &[Pool {
+            alias: db.name(),
+            dbname: db.name(),
+            pool_size: 1,
+        }],
+    );
+    let queue = unique_queue("bouncer_expired");
+    let mut worker = bouncer.connect(db.name());
+    create_queue_via(&mut worker, &queue);
+    let id = enqueue_via(&mut worker, &queue, 0);
+    // A short lease that the (crashed) worker lets run out; this dequeue also looked for
+    // stalled jobs, so the session's next look is due in rescue_interval.
+    let claimed: i64 = worker
+        .query_typed_one(
+            "SELECT id FROM job.dequeue($1, 'crashed', 1, '200 milliseconds')",
+            &[(&queue, Type::TEXT)],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(claimed, id);
+    thread::sleep(Duration::from_millis(300));
+
+    let due = next_due_via(&mut worker, &queue).expect("next_due NULL with a running job");
+    assert!(
+        due <= unix_now(),
+        "next_due {due} is not now after the lease ran out"
+    );
+    let started = Instant::now();
+    let mut empty = 0;
+    while dequeue_via(&mut worker, &queue, "poller", 1).is_empty() {
+        empty += 1;
+        let due = next_due_via(&mut worker, &queue).expect("next_due NULL");
+        assert!(due <= unix_now() + 0.001);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "never taken back"
+        );
+    }
+    assert_eq!(
+        empty,
+        0,
+        "next_due said now, but {empty} dequeues came back empty over {:?} before the \
+         expired job was taken back",
+        started.elapsed()
+    );
+}
