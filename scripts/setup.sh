@@ -7,7 +7,7 @@ PG_MAJOR=15
 PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 PGRX_VERSION=0.18.0
 packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
-          libclang-dev clang pkg-config sudo)
+          libclang-dev clang pkg-config sudo pgbouncer)
 
 missing=()
 for p in "${packages[@]}"; do
@@ -21,6 +21,18 @@ fi
 # Debian starts a default cluster on 5432; this project runs its own clusters and needs none.
 if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
     pg_ctlcluster "$PG_MAJOR" main stop 2>/dev/null || true
+fi
+# Debian's pgbouncer package enables a system service on port 6432; the tests start their own
+# pgbouncer (tests/integration/tests/pgbouncer.rs) and need none.
+if [ -x /etc/init.d/pgbouncer ]; then
+    if [ -d /run/systemd/system ]; then
+        systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
+    else
+        if /etc/init.d/pgbouncer status >/dev/null 2>&1; then
+            /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
+        fi
+        update-rc.d pgbouncer disable >/dev/null 2>&1 || true
+    fi
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
