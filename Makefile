@@ -49,7 +49,7 @@ integration-test: install
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
 	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
-	    cargo test --release -p pg_jobqueue_integration -- --test-threads=4 ; \
+	    cargo test --release --no-fail-fast -p pg_jobqueue_integration -- --test-threads=4 ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
 # The locking protocols interleaved step by step (pg_isolation_regress, tests/isolation/):

@@ -148,12 +148,17 @@ BEGIN
     IF promoted > claimed THEN
         PERFORM job._wake_queue_on_commit(q.id);  -- more became ready than this call took
     END IF;
+    IF claimed > 0 THEN
+        -- Should the lease run out before the worker means to look, it looks then.
+        PERFORM job._due_on_commit(now() + lease_for);
+    END IF;
 END $$;
 
 -- When a dequeue on `queue` next has something to claim: now when a job is ready, else the
 -- earliest time a delayed job or a retry becomes due or a lease runs out (its job is then
--- taken back); NULL when the queue has no live jobs, or is paused (resume_queue wakes
--- LISTENers).  For workers that cannot LISTEN: sleep until then (at most a poll interval).
+-- taken back; for a lease already out, when a dequeue next looks for it); NULL when the
+-- queue has no live jobs, or is paused (resume_queue wakes LISTENers).  For workers that
+-- cannot LISTEN: sleep until then (at most a poll interval).
 CREATE FUNCTION job.next_due(queue text)
 RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -170,7 +175,11 @@ BEGIN
     RETURN least((SELECT greatest(d.run_at, now()) FROM job.live_jobs d
                    WHERE d.queue = q.name AND d.state = 'scheduled'
                    ORDER BY d.run_at LIMIT 1),
-                 (SELECT greatest(r.lease_expires_at, now()) FROM job.live_jobs r
+                 -- A lease that already ran out: the worker takes the job back at once, or
+                 -- else a dequeue does, once per pg_jobqueue.rescue_interval and session.
+                 (SELECT CASE WHEN r.lease_expires_at > now() THEN r.lease_expires_at
+                              ELSE now() + coalesce(current_setting('pg_jobqueue.rescue_interval', true), '1s')::interval END
+                    FROM job.live_jobs r
                    WHERE r.queue = q.name AND r.state = 'running'
                    ORDER BY r.lease_expires_at LIMIT 1));
 END $$;

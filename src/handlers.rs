@@ -7,7 +7,7 @@
 //! which runs as the caller, reads the caller, and then records the handler through the
 //! internal `job._set_handler` as the extension's owner; nobody else may call that one.
 
-use crate::security::{as_role, owner_of};
+use crate::security::{as_owner, owner_of};
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::Interval;
 use pgrx::nullable::Nullable;
@@ -70,7 +70,7 @@ fn set_handler(
     let caller = unsafe { pg_sys::GetUserId() };
     let run_as = run_as.map_or(caller, |role| role.0);
     let owner = owner_of(SET_HANDLER_IMPL);
-    as_role(owner, || {
+    as_owner(owner, || {
         Spi::run_with_args(
             "SELECT job._set_handler($1::pg_catalog.regrole, $2, $3::pg_catalog.regprocedure, $4, $5,
                                      $6::pg_catalog.regrole)",

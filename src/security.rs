@@ -20,6 +20,23 @@ fn _calling_role() -> String {
     }
 }
 
+/// Runs `body` as `role` with `search_path = pg_catalog, pg_temp`, the way a `SECURITY
+/// DEFINER` function with a pinned path runs: nothing of the caller's search path can resolve
+/// a name in what `body` runs.  The path is the caller's again afterwards.
+pub fn as_owner<R>(owner: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level closed below; an error aborts the (sub)transaction, which
+    // closes it.
+    let nest_level = unsafe { pg_sys::NewGUCNestLevel() };
+    let result = as_role(owner, || {
+        Spi::run("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true)")
+            .unwrap_or_else(|e| error!("{e}"));
+        body()
+    });
+    // SAFETY: pairs with NewGUCNestLevel above.
+    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
+    result
+}
+
 /// Runs `body` with `role` as the current user, the way a `SECURITY DEFINER` function does
 /// (`SET ROLE` and `SET SESSION AUTHORIZATION` are refused meanwhile), then switches back.
 /// Should `body` raise, the transaction's abort restores the user.
@@ -42,9 +59,11 @@ pub fn as_role<R>(role: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
 
 /// The role that owns the extension's function `signature` (a regprocedure text): the role
 /// the extension's `SECURITY DEFINER` functions act as.
+/// Runs under the caller's search_path, so every name and operator in it is qualified.
 pub fn owner_of(signature: &str) -> pg_sys::Oid {
     Spi::get_one_with_args::<pg_sys::Oid>(
-        "SELECT p.proowner FROM pg_catalog.pg_proc p WHERE p.oid = $1::pg_catalog.regprocedure",
+        "SELECT p.proowner FROM pg_catalog.pg_proc p
+          WHERE p.oid OPERATOR(pg_catalog.=) $1::pg_catalog.regprocedure::pg_catalog.oid",
         &[signature.into()],
     )
     .ok()

@@ -110,10 +110,12 @@ unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> b
         .any(|option| std::ffi::CStr::from_ptr((*option).defname).to_bytes() == b"force");
     force
         || !spi(Spi::get_one_with_args::<bool>(
+            // Runs under the caller's search_path: every operator is schema-qualified.
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
-                             WHERE datid = $1 AND pid <> pg_catalog.pg_backend_pid()
-                               AND backend_type <> 'autovacuum worker'
-                               AND backend_type NOT LIKE 'pg_jobqueue %')",
+                             WHERE datid OPERATOR(pg_catalog.=) $1
+                               AND pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+                               AND backend_type OPERATOR(pg_catalog.<>) 'autovacuum worker'::pg_catalog.text
+                               AND backend_type OPERATOR(pg_catalog.!~~) 'pg_jobqueue %'::pg_catalog.text)",
             &[db.into()],
         ))
         .unwrap_or(false)

@@ -126,7 +126,8 @@ fn claim(worker: &str, run_as: pg_sys::Oid, index: usize) -> Claim {
         return Claim::Retire;
     }
     let wanted = spi(Spi::get_one_with_args::<i32>(
-        "SELECT executors FROM job._executors_wanted($1) WHERE run_as = $2::pg_catalog.regrole",
+        "SELECT (SELECT w.executors FROM job._executors_wanted($1) w
+                  WHERE w.run_as::pg_catalog.oid OPERATOR(pg_catalog.=) $2)",
         &[gucs::EXECUTORS.get().into(), run_as.into()],
     ));
     if wanted.is_none_or(|n| index >= n.max(0) as usize) {
@@ -218,9 +219,22 @@ fn run(job: Claimed, run_as: pg_sys::Oid) {
         disable_timeout(STATEMENT_TIMEOUT, false);
         pg_sys::QueryCancelPending = 0;
     }
+    // Settings a commit-time trigger made at session level survive the commit; none may
+    // steer the executor's own statements, which run as the superuser.
+    if let Err(e) = transaction(reset_settings) {
+        error!("pg_jobqueue executor: could not reset the session's settings: {e}");
+    }
     if let Err(error) = outcome {
         record_failure(&job, &error);
     }
+}
+
+/// Every setting back to its default (as RESET ALL does), then the executor's pinned
+/// search path.
+fn reset_settings() {
+    // SAFETY: RESET ALL's own routine, inside a transaction, as the executor's superuser.
+    unsafe { pg_sys::ResetAllOptions() };
+    super::pin_search_path();
 }
 
 /// Calls the handler (the caller has switched to its role); returns its result as JSON text.

@@ -127,7 +127,8 @@ pub fn extension_installed() -> bool {
 /// The extension's version in the connected database, if installed.  Needs a transaction.
 pub fn installed_version() -> Option<String> {
     spi(Spi::get_one::<String>(
-        "SELECT (SELECT extversion FROM pg_catalog.pg_extension WHERE extname = 'pg_jobqueue')",
+        "SELECT (SELECT extversion FROM pg_catalog.pg_extension
+                  WHERE extname OPERATOR(pg_catalog.=) 'pg_jobqueue'::pg_catalog.name)",
     ))
 }
 

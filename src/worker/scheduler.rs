@@ -88,7 +88,7 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
 
         let due = super::next_due(
             "scheduler",
-            "SELECT pg_catalog.least(job._next_schedule_due(), job._next_job_due())",
+            "SELECT least(job._next_schedule_due(), job._next_job_due())",
             &[],
         );
         let wait =

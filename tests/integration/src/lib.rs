@@ -253,11 +253,12 @@ pub fn enqueue_many(client: &mut Client, queue: &str, first: i64, count: i64) ->
         .collect()
 }
 
-/// A job claimed by `job.dequeue`.
+/// A job claimed by `job.dequeue`, with the claim's lease token (as text).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Claimed {
     pub id: i64,
     pub attempt: i32,
+    pub token: String,
 }
 
 /// `job.dequeue(queue, worker, batch, lease)`; `lease` is an interval literal or None for the
@@ -270,7 +271,7 @@ pub fn try_dequeue(
     lease: Option<&str>,
 ) -> Result<Vec<Claimed>, Error> {
     let rows = client.query(
-        "SELECT id, attempt FROM job.dequeue($1, $2, $3, $4::text::interval)",
+        "SELECT id, attempt, lease_token::text FROM job.dequeue($1, $2, $3, $4::text::interval)",
         &[&queue, &worker, &batch, &lease],
     )?;
     Ok(rows
@@ -278,8 +279,14 @@ pub fn try_dequeue(
         .map(|r| Claimed {
             id: r.get(0),
             attempt: r.get(1),
+            token: r.get(2),
         })
         .collect())
+}
+
+/// What a claim handed out, without its token: (id, attempt) per job.
+pub fn ids_attempts(claimed: &[Claimed]) -> Vec<(i64, i32)> {
+    claimed.iter().map(|c| (c.id, c.attempt)).collect()
 }
 
 /// [`try_dequeue`], panicking on error.

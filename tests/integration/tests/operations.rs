@@ -68,95 +68,253 @@ fn schema_of(client: &mut Client) -> BTreeSet<String> {
     strings(client, SCHEMA_DESCRIPTION).into_iter().collect()
 }
 
-#[test]
-fn upgrade_from_0_1_0_keeps_the_data_and_matches_a_fresh_install() {
-    let old = TestDb::create_with(
-        "upgrade_old",
-        "CREATE EXTENSION pg_jobqueue VERSION '0.1.0'",
-    );
-    let mut c = old.connect();
-    assert_eq!(
-        one_string(
-            &mut c,
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'"
-        ),
-        "0.1.0"
-    );
-    // Fill it through 0.1.0's own API: queues, and jobs in every state.
+/// The version this tree builds (the root Cargo.toml's package version).
+fn current_version() -> String {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+            .expect("root Cargo.toml");
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a package version")
+        .to_owned()
+}
+
+/// Every released version: each has its install script frozen in sql/released/.
+fn released_versions() -> Vec<String> {
+    let mut versions: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sql/released"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some(
+                    name.strip_prefix("pg_jobqueue--")?
+                        .strip_suffix(".sql")?
+                        .to_owned(),
+                )
+            })
+            .filter(|v| *v != current_version())
+            .collect();
+    versions.sort();
+    versions
+}
+
+fn extversion(c: &mut Client) -> String {
+    one_string(
+        c,
+        "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'",
+    )
+}
+
+/// Every job as one line (what an upgrade must keep).
+fn jobs_of(c: &mut Client) -> Vec<String> {
+    strings(
+        c,
+        "SELECT concat_ws(' ', id, queue, state, attempt, max_retries, payload, result, idempotency_key,
+                          claimed_by, run_at, errors) FROM job.jobs ORDER BY id",
+    )
+}
+
+/// Fills a database at `version` through that version's own API: queues, jobs in every state
+/// (waiting, scheduled, running, completed, dead, cancelled) and, from 0.2.0 on, schedules, a
+/// handler, audit rows and roles granted by that version's README recipes.
+fn fill(c: &mut Client, version: &str, roles: &str) {
     c.batch_execute(
         "SELECT job.create_queue('mail', max_retries => 0, lease => '1 minute');
          SELECT job.create_queue('reports');
          SELECT job.enqueue('mail', '{\"n\": 1}', idempotency_key => 'first');
          SELECT job.enqueue('mail', '{\"n\": 2}', delay => '1 hour');
-         SELECT job.enqueue_many('reports', ARRAY['{\"r\": 1}', '{\"r\": 2}', '{\"r\": 3}']::jsonb[]);
+         SELECT job.enqueue_many('reports', ARRAY['{\"r\": 1}', '{\"r\": 2}', '{\"r\": 3}', '{\"r\": 4}']::jsonb[]);
          SELECT job.complete(id, '{\"ok\": true}') FROM job.dequeue('reports', 'w1');
          SELECT job.fail(id, 'boom') FROM job.dequeue('mail', 'w1');
+         SELECT job.cancel(id) FROM job.dequeue('reports', 'w3');
          SELECT job.dequeue('reports', 'w2');",
     )
-    .unwrap_or_else(|e| panic!("filling 0.1.0: {}", error_text(&e)));
-    let jobs_before = strings(
-        &mut c,
-        "SELECT concat_ws(' ', id, queue, state, attempt, payload, result, idempotency_key, claimed_by) FROM job.jobs ORDER BY id",
-    );
-    assert_eq!(jobs_before.len(), 5);
+    .unwrap_or_else(|e| panic!("filling {version}: {}", error_text(&e)));
+    if version == "0.1.0" {
+        return;
+    }
+    c.batch_execute(&format!(
+        "SELECT job.create_queue('receipts');
+         SELECT job.pause_queue('receipts');
+         CREATE FUNCTION public.send_receipt(payload jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT payload';
+         SELECT job.set_handler('receipts', 'send_receipt(jsonb)', concurrency => 3, timeout => '30 seconds');
+         SELECT job.schedule('nightly', '0 3 * * *', 'reports', '{{\"kind\": \"nightly\"}}', timezone => 'Europe/Paris');
+         SELECT job.create_queue('huge', retention => '1000 years');
+         -- 0.2.0's README recipes.
+         GRANT USAGE ON SCHEMA job TO {roles}_worker, {roles}_monitor, {roles}_admin;
+         GRANT EXECUTE ON FUNCTION job.dequeue, job.complete, job.complete_many, job.fail, job.heartbeat TO {roles}_worker;
+         GRANT SELECT ON job.jobs, job.queue_stats, job.queue_metrics, job.metrics, job.workers,
+                         job.schedules, job.handlers, job.audit_log TO {roles}_monitor;
+         GRANT ALL ON ALL TABLES IN SCHEMA job TO {roles}_admin;
+         GRANT ALL ON ALL SEQUENCES IN SCHEMA job TO {roles}_admin;
+         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA job TO {roles}_admin;
+         REVOKE UPDATE, DELETE, TRUNCATE ON job.audit_log FROM {roles}_admin;"
+    ))
+    .unwrap_or_else(|e| panic!("filling {version}: {}", error_text(&e)));
+}
 
-    c.batch_execute("ALTER EXTENSION pg_jobqueue UPDATE")
-        .unwrap_or_else(|e| panic!("ALTER EXTENSION pg_jobqueue UPDATE: {}", error_text(&e)));
-    assert_eq!(
-        one_string(
-            &mut c,
-            "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'"
-        ),
-        "0.2.0"
-    );
-    let jobs_after = strings(
-        &mut c,
-        "SELECT concat_ws(' ', id, queue, state, attempt, payload, result, idempotency_key, claimed_by) FROM job.jobs ORDER BY id",
-    );
-    assert_eq!(jobs_after, jobs_before);
-    assert_eq!(
-        strings(
-            &mut c,
-            "SELECT concat_ws(' ', queue, dead_letters) FROM job.queue_metrics ORDER BY queue"
-        ),
-        ["mail 1", "reports 0"],
-        "the dead-letter count starts from the dead jobs already there"
-    );
-    // 0.2.0's API works on the upgraded data.
-    c.batch_execute(
-        "SELECT job.complete(id) FROM job.jobs WHERE state = 'running';
-         SELECT job.retry_dead('mail');
-         SELECT job.schedule('nightly', '0 3 * * *', 'reports', timezone => 'Europe/Paris');",
-    )
-    .unwrap_or_else(|e| panic!("using 0.2.0 after the upgrade: {}", error_text(&e)));
-    assert_eq!(
-        one_string(
-            &mut c,
-            "SELECT string_agg(action, ',' ORDER BY id) FROM job.audit_log"
-        ),
-        "retry_dead,schedule"
-    );
-    assert_eq!(
-        one_string(
-            &mut c,
-            "SELECT job.enqueue('mail', '{\"n\": 1}', idempotency_key => 'first')::text"
-        ),
-        one_string(
-            &mut c,
-            "SELECT id::text FROM job.jobs WHERE idempotency_key = 'first'"
-        ),
-        "idempotency keys survive the upgrade"
-    );
-
+/// Installs every released version, fills it with jobs in every state (and schedules,
+/// handlers, audit rows and granted roles where the version has them), upgrades it to this
+/// version with ALTER EXTENSION UPDATE, checks the data, uses the new API on it, and compares
+/// its catalog with a fresh install.
+#[test]
+fn every_release_upgrades_keeping_its_data_and_matches_a_fresh_install() {
+    let current = current_version();
     let fresh = TestDb::create("upgrade_fresh");
-    let upgraded = schema_of(&mut old.connect());
     let installed = schema_of(&mut fresh.connect());
-    let only_upgraded: Vec<_> = upgraded.difference(&installed).collect();
-    let only_fresh: Vec<_> = installed.difference(&upgraded).collect();
-    assert!(
-        only_upgraded.is_empty() && only_fresh.is_empty(),
-        "the upgraded schema differs from a fresh install:\n only after upgrade: {only_upgraded:#?}\n only in fresh install: {only_fresh:#?}"
-    );
+    let versions = released_versions();
+    assert!(versions.contains(&"0.1.0".to_owned()) && versions.contains(&"0.2.0".to_owned()));
+    for version in versions {
+        let tag = version.replace('.', "_");
+        let roles = format!("upg{tag}_{}", std::process::id());
+        let mut admin = pg_jobqueue_integration::connect_admin();
+        for duty in ["worker", "monitor", "admin"] {
+            admin
+                .batch_execute(&format!(
+                    "DROP ROLE IF EXISTS {roles}_{duty}; CREATE ROLE {roles}_{duty}"
+                ))
+                .unwrap_or_else(|e| panic!("roles: {}", error_text(&e)));
+        }
+        let old = TestDb::create_with(
+            &format!("upgrade_{tag}"),
+            &format!("CREATE EXTENSION pg_jobqueue VERSION '{version}'"),
+        );
+        let mut c = old.connect();
+        assert_eq!(extversion(&mut c), version);
+        fill(&mut c, &version, &roles);
+        let jobs_before = jobs_of(&mut c);
+        assert_eq!(jobs_before.len(), 6, "{version}: jobs in every state");
+
+        c.batch_execute("ALTER EXTENSION pg_jobqueue UPDATE")
+            .unwrap_or_else(|e| panic!("{version}: ALTER EXTENSION UPDATE: {}", error_text(&e)));
+        assert_eq!(extversion(&mut c), current);
+        assert_eq!(jobs_of(&mut c), jobs_before, "{version}: the jobs changed");
+        assert_eq!(
+            strings(&mut c, "SELECT concat_ws(' ', queue, dead_letters) FROM job.queue_metrics WHERE queue IN ('mail', 'reports') ORDER BY queue"),
+            ["mail 1", "reports 0"],
+            "{version}: the dead-letter counts"
+        );
+        assert_eq!(
+            one_string(
+                &mut c,
+                "SELECT (count(DISTINCT id) = count(*) AND min(id) > 0)::text FROM job.queues"
+            ),
+            "t",
+            "{version}: every queue got an id"
+        );
+
+        // The new API works on the old data: the running job (claimed without a token) can be
+        // completed as before, new claims carry tokens, keys survive.
+        c.batch_execute(
+            "SELECT job.complete(id) FROM job.jobs WHERE state = 'running';
+             SELECT job.retry_dead('mail');",
+        )
+        .unwrap_or_else(|e| panic!("{version}: using the upgraded data: {}", error_text(&e)));
+        assert_eq!(
+            one_string(
+                &mut c,
+                "SELECT job.complete(id, '{}', lease_token)::text FROM job.dequeue('mail', 'w')"
+            ),
+            "true"
+        );
+        assert_eq!(
+            one_string(
+                &mut c,
+                "SELECT job.enqueue('mail', '{\"n\": 1}', idempotency_key => 'first')::text"
+            ),
+            one_string(
+                &mut c,
+                "SELECT id::text FROM job.jobs WHERE idempotency_key = 'first'"
+            ),
+            "{version}: idempotency keys survive the upgrade"
+        );
+
+        if version != "0.1.0" {
+            assert_eq!(
+                one_string(&mut c, "SELECT concat_ws(' ', queue, handler, run_as = set_by, concurrency, timeout, state) FROM job.handlers"),
+                "receipts send_receipt(jsonb) true 3 00:00:30 paused",
+                "{version}: the handler, set by its run_as role"
+            );
+            assert_eq!(
+                one_string(&mut c, "SELECT concat_ws(' ', name, cron, timezone, queue, payload) FROM job.schedules"),
+                "nightly 0 3 * * * Europe/Paris reports {\"kind\": \"nightly\"}"
+            );
+            assert_eq!(
+                one_string(
+                    &mut c,
+                    "SELECT retention::text FROM job.queues WHERE name = 'huge'"
+                ),
+                "100 years",
+                "{version}: settings beyond the bound are brought to it"
+            );
+            assert!(
+                one_string(&mut c, "SELECT string_agg(action, ',' ORDER BY id) FROM job.audit_log")
+                    .starts_with("create_queue,create_queue,cancel,create_queue,pause_queue,set_handler,schedule,create_queue,"),
+                "{version}: the audit log survives"
+            );
+            // The 0.2.0 administrator recipe's table privileges are gone; what readers and
+            // workers could do, they still can.
+            assert_eq!(
+                one_string(&mut c, &format!(
+                    "SELECT coalesce(string_agg(c.relname, ','), 'none') FROM pg_class c, aclexplode(c.relacl) a
+                      WHERE c.relnamespace = 'job'::regnamespace AND c.relkind IN ('r', 'S')
+                        AND a.grantee = '{roles}_admin'::regrole"
+                )),
+                "none"
+            );
+            for (role, query) in [
+                ("monitor", "SELECT count(*) FROM job.audit_log"),
+                ("monitor", "SELECT count(*) FROM job.handlers"),
+                (
+                    "worker",
+                    "SELECT job.complete(id, NULL, lease_token) FROM job.dequeue('reports', 'w')",
+                ),
+            ] {
+                c.batch_execute(&format!("SET ROLE {roles}_{role}; {query}; RESET ROLE"))
+                    .unwrap_or_else(|e| {
+                        panic!(
+                            "{version}: {role} after the upgrade: {query}: {}",
+                            error_text(&e)
+                        )
+                    });
+            }
+            let denied = c
+                .batch_execute(&format!(
+                    "SET ROLE {roles}_admin; INSERT INTO job.audit_entries (role, session_role, action, arguments) VALUES ('x', 'x', 'forged', '{{}}')"
+                ))
+                .expect_err("the old admin recipe still writes the audit log");
+            assert_eq!(
+                denied.code(),
+                Some(&pg_jobqueue_integration::SqlState::INSUFFICIENT_PRIVILEGE)
+            );
+            c.batch_execute("RESET ROLE").unwrap();
+        }
+
+        // The catalog, with the grants this test made taken back, is a fresh install's.
+        c.batch_execute(&format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA job FROM {roles}_worker, {roles}_monitor, {roles}_admin;
+             REVOKE ALL ON ALL FUNCTIONS IN SCHEMA job FROM {roles}_worker, {roles}_monitor, {roles}_admin;
+             REVOKE ALL ON SCHEMA job FROM {roles}_worker, {roles}_monitor, {roles}_admin;"
+        ))
+        .unwrap();
+        let upgraded = schema_of(&mut c);
+        let only_upgraded: Vec<_> = upgraded.difference(&installed).collect();
+        let only_fresh: Vec<_> = installed.difference(&upgraded).collect();
+        assert!(
+            only_upgraded.is_empty() && only_fresh.is_empty(),
+            "{version} upgraded differs from a fresh install:\n only after upgrade: {only_upgraded:#?}\n only in fresh install: {only_fresh:#?}"
+        );
+        drop(c);
+        drop(old);
+        for duty in ["worker", "monitor", "admin"] {
+            admin
+                .batch_execute(&format!("DROP ROLE IF EXISTS {roles}_{duty}"))
+                .unwrap_or_else(|e| panic!("dropping roles: {}", error_text(&e)));
+        }
+    }
 }
 
 fn pg_tool(tool: &str, args: &[&str]) {

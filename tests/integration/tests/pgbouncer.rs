@@ -941,19 +941,13 @@ fn named_statements_break_and_session_settings_leak() {
     );
 }
 
-/// BUG (pg_jobqueue 0.3.0, not the pooler's): once a claimed job's lease runs out,
-/// `job.next_due` says now() ("a lease runs out: its job is then taken back"), but `dequeue`
-/// takes the job back only when its session has not looked for stalled jobs on that queue
-/// within `pg_jobqueue.rescue_interval` (src/rescue.rs).  A worker that polls on next_due, as
-/// the README recommends behind a pooler, then gets nothing and is told "now" again: it spins
-/// for up to rescue_interval (1 s by default), a round trip pair per turn.  Through a
-/// transaction pooler the "session" is a server connection that other workers' dequeues keep
-/// fresh, so it happens there whenever a lease runs out.  Same without a pooler (one session).
-/// Expected: the first dequeue after next_due said now claims the job (or next_due tells the
-/// time the rescue will happen).  Run with `--ignored` to see it fail.
+/// Once a claimed job's lease runs out, a worker that polls on `job.next_due` (as it must
+/// behind a pooler) gets the job without spinning: either the background worker has taken it
+/// back already (next_due: now, and the dequeue gets it), or next_due says when a dequeue will
+/// look for it (at most `pg_jobqueue.rescue_interval` ahead), never "now" for a job a dequeue
+/// would not hand out.  (An early 0.3.0 said now, and a poller spun for up to a second.)
 #[test]
-#[ignore = "BUG: next_due says now() for an expired lease while dequeue waits for rescue_interval"]
-fn next_due_now_for_an_expired_lease_means_dequeue_gets_the_job() {
+fn a_poller_gets_a_job_whose_lease_ran_out_without_spinning() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_expired");
     let bouncer = PgBouncer::start(
@@ -980,27 +974,23 @@ fn next_due_now_for_an_expired_lease_means_dequeue_gets_the_job() {
     assert_eq!(claimed, id);
     thread::sleep(Duration::from_millis(300));
 
-    let due = next_due_via(&mut worker, &queue).expect("next_due NULL with a running job");
-    assert!(
-        due <= unix_now(),
-        "next_due {due} is not now after the lease ran out"
-    );
     let started = Instant::now();
     let mut empty = 0;
     while dequeue_via(&mut worker, &queue, "poller", 1).is_empty() {
         empty += 1;
-        let due = next_due_via(&mut worker, &queue).expect("next_due NULL");
-        assert!(due <= unix_now() + 0.001);
+        assert!(
+            empty <= 3,
+            "{empty} empty polls following next_due: the poller spins"
+        );
+        let due = next_due_via(&mut worker, &queue).expect("next_due NULL with a running job");
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "never taken back"
         );
+        thread::sleep(Duration::from_secs_f64((due - unix_now()).max(0.0)));
     }
-    assert_eq!(
-        empty,
-        0,
-        "next_due said now, but {empty} dequeues came back empty over {:?} before the \
-         expired job was taken back",
+    println!(
+        "the expired job came back after {empty} empty polls, {:?}",
         started.elapsed()
     );
 }

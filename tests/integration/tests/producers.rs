@@ -79,13 +79,7 @@ fn enqueue_is_transactional() {
     tx.commit().unwrap();
     assert_eq!(job_state(&mut other, committed).as_deref(), Some("waiting"));
     let claimed = dequeue(&mut other, &queue, "other", 10, None);
-    assert_eq!(
-        claimed,
-        vec![Claimed {
-            id: committed,
-            attempt: 1
-        }]
-    );
+    assert_eq!(ids_attempts(&claimed), [(committed, 1)]);
     assert_eq!(
         job_state(&mut producer, committed).as_deref(),
         Some("running")
@@ -219,11 +213,8 @@ fn idempotency_key_race_after_rollback() {
         .get(0);
     assert_eq!(key_owner, b_id);
     assert_eq!(
-        dequeue(&mut observer, &queue, "w", 10, None),
-        vec![Claimed {
-            id: b_id,
-            attempt: 1
-        }]
+        ids_attempts(&dequeue(&mut observer, &queue, "w", 10, None)),
+        [(b_id, 1)]
     );
 }
 

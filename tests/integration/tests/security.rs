@@ -22,32 +22,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// The README's "Roles" recipes, one per duty, exactly as the README shows them: the README
-/// must stay identical to this text.  Tests substitute their own role names for
-/// `app_producer`, `app_worker`, `jobs_monitor` and `jobs_admin`.
-pub const RECIPES: &str = "\
--- Produce
-GRANT USAGE ON SCHEMA job TO app_producer;
-GRANT EXECUTE ON FUNCTION job.enqueue, job.enqueue_many TO app_producer;
--- Work
-GRANT USAGE ON SCHEMA job TO app_worker;
-GRANT EXECUTE ON FUNCTION job.dequeue, job.complete, job.complete_many, job.fail, job.heartbeat,
-    job.heartbeat_many, job.release, job.next_due, job.queue_id TO app_worker;
--- Monitor
-GRANT USAGE ON SCHEMA job TO jobs_monitor;
-GRANT SELECT ON job.jobs, job.queue_stats, job.queue_metrics, job.metrics, job.workers,
-    job.schedules, job.handlers, job.audit_log TO jobs_monitor;
-GRANT EXECUTE ON FUNCTION job.prometheus_metrics, job.worker_processes TO jobs_monitor;
--- Administer
-GRANT USAGE ON SCHEMA job TO jobs_admin;
-GRANT EXECUTE ON FUNCTION job.create_queue, job.drop_queue, job.pause_queue, job.resume_queue,
-    job.cancel, job.retry, job.retry_dead, job.purge, job.apply_retention, job.rescue_stalled,
-    job.schedule, job.unschedule, job.pause_schedule, job.resume_schedule,
-    job.set_handler, job.remove_handler TO jobs_admin;
-GRANT SELECT ON job.jobs, job.queue_stats, job.queue_metrics, job.metrics, job.workers,
-    job.schedules, job.handlers, job.audit_log TO jobs_admin;
-GRANT EXECUTE ON FUNCTION job.prometheus_metrics, job.worker_processes TO jobs_admin;
-";
+/// The README's "Roles" recipes, one per duty, read from the README itself (the block between
+/// its `recipes` markers), so that what is tested is what users copy.  Tests substitute their
+/// own role names for `app_producer`, `app_worker`, `jobs_monitor` and `jobs_admin`.
+pub fn readme_recipes() -> String {
+    let readme = include_str!("../../../README.md");
+    let start = readme
+        .find("<!-- recipes: begin -->")
+        .expect("README.md has the recipes block");
+    let block = &readme[start..];
+    let sql = &block[block.find("```sql\n").expect("a sql block") + 7..];
+    sql[..sql.find("```").expect("the block ends")].to_owned()
+}
 
 /// The 0.2.0 README's recipes, for the baseline run only.
 const RECIPES_0_2_0: &str = "\
@@ -221,9 +207,9 @@ impl Roles {
     /// The recipes (the README's, or 0.2.0's in the baseline run) for this test's roles.
     fn recipes(&self) -> String {
         let text = if baseline_0_2_0() {
-            RECIPES_0_2_0
+            RECIPES_0_2_0.to_owned()
         } else {
-            RECIPES
+            readme_recipes()
         };
         text.replace("app_producer", &self.producer)
             .replace("app_worker", &self.worker)
