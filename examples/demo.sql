@@ -23,21 +23,30 @@ SELECT count(*) AS jobs_for_order_2 FROM job.jobs WHERE payload ->> 'order_id' =
 SELECT job.enqueue('emails', '{"template": "welcome", "user_id": 7}', idempotency_key => 'welcome-7') AS first,
        job.enqueue('emails', '{"template": "welcome", "user_id": 7}', idempotency_key => 'welcome-7') AS again;
 
-\echo '== A worker claims two jobs (FOR UPDATE SKIP LOCKED, 5-minute lease)'
-SELECT id, payload, attempt, lease_expires_at FROM job.dequeue('emails', worker => 'demo-worker', batch => 2);
+\echo '== A worker claims two jobs (FOR UPDATE SKIP LOCKED, 5-minute lease, one lease token for the claim)'
+CREATE TEMP TABLE claim AS
+SELECT id, payload, attempt, lease_expires_at, lease_token FROM job.dequeue('emails', worker => 'demo-worker', batch => 2);
+SELECT id, payload, attempt, lease_expires_at FROM claim;
 
-\echo '== One succeeds, one fails with a 503: retried after backoff'
-SELECT job.complete(id, '{"delivered": true}') AS completed
-  FROM job.jobs WHERE state = 'running' AND payload ->> 'template' = 'order_confirmation';
-SELECT job.fail(id, 'SMTP server unavailable', http_status => 503) AS new_state
-  FROM job.jobs WHERE state = 'running';
+\echo '== One succeeds, one fails with a 503: retried after backoff (each call passes the claim''s token)'
+SELECT job.complete(id, '{"delivered": true}', lease_token) AS completed
+  FROM claim WHERE payload ->> 'template' = 'order_confirmation';
+SELECT job.fail(id, 'SMTP server unavailable', http_status => 503, token => lease_token) AS new_state
+  FROM claim WHERE payload ->> 'template' = 'welcome';
 SELECT id, state, attempt, run_at - now() AS retry_in, errors -> 0 ->> 'error' AS last_error
   FROM job.jobs WHERE payload ->> 'template' = 'welcome';
 
+\echo '== A stale token changes nothing: the claim that completed the job cannot complete it again'
+SELECT job.complete(id, '{"again": true}', lease_token) AS completed_again
+  FROM claim WHERE payload ->> 'template' = 'order_confirmation';
+
 \echo '== A permanent failure (HTTP 404) goes straight to the dead-letter queue'
 SELECT job.enqueue('emails', '{"template": "newsletter", "list": "gone"}') AS newsletter_job;
-SELECT job.fail(id, 'list not found', http_status => 404) AS new_state
+SELECT job.fail(id, 'list not found', http_status => 404, token => lease_token) AS new_state
   FROM job.dequeue('emails', worker => 'demo-worker');
+
+\echo '== When a worker that cannot LISTEN should look next: the welcome email''s retry'
+SELECT job.next_due('emails') - now() AS next_due_in;
 
 \echo '== Queue at a glance'
 SELECT * FROM job.queue_stats;

@@ -12,7 +12,9 @@ port=${3:?port}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(bash "$root/scripts/state-dir.sh")/$name
 bin=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
-as_pg() { runuser -u postgres -- "$@"; }
+# RUST_BACKTRACE in the server's environment would append Rust backtraces to the DETAIL of
+# errors that pass through the extension's Rust code.
+as_pg() { runuser -u postgres -- env -u RUST_BACKTRACE "$@"; }
 
 case "$cmd" in
 start)

@@ -556,14 +556,23 @@ BEGIN
 END $$;
 
 -- dequeue and heartbeat saw `worker`: at most once a second per session, record it.
+-- Records that worker `seen` is alive (at most once a second per session, see
+-- job._worker_seen_due).  Never waits: sessions sharing a worker name in open transactions
+-- skip the row another one holds (only the very first sighting of a name may wait, for the
+-- other session's insert of it).
 CREATE OR REPLACE FUNCTION job._saw_worker(seen text)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF seen IS NOT NULL AND job._worker_seen_due(seen) THEN
-        INSERT INTO job.workers_seen AS w (worker, first_seen, last_seen) VALUES (seen, now(), now())
-        ON CONFLICT (worker) DO UPDATE SET last_seen = EXCLUDED.last_seen
-         WHERE w.last_seen < EXCLUDED.last_seen;
+        UPDATE job.workers_seen w SET last_seen = now()
+         WHERE w.worker = (SELECT s.worker FROM job.workers_seen s WHERE s.worker = seen
+                            FOR UPDATE SKIP LOCKED)
+           AND w.last_seen < now();
+        IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM job.workers_seen s WHERE s.worker = seen) THEN
+            INSERT INTO job.workers_seen (worker, first_seen, last_seen) VALUES (seen, now(), now())
+            ON CONFLICT (worker) DO NOTHING;
+        END IF;
     END IF;
 END $$;
 
@@ -914,6 +923,7 @@ BEGIN
     -- commits (job._guard_queue), so no job slips into the queue between the check below and
     -- the delete.  Producers of other queues never wait.
     PERFORM job._lock_queue_for_drop(q.name);
+    q := job._require_queue(name);  -- a concurrent drop may have committed while we waited
     SELECT count(*) INTO unfinished FROM job.live_jobs WHERE queue = q.name;
     IF unfinished > 0 AND NOT force THEN
         RAISE EXCEPTION 'queue % still has % unfinished (waiting, scheduled or running) jobs',
@@ -1273,12 +1283,17 @@ BEGIN
     IF promoted > claimed THEN
         PERFORM job._wake_queue_on_commit(q.id);  -- more became ready than this call took
     END IF;
+    IF claimed > 0 THEN
+        -- Should the lease run out before the worker means to look, it looks then.
+        PERFORM job._due_on_commit(now() + lease_for);
+    END IF;
 END $$;
 
 -- When a dequeue on `queue` next has something to claim: now when a job is ready, else the
 -- earliest time a delayed job or a retry becomes due or a lease runs out (its job is then
--- taken back); NULL when the queue has no live jobs, or is paused (resume_queue wakes
--- LISTENers).  For workers that cannot LISTEN: sleep until then (at most a poll interval).
+-- taken back; for a lease already out, when a dequeue next looks for it); NULL when the
+-- queue has no live jobs, or is paused (resume_queue wakes LISTENers).  For workers that
+-- cannot LISTEN: sleep until then (at most a poll interval).
 CREATE OR REPLACE FUNCTION job.next_due(queue text)
 RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1295,7 +1310,11 @@ BEGIN
     RETURN least((SELECT greatest(d.run_at, now()) FROM job.live_jobs d
                    WHERE d.queue = q.name AND d.state = 'scheduled'
                    ORDER BY d.run_at LIMIT 1),
-                 (SELECT greatest(r.lease_expires_at, now()) FROM job.live_jobs r
+                 -- A lease that already ran out: the worker takes the job back at once, or
+                 -- else a dequeue does, once per pg_jobqueue.rescue_interval and session.
+                 (SELECT CASE WHEN r.lease_expires_at > now() THEN r.lease_expires_at
+                              ELSE now() + coalesce(current_setting('pg_jobqueue.rescue_interval', true), '1s')::interval END
+                    FROM job.live_jobs r
                    WHERE r.queue = q.name AND r.state = 'running'
                    ORDER BY r.lease_expires_at LIMIT 1));
 END $$;

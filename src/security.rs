@@ -32,8 +32,10 @@ pub fn as_owner<R>(owner: pg_sys::Oid, body: impl FnOnce() -> R) -> R {
             .unwrap_or_else(|e| error!("{e}"));
         body()
     });
-    // SAFETY: pairs with NewGUCNestLevel above.
-    unsafe { pg_sys::AtEOXact_GUC(true, nest_level) };
+    // SAFETY: pairs with NewGUCNestLevel above.  `false`: every setting made at this level
+    // goes back to its prior value (with `true`, a SET LOCAL would live on to the caller's
+    // commit, and the caller's next statement would resolve names in pg_catalog alone).
+    unsafe { pg_sys::AtEOXact_GUC(false, nest_level) };
     result
 }
 

@@ -63,6 +63,8 @@ fn run_as_postgres(program: &str, args: &[&str]) -> Output {
         .args(["-u", "postgres", "--"])
         .arg(Path::new(PG_BIN).join(program))
         .args(args)
+        // Would append Rust backtraces to the DETAIL of errors raised through the extension.
+        .env_remove("RUST_BACKTRACE")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }

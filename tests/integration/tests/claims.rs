@@ -322,11 +322,13 @@ fn rescue_stalled_reclaims_expired_leases() {
     assert_eq!(claimed, ids);
     thread::sleep(Duration::from_millis(350));
 
+    // The background worker takes them back as their leases run out; rescue_stalled takes
+    // what it has not got to yet (nothing, usually).
     let rescued: i32 = c
         .query_one("SELECT job.rescue_stalled($1)", &[&queue])
         .unwrap()
         .get(0);
-    assert_eq!(rescued, 20);
+    assert!((0..=20).contains(&rescued), "{rescued}");
     assert_eq!(queue_stats(&mut c, &queue).waiting, 20);
     let again = dequeue(&mut c, &queue, "w9", 100, Some("200 milliseconds"));
     assert_eq!(again.len(), 20);
@@ -337,7 +339,7 @@ fn rescue_stalled_reclaims_expired_leases() {
         .query_one("SELECT job.rescue_stalled($1)", &[&queue])
         .unwrap()
         .get(0);
-    assert_eq!(rescued, 20);
+    assert!((0..=20).contains(&rescued), "{rescued}");
     let stats = queue_stats(&mut c, &queue);
     assert_eq!(
         (stats.dead, stats.waiting, stats.running),

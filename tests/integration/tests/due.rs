@@ -75,10 +75,17 @@ fn listeners_hear_of_jobs_as_they_come_due() {
     let mut late = Vec::new();
     for _ in 0..SAMPLES {
         wait_as_consumer(&mut listener, "delayed");
+        let id: i64 = client
+            .query_one(
+                "SELECT job.enqueue('delayed', delay => '800 milliseconds')",
+                &[],
+            )
+            .unwrap()
+            .get(0);
         let due: f64 = client
             .query_one(
-                "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = job.enqueue('delayed', delay => '800 milliseconds')",
-                &[],
+                "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = $1",
+                &[&id],
             )
             .unwrap()
             .get(0);

@@ -130,9 +130,10 @@ fn no_notification_unless_a_consumer_is_idle() {
     enqueue(&mut producer, &queue, 2);
     let n = next_notification(&mut listener, Duration::from_secs(2))
         .expect("no notification though the consumer had come up empty");
+    let payload = queue_id(&mut producer, &queue);
     assert_eq!(
         (n.channel(), n.payload(), n.process_id()),
-        (CHANNEL, queue.as_str(), producer_pid)
+        (CHANNEL, payload.as_str(), producer_pid)
     );
 
     // That wake-up answered the idle episode: further enqueues notify nobody.

@@ -187,7 +187,7 @@ fn handler_timeout_cancels_the_attempt_and_retries() {
              RETURN jsonb_build_object('slept', payload->'sleep');
          END $$;
          SELECT job.create_queue('sleepy', max_retries => 1, backoff_base => '1 second', jitter => 0);
-         SELECT job.set_handler('sleepy', 'sleepy(jsonb)', timeout => '1 second');",
+         SELECT job.set_handler('sleepy', 'sleepy(jsonb)', concurrency => 2, timeout => '1 second');",
     );
     let executors = wait_for_executors(&mut client, 2, Duration::from_secs(10));
     let id = enqueue_json(&mut client, "sleepy", r#"{"sleep": 5}"#);

@@ -166,7 +166,7 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
         "CREATE FUNCTION nap(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
          BEGIN PERFORM pg_sleep(60); RETURN '{}'; END $$;
          SELECT job.create_queue('naps');
-         SELECT job.set_handler('naps', 'nap(jsonb)');
+         SELECT job.set_handler('naps', 'nap(jsonb)', concurrency => 2);
          SELECT job.enqueue('naps', '{}');",
     );
     let napping = wait_until(Duration::from_secs(10), || {
@@ -221,7 +221,7 @@ fn drop_extension_stops_the_worker_and_create_extension_restarts_it() {
         &format!(
             "{ECHO_HANDLER}
              SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)');"
+             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);"
         ),
     );
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
@@ -274,7 +274,7 @@ fn worker_recovers_from_terminated_and_killed_processes() {
         &format!(
             "{ECHO_HANDLER}
              SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)');
+             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
              SELECT job.create_queue('q');
              SELECT job.schedule('tick', '1 second', 'q');"
         ),
@@ -360,7 +360,7 @@ fn sighup_disables_and_reenables_the_worker() {
         &format!(
             "{ECHO_HANDLER}
              SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)');
+             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
              SELECT job.create_queue('q');
              SELECT job.schedule('tick', '1 second', 'q');"
         ),
@@ -508,7 +508,7 @@ fn refused_drop_database_leaves_the_worker_alone() {
         "CREATE FUNCTION nap(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
          BEGIN PERFORM pg_sleep(2); RETURN '{\"rested\": true}'; END $$;
          SELECT job.create_queue('naps', max_retries => 0);
-         SELECT job.set_handler('naps', 'nap(jsonb)');
+         SELECT job.set_handler('naps', 'nap(jsonb)', concurrency => 2);
          SELECT job.create_queue('q');
          SELECT job.schedule('tick', '1 second', 'q');",
     );
