@@ -19,10 +19,13 @@ fi
     cp "$out/$f" "$dest.tmp.$$"
     mv -f "$dest.tmp.$$" "$dest"
 done
-# Earlier releases' install scripts, so that CREATE EXTENSION ... VERSION can start there.
+# Earlier releases' install scripts, so that CREATE EXTENSION ... VERSION can start there (the
+# current version's is the one just generated, not a frozen copy).
 extdir=$($pg_config --sharedir)/extension
+version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 for f in "$root"/sql/released/*.sql; do
+    [ "$(basename "$f")" = "pg_jobqueue--$version.sql" ] && continue
     cp "$f" "$extdir/$(basename "$f").tmp.$$"
     mv -f "$extdir/$(basename "$f").tmp.$$" "$extdir/$(basename "$f")"
 done
-echo "installed pg_jobqueue $(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1) into $($pg_config --pkglibdir)"
+echo "installed pg_jobqueue $version into $($pg_config --pkglibdir)"

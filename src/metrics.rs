@@ -95,11 +95,12 @@ fn _hist_add(a: Option<Vec<Option<i64>>>, b: Option<Vec<Option<i64>>>) -> Vec<i6
     sum
 }
 
-/// SQL (internal): the `q` quantile (seconds) of a histogram, NULL when it is empty.
+/// SQL (internal): the `q` quantile (seconds) of a histogram, NULL when it is empty (or
+/// either argument is NULL).
 #[pg_extern(immutable, parallel_safe)]
-fn _hist_quantile(hist: Option<Vec<Option<i64>>>, q: f64) -> Option<f64> {
+fn _hist_quantile(hist: Option<Vec<Option<i64>>>, q: Option<f64>) -> Option<f64> {
     let hist: Vec<i64> = hist?.into_iter().map(|c| c.unwrap_or(0)).collect();
-    quantile(&hist, q)
+    quantile(&hist, q?)
 }
 
 /// SQL (internal): which rollup row this backend writes.  Backend ids are dense, so

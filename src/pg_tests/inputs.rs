@@ -134,6 +134,11 @@ mod tests {
         assert!(one::<bool>(
             "SELECT job.retry_delay(NULL, '1 s', '1 s', 0) IS NULL"
         ));
+        // The pure helpers anyone may call, too.
+        assert!(one::<bool>(
+            "SELECT job._hist_quantile(NULL, NULL) IS NULL AND job._hist_quantile(job._hist_of(1), NULL) IS NULL
+                AND job._hist_add(NULL, NULL) IS NOT NULL AND job._hist_of(NULL) IS NOT NULL"
+        ));
     }
 
     #[pg_test]

@@ -77,7 +77,7 @@ fn parse_extra(extra: &str) -> Option<(pg_sys::Oid, usize)> {
 #[unsafe(no_mangle)]
 pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
     let db = super::database_argument(arg);
-    let Some((run_as, index)) = parse_extra(&BackgroundWorker::get_extra()) else {
+    let Some((run_as, index)) = parse_extra(BackgroundWorker::get_extra()) else {
         log!("pg_jobqueue executor: bad start argument; exiting");
         return;
     };

@@ -92,10 +92,10 @@ pub fn kill_process(pid: i32, signal: &str) -> bool {
         .success()
 }
 
-/// A port from [`PORTS`] that is reserved for one cluster until dropped.  Reservations are
+/// A port reserved for one server (a cluster, a pgbouncer) until dropped.  Reservations are
 /// lock files (`<state>/it-ports/<port>`, holding the owner's pid), so test processes running
 /// side by side stay apart too; a file whose owner died is taken over.
-struct PortLease {
+pub struct PortLease {
     port: u16,
     file: PathBuf,
 }
@@ -103,12 +103,18 @@ struct PortLease {
 static PORTS_TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 impl PortLease {
+    /// A port of [`PORTS`], for a cluster.
     fn reserve() -> PortLease {
+        Self::reserve_in(PORTS)
+    }
+
+    /// A free port of `ports`.
+    pub fn reserve_in(ports: std::ops::Range<u16>) -> PortLease {
         let dir = state_dir().join("it-ports");
         fs::create_dir_all(&dir).expect("cannot create the port lock directory");
         let mut taken = PORTS_TAKEN.lock().unwrap();
         let taken = taken.get_or_insert_with(HashSet::new);
-        for port in PORTS {
+        for port in ports.clone() {
             if taken.contains(&port) {
                 continue;
             }
@@ -140,7 +146,11 @@ impl PortLease {
             taken.insert(port);
             return PortLease { port, file };
         }
-        panic!("no free port in {PORTS:?} for a test cluster");
+        panic!("no free port in {ports:?}");
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 }
 

@@ -48,6 +48,19 @@ pub fn error_text(e: &Error) -> String {
     }
 }
 
+/// The version this tree builds (the root Cargo.toml's package version).
+pub fn current_version() -> String {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
+            .expect("root Cargo.toml");
+    manifest
+        .lines()
+        .find_map(|l| l.strip_prefix("version = \""))
+        .and_then(|v| v.strip_suffix('"'))
+        .expect("a package version in the root Cargo.toml")
+        .to_owned()
+}
+
 /// The cluster under test, from `PGJQ_TEST_URL`.
 pub fn cluster_url() -> String {
     std::env::var("PGJQ_TEST_URL").unwrap_or_else(|_| {

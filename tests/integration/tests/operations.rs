@@ -1,7 +1,7 @@
 //! Operations: upgrading from the previous release, pg_dump and pg_restore, and the Prometheus
 //! export read by a real parser.
 
-use pg_jobqueue_integration::{connect, error_text, Client, TestDb};
+use pg_jobqueue_integration::{connect, current_version, error_text, Client, TestDb};
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -66,19 +66,6 @@ const SCHEMA_DESCRIPTION: &str = "
 
 fn schema_of(client: &mut Client) -> BTreeSet<String> {
     strings(client, SCHEMA_DESCRIPTION).into_iter().collect()
-}
-
-/// The version this tree builds (the root Cargo.toml's package version).
-fn current_version() -> String {
-    let manifest =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../Cargo.toml"))
-            .expect("root Cargo.toml");
-    manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .and_then(|v| v.strip_suffix('"'))
-        .expect("a package version")
-        .to_owned()
 }
 
 /// Every released version: each has its install script frozen in sql/released/.

@@ -31,13 +31,12 @@
 //! [`claim_calls_work_on_another_server_connection`] the lease calls with a claim made on
 //! another server connection.
 
-use pg_jobqueue_integration::cluster::state_dir;
+use pg_jobqueue_integration::cluster::{state_dir, PortLease};
 use pg_jobqueue_integration::*;
 use postgres::config::Host;
 use postgres::types::Type;
 use std::collections::HashSet;
 use std::fs;
-use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -57,54 +56,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// A port from [`BOUNCER_PORTS`], reserved by a lock file `<state>/it-ports/<port>` holding
-/// our pid (the scheme of `cluster.rs`) until dropped.
-struct PortLease {
-    port: u16,
-    file: PathBuf,
-}
-
-impl PortLease {
-    fn reserve() -> PortLease {
-        let dir = state_dir().join("it-ports");
-        fs::create_dir_all(&dir).expect("cannot create the port lock directory");
-        for port in BOUNCER_PORTS {
-            let file = dir.join(port.to_string());
-            if let Ok(owner) = fs::read_to_string(&file) {
-                let alive = owner
-                    .trim()
-                    .parse::<u32>()
-                    .is_ok_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
-                if alive {
-                    continue;
-                }
-                let _ = fs::remove_file(&file);
-            }
-            let Ok(()) = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&file)
-                .map(drop)
-            else {
-                continue;
-            };
-            if TcpListener::bind(("127.0.0.1", port)).is_err() {
-                let _ = fs::remove_file(&file);
-                continue;
-            }
-            fs::write(&file, std::process::id().to_string()).unwrap();
-            return PortLease { port, file };
-        }
-        panic!("no free port in {BOUNCER_PORTS:?} for pgbouncer");
-    }
-}
-
-impl Drop for PortLease {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.file);
-    }
 }
 
 /// The `postgres` OS user's uid and gid (pgbouncer refuses to run as root).
@@ -166,7 +117,7 @@ impl PgBouncer {
         let (uid, gid) = postgres_ids();
         std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).unwrap();
 
-        let lease = PortLease::reserve();
+        let lease = PortLease::reserve_in(BOUNCER_PORTS);
         let databases: String = pools
             .iter()
             .map(|p| {
@@ -187,7 +138,7 @@ impl PgBouncer {
              default_pool_size = 4\nreserve_pool_size = 0\n\
              ignore_startup_parameters = extra_float_digits\n\
              logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
-            lp = lease.port
+            lp = lease.port()
         );
         fs::write(dir.join("pgbouncer.ini"), ini).unwrap();
         fs::write(dir.join("userlist.txt"), format!("\"{user}\" \"\"\n")).unwrap();
@@ -212,7 +163,7 @@ impl PgBouncer {
     }
 
     fn port(&self) -> u16 {
-        self.lease.port
+        self.lease.port()
     }
 
     fn config(&self, alias: &str) -> Config {

@@ -3,6 +3,7 @@
 //! `sql/released/SHA256SUMS` records each one; a release adds its scripts there
 //! (scripts/freeze-release.sh).  Needs no cluster.
 
+use pg_jobqueue_integration::current_version;
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::fs;
@@ -10,19 +11,6 @@ use std::path::{Path, PathBuf};
 
 fn sql_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../sql")
-}
-
-/// The version this tree builds (the root Cargo.toml's package version).
-fn current_version() -> String {
-    let manifest =
-        fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml"))
-            .expect("root Cargo.toml");
-    manifest
-        .lines()
-        .find_map(|l| l.strip_prefix("version = \""))
-        .and_then(|v| v.strip_suffix('"'))
-        .expect("a package version in the root Cargo.toml")
-        .to_owned()
 }
 
 fn recorded() -> BTreeMap<String, String> {
