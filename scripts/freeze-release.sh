@@ -14,7 +14,13 @@ if grep -q "  released/pg_jobqueue--$version.sql$" sql/released/SHA256SUMS; then
     echo "freeze-release: $version is frozen already" >&2
     exit 1
 fi
-cargo pgrx schema pg15 --out "$install" >/dev/null
+log=$(mktemp)
+if ! cargo pgrx schema pg15 --out "$install" >"$log" 2>&1; then
+    cat "$log" >&2
+    rm -f "$log" "$install"
+    exit 1
+fi
+rm -f "$log"
 (
     cd sql
     for upgrade in pg_jobqueue--*--"$version".sql; do

@@ -169,7 +169,7 @@ AS 'MODULE_PATHNAME', '_hist_of_wrapper';
 -- pg_jobqueue::metrics::_hist_quantile
 CREATE OR REPLACE FUNCTION "_hist_quantile"(
 	"hist" bigint[], /* :: std :: option :: Option < Vec < Option < i64 > > > */
-	"q" double precision /* f64 */
+	"q" double precision /* Option < f64 > */
 ) RETURNS double precision /* Option < f64 > */
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
