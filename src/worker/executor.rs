@@ -122,6 +122,7 @@ pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
 }
 
 fn claim(worker: &str, run_as: pg_sys::Oid, index: usize) -> Claim {
+    reset_settings();
     if !super::extension_installed() {
         return Claim::Retire;
     }
@@ -219,18 +220,15 @@ fn run(job: Claimed, run_as: pg_sys::Oid) {
         disable_timeout(STATEMENT_TIMEOUT, false);
         pg_sys::QueryCancelPending = 0;
     }
-    // Settings a commit-time trigger made at session level survive the commit; none may
-    // steer the executor's own statements, which run as the superuser.
-    if let Err(e) = transaction(reset_settings) {
-        error!("pg_jobqueue executor: could not reset the session's settings: {e}");
-    }
     if let Err(error) = outcome {
         record_failure(&job, &error);
     }
 }
 
-/// Every setting back to its default (as RESET ALL does), then the executor's pinned
-/// search path.
+/// Every setting back to its default (as RESET ALL does), then the executor's pinned search
+/// path.  Settings a commit-time trigger of a handler's transaction made at session level
+/// survive that commit; none may steer the executor's own statements, which run as the
+/// superuser: every transaction of the executor's own begins with this, before any statement.
 fn reset_settings() {
     // SAFETY: RESET ALL's own routine, inside a transaction, as the executor's superuser.
     unsafe { pg_sys::ResetAllOptions() };
@@ -270,6 +268,7 @@ fn call_handler(job: &Claimed) -> Option<String> {
 fn record_failure(job: &Claimed, error: &WorkError) {
     let permanent = classify_sqlstate(&error.sqlstate, &error.message) == Failure::Permanent;
     let recorded = transaction(|| {
+        reset_settings();
         spi(Spi::get_one_with_args::<String>(
             "SELECT job._fail_handler_job($1, $2, $3, $4, $5)",
             &[
