@@ -87,12 +87,15 @@ END $$;
 
 -- The handler queues an executor serving role `run_as` may claim from: active ones (the queue
 -- is not paused, the handler and both roles exist, and the role that set it is still a member
--- of run_as), with how to call the handler.
+-- of run_as), with how to call the handler.  (PL/pgSQL, not SQL: it runs for every claim, and
+-- only PL/pgSQL keeps its plan for the session.)
 CREATE FUNCTION job._runnable_handlers(run_as regrole)
 RETURNS TABLE (queue text, concurrency int, timeout interval, handler_schema name, handler_name name,
                returns_jsonb boolean)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT hd.queue, hd.concurrency, hd.timeout, n.nspname, p.proname,
            p.prorettype = 'jsonb'::regtype
       FROM job.handler_defs hd
@@ -102,8 +105,8 @@ SET search_path = pg_catalog, pg_temp AS $$
      WHERE hd.run_as = _runnable_handlers.run_as
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.set_by)
-       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER')
-$$;
+       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER');
+END $$;
 
 -- Claims one job for an executor serving role `run_as`, from one of its handler queues with
 -- fewer than `concurrency` jobs running.  Executors claiming from one queue take turns (an
@@ -142,34 +145,38 @@ END $$;
 -- When an executor serving `run_as` must next look for work: the earliest scheduled (delayed
 -- or backing off) job of its handler queues (NULL: none).
 CREATE FUNCTION job._next_handler_job_due(run_as regrole)
-RETURNS timestamptz LANGUAGE sql STABLE
+RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT min(d.run_at)
-      FROM job.handler_defs h
-     CROSS JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
-                          WHERE l.queue = h.queue AND l.state = 'scheduled'
-                          ORDER BY l.run_at LIMIT 1) d
-     WHERE h.run_as = _next_handler_job_due.run_as
-$$;
+BEGIN
+    RETURN (SELECT min(d.run_at)
+              FROM job.handler_defs h
+             CROSS JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
+                                  WHERE l.queue = h.queue AND l.state = 'scheduled'
+                                  ORDER BY l.run_at LIMIT 1) d
+             WHERE h.run_as = _next_handler_job_due.run_as);
+END $$;
 
 -- How many executors each run_as role needs (pg_jobqueue.executors at most, and no more than
--- its handlers' concurrency in all).  Read by the scheduler.
+-- its handlers' concurrency in all).  Read by the scheduler, and by each executor now and then.
 CREATE FUNCTION job._executors_wanted(per_role int)
 RETURNS TABLE (run_as regrole, executors int)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT hd.run_as, least(per_role, sum(hd.concurrency))::int
       FROM job.handler_defs hd
      WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
-     GROUP BY hd.run_as
-$$;
+     GROUP BY hd.run_as;
+END $$;
 
 -- Completes a handler's job with its result, under the executor's claim.
 CREATE FUNCTION job._complete_handler_job(job_id bigint, token uuid, result jsonb)
-RETURNS boolean LANGUAGE sql
+RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT job.complete(job_id, result, token)
-$$;
+BEGIN
+    RETURN job.complete(job_id, result, token);
+END $$;
 
 -- Records a handler's failed attempt through job.fail's rules (under the executor's claim),
 -- keeping the SQLSTATE with it.

@@ -501,14 +501,15 @@ END $$;
 -- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
 -- when the scheduler must next promote or rescue.  One index probe per queue and kind.
 CREATE FUNCTION job._next_job_due()
-RETURNS timestamptz LANGUAGE sql STABLE
+RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT least(min(d.run_at), min(r.lease_expires_at))
-      FROM job.queues q
-      LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
-                          WHERE l.queue = q.name AND l.state = 'scheduled'
-                          ORDER BY l.run_at LIMIT 1) d ON true
-      LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
-                          WHERE l.queue = q.name AND l.state = 'running'
-                          ORDER BY l.lease_expires_at LIMIT 1) r ON true
-$$;
+BEGIN
+    RETURN (SELECT least(min(d.run_at), min(r.lease_expires_at))
+              FROM job.queues q
+              LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'scheduled'
+                                  ORDER BY l.run_at LIMIT 1) d ON true
+              LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'running'
+                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true);
+END $$;

@@ -3,4 +3,4 @@
 -- ids NULL, which complete_many rejects.
 SELECT array_agg(id) AS ids, min(lease_token::text) AS token
   FROM job.dequeue('bench', 'bench-worker', 100, '5 minutes') \gset
-SELECT job.complete_many(:ids::bigint[], ARRAY[:'token']::uuid[]);
+SELECT job.complete_many(:ids::bigint[], ARRAY[:token::uuid]);

@@ -2,4 +2,4 @@
 -- worker should), in two autocommit transactions.
 -- \gset fails the client (and the run) if the claim returns no row: the queue ran dry.
 SELECT id, lease_token FROM job.dequeue('bench', 'bench-worker', 1, '5 minutes') \gset
-SELECT job.complete(:id, NULL, :'lease_token');
+SELECT job.complete(:id, NULL, :lease_token::uuid);

@@ -28,7 +28,7 @@ use crate::security::as_role;
 use crate::shmem::{self, Kind};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 extern "C-unwind" {
     // utils/timeout.h, not among pgrx's bindings.
@@ -94,18 +94,38 @@ pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
         log!("pg_jobqueue executor: {e}");
         return;
     }
+    let mut me = Executor {
+        worker,
+        run_as,
+        index,
+        wanted_checked: None,
+        handler_ran: false,
+    };
 
     loop {
         super::reload_config_if_asked();
         if !gucs::ENABLED.get() {
             break;
         }
-        match transaction(|| claim(&worker, run_as, index)) {
-            Ok(Claim::Job(job)) => run(job, run_as),
-            Ok(Claim::Retire) => break,
-            Ok(Claim::Idle) => {
-                if !sleep(idle_wait(run_as)) {
-                    break;
+        match transaction(|| me.claim()) {
+            Ok(claimed) => {
+                me.handler_ran = false; // the claim's transaction reset the settings
+                match claimed {
+                    Claim::Job(job) => {
+                        me.handler_ran = true;
+                        // A failure is recorded in a transaction that resets the settings first.
+                        if let Err(error) = run(&job, run_as) {
+                            if record_failure(&job, &error) {
+                                me.handler_ran = false;
+                            }
+                        }
+                    }
+                    Claim::Retire => break,
+                    Claim::Idle => {
+                        if !sleep(idle_wait(run_as)) {
+                            break;
+                        }
+                    }
                 }
             }
             Err(e) => {
@@ -121,45 +141,69 @@ pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
     }
 }
 
-fn claim(worker: &str, run_as: pg_sys::Oid, index: usize) -> Claim {
-    reset_settings();
-    if !super::extension_installed() {
-        return Claim::Retire;
-    }
-    let wanted = spi(Spi::get_one_with_args::<i32>(
-        "SELECT (SELECT w.executors FROM job._executors_wanted($1) w
-                  WHERE w.run_as::pg_catalog.oid OPERATOR(pg_catalog.=) $2)",
-        &[gucs::EXECUTORS.get().into(), run_as.into()],
-    ));
-    if wanted.is_none_or(|n| index >= n.max(0) as usize) {
-        return Claim::Retire;
-    }
-    spi(Spi::run("SET LOCAL synchronous_commit = off"));
-    let claimed = Spi::connect_mut(|client| {
-        let rows = client.update(
-            "SELECT job_id, token, payload::pg_catalog.text,
-                    pg_catalog.format('%I.%I', handler_schema, handler_name), returns_jsonb, timeout_ms
-               FROM job._claim_handler_job($1, $2::pg_catalog.regrole)",
-            Some(1),
-            &[worker.into(), run_as.into()],
-        )?;
-        let Some(row) = rows.into_iter().next() else {
-            return Ok::<_, pgrx::spi::Error>(None);
-        };
-        Ok(Some(Claimed {
-            job_id: row.get(1)?.unwrap_or_default(),
-            token: row
-                .get(2)?
-                .unwrap_or_else(|| pgrx::datum::Uuid::from_bytes([0; 16])),
-            payload: row.get(3)?.unwrap_or_default(),
-            handler_call: row.get(4)?.unwrap_or_default(),
-            returns_jsonb: row.get(5)?.unwrap_or_default(),
-            timeout_ms: row.get(6)?.unwrap_or(0),
-        }))
-    });
-    match spi(claimed) {
-        Some(job) => Claim::Job(job),
-        None => Claim::Idle,
+/// An executor's state between its transactions.
+struct Executor {
+    worker: String,
+    run_as: pg_sys::Oid,
+    index: usize,
+    /// When the executor last checked that its role still needs it.
+    wanted_checked: Option<Instant>,
+    /// A handler ran since the session's settings were last reset.
+    handler_ran: bool,
+}
+
+/// How often an executor checks that its role still needs it (it costs a query).
+const WANTED_CHECK_INTERVAL: Duration = Duration::from_secs(1);
+
+impl Executor {
+    fn claim(&mut self) -> Claim {
+        if self.handler_ran {
+            reset_settings();
+        }
+        if !super::extension_installed() {
+            return Claim::Retire;
+        }
+        if self
+            .wanted_checked
+            .is_none_or(|t| t.elapsed() >= WANTED_CHECK_INTERVAL)
+        {
+            let wanted = spi(Spi::get_one_with_args::<i32>(
+                "SELECT (SELECT w.executors FROM job._executors_wanted($1) w
+                          WHERE w.run_as::pg_catalog.oid OPERATOR(pg_catalog.=) $2)",
+                &[gucs::EXECUTORS.get().into(), self.run_as.into()],
+            ));
+            if wanted.is_none_or(|n| self.index >= n.max(0) as usize) {
+                return Claim::Retire;
+            }
+            self.wanted_checked = Some(Instant::now());
+        }
+        spi(Spi::run("SET LOCAL synchronous_commit = off"));
+        let claimed = Spi::connect_mut(|client| {
+            let rows = client.update(
+                "SELECT job_id, token, payload::pg_catalog.text,
+                        pg_catalog.format('%I.%I', handler_schema, handler_name), returns_jsonb, timeout_ms
+                   FROM job._claim_handler_job($1, $2::pg_catalog.regrole)",
+                Some(1),
+                &[self.worker.as_str().into(), self.run_as.into()],
+            )?;
+            let Some(row) = rows.into_iter().next() else {
+                return Ok::<_, pgrx::spi::Error>(None);
+            };
+            Ok(Some(Claimed {
+                job_id: row.get(1)?.unwrap_or_default(),
+                token: row
+                    .get(2)?
+                    .unwrap_or_else(|| pgrx::datum::Uuid::from_bytes([0; 16])),
+                payload: row.get(3)?.unwrap_or_default(),
+                handler_call: row.get(4)?.unwrap_or_default(),
+                returns_jsonb: row.get(5)?.unwrap_or_default(),
+                timeout_ms: row.get(6)?.unwrap_or(0),
+            }))
+        });
+        match spi(claimed) {
+            Some(job) => Claim::Job(job),
+            None => Claim::Idle,
+        }
     }
 }
 
@@ -174,7 +218,9 @@ fn idle_wait(run_as: pg_sys::Oid) -> Duration {
     ))
 }
 
-fn run(job: Claimed, run_as: pg_sys::Oid) {
+/// Runs a claimed job's handler and completes the job, in one transaction; the error when
+/// either failed (the transaction is rolled back).
+fn run(job: &Claimed, run_as: pg_sys::Oid) -> Result<(), WorkError> {
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_context = 0;
     // SAFETY: reads the executor's own identity, restored after the transaction.
@@ -188,7 +234,7 @@ fn run(job: Claimed, run_as: pg_sys::Oid) {
                 job.timeout_ms.clamp(1, i32::MAX as i64) as i32,
             )
         };
-        let result = as_role(run_as, || call_handler(&job));
+        let result = as_role(run_as, || call_handler(job));
         let completed = spi(Spi::get_one_with_args::<bool>(
             "SELECT job._complete_handler_job($1, $2, $3::pg_catalog.jsonb)",
             &[job.job_id.into(), job.token.into(), result.into()],
@@ -220,15 +266,14 @@ fn run(job: Claimed, run_as: pg_sys::Oid) {
         disable_timeout(STATEMENT_TIMEOUT, false);
         pg_sys::QueryCancelPending = 0;
     }
-    if let Err(error) = outcome {
-        record_failure(&job, &error);
-    }
+    outcome
 }
 
 /// Every setting back to its default (as RESET ALL does), then the executor's pinned search
 /// path.  Settings a commit-time trigger of a handler's transaction made at session level
 /// survive that commit; none may steer the executor's own statements, which run as the
-/// superuser: every transaction of the executor's own begins with this, before any statement.
+/// superuser: after a handler ran, the executor's next transaction begins with this, before
+/// any statement (and until one that did commits, every next one does).
 fn reset_settings() {
     // SAFETY: RESET ALL's own routine, inside a transaction, as the executor's superuser.
     unsafe { pg_sys::ResetAllOptions() };
@@ -265,7 +310,9 @@ fn call_handler(job: &Claimed) -> Option<String> {
     result
 }
 
-fn record_failure(job: &Claimed, error: &WorkError) {
+/// Fails the job through `job.fail`'s rules; true when that transaction committed (and with
+/// it the reset of the session's settings it begins with).
+fn record_failure(job: &Claimed, error: &WorkError) -> bool {
     let permanent = classify_sqlstate(&error.sqlstate, &error.message) == Failure::Permanent;
     let recorded = transaction(|| {
         reset_settings();
@@ -281,16 +328,22 @@ fn record_failure(job: &Claimed, error: &WorkError) {
         ))
     });
     match recorded {
-        Ok(state) => debug1!(
-            "pg_jobqueue executor: job {} failed ({error}); now {}",
-            job.job_id,
-            state.unwrap_or_default()
-        ),
+        Ok(state) => {
+            debug1!(
+                "pg_jobqueue executor: job {} failed ({error}); now {}",
+                job.job_id,
+                state.unwrap_or_default()
+            );
+            true
+        }
         // The lease brings the job back.
-        Err(e) => log!(
-            "pg_jobqueue executor: recording the failure of job {} failed: {e}",
-            job.job_id
-        ),
+        Err(e) => {
+            log!(
+                "pg_jobqueue executor: recording the failure of job {} failed: {e}",
+                job.job_id
+            );
+            false
+        }
     }
 }
 
