@@ -72,3 +72,37 @@ fn every_script_of_a_past_release_is_frozen() {
         );
     }
 }
+
+/// Every C symbol a released script declares (`'<function>_wrapper'`) is still exported by the
+/// installed library: installing an older version, which the upgrade path does, must find
+/// them all.  (Reads the library `make install` put in place.)
+#[test]
+fn the_library_still_exports_every_symbol_released_scripts_name() {
+    let library = "/usr/lib/postgresql/15/lib/pg_jobqueue.so";
+    let out = std::process::Command::new("nm")
+        .args(["-D", "--defined-only", library])
+        .output()
+        .expect("cannot run nm");
+    assert!(
+        out.status.success(),
+        "nm {library} failed: is the extension installed?"
+    );
+    let exported: std::collections::HashSet<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(2).map(str::to_owned))
+        .collect();
+    let mut checked = 0;
+    for path in recorded().keys() {
+        let script = fs::read_to_string(sql_dir().join(path)).unwrap();
+        for piece in script.split('\'').skip(1).step_by(2) {
+            if piece.ends_with("_wrapper") && !piece.contains(' ') {
+                checked += 1;
+                assert!(
+                    exported.contains(piece),
+                    "sql/{path} names {piece}, which the library no longer exports"
+                );
+            }
+        }
+    }
+    assert!(checked > 19, "found only {checked} symbols in the released scripts");
+}
