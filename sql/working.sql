@@ -14,9 +14,28 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object('attempt', attempt, 'at', now(), 'worker', worker) || detail
 $$;
 
+-- Raises unless `tokens` is NULL, one token, or one per id.  The token a call gives for a job
+-- is the only one, or the one at the job's position in `ids`.  Pairing matters: a worker
+-- holding a stale claim of a job and a new claim of the same job (taken back and claimed
+-- again) must not finish the new attempt with the stale one because the new token happens to
+-- be in the same call.
+CREATE FUNCTION job._check_tokens(ids bigint[], tokens uuid[])
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tokens IS NOT NULL AND cardinality(tokens) <> 1 AND cardinality(tokens) <> cardinality(ids) THEN
+        RAISE EXCEPTION 'tokens must hold one token, or one per id (% ids), got %', cardinality(ids), cardinality(tokens)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the token of the dequeue that claimed them all, or each job''s own token in the order of ids.';
+    ELSIF array_position(tokens, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tokens must not contain NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END $$;
+
 -- Moves live jobs (those of `ids` whose state is in `from_states`, and whose current claim
--- is one of `tokens` unless that is NULL) to history as `final_state`, appending `error` (if
--- any) to each job's errors, and counts the finished attempts.  Returns how many moved.
+-- is the token paired with the id in `tokens` unless that is NULL: see job._check_tokens) to
+-- history as `final_state`, appending `error` (if any) to each job's errors, and counts the
+-- finished attempts.  Returns how many moved.
 CREATE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
                             job_result jsonb DEFAULT NULL, error jsonb DEFAULT NULL,
                             tokens uuid[] DEFAULT NULL)
@@ -36,7 +55,9 @@ BEGIN
     WITH moved AS (
         DELETE FROM job.live_jobs j
          WHERE j.id = ANY (ids) AND (j.state COLLATE "C") = ANY (from_states)
-           AND (tokens IS NULL OR j.lease_token = ANY (tokens))
+           AND (tokens IS NULL
+                OR j.lease_token = CASE WHEN cardinality(tokens) = 1 THEN tokens[1]
+                                        ELSE tokens[array_position(ids, j.id)] END)
         RETURNING j.*
     ), kept AS (
         INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
@@ -207,8 +228,9 @@ BEGIN
     RETURN false;  -- not running under this claim: finished, cancelled, taken back or never claimed
 END $$;
 
--- Acknowledges many jobs in one round trip (with their claims' tokens: one token serves all
--- the jobs of one dequeue); returns how many were running under those claims and completed.
+-- Acknowledges many jobs in one round trip, each under its claim's token (one token for all,
+-- as a batch of one dequeue shares it, or one per id, paired by position); returns how many
+-- were running under those claims and completed.
 CREATE FUNCTION job.complete_many(ids bigint[], tokens uuid[] DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -216,6 +238,7 @@ BEGIN
     IF ids IS NULL THEN
         PERFORM job._check_not_null('ids', ids);
     END IF;
+    PERFORM job._check_tokens(ids, tokens);
     RETURN job._finish(ids, '{running}', 'completed', NULL, NULL, tokens);
 END $$;
 
@@ -337,7 +360,8 @@ BEGIN
 END $$;
 
 -- Extends the leases of many jobs in one call (a batch: pass the dequeue's token once, or one
--- per job).  One row per id, in order: whether this claim still holds it and its new expiry.
+-- per id, paired by position).  One row per id, in order: whether this claim still holds it
+-- and its new expiry.
 -- A job no longer held is not renewed; the worker should stop working on it.
 CREATE FUNCTION job.heartbeat_many(ids bigint[], tokens uuid[], extend interval DEFAULT NULL)
 RETURNS TABLE (id bigint, held boolean, lease_expires_at timestamptz)
@@ -347,6 +371,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._check_not_null('ids', heartbeat_many.ids);
     PERFORM job._check_not_null('tokens', heartbeat_many.tokens);
+    PERFORM job._check_tokens(heartbeat_many.ids, heartbeat_many.tokens);
     IF heartbeat_many.extend IS NOT NULL THEN
         PERFORM job._check_interval('extend', heartbeat_many.extend, false);
     END IF;
@@ -356,7 +381,8 @@ BEGIN
            SET lease_expires_at = now() + coalesce(heartbeat_many.extend,
                                                    (SELECT q.lease FROM job.queues q WHERE q.name = l.queue))
          WHERE l.id = ANY (heartbeat_many.ids) AND l.state = 'running'
-           AND l.lease_token = ANY (heartbeat_many.tokens)
+           AND l.lease_token = CASE WHEN cardinality(heartbeat_many.tokens) = 1 THEN heartbeat_many.tokens[1]
+                                    ELSE heartbeat_many.tokens[array_position(heartbeat_many.ids, l.id)] END
         RETURNING l.id, l.lease_expires_at
     )
     SELECT i.id, r.id IS NOT NULL, r.lease_expires_at

@@ -126,6 +126,50 @@ mod tests {
     }
 
     #[pg_test]
+    fn tokens_pair_with_ids_so_a_stale_claim_never_rides_on_a_new_one() {
+        run("SELECT job.create_queue('q', lease => '1 minute')");
+        let x = enqueue("q");
+        let z = enqueue("q");
+        let (_, stale) = claim_with_token("q", "w");
+        lapse_and_rescue(x);
+        // The same worker claims X again, with Z, under a new token.
+        let fresh = one::<String>(
+            "SELECT min(lease_token::text) FROM job.dequeue('q', 'w', 2)",
+        );
+        assert_rejected_with(
+            &format!("SELECT job.complete_many(ARRAY[{x}], ARRAY['{stale}', '{fresh}']::uuid[])"),
+            "22023",
+            "tokens must hold one token, or one per id (1 ids), got 2",
+        );
+        assert_rejected_with(
+            &format!("SELECT job.complete_many(ARRAY[{x}, {z}], ARRAY['{stale}', NULL]::uuid[])"),
+            "22004",
+            "tokens must not contain NULL",
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT string_agg(held::text, ',' ORDER BY ord)
+                   FROM job.heartbeat_many(ARRAY[{x}, {z}], ARRAY['{stale}', '{fresh}']::uuid[])
+                   WITH ORDINALITY AS h(id, held, lease_expires_at, ord)"
+            )),
+            "false,true"
+        );
+        // X with its stale token is refused though X's new token is in the same call.
+        assert_eq!(
+            one::<i32>(&format!(
+                "SELECT job.complete_many(ARRAY[{x}, {z}], ARRAY['{stale}', '{fresh}']::uuid[])"
+            )),
+            1
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT string_agg(state, ',' ORDER BY id) FROM job.jobs WHERE id IN ({x}, {z})"
+            )),
+            "running,completed"
+        );
+    }
+
+    #[pg_test]
     fn release_hands_a_job_back_without_spending_an_attempt() {
         queue("q");
         let first = enqueue("q");
