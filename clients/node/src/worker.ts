@@ -253,9 +253,21 @@ const DEQUEUE_SQL =
   'SELECT id::text AS id, queue, job_type, payload, attempt, max_retries, enqueued_at, ' +
   'lease_expires_at, lease_token::text AS lease_token FROM job.dequeue($1::text, $2::text, $3::int, $4::interval)';
 const COMPLETE_ONE_SQL = 'SELECT job.complete($1::bigint, $2::jsonb, $3::uuid) AS ok';
-const COMPLETE_MANY_SQL =
+const COMPLETE_EACH_SQL =
   'SELECT t.n, job.complete(t.id, t.result::jsonb, t.token) AS ok ' +
   'FROM unnest($1::bigint[], $2::text[], $3::uuid[]) WITH ORDINALITY AS t(id, result, token, n) ORDER BY t.n';
+// All or nothing: a cast that fails (at run time: the count is not constant) rolls the
+// statement back when complete_many completed fewer than all.
+const NOT_ALL_COMPLETED = 'pg-jobqueue: complete_many completed fewer than all';
+const COMPLETE_ALL_OR_NONE_SQL =
+  `SELECT CASE WHEN s.n = $3::int THEN s.n ELSE ('${NOT_ALL_COMPLETED}: ' || s.n)::int END AS n ` +
+  'FROM (SELECT job.complete_many($1::bigint[], $2::uuid[]) AS n) s';
+
+function isNotAllCompleted(err: unknown): boolean {
+  const e = err as { code?: unknown; message?: unknown };
+  return e.code === '22P02' && typeof e.message === 'string' && e.message.includes(NOT_ALL_COMPLETED);
+}
+
 // job.fail given a stale token returns the job's current state, which may be one a recorded
 // failure also returns ('waiting', 'scheduled', 'dead'); renewing the claim first, in the same
 // statement, tells the two apart (and keeps the row locked for the fail).
@@ -428,6 +440,9 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
       if (free <= 0) {
         this.wake.clear();
         if (this.concurrency - this.active.size <= 0) await this.wake.wait(this.maxListenWait);
+        // The jobs of one completion batch free their slots in the same turn of the event
+        // loop: let them all, so the next claim is one batch rather than several small ones.
+        await new Promise<void>((resolve) => setImmediate(resolve));
         continue;
       }
       this.wake.clear();
@@ -618,10 +633,45 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
     });
   }
 
-  private async flushAcks(): Promise<void> {
+  private flushAcks(): void {
     this.ackScheduled = false;
     const batch = this.acks;
     this.acks = [];
+    // Handlers that returned nothing: one complete_many (what a hand-written loop would do).
+    // Those with a result: job.complete per job, in one statement.
+    const bare = batch.filter((p) => p.result === null);
+    const withResult = batch.filter((p) => p.result !== null);
+    if (bare.length > 1) {
+      void this.completeBare(bare);
+    } else {
+      withResult.push(...bare);
+    }
+    if (withResult.length > 0) void this.completeEach(withResult);
+  }
+
+  /**
+   * complete_many only says how many it completed.  When that is not all of them (some claim
+   * was lost), the statement fails on purpose, so that nothing of it is recorded, and the jobs
+   * go through job.complete one by one, which says which.
+   */
+  private async completeBare(batch: Pending[]): Promise<void> {
+    try {
+      await this.pool.query(COMPLETE_ALL_OR_NONE_SQL, [
+        batch.map((p) => p.entry.job.id),
+        [...new Set(batch.map((p) => p.entry.job.token))],
+        batch.length,
+      ]);
+      for (const p of batch) p.resolve(true);
+    } catch (err) {
+      if (isNotAllCompleted(err)) {
+        await this.completeEach(batch);
+      } else {
+        for (const p of batch) p.reject(err);
+      }
+    }
+  }
+
+  private async completeEach(batch: Pending[]): Promise<void> {
     if (batch.length === 1) {
       const p = batch[0] as Pending;
       try {
@@ -636,7 +686,7 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
     }
     try {
       const rows = (
-        await this.pool.query<{ ok: boolean }>(COMPLETE_MANY_SQL, [
+        await this.pool.query<{ ok: boolean }>(COMPLETE_EACH_SQL, [
           batch.map((p) => p.entry.job.id),
           batch.map((p) => p.result),
           batch.map((p) => p.entry.job.token),

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { test } from 'node:test';
-import { enqueue, LeaseLostError, Worker } from 'pg-jobqueue';
+import { enqueue, enqueueMany, LeaseLostError, Worker } from 'pg-jobqueue';
 import { collectErrors, sleep, testDatabase, waitFor } from './helpers.mjs';
 
 const PSQL = process.env.PGJQ_PSQL ?? '/usr/lib/postgresql/15/bin/psql';
@@ -128,5 +128,43 @@ test('without heartbeats, a handler that sleeps past its lease is refused at com
   assert.equal(slow.stats.completed, 0);
   const { rows } = await db.query('SELECT state, attempt, result FROM job.jobs WHERE id = $1::bigint', [id]);
   assert.deepEqual(rows[0], { state: 'completed', attempt: 2, result: { by: 'fast', attempt: 2 } });
+  assert.deepEqual(errors, []);
+});
+
+test('a batch of completions where one job was cancelled completes the others and reports that one lost', {
+  timeout: 60_000,
+}, async (t) => {
+  const { url, db, onCleanup } = await testDatabase(t);
+  await db.query("SELECT job.create_queue('batch')");
+  const ids = await enqueueMany(db, 'batch', [{ n: 1 }, { n: 2 }, { n: 3 }]);
+  let go;
+  const gate = new Promise((r) => {
+    go = r;
+  });
+  const worker = new Worker(
+    'batch',
+    async () => {
+      await gate; // all three return in the same turn: one completion statement
+    },
+    { connection: url, concurrency: 3, listen: false },
+  );
+  const errors = collectErrors(worker);
+  onCleanup(() => worker.close());
+  const lost = [];
+  const completed = [];
+  worker.on('lost', (job, reason) => lost.push([job.id, reason]));
+  worker.on('completed', (job) => completed.push(job.id));
+  await waitFor(() => worker.running === 3, { what: 'three running handlers' });
+  await db.query('SELECT job.cancel($1::bigint)', [ids[1]]);
+  go();
+  await waitFor(() => completed.length + lost.length === 3, { what: 'three outcomes' });
+  await worker.close();
+  assert.deepEqual(completed.sort(), [ids[0], ids[2]].sort());
+  assert.deepEqual(lost, [[ids[1], 'complete']]);
+  const { rows } = await db.query("SELECT id::text AS job_id, state FROM job.jobs WHERE queue = 'batch' ORDER BY id");
+  assert.deepEqual(
+    rows.map((r) => r.state),
+    ['completed', 'cancelled', 'completed'],
+  );
   assert.deepEqual(errors, []);
 });
