@@ -19,7 +19,10 @@ try {
     console.log('pg-jobqueue: typescript is not installed here; keeping the existing dist/');
     process.exit(0);
   }
-  console.error('pg-jobqueue: cannot build: typescript is not installed (run npm install in clients/node)');
+  console.error(
+    'pg-jobqueue: cannot build: typescript is not installed here. Run `npm ci` in clients/node first, or ' +
+      'install a tarball made there with `npm pack` (see clients/node/README.md, "Installing").',
+  );
   process.exit(1);
 }
 rmSync(join(root, 'dist'), { recursive: true, force: true });

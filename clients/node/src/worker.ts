@@ -520,10 +520,12 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
       done: Promise.resolve(),
     };
     this.active.set(job.id, entry);
-    entry.done = this.runJob(entry).finally(() => {
-      this.active.delete(job.id);
-      this.wake.notify();
-    });
+    entry.done = this.runJob(entry)
+      .catch((err) => this.reportError(err))
+      .finally(() => {
+        this.active.delete(job.id);
+        this.wake.notify();
+      });
   }
 
   private async runJob(entry: Entry<P>): Promise<void> {
@@ -889,8 +891,12 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
       await Promise.race([all, new Promise<void>((r) => (timer = setTimeout(r, Math.max(0, gracePeriod))))]);
       clearTimeout(timer);
     }
-    // Past the grace period: stop the stragglers and record their attempts as failed.
+    // Past the grace period: stop the stragglers and record their attempts as failed.  Lost
+    // jobs whose handlers still run are left to them: nothing of theirs is recorded anyway.
     const stragglers = [...this.active.values()].filter((e) => !e.settling && !e.lost);
+    for (const e of this.active.values()) {
+      if (e.lost && !e.settling) e.abandoned = true;
+    }
     for (const e of stragglers) {
       e.abandoned = true;
       e.abort.abort(new WorkerClosingError(`the worker closed before job ${e.job.id} finished`));
@@ -919,7 +925,7 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
       }),
     );
     // Outcomes being recorded finish (each is bounded by its retries).
-    await Promise.all([...this.active.values()].filter((e) => !e.abandoned).map((e) => e.done));
+    await Promise.all([...this.active.values()].filter((e) => e.settling && !e.abandoned).map((e) => e.done));
     if (this.heartbeatTimer) clearInterval(this.heartbeatTimer);
     if (this.listenTimer) clearTimeout(this.listenTimer);
     const client = this.listenClient;
