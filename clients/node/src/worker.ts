@@ -224,6 +224,10 @@ function isPool(c: Connection): c is pg.Pool {
   return typeof p === 'object' && p !== null && typeof p.connect === 'function' && typeof p.query === 'function';
 }
 
+function claimKey(id: string, token: string): string {
+  return `${id}/${token}`;
+}
+
 function asError(e: unknown): Error {
   return e instanceof Error ? e : new Error(String(e));
 }
@@ -247,6 +251,13 @@ function defaultName(): string {
   return `${host}:${process.pid}:${randomUUID().slice(0, 8)}`;
 }
 
+// heartbeat_many and complete_many match a job's token against ANY of the tokens given, not
+// the token paired with it: a call mixing claims could renew or complete a job this worker
+// lost and claimed again (same id, new token) through the other claim's token.  So each
+// call here covers one claim (one token), grouped in SQL, one statement either way.
+const BY_CLAIM =
+  '(SELECT t.token, array_agg(t.id ORDER BY t.n) AS ids ' +
+  'FROM unnest($1::bigint[], $2::uuid[]) WITH ORDINALITY AS t(id, token, n) GROUP BY t.token) g';
 // A claim's rows as the handler sees them; ids and tokens as text whatever type parsers the
 // application installed.
 const DEQUEUE_SQL =
@@ -261,7 +272,7 @@ const COMPLETE_EACH_SQL =
 const NOT_ALL_COMPLETED = 'pg-jobqueue: complete_many completed fewer than all';
 const COMPLETE_ALL_OR_NONE_SQL =
   `SELECT CASE WHEN s.n = $3::int THEN s.n ELSE ('${NOT_ALL_COMPLETED}: ' || s.n)::int END AS n ` +
-  'FROM (SELECT job.complete_many($1::bigint[], $2::uuid[]) AS n) s';
+  `FROM (SELECT coalesce(sum(job.complete_many(g.ids, ARRAY[g.token])), 0)::int AS n FROM ${BY_CLAIM}) s`;
 
 function isNotAllCompleted(err: unknown): boolean {
   const e = err as { code?: unknown; message?: unknown };
@@ -275,7 +286,8 @@ const FAIL_SQL =
   'SELECT CASE WHEN (SELECT h.held FROM job.heartbeat_many(ARRAY[$1::bigint], ARRAY[$6::uuid]) h) ' +
   'THEN job.fail($1::bigint, $2::text, $3::boolean, $4::int, $5::interval, $6::uuid) END AS state';
 const HEARTBEAT_SQL =
-  'SELECT id::text AS id, held, lease_expires_at FROM job.heartbeat_many($1::bigint[], $2::uuid[], $3::interval)';
+  'SELECT h.id::text AS id, g.token::text AS token, h.held, h.lease_expires_at ' +
+  `FROM ${BY_CLAIM} CROSS JOIN LATERAL job.heartbeat_many(g.ids, ARRAY[g.token], $3::interval) h`;
 const RELEASE_SQL =
   'SELECT t.id::text AS id, job.release(t.id, t.token) AS ok FROM unnest($1::bigint[], $2::uuid[]) AS t(id, token)';
 const NEXT_DUE_SQL = 'SELECT (extract(epoch FROM job.next_due($1::text) - now()) * 1000)::float8 AS ms';
@@ -455,6 +467,7 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
       } catch (err) {
         errorStreak++;
         this.reportError(err);
+        this.wake.clear();
         await this.wake.wait(Math.min(30_000, 250 * 2 ** Math.min(errorStreak, 7)));
         continue;
       }
@@ -519,11 +532,13 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
       settling: false,
       done: Promise.resolve(),
     };
-    this.active.set(job.id, entry);
+    // Keyed by claim: a job this worker lost and then claimed again is two entries.
+    const key = claimKey(job.id, job.token);
+    this.active.set(key, entry);
     entry.done = this.runJob(entry)
       .catch((err) => this.reportError(err))
       .finally(() => {
-        this.active.delete(job.id);
+        this.active.delete(key);
         this.wake.notify();
       });
   }
@@ -660,7 +675,7 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
     try {
       await this.pool.query(COMPLETE_ALL_OR_NONE_SQL, [
         batch.map((p) => p.entry.job.id),
-        [...new Set(batch.map((p) => p.entry.job.token))],
+        batch.map((p) => p.entry.job.token),
         batch.length,
       ]);
       for (const p of batch) p.resolve(true);
@@ -768,16 +783,14 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
     if (due.length === 0) return;
     this.beating = true;
     try {
-      const tokens = [...new Set(due.map((e) => e.job.token))];
       const rows = (
-        await this.pool.query<{ id: string; held: boolean; lease_expires_at: Date | null }>(HEARTBEAT_SQL, [
-          due.map((e) => e.job.id),
-          tokens,
-          this.leaseInterval,
-        ])
+        await this.pool.query<{ id: string; token: string; held: boolean; lease_expires_at: Date | null }>(
+          HEARTBEAT_SQL,
+          [due.map((e) => e.job.id), due.map((e) => e.job.token), this.leaseInterval],
+        )
       ).rows;
       for (const row of rows) {
-        const entry = this.active.get(row.id);
+        const entry = this.active.get(claimKey(row.id, row.token));
         if (!entry) continue;
         if (row.held) {
           entry.renewedAt = now;
@@ -799,7 +812,8 @@ export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEven
 
   private async connectListener(): Promise<void> {
     if (this.closing || !this.listenConfig) return;
-    const client = new pg.Client({ application_name: 'pg-jobqueue listener', ...this.listenConfig });
+    // TCP keepalives: an idle LISTEN connection is otherwise the last to notice a dead peer.
+    const client = new pg.Client({ application_name: 'pg-jobqueue listener', keepAlive: true, ...this.listenConfig });
     this.listenClient = client;
     let failed = false;
     const lose = (err: unknown) => {

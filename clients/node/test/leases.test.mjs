@@ -168,3 +168,67 @@ test('a batch of completions where one job was cancelled completes the others an
   );
   assert.deepEqual(errors, []);
 });
+
+test("a lost claim's completion, batched with another claim's job, does not complete the job it lost", {
+  timeout: 60_000,
+}, async (t) => {
+  const { url, db, onCleanup } = await testDatabase(t);
+  await db.query("SELECT job.create_queue('twice', max_retries => 5)");
+  const x = await enqueue(db, 'twice', { name: 'x' });
+  let openFirst;
+  let openSecond;
+  const first = new Promise((r) => {
+    openFirst = r;
+  });
+  const second = new Promise((r) => {
+    openSecond = r;
+  });
+  const worker = new Worker(
+    'twice',
+    async (job) => {
+      // Attempt 1 of x and job z finish together; attempt 2 of x later.
+      await (job.payload.name === 'x' && job.attempt === 2 ? second : first);
+    },
+    { connection: url, concurrency: 3, lease: 400, heartbeat: false },
+  );
+  const errors = collectErrors(worker);
+  onCleanup(() => worker.close());
+  const outcomes = [];
+  worker.on('completed', (job) => outcomes.push([job.payload.name, job.attempt, 'completed']));
+  worker.on('lost', (job, reason) => outcomes.push([job.payload.name, job.attempt, `lost (${reason})`]));
+  await waitFor(() => worker.running === 1, { what: 'x claimed' });
+  // While paused, z waits and x's lease runs out; on resume one dequeue claims both.
+  await db.query("SELECT job.pause_queue('twice')");
+  const z = await enqueue(db, 'twice', { name: 'z' });
+  await waitFor(
+    async () =>
+      (await db.query('SELECT state FROM job.jobs WHERE id = $1::bigint', [x])).rows[0].state !== 'running' ||
+      (await db.query("SELECT job.rescue_stalled('twice')")) === null,
+    { what: 'x taken back' },
+  );
+  await db.query("SELECT job.resume_queue('twice')");
+  await waitFor(() => worker.running === 3, { what: 'x again and z claimed' });
+  const claims = await db.query(
+    "SELECT count(DISTINCT lease_token)::int AS n FROM job.live_jobs WHERE queue = 'twice' AND state = 'running'",
+  );
+  assert.equal(claims.rows[0].n, 1, 'x and z share one claim');
+  openFirst();
+  await waitFor(() => outcomes.length === 2, { what: 'the first two outcomes' });
+  openSecond();
+  await waitFor(() => outcomes.length === 3, { what: 'the third outcome' });
+  await worker.close();
+  assert.deepEqual(outcomes.sort(), [
+    ['x', 1, 'lost (complete)'],
+    ['x', 2, 'completed'],
+    ['z', 1, 'completed'],
+  ]);
+  const { rows } = await db.query(
+    'SELECT id::text AS job_id, state, attempt FROM job.jobs WHERE id = ANY($1::bigint[]) ORDER BY id',
+    [[x, z]],
+  );
+  assert.deepEqual(rows, [
+    { job_id: x, state: 'completed', attempt: 2 },
+    { job_id: z, state: 'completed', attempt: 1 },
+  ]);
+  assert.deepEqual(errors, []);
+});
