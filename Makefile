@@ -4,9 +4,10 @@ PSQL       := $(PG_BIN)/psql -X -q -v ON_ERROR_STOP=1
 DEMO_PORT  ?= 55432
 TEST_PORT  ?= 55433
 BENCH_PORT ?= 55434
+NODE_BOUNCER_PORT ?= 55435
 CLUSTER    := bash scripts/cluster.sh
 
-.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test bench bench-stop lint clean
+.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test client-node-test bench bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -51,6 +52,20 @@ integration-test: install
 	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
 	    cargo test --release --no-fail-fast -p pg_jobqueue_integration -- --test-threads=4 ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
+
+# The Node client (clients/node) against the test cluster, directly and through a PgBouncer in
+# transaction pooling (PGJQ_BOUNCER_URL).  npm ci installs from clients/node/package-lock.json
+# and builds clients/node/dist; nothing is written outside clients/node.
+client-node-test: install
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	url=$$($(CLUSTER) url test $(TEST_PORT)); \
+	    bash scripts/pgbouncer.sh start node $(NODE_BOUNCER_PORT) $(TEST_PORT) && \
+	    (cd clients/node && npm ci --no-audit --no-fund && \
+	     PGJQ_TEST_URL=$$url PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(NODE_BOUNCER_PORT)/postgres \
+	     npm test) ; \
+	    status=$$?; bash scripts/pgbouncer.sh stop node $(NODE_BOUNCER_PORT); \
+	    $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
 # The locking protocols interleaved step by step (pg_isolation_regress, tests/isolation/):
 # claims, idempotency keys, drop_queue against producers, wake-ups, leases.
