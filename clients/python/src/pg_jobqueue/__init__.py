@@ -7,16 +7,23 @@
 """
 
 from ._core import Job
+from .aio import AsyncWorker
 from .errors import Failure, PermanentError, describe_failure
+from .producer import aenqueue, aenqueue_many, enqueue, enqueue_many
 from .worker import Worker
 
 __version__ = "0.3.0"
 
 __all__ = [
+    "AsyncWorker",
     "Failure",
     "Job",
     "PermanentError",
     "Worker",
     "__version__",
+    "aenqueue",
+    "aenqueue_many",
     "describe_failure",
+    "enqueue",
+    "enqueue_many",
 ]
