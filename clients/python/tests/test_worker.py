@@ -10,9 +10,9 @@ from typing import Any
 
 import psycopg
 import pytest
+
 from conftest import Database, wait_until
 from harness import AsyncHarness, Harness, SyncHarness, handler
-
 from pg_jobqueue import Job, PermanentError, enqueue
 
 # The async variant drains as many jobs as the threaded one (see test_drain_exactly_once).
@@ -47,7 +47,7 @@ class Events:
 
 
 def test_drain_exactly_once(db: Database, harness: Harness) -> None:
-    """8 workers × concurrency 4 drain 20,000 jobs: each runs once and is completed once."""
+    """8 workers x concurrency 4 drain 20,000 jobs: each runs once and is completed once."""
     db.create_queue("drain")
     db.fill("drain", DRAIN_JOBS)
     seen: list[int] = []
@@ -65,17 +65,26 @@ def test_drain_exactly_once(db: Database, harness: Harness) -> None:
     started = time.monotonic()
     workers = [
         harness.start(
-            "drain", handler(harness.kind, work, awork), conninfo=db.url, concurrency=4,
+            "drain",
+            handler(harness.kind, work, awork),
+            conninfo=db.url,
+            concurrency=4,
             worker_name=f"drain-{i}",
         )
         for i in range(8)
     ]
-    wait_until(lambda: db.drained("drain", DRAIN_JOBS), timeout=300, interval=0.2,
-               what="20,000 jobs completed")
+    wait_until(
+        lambda: db.drained("drain", DRAIN_JOBS),
+        timeout=300,
+        interval=0.2,
+        what="20,000 jobs completed",
+    )
     elapsed = time.monotonic() - started
     for worker in workers:
         harness.close(worker)
-    print(f"{harness.kind}: {DRAIN_JOBS} jobs in {elapsed:.1f}s ({DRAIN_JOBS / elapsed:.0f} jobs/s)")
+    print(
+        f"{harness.kind}: {DRAIN_JOBS} jobs in {elapsed:.1f}s ({DRAIN_JOBS / elapsed:.0f} jobs/s)"
+    )
     db.completed_exactly_once("drain", DRAIN_JOBS)
     assert len(seen) == len(set(seen)) == DRAIN_JOBS, "a handler ran twice for one job"
     assert sum(w.stats["completed"] for w in workers) == DRAIN_JOBS
@@ -84,7 +93,7 @@ def test_drain_exactly_once(db: Database, harness: Harness) -> None:
     assert all(w.stats["completed"] > 0 for w in workers)
 
 
-class Upstream(Exception):
+class UpstreamError(Exception):
     """Like requests' HTTPError: the status and headers are on ``response``."""
 
     def __init__(self, status: int, headers: dict[str, str] | None = None) -> None:
@@ -103,13 +112,13 @@ def test_transient_retried_permanent_dead(db: Database, harness: Harness) -> Non
     def work(job: Job) -> str:
         kind = job.payload["kind"]
         if kind == "503" and job.attempt == 1:
-            raise Upstream(503)
+            raise UpstreamError(503)
         if kind == "404":
-            raise Upstream(404)
+            raise UpstreamError(404)
         if kind == "permanent":
             raise PermanentError("no such customer")
         if kind == "429" and job.attempt == 1:
-            raise Upstream(429, {"Retry-After": "2"})
+            raise UpstreamError(429, {"Retry-After": "2"})
         return "ok"
 
     async def awork(job: Job) -> str:
@@ -117,25 +126,30 @@ def test_transient_retried_permanent_dead(db: Database, harness: Harness) -> Non
 
     harness.start("flaky", handler(harness.kind, work, awork), conninfo=db.url, **events.hooks())
     wait_until(
-        lambda: db.one("SELECT count(*) FROM job.jobs WHERE queue = 'flaky'"
-                       " AND state IN ('completed', 'dead')") == 4,
-        timeout=30, what="all four jobs finished",
+        lambda: (
+            db.one(
+                "SELECT count(*) FROM job.jobs WHERE queue = 'flaky'"
+                " AND state IN ('completed', 'dead')"
+            )
+            == 4
+        ),
+        timeout=30,
+        what="all four jobs finished",
     )
     rows = {
         r[0]: r[1:]
-        for r in db.all(
-            "SELECT id, state, attempt, errors FROM job.jobs WHERE queue = 'flaky'"
-        )
+        for r in db.all("SELECT id, state, attempt, errors FROM job.jobs WHERE queue = 'flaky'")
     }
     state, attempt, errors = rows[unavailable]
     assert (state, attempt) == ("completed", 2)
     assert errors[0]["http_status"] == 503 and not errors[0]["permanent"]
-    assert errors[0]["error"].startswith("test_worker.Upstream: upstream said 503\n")
+    assert errors[0]["error"].startswith("test_worker.UpstreamError: upstream said 503\n")
     assert "Traceback (most recent call last)" in errors[0]["error"]
     # Backoff: the retry was claimed at least backoff_base after the failure.
     gap = db.one(
         "SELECT extract(epoch FROM claimed_at - (errors -> 0 ->> 'at')::timestamptz)"
-        " FROM job.jobs WHERE id = %s", (unavailable,),
+        " FROM job.jobs WHERE id = %s",
+        (unavailable,),
     )
     assert gap >= 0.3
     state, attempt, errors = rows[missing]
@@ -148,7 +162,8 @@ def test_transient_retried_permanent_dead(db: Database, harness: Harness) -> Non
     assert (state, attempt) == ("completed", 2) and errors[0]["http_status"] == 429
     gap = db.one(
         "SELECT extract(epoch FROM claimed_at - (errors -> 0 ->> 'at')::timestamptz)"
-        " FROM job.jobs WHERE id = %s", (limited,),
+        " FROM job.jobs WHERE id = %s",
+        (limited,),
     )
     assert gap >= 2.0, "Retry-After: 2 replaces the backoff"
     assert sorted((i, s) for i, s, _ in events.failed) == sorted(
@@ -171,11 +186,13 @@ def test_heartbeat_keeps_long_job(db: Database, harness: Harness) -> None:
         await asyncio.sleep(3)
         return "done"
 
-    harness.start("long", handler(harness.kind, work, awork), conninfo=db.url, lease=1,
-                  **events.hooks())
+    harness.start(
+        "long", handler(harness.kind, work, awork), conninfo=db.url, lease=1, **events.hooks()
+    )
     wait_until(lambda: db.drained("long", 1), timeout=30, what="the long job")
     state, attempt, errors, result = db.one(
-        "SELECT state, attempt, errors, result FROM job.jobs WHERE id = %s", (job_id,))
+        "SELECT state, attempt, errors, result FROM job.jobs WHERE id = %s", (job_id,)
+    )
     assert (state, attempt, errors, result) == ("completed", 1, [], "done")
     assert events.completed == [job_id] and not events.lost
 
@@ -196,20 +213,29 @@ def test_close_during_load_hands_back(db: Database, harness: Harness) -> None:
         harness.start("load", handler(harness.kind, work, awork), conninfo=db.url, concurrency=4)
         for _ in range(2)
     ]
-    wait_until(lambda: db.one("SELECT count(*) FROM job.jobs WHERE queue = 'load'"
-                              " AND state = 'completed'") >= 50, what="some progress")
+    wait_until(
+        lambda: (
+            db.one("SELECT count(*) FROM job.jobs WHERE queue = 'load' AND state = 'completed'")
+            >= 50
+        ),
+        what="some progress",
+    )
     for worker in workers:
         harness.close(worker, grace_period=30)
     states = db.states("load")
     assert "running" not in states, states
     assert states.get("completed", 0) < jobs, "closed too late to test anything"
     # Jobs not completed are waiting, with no attempt spent and no error recorded.
-    assert db.one(
-        "SELECT count(*) FROM job.jobs WHERE queue = 'load' AND state <> 'completed'"
-        " AND (state <> 'waiting' OR attempt <> 0 OR errors <> '[]')"
-    ) == 0
-    second = harness.start("load", handler(harness.kind, work, awork), conninfo=db.url,
-                           concurrency=8)
+    assert (
+        db.one(
+            "SELECT count(*) FROM job.jobs WHERE queue = 'load' AND state <> 'completed'"
+            " AND (state <> 'waiting' OR attempt <> 0 OR errors <> '[]')"
+        )
+        == 0
+    )
+    second = harness.start(
+        "load", handler(harness.kind, work, awork), conninfo=db.url, concurrency=8
+    )
     wait_until(lambda: db.drained("load", jobs), timeout=60, what="the rest drained")
     harness.close(second)
     db.completed_exactly_once("load", jobs)
@@ -233,12 +259,20 @@ def test_stop_hands_back_unstarted(db: Database, harness: Harness) -> None:
     blocker = psycopg.connect(db.url)
     try:
         blocker.execute("LOCK TABLE job.live_jobs IN EXCLUSIVE MODE")
-        worker = harness.start("handback", handler(harness.kind, work, awork), conninfo=db.url,
-                               concurrency=4, worker_name="handback-worker")
-        wait_until(lambda: db.one(
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND wait_event_type = 'Lock' AND query LIKE '%job.dequeue%'"),
-            what="the worker's dequeue waiting for the lock")
+        worker = harness.start(
+            "handback",
+            handler(harness.kind, work, awork),
+            conninfo=db.url,
+            concurrency=4,
+            worker_name="handback-worker",
+        )
+        wait_until(
+            lambda: db.one(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                " AND wait_event_type = 'Lock' AND query LIKE '%job.dequeue%'"
+            ),
+            what="the worker's dequeue waiting for the lock",
+        )
         harness.stop(worker)
         time.sleep(0.2)
     finally:
@@ -248,8 +282,13 @@ def test_stop_hands_back_unstarted(db: Database, harness: Harness) -> None:
     assert ran == []
     assert worker.stats["claimed"] == 4 and worker.stats["released"] == 4
     assert db.states("handback") == {"waiting": 4}
-    assert db.one("SELECT count(*) FROM job.jobs WHERE queue = 'handback'"
-                  " AND attempt = 0 AND errors = '[]' AND claimed_by IS NULL") == 4
+    assert (
+        db.one(
+            "SELECT count(*) FROM job.jobs WHERE queue = 'handback'"
+            " AND attempt = 0 AND errors = '[]' AND claimed_by IS NULL"
+        )
+        == 4
+    )
 
 
 def test_delayed_and_retry_pickup_latency(db: Database, harness: Harness) -> None:
@@ -317,8 +356,15 @@ def test_stale_worker_cannot_complete(db: Database, harness: Harness) -> None:
         await asyncio.get_running_loop().run_in_executor(None, gate.wait, 20)
         return "stale result"
 
-    stale = harness.start("stale", handler(harness.kind, first, afirst), conninfo=db.url,
-                          concurrency=1, lease=30, heartbeat=25, **events.hooks())
+    stale = harness.start(
+        "stale",
+        handler(harness.kind, first, afirst),
+        conninfo=db.url,
+        concurrency=1,
+        lease=30,
+        heartbeat=25,
+        **events.hooks(),
+    )
     wait_until(lambda: db.one("SELECT state FROM job.jobs WHERE id = %s", (job_id,)) == "running")
     db.one("SELECT job.cancel(%s)", (job_id,))
     db.one("SELECT job.retry(%s)", (job_id,))
@@ -353,8 +399,9 @@ def test_lost_lease_found_by_heartbeat(db: Database, harness: Harness) -> None:
         if job.lost:
             seen_lost.set()
 
-    worker = harness.start("cancelled", handler(harness.kind, work, awork), conninfo=db.url,
-                           lease=2, **events.hooks())
+    worker = harness.start(
+        "cancelled", handler(harness.kind, work, awork), conninfo=db.url, lease=2, **events.hooks()
+    )
     wait_until(lambda: db.one("SELECT state FROM job.jobs WHERE id = %s", (job_id,)) == "running")
     db.one("SELECT job.cancel(%s)", (job_id,))
     assert seen_lost.wait(10), "the handler never saw job.lost"
