@@ -4,9 +4,10 @@ PSQL       := $(PG_BIN)/psql -X -q -v ON_ERROR_STOP=1
 DEMO_PORT  ?= 55432
 TEST_PORT  ?= 55433
 BENCH_PORT ?= 55434
+PY_BOUNCER_PORT ?= 55436
 CLUSTER    := bash scripts/cluster.sh
 
-.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test bench bench-stop lint clean
+.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test client-python-test bench bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -59,6 +60,26 @@ isolation-test: install
 	@$(CLUSTER) start test $(TEST_PORT)
 	bash tests/isolation/run.sh $(TEST_PORT) ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
+
+# The Python client (clients/python): ruff, mypy and pytest in its own virtualenv
+# (clients/python/scripts/venv.sh: installed only when missing or outdated), against the test
+# cluster and a PgBouncer in transaction pooling in front of it.  Every step runs; the target
+# fails if any did, and stops PgBouncer and the cluster whatever the result.
+client-python-test: install
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	@bash scripts/pgbouncer.sh start py $(PY_BOUNCER_PORT) $(TEST_PORT)
+	@status=0; url=$$($(CLUSTER) url test $(TEST_PORT)); \
+	    venv=$$(bash clients/python/scripts/venv.sh) || status=$$?; \
+	    if [ $$status -eq 0 ]; then \
+	        (cd clients/python && $$venv/bin/ruff check . && $$venv/bin/ruff format --check . \
+	            && $$venv/bin/mypy) || status=1; \
+	        (cd clients/python && PGJQ_TEST_URL=$$url \
+	            PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(PY_BOUNCER_PORT)/postgres \
+	            $$venv/bin/pytest --durations=10) || status=$$?; \
+	    fi; \
+	    bash scripts/pgbouncer.sh stop py $(PY_BOUNCER_PORT); $(CLUSTER) stop test $(TEST_PORT); \
+	    exit $$status
 
 bench: install
 	@bash bench/run.sh $(BENCH_PORT)
