@@ -435,3 +435,36 @@ def test_result_not_json_fails_the_job(db: Database, harness: Harness) -> None:
     wait_until(lambda: db.one("SELECT state FROM job.jobs WHERE id = %s", (job_id,)) == "dead")
     error = db.one("SELECT errors -> 0 ->> 'error' FROM job.jobs WHERE id = %s", (job_id,))
     assert error.startswith("TypeError: Object of type object is not JSON serializable")
+
+
+def test_grace_period_over_fails_running(db: Database, harness: Harness) -> None:
+    """A handler still running when the grace period ends: the attempt is failed (transient,
+    saying so) and retried later; what the handler returns afterwards is not recorded."""
+    db.create_queue("slow", backoff_base="30 seconds")
+    job_id = enqueue(db.conn, "slow", {})
+    events = Events()
+
+    def work(job: Job) -> str:
+        time.sleep(3)
+        return "too late"
+
+    async def awork(job: Job) -> str:
+        await asyncio.sleep(3)
+        return "too late"
+
+    worker = harness.start(
+        "slow", handler(harness.kind, work, awork), conninfo=db.url, **events.hooks()
+    )
+    wait_until(lambda: db.one("SELECT state FROM job.jobs WHERE id = %s", (job_id,)) == "running")
+    started = time.monotonic()
+    harness.close(worker, grace_period=0.5)
+    assert time.monotonic() - started < 2.5
+    state, attempt, errors, result = db.one(
+        "SELECT state, attempt, errors, result FROM job.jobs WHERE id = %s", (job_id,)
+    )
+    assert (state, attempt, result) == ("scheduled", 1, None)
+    assert "shut down while the handler was still running" in errors[0]["error"]
+    assert not errors[0]["permanent"]
+    assert [(i, s) for i, s, _ in events.failed] == [(job_id, "scheduled")]
+    time.sleep(3)  # the sync handler thread finishes: still nothing recorded
+    assert db.one("SELECT result FROM job.jobs WHERE id = %s", (job_id,)) is None

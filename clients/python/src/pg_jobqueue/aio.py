@@ -181,15 +181,17 @@ class AsyncWorker:
         if not self._started:
             return
         self.stop(grace_period)
-        if self._main is not None:
-            await self._main
-        self._closing = True
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._listener
-        if self._conn is not None:
-            await self._conn.close()
+        try:
+            if self._main is not None:
+                await self._main
+        finally:
+            self._closing = True
+            if self._listener is not None:
+                self._listener.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await self._listener
+            if self._conn is not None:
+                await self._conn.close()
 
     async def run(
         self, *, install_signal_handlers: bool = True, grace_period: Seconds | None = _UNSET
