@@ -5,6 +5,7 @@
    its simplest correct way (8 processes, each: dequeue a batch of 4, complete each job with
    its token, again; when a dequeue comes back empty, stop), in the same run, on the same
    database.  jobs/s = jobs / (last finish - first claim), from job.jobs.
+   A short unmeasured raw run warms the database up first.
 2. Pick-up latency while idle: one worker LISTENing; a job is enqueued (and committed) only
    once the previous one started; latency = handler start - commit, p50/p99.
 
@@ -203,6 +204,8 @@ def main() -> None:
             " WHERE name IN ('synchronous_commit', 'fsync')"
         ).fetchone()
     rates: dict[str, list[float]] = {"raw": [], "threads": [], "asyncio": []}
+    # Unmeasured: the first run on a fresh database is slower whichever side goes first.
+    throughput(args.url, "raw", max(1000, args.jobs // 10))
     for round_ in range(args.rounds):
         order = ["raw", "threads", "asyncio"]
         if round_ % 2:
