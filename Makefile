@@ -5,9 +5,11 @@ DEMO_PORT  ?= 55432
 TEST_PORT  ?= 55433
 BENCH_PORT ?= 55434
 NODE_BOUNCER_PORT ?= 55435
+PY_BOUNCER_PORT ?= 55436
 CLUSTER    := bash scripts/cluster.sh
 
-.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test client-node-test bench bench-stop lint clean
+.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test \
+        client-node-test client-python-test bench bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -32,8 +34,9 @@ demo-stop:
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 
 # Everything the project tests: formatting, Rust unit tests and #[pg_test]s (cargo pgrx test),
-# then the multi-session integration tests and the isolation specs against a scratch cluster.
-test: setup lint pg-test integration-test isolation-test
+# then the multi-session integration tests, the isolation specs and the Node and Python client
+# libraries' suites against a scratch cluster (one after the other: they share it).
+test: setup lint pg-test integration-test isolation-test client-node-test client-python-test
 
 lint:
 	cargo fmt --all --check
@@ -75,9 +78,31 @@ isolation-test: install
 	bash tests/isolation/run.sh $(TEST_PORT) ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
+# The Python client (clients/python): ruff, mypy and pytest in its own virtualenv
+# (clients/python/scripts/venv.sh: installed only when missing or outdated), against the test
+# cluster and a PgBouncer in transaction pooling in front of it.  Every step runs; the target
+# fails if any did, and stops PgBouncer and the cluster whatever the result.
+client-python-test: install
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	@bash scripts/pgbouncer.sh start py $(PY_BOUNCER_PORT) $(TEST_PORT)
+	@status=0; url=$$($(CLUSTER) url test $(TEST_PORT)); \
+	    venv=$$(bash clients/python/scripts/venv.sh) || status=$$?; \
+	    if [ $$status -eq 0 ]; then \
+	        (cd clients/python && $$venv/bin/ruff check . && $$venv/bin/ruff format --check . \
+	            && $$venv/bin/mypy) || status=1; \
+	        (cd clients/python && PGJQ_TEST_URL=$$url \
+	            PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(PY_BOUNCER_PORT)/postgres \
+	            $$venv/bin/pytest --durations=10) || status=$$?; \
+	    fi; \
+	    bash scripts/pgbouncer.sh stop py $(PY_BOUNCER_PORT); $(CLUSTER) stop test $(TEST_PORT); \
+	    exit $$status
+
 bench: install
 	@bash bench/run.sh $(BENCH_PORT)
 	@bash bench/worker.sh $(BENCH_PORT)
+	@bash bench/client-node.sh $(BENCH_PORT)
+	@bash bench/client-python.sh $(BENCH_PORT)
 	@bash bench/metrics.sh $(BENCH_PORT)
 
 bench-stop:

@@ -1,0 +1,29 @@
+"""pg_jobqueue: workers and producers for background jobs inside PostgreSQL.
+
+>>> from pg_jobqueue import Worker
+>>> def send_email(job):
+...     return {"sent_to": job.payload["to"]}
+>>> Worker("emails", send_email, conninfo="postgresql:///app").run()  # doctest: +SKIP
+"""
+
+from ._core import Job
+from .aio import AsyncWorker
+from .errors import Failure, PermanentError, describe_failure
+from .producer import aenqueue, aenqueue_many, enqueue, enqueue_many
+from .worker import Worker
+
+__version__ = "0.3.0"
+
+__all__ = [
+    "AsyncWorker",
+    "Failure",
+    "Job",
+    "PermanentError",
+    "Worker",
+    "__version__",
+    "aenqueue",
+    "aenqueue_many",
+    "describe_failure",
+    "enqueue",
+    "enqueue_many",
+]
