@@ -1149,9 +1149,28 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object('attempt', attempt, 'at', now(), 'worker', worker) || detail
 $$;
 
+-- Raises unless `tokens` is NULL, one token, or one per id.  The token a call gives for a job
+-- is the only one, or the one at the job's position in `ids`.  Pairing matters: a worker
+-- holding a stale claim of a job and a new claim of the same job (taken back and claimed
+-- again) must not finish the new attempt with the stale one because the new token happens to
+-- be in the same call.
+CREATE OR REPLACE FUNCTION job._check_tokens(ids bigint[], tokens uuid[])
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF tokens IS NOT NULL AND cardinality(tokens) <> 1 AND cardinality(tokens) <> cardinality(ids) THEN
+        RAISE EXCEPTION 'tokens must hold one token, or one per id (% ids), got %', cardinality(ids), cardinality(tokens)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass the token of the dequeue that claimed them all, or each job''s own token in the order of ids.';
+    ELSIF array_position(tokens, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'tokens must not contain NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+END $$;
+
 -- Moves live jobs (those of `ids` whose state is in `from_states`, and whose current claim
--- is one of `tokens` unless that is NULL) to history as `final_state`, appending `error` (if
--- any) to each job's errors, and counts the finished attempts.  Returns how many moved.
+-- is the token paired with the id in `tokens` unless that is NULL: see job._check_tokens) to
+-- history as `final_state`, appending `error` (if any) to each job's errors, and counts the
+-- finished attempts.  Returns how many moved.
 CREATE OR REPLACE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
                             job_result jsonb DEFAULT NULL, error jsonb DEFAULT NULL,
                             tokens uuid[] DEFAULT NULL)
@@ -1171,7 +1190,9 @@ BEGIN
     WITH moved AS (
         DELETE FROM job.live_jobs j
          WHERE j.id = ANY (ids) AND (j.state COLLATE "C") = ANY (from_states)
-           AND (tokens IS NULL OR j.lease_token = ANY (tokens))
+           AND (tokens IS NULL
+                OR j.lease_token = CASE WHEN cardinality(tokens) = 1 THEN tokens[1]
+                                        ELSE tokens[array_position(ids, j.id)] END)
         RETURNING j.*
     ), kept AS (
         INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
@@ -1342,8 +1363,9 @@ BEGIN
     RETURN false;  -- not running under this claim: finished, cancelled, taken back or never claimed
 END $$;
 
--- Acknowledges many jobs in one round trip (with their claims' tokens: one token serves all
--- the jobs of one dequeue); returns how many were running under those claims and completed.
+-- Acknowledges many jobs in one round trip, each under its claim's token (one token for all,
+-- as a batch of one dequeue shares it, or one per id, paired by position); returns how many
+-- were running under those claims and completed.
 CREATE OR REPLACE FUNCTION job.complete_many(ids bigint[], tokens uuid[] DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1351,6 +1373,7 @@ BEGIN
     IF ids IS NULL THEN
         PERFORM job._check_not_null('ids', ids);
     END IF;
+    PERFORM job._check_tokens(ids, tokens);
     RETURN job._finish(ids, '{running}', 'completed', NULL, NULL, tokens);
 END $$;
 
@@ -1472,7 +1495,8 @@ BEGIN
 END $$;
 
 -- Extends the leases of many jobs in one call (a batch: pass the dequeue's token once, or one
--- per job).  One row per id, in order: whether this claim still holds it and its new expiry.
+-- per id, paired by position).  One row per id, in order: whether this claim still holds it
+-- and its new expiry.
 -- A job no longer held is not renewed; the worker should stop working on it.
 CREATE OR REPLACE FUNCTION job.heartbeat_many(ids bigint[], tokens uuid[], extend interval DEFAULT NULL)
 RETURNS TABLE (id bigint, held boolean, lease_expires_at timestamptz)
@@ -1482,6 +1506,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._check_not_null('ids', heartbeat_many.ids);
     PERFORM job._check_not_null('tokens', heartbeat_many.tokens);
+    PERFORM job._check_tokens(heartbeat_many.ids, heartbeat_many.tokens);
     IF heartbeat_many.extend IS NOT NULL THEN
         PERFORM job._check_interval('extend', heartbeat_many.extend, false);
     END IF;
@@ -1491,7 +1516,8 @@ BEGIN
            SET lease_expires_at = now() + coalesce(heartbeat_many.extend,
                                                    (SELECT q.lease FROM job.queues q WHERE q.name = l.queue))
          WHERE l.id = ANY (heartbeat_many.ids) AND l.state = 'running'
-           AND l.lease_token = ANY (heartbeat_many.tokens)
+           AND l.lease_token = CASE WHEN cardinality(heartbeat_many.tokens) = 1 THEN heartbeat_many.tokens[1]
+                                    ELSE heartbeat_many.tokens[array_position(heartbeat_many.ids, l.id)] END
         RETURNING l.id, l.lease_expires_at
     )
     SELECT i.id, r.id IS NOT NULL, r.lease_expires_at
@@ -1636,17 +1662,18 @@ END $$;
 -- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
 -- when the scheduler must next promote or rescue.  One index probe per queue and kind.
 CREATE OR REPLACE FUNCTION job._next_job_due()
-RETURNS timestamptz LANGUAGE sql STABLE
+RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT least(min(d.run_at), min(r.lease_expires_at))
-      FROM job.queues q
-      LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
-                          WHERE l.queue = q.name AND l.state = 'scheduled'
-                          ORDER BY l.run_at LIMIT 1) d ON true
-      LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
-                          WHERE l.queue = q.name AND l.state = 'running'
-                          ORDER BY l.lease_expires_at LIMIT 1) r ON true
-$$;
+BEGIN
+    RETURN (SELECT least(min(d.run_at), min(r.lease_expires_at))
+              FROM job.queues q
+              LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'scheduled'
+                                  ORDER BY l.run_at LIMIT 1) d ON true
+              LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'running'
+                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true);
+END $$;
 
 -- ---- sql/operating.sql (current definitions)
 
@@ -2181,12 +2208,15 @@ END $$;
 
 -- The handler queues an executor serving role `run_as` may claim from: active ones (the queue
 -- is not paused, the handler and both roles exist, and the role that set it is still a member
--- of run_as), with how to call the handler.
+-- of run_as), with how to call the handler.  (PL/pgSQL, not SQL: it runs for every claim, and
+-- only PL/pgSQL keeps its plan for the session.)
 CREATE OR REPLACE FUNCTION job._runnable_handlers(run_as regrole)
 RETURNS TABLE (queue text, concurrency int, timeout interval, handler_schema name, handler_name name,
                returns_jsonb boolean)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT hd.queue, hd.concurrency, hd.timeout, n.nspname, p.proname,
            p.prorettype = 'jsonb'::regtype
       FROM job.handler_defs hd
@@ -2196,8 +2226,8 @@ SET search_path = pg_catalog, pg_temp AS $$
      WHERE hd.run_as = _runnable_handlers.run_as
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.set_by)
-       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER')
-$$;
+       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER');
+END $$;
 
 -- Claims one job for an executor serving role `run_as`, from one of its handler queues with
 -- fewer than `concurrency` jobs running.  Executors claiming from one queue take turns (an
@@ -2236,34 +2266,38 @@ END $$;
 -- When an executor serving `run_as` must next look for work: the earliest scheduled (delayed
 -- or backing off) job of its handler queues (NULL: none).
 CREATE OR REPLACE FUNCTION job._next_handler_job_due(run_as regrole)
-RETURNS timestamptz LANGUAGE sql STABLE
+RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT min(d.run_at)
-      FROM job.handler_defs h
-     CROSS JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
-                          WHERE l.queue = h.queue AND l.state = 'scheduled'
-                          ORDER BY l.run_at LIMIT 1) d
-     WHERE h.run_as = _next_handler_job_due.run_as
-$$;
+BEGIN
+    RETURN (SELECT min(d.run_at)
+              FROM job.handler_defs h
+             CROSS JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
+                                  WHERE l.queue = h.queue AND l.state = 'scheduled'
+                                  ORDER BY l.run_at LIMIT 1) d
+             WHERE h.run_as = _next_handler_job_due.run_as);
+END $$;
 
 -- How many executors each run_as role needs (pg_jobqueue.executors at most, and no more than
--- its handlers' concurrency in all).  Read by the scheduler.
+-- its handlers' concurrency in all).  Read by the scheduler, and by each executor now and then.
 CREATE OR REPLACE FUNCTION job._executors_wanted(per_role int)
 RETURNS TABLE (run_as regrole, executors int)
-LANGUAGE sql STABLE
+LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
     SELECT hd.run_as, least(per_role, sum(hd.concurrency))::int
       FROM job.handler_defs hd
      WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
-     GROUP BY hd.run_as
-$$;
+     GROUP BY hd.run_as;
+END $$;
 
 -- Completes a handler's job with its result, under the executor's claim.
 CREATE OR REPLACE FUNCTION job._complete_handler_job(job_id bigint, token uuid, result jsonb)
-RETURNS boolean LANGUAGE sql
+RETURNS boolean LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT job.complete(job_id, result, token)
-$$;
+BEGIN
+    RETURN job.complete(job_id, result, token);
+END $$;
 
 -- Records a handler's failed attempt through job.fail's rules (under the executor's claim),
 -- keeping the SQLSTATE with it.
