@@ -133,9 +133,7 @@ mod tests {
         let (_, stale) = claim_with_token("q", "w");
         lapse_and_rescue(x);
         // The same worker claims X again, with Z, under a new token.
-        let fresh = one::<String>(
-            "SELECT min(lease_token::text) FROM job.dequeue('q', 'w', 2)",
-        );
+        let fresh = one::<String>("SELECT min(lease_token::text) FROM job.dequeue('q', 'w', 2)");
         assert_rejected_with(
             &format!("SELECT job.complete_many(ARRAY[{x}], ARRAY['{stale}', '{fresh}']::uuid[])"),
             "22023",

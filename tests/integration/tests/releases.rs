@@ -104,5 +104,8 @@ fn the_library_still_exports_every_symbol_released_scripts_name() {
             }
         }
     }
-    assert!(checked > 19, "found only {checked} symbols in the released scripts");
+    assert!(
+        checked > 19,
+        "found only {checked} symbols in the released scripts"
+    );
 }
