@@ -108,11 +108,11 @@ BEGIN
        AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER');
 END $$;
 
--- Claims one job for an executor serving role `run_as`, from one of its handler queues with
--- fewer than `concurrency` jobs running.  Executors claiming from one queue take turns (an
--- internal lock, held until the claim commits), so the count they test is exact.  No row:
--- nothing to run.
-CREATE FUNCTION job._claim_handler_job(worker text, run_as regrole)
+-- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its
+-- handler queues, and no more than leave the queue's running jobs within its `concurrency`.
+-- Executors claiming from one queue take turns (an internal lock, held until the claim
+-- commits), so the count they test is exact.  No row: nothing to run.
+CREATE FUNCTION job._claim_handler_jobs(worker text, run_as regrole, batch int)
 RETURNS TABLE (job_id bigint, token uuid, payload jsonb, attempt int, handler_schema name,
                handler_name name, returns_jsonb boolean, timeout_ms bigint)
 LANGUAGE plpgsql
@@ -120,25 +120,21 @@ SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     h record;
-    claimed job.claimed_job;
+    free_slots int;
 BEGIN
-    FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_job.run_as) ORDER BY random() LOOP
+    FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_jobs.run_as) ORDER BY random() LOOP
         PERFORM job._lock_handler_queue(h.queue);
-        CONTINUE WHEN (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
-                                              WHERE l.queue = h.queue AND l.state = 'running'
-                                              LIMIT h.concurrency) r) >= h.concurrency;
-        SELECT * INTO claimed FROM job.dequeue(h.queue, worker, 1, h.timeout + interval '30 seconds');
-        CONTINUE WHEN claimed.id IS NULL;
-        job_id := claimed.id;
-        token := claimed.lease_token;
-        payload := claimed.payload;
-        attempt := claimed.attempt;
-        handler_schema := h.handler_schema;
-        handler_name := h.handler_name;
-        returns_jsonb := h.returns_jsonb;
-        timeout_ms := (extract(epoch FROM h.timeout) * 1000)::bigint;
-        RETURN NEXT;
-        RETURN;
+        free_slots := h.concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
+                                                             WHERE l.queue = h.queue AND l.state = 'running'
+                                                             LIMIT h.concurrency) r);
+        CONTINUE WHEN free_slots <= 0;
+        RETURN QUERY
+        SELECT c.id, c.lease_token, c.payload, c.attempt, h.handler_schema, h.handler_name, h.returns_jsonb,
+               (extract(epoch FROM h.timeout) * 1000)::bigint
+          FROM job.dequeue(h.queue, worker, least(batch, free_slots), h.timeout + interval '30 seconds') c;
+        IF FOUND THEN
+            RETURN;
+        END IF;
     END LOOP;
 END $$;
 
@@ -168,6 +164,39 @@ BEGIN
       FROM job.handler_defs hd
      WHERE EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
      GROUP BY hd.run_as;
+END $$;
+
+-- Running jobs claimed by `workers` (executors the scheduler saw stop, named as in their
+-- claims): their leases run out now, so the scheduler takes them back at once instead of a
+-- handler's timeout plus 30 seconds later.  Returns how many.
+CREATE FUNCTION job._expire_leases_of(workers text[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expired bigint;
+BEGIN
+    UPDATE job.live_jobs l SET lease_expires_at = now()
+     WHERE l.state = 'running' AND l.claimed_by = ANY (workers) AND l.lease_expires_at > now();
+    GET DIAGNOSTICS expired = ROW_COUNT;
+    RETURN expired;
+END $$;
+
+-- Running jobs claimed by executors of this database other than the live ones (`alive`, their
+-- process ids): the scheduler calls it as it starts, before it starts executors, so that jobs
+-- of executors that died with the server (or with a scheduler before it) are taken back at
+-- once.  Returns how many.
+CREATE FUNCTION job._expire_leases_of_executors_but(alive int[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expired bigint;
+BEGIN
+    UPDATE job.live_jobs l SET lease_expires_at = now()
+     WHERE l.state = 'running' AND l.lease_expires_at > now()
+       AND l.claimed_by LIKE 'pg\_jobqueue executor %'
+       AND substring(l.claimed_by FROM '\(pid ([0-9]+)\)$')::int <> ALL (alive);
+    GET DIAGNOSTICS expired = ROW_COUNT;
+    RETURN expired;
 END $$;
 
 -- Completes a handler's job with its result, under the executor's claim.

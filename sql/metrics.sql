@@ -127,26 +127,95 @@ END $$;
 -- Maintenance (run by the worker's scheduler)
 ---------------------------------------------------------------------------------------------
 
--- Counts live jobs per queue and state into job.queue_depth.  Returns the number of queues.
+-- How many live jobs of `queue` are in `state` ('waiting', 'scheduled' or 'running'), and for
+-- 'scheduled' due (run_at passed) or not: counted exactly up to 10,000 (an index range scan of
+-- at most that many entries), estimated above that from the table's statistics (the extended
+-- statistics on queue and state) with `estimated` true.  What the worker counts every
+-- maintenance_interval must not cost more as a backlog grows: an exact count of 10 million
+-- waiting jobs took 11 s of CPU in every 30.
+CREATE FUNCTION job._live_count(queue text, state text, due boolean DEFAULT NULL,
+                                OUT n bigint, OUT estimated boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    exact_limit constant int := 10000;
+    plan json;
+BEGIN
+    -- One static query per state, each a range of that state's partial index.
+    n := CASE WHEN state = 'waiting' THEN
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'waiting'
+                                          LIMIT exact_limit + 1) x)
+              WHEN state = 'running' THEN
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'running'
+                                          LIMIT exact_limit + 1) x)
+              WHEN due THEN
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'scheduled'
+                                            AND l.run_at <= now()
+                                          LIMIT exact_limit + 1) x)
+              ELSE
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'scheduled'
+                                            AND l.run_at > now()
+                                          LIMIT exact_limit + 1) x) END;
+    estimated := n > exact_limit;
+    IF estimated THEN
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT FROM job.live_jobs l WHERE l.queue = %L AND l.state = %L%s',
+                       queue, state,
+                       CASE WHEN state <> 'scheduled' THEN ''
+                            WHEN due THEN ' AND l.run_at <= now()' ELSE ' AND l.run_at > now()' END)
+           INTO plan;
+        n := greatest(n, (plan -> 0 -> 'Plan' ->> 'Plan Rows')::bigint);
+    END IF;
+END $$;
+
+-- The time the oldest ready job of `queue` became ready: the earliest run_at among its waiting
+-- jobs (one index probe per distinct priority, as the claim index orders them by priority
+-- first) and its due scheduled jobs.
+CREATE FUNCTION job._oldest_ready_at(queue text)
+RETURNS timestamptz LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE by_priority AS (
+        (SELECT l.priority, l.run_at FROM job.live_jobs l
+          WHERE l.queue = _oldest_ready_at.queue AND l.state = 'waiting'
+          ORDER BY l.priority DESC, l.run_at LIMIT 1)
+        UNION ALL
+        SELECT lower_priority.priority, lower_priority.run_at
+          FROM by_priority p
+         CROSS JOIN LATERAL (SELECT l.priority, l.run_at FROM job.live_jobs l
+                              WHERE l.queue = _oldest_ready_at.queue AND l.state = 'waiting'
+                                AND l.priority < p.priority
+                              ORDER BY l.priority DESC, l.run_at LIMIT 1) lower_priority
+    )
+    SELECT least((SELECT min(b.run_at) FROM by_priority b),
+                 (SELECT l.run_at FROM job.live_jobs l
+                   WHERE l.queue = _oldest_ready_at.queue AND l.state = 'scheduled' AND l.run_at <= now()
+                   ORDER BY l.run_at LIMIT 1))
+$$;
+
+-- Counts live jobs per queue and state into job.queue_depth (see job._live_count: exact up to
+-- 10,000 per state, estimated above).  Returns the number of queues.
 CREATE FUNCTION job._count_queue_depth()
 RETURNS int LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     counted int;
 BEGIN
-    INSERT INTO job.queue_depth AS d (queue, waiting, scheduled, running, oldest_ready_at, counted_at)
-    SELECT q.name, coalesce(l.waiting, 0), coalesce(l.scheduled, 0), coalesce(l.running, 0),
-           l.oldest_ready_at, now()
+    INSERT INTO job.queue_depth AS d (queue, waiting, scheduled, running, oldest_ready_at, counted_at, estimated)
+    SELECT q.name, w.n + due.n, later.n, r.n, job._oldest_ready_at(q.name), now(),
+           w.estimated OR due.estimated OR later.estimated OR r.estimated
       FROM job.queues q
-      LEFT JOIN (SELECT j.queue,
-                        count(*) FILTER (WHERE j.state = 'waiting' OR (j.state = 'scheduled' AND j.run_at <= now())) AS waiting,
-                        count(*) FILTER (WHERE j.state = 'scheduled' AND j.run_at > now()) AS scheduled,
-                        count(*) FILTER (WHERE j.state = 'running') AS running,
-                        min(j.run_at) FILTER (WHERE j.state = 'waiting' OR (j.state = 'scheduled' AND j.run_at <= now())) AS oldest_ready_at
-                   FROM job.live_jobs j GROUP BY j.queue) l ON l.queue = q.name
+     CROSS JOIN LATERAL job._live_count(q.name, 'waiting') w
+     CROSS JOIN LATERAL job._live_count(q.name, 'scheduled', true) due
+     CROSS JOIN LATERAL job._live_count(q.name, 'scheduled', false) later
+     CROSS JOIN LATERAL job._live_count(q.name, 'running') r
     ON CONFLICT (queue) DO UPDATE
        SET waiting = EXCLUDED.waiting, scheduled = EXCLUDED.scheduled, running = EXCLUDED.running,
-           oldest_ready_at = EXCLUDED.oldest_ready_at, counted_at = EXCLUDED.counted_at;
+           oldest_ready_at = EXCLUDED.oldest_ready_at, counted_at = EXCLUDED.counted_at,
+           estimated = EXCLUDED.estimated;
     GET DIAGNOSTICS counted = ROW_COUNT;
     DELETE FROM job.queue_depth d WHERE NOT EXISTS (SELECT 1 FROM job.queues q WHERE q.name = d.queue);
     RETURN counted;
@@ -278,12 +347,13 @@ SELECT q.name AS queue, q.paused,
        coalesce(d.waiting, 0) AS waiting, coalesce(d.scheduled, 0) AS scheduled,
        coalesce(d.running, 0) AS running, coalesce(c.dead_letters, 0) AS dead_letters,
        now() - d.oldest_ready_at AS oldest_ready_age,
-       d.counted_at AS depth_counted_at
+       d.counted_at AS depth_counted_at,
+       coalesce(d.estimated, false) AS depth_estimated
   FROM job.queues q
   LEFT JOIN job.queue_depth d ON d.queue = q.name
   LEFT JOIN job.queue_counters c ON c.queue = q.name;
 
-COMMENT ON VIEW job.queue_metrics IS 'Per queue: jobs waiting, scheduled and running (as of depth_counted_at), the dead-letter queue''s size, the oldest ready job''s age.';
+COMMENT ON VIEW job.queue_metrics IS 'Per queue: jobs waiting, scheduled and running (as of depth_counted_at; exact up to 10,000 per state, estimated from statistics above that when depth_estimated), the dead-letter queue''s size, the oldest ready job''s age.';
 
 CREATE VIEW job.workers AS
 SELECT w.worker, w.first_seen, w.last_seen, coalesce(h.held, 0) AS jobs_held, w.stalled AS jobs_stalled

@@ -87,6 +87,10 @@ CREATE INDEX live_jobs_due_idx ON job.live_jobs (queue, run_at)
 CREATE INDEX live_jobs_lease_idx ON job.live_jobs (queue, lease_expires_at)
     WHERE state = 'running';
 
+-- Queue and state together: a queue's depth above 10,000 jobs per state is estimated from
+-- these (job._live_count), and without them the planner multiplies the two selectivities.
+CREATE STATISTICS job.live_jobs_queue_state (mcv) ON queue, state FROM job.live_jobs;
+
 -- History and the dead-letter queue.  Insert-mostly; rows leave by retention or by retry.
 CREATE TABLE job.finished_jobs (
     id               bigint PRIMARY KEY,
@@ -205,10 +209,11 @@ CREATE TABLE job.queue_depth (
     scheduled       bigint NOT NULL,
     running         bigint NOT NULL,
     oldest_ready_at timestamptz,
-    counted_at      timestamptz NOT NULL
+    counted_at      timestamptz NOT NULL,
+    estimated       boolean NOT NULL DEFAULT false  -- a count over 10,000, from statistics
 );
 
-COMMENT ON TABLE job.queue_depth IS 'Live jobs per queue and state, counted by the worker every pg_jobqueue.maintenance_interval.';
+COMMENT ON TABLE job.queue_depth IS 'Live jobs per queue and state, counted by the worker every pg_jobqueue.maintenance_interval (exact up to 10,000 per state, estimated above).';
 
 CREATE TABLE job.queue_counters (
     queue        text PRIMARY KEY,

@@ -32,12 +32,30 @@ BEGIN
     END IF;
 END $$;
 
+-- Raises unless a worker's acknowledgement is well formed: `ids` a flat array without NULL,
+-- `results` NULL or one per id, `tokens` as job._check_tokens wants.
+CREATE FUNCTION job._check_finished(ids bigint[], results jsonb[], tokens uuid[])
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF array_ndims(ids) > 1 OR array_position(ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'complete must be a one-dimensional array of job ids without NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF results IS NOT NULL AND (array_ndims(results) > 1 OR cardinality(results) <> cardinality(ids)) THEN
+        RAISE EXCEPTION 'results must hold one result per completed id (% ids), got %', cardinality(ids), cardinality(results)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pair each id in complete with its result by position; pass NULL elements for jobs without one.';
+    END IF;
+    PERFORM job._check_tokens(ids, tokens);
+END $$;
+
 -- Moves live jobs (those of `ids` whose state is in `from_states`, and whose current claim
 -- is the token paired with the id in `tokens` unless that is NULL: see job._check_tokens) to
--- history as `final_state`, appending `error` (if any) to each job's errors, and counts the
--- finished attempts.  Returns how many moved.
+-- history as `final_state`, with the result paired with the id in `job_results` (one for all,
+-- or one per id), appending `error` (if any) to each job's errors, and counts the finished
+-- attempts.  Returns how many moved.
 CREATE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
-                            job_result jsonb DEFAULT NULL, error jsonb DEFAULT NULL,
+                            job_results jsonb[] DEFAULT NULL, error jsonb DEFAULT NULL,
                             tokens uuid[] DEFAULT NULL)
 RETURNS int LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -67,7 +85,8 @@ BEGIN
                final_state, m.queue, m.job_type, m.claimed_by, m.idempotency_key, m.payload,
                CASE WHEN error IS NULL THEN m.errors
                     ELSE m.errors || jsonb_build_array(job._attempt_error(m.attempt, m.claimed_by, error)) END,
-               job_result
+               CASE WHEN cardinality(job_results) = 1 THEN job_results[1]
+                    ELSE job_results[array_position(ids, m.id)] END
           FROM moved m
         RETURNING 1
     )
@@ -94,11 +113,20 @@ END $$;
 -- a job is handed to one worker at a time until its lease expires.  Every job of one call
 -- carries the same new lease token, which complete, fail, heartbeat and release take to act
 -- only on this claim.
+--
+-- A worker's loop can acknowledge what it finished in the same call, and so in one round
+-- trip and one commit per job: `complete` (ids), their `results` (one per id, paired by
+-- position, or NULL) and `complete_tokens` (as complete_many's `tokens`).  They are completed
+-- as complete_many would, before anything is claimed; one whose claim is no longer current
+-- is left alone (a worker that must know calls job.complete).
 CREATE FUNCTION job.dequeue(
     queue text,
     worker text DEFAULT NULL,
     batch int DEFAULT 1,
-    lease interval DEFAULT NULL
+    lease interval DEFAULT NULL,
+    complete bigint[] DEFAULT NULL,
+    results jsonb[] DEFAULT NULL,
+    complete_tokens uuid[] DEFAULT NULL
 ) RETURNS SETOF job.claimed_job LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -125,6 +153,11 @@ BEGIN
         PERFORM job._check_name('worker', dequeue.worker);
     END IF;
     PERFORM job._saw_worker(dequeue.worker);
+    IF dequeue.complete IS NOT NULL THEN
+        PERFORM job._check_finished(dequeue.complete, dequeue.results, dequeue.complete_tokens);
+        PERFORM job._finish(dequeue.complete, '{running}', 'completed', dequeue.results, NULL,
+                            dequeue.complete_tokens);
+    END IF;
     IF q.paused THEN
         -- Nothing to hand out: this consumer now waits, and resume_queue will wake it.
         PERFORM job._consumer_waits(q.id);
@@ -220,7 +253,7 @@ BEGIN
     IF complete.id IS NULL THEN
         PERFORM job._check_not_null('id', complete.id);
     END IF;
-    IF job._finish(ARRAY[complete.id], '{running}', 'completed', complete.result, NULL,
+    IF job._finish(ARRAY[complete.id], '{running}', 'completed', ARRAY[complete.result], NULL,
                    CASE WHEN complete.token IS NULL THEN NULL ELSE ARRAY[complete.token] END) = 1 THEN
         RETURN true;
     END IF;

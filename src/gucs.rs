@@ -8,6 +8,8 @@ pub static RESCUE_INTERVAL_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 pub static ENABLED: GucSetting<bool> = GucSetting::<bool>::new(true);
 /// Executor processes per database that has handlers.
 pub static EXECUTORS: GucSetting<i32> = GucSetting::<i32>::new(2);
+/// The most handler jobs an executor runs in one transaction.
+pub static EXECUTOR_BATCH: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// The longest the scheduler sleeps without looking at its tables (milliseconds).
 pub static SCHEDULER_TICK_MS: GucSetting<i32> = GucSetting::<i32>::new(1000);
 /// How often the scheduler runs maintenance (milliseconds).
@@ -60,6 +62,18 @@ pub fn init() {
         c"Each runs one handler job at a time; 0 runs no handler jobs. Counts against max_worker_processes.",
         &EXECUTORS,
         (0, 64),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.executor_batch",
+        c"The most handler jobs an executor runs in one transaction.",
+        c"An executor claims up to this many jobs of one handler queue (within its concurrency), \
+          runs each handler call in a subtransaction of its own and commits them together: one \
+          commit for the batch instead of one per job. It sizes each batch to take about 50 ms, \
+          so slow handlers run one at a time. 1 runs one job per transaction.",
+        &EXECUTOR_BATCH,
+        (1, 1000),
         GucContext::Sighup,
         GucFlags::default(),
     );

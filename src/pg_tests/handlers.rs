@@ -168,7 +168,7 @@ mod tests {
         assert_eq!(
             one::<String>("SELECT concat_ws(',', job_id, token IS NOT NULL, payload, handler_schema, handler_name,
                                   returns_jsonb, timeout_ms)
-                             FROM job._claim_handler_job('executor 0', current_user::regrole)"),
+                             FROM job._claim_handler_jobs('executor 0', current_user::regrole, 10)"),
             format!("{id},t,{{\"x\": 1}},public,handle,t,60000")
         );
         assert_eq!(
@@ -179,18 +179,20 @@ mod tests {
         // nothing either.
         assert_eq!(
             one::<i64>(
-                "SELECT count(*) FROM job._claim_handler_job('executor 1', current_user::regrole)"
+                "SELECT count(*) FROM job._claim_handler_jobs('executor 1', current_user::regrole, 10)"
             ),
             0
         );
         assert_eq!(
-            one::<i64>("SELECT count(*) FROM job._claim_handler_job('executor 2', 'pg_monitor')"),
+            one::<i64>(
+                "SELECT count(*) FROM job._claim_handler_jobs('executor 2', 'pg_monitor', 10)"
+            ),
             0
         );
         run(&format!("SELECT job.complete({id})"));
         assert_eq!(
             one::<i64>(
-                "SELECT job_id FROM job._claim_handler_job('executor 1', current_user::regrole)"
+                "SELECT job_id FROM job._claim_handler_jobs('executor 1', current_user::regrole, 10)"
             ),
             second
         );
@@ -198,6 +200,39 @@ mod tests {
         assert_eq!(
             one::<i64>("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"),
             0
+        );
+    }
+
+    #[pg_test]
+    fn an_executor_claims_a_batch_within_the_concurrency_left() {
+        queue("q");
+        run("CREATE FUNCTION public.handle(p jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT p'");
+        run("SELECT job.set_handler('q', 'handle(jsonb)', concurrency => 5, timeout => '10 seconds')");
+        let ids = ids_of(
+            "SELECT job.enqueue('q', jsonb_build_object('n', g)) FROM generate_series(1, 8) g",
+        );
+        // Batch 3 of 5 free slots: 3 jobs, in claim order, under one token.
+        assert_eq!(
+            one::<String>("SELECT string_agg(job_id::text, ',' ORDER BY job_id) || ' ' || count(DISTINCT token)
+                             FROM job._claim_handler_jobs('e0', current_user::regrole, 3)"),
+            format!("{},{},{} 1", ids[0], ids[1], ids[2])
+        );
+        // Batch 10, but only 2 slots left.
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM job._claim_handler_jobs('e1', current_user::regrole, 10)"
+            ),
+            2
+        );
+        assert_eq!(
+            one::<i64>(
+                "SELECT count(*) FROM job._claim_handler_jobs('e2', current_user::regrole, 10)"
+            ),
+            0
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.live_jobs WHERE state = 'running'"),
+            5
         );
     }
 }

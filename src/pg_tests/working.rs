@@ -367,4 +367,80 @@ mod tests {
         );
         assert_rejected("SELECT job.heartbeat(31337)", "job 31337 does not exist");
     }
+
+    #[pg_test]
+    fn dequeue_completes_what_the_worker_finished_and_claims_the_next() {
+        queue("q");
+        let a = enqueue("q");
+        let b = enqueue("q");
+        let c = enqueue("q");
+        let first = one::<String>("SELECT lease_token::text FROM job.dequeue('q', 'w1')");
+        // Completes a with its result, then claims b, in one call.
+        let got: String = one(&format!(
+            "SELECT string_agg(id::text, ',') FROM job.dequeue('q', 'w1', complete => ARRAY[{a}],
+                    results => ARRAY['{{\"sent\": 1}}'::jsonb], complete_tokens => ARRAY['{first}'::uuid])"
+        ));
+        assert_eq!(got, b.to_string());
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT concat_ws(',', state, result) FROM job.jobs WHERE id = {a}"
+            )),
+            r#"completed,{"sent": 1}"#
+        );
+        // A completion under a claim that is no longer current is left alone; the claim goes on.
+        let second = one::<String>(&format!(
+            "SELECT lease_token::text FROM job.live_jobs WHERE id = {b}"
+        ));
+        let got: String = one(&format!(
+            "SELECT string_agg(id::text, ',') FROM job.dequeue('q', 'w1', complete => ARRAY[{b}],
+                    complete_tokens => ARRAY['{first}'::uuid])"
+        ));
+        assert_eq!(got, c.to_string());
+        assert_eq!(state(b), "running");
+        // The last acknowledgement, with nothing left to claim: it still completes.
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT count(*) FROM job.dequeue('q', 'w1', complete => ARRAY[{b}],
+                        complete_tokens => ARRAY['{second}'::uuid])"
+            )),
+            0
+        );
+        assert_eq!(state(b), "completed");
+        assert!(one::<bool>(&format!(
+            "SELECT result IS NULL FROM job.jobs WHERE id = {b}"
+        )));
+        // Counted like any completion.
+        assert_eq!(
+            one::<i64>("SELECT sum(completed)::bigint FROM job.metric_buckets WHERE queue = 'q'"),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn dequeue_rejects_a_malformed_acknowledgement() {
+        queue("q");
+        enqueue("q");
+        let a = enqueue("q");
+        run("SELECT * FROM job.dequeue('q', batch => 2)");
+        for (call, message) in [
+            (
+                format!("SELECT * FROM job.dequeue('q', complete => ARRAY[{a}], results => ARRAY['1', '2']::jsonb[])"),
+                "results must hold one result per completed id (1 ids), got 2".to_owned(),
+            ),
+            (
+                format!("SELECT * FROM job.dequeue('q', complete => ARRAY[[{a}]])"),
+                "complete must be a one-dimensional array of job ids without NULL".to_owned(),
+            ),
+            (
+                format!("SELECT * FROM job.dequeue('q', complete => ARRAY[{a}, NULL])"),
+                "complete must be a one-dimensional array of job ids without NULL".to_owned(),
+            ),
+            (
+                format!("SELECT * FROM job.dequeue('q', complete => ARRAY[{a}, {a}], complete_tokens => ARRAY[gen_random_uuid(), gen_random_uuid(), gen_random_uuid()])"),
+                "tokens must hold one token, or one per id (2 ids), got 3".to_owned(),
+            ),
+        ] {
+            assert_rejected_with(&call, "22023", &message);
+        }
+    }
 }

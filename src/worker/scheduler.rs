@@ -57,8 +57,10 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
     }
     log!("pg_jobqueue scheduler started");
 
-    let mut executors: HashMap<(pg_sys::Oid, usize), DynamicBackgroundWorker> = HashMap::new();
-    let mut next_maintenance = Instant::now();
+    take_back_jobs_of_gone_executors(db);
+    let mut executors: HashMap<(pg_sys::Oid, usize), Executor> = HashMap::new();
+    let mut maintenance = Maintenance::new();
+    let mut budget = Budget::default();
     loop {
         // Awake: a commit that makes a job due from now on signals (see wakeup.rs).
         shmem::publish_wake_at(slot, None);
@@ -79,11 +81,10 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
         }
 
         fire_due_schedules();
-        run_due_jobs();
-        if Instant::now() >= next_maintenance {
-            run_maintenance();
-            next_maintenance = Instant::now() + maintenance_interval();
-        }
+        // The rest can wait for the next tick, and never delays it.
+        budget.next_tick = next_schedule_due();
+        run_due_jobs(&mut budget);
+        maintenance.advance(&mut budget);
         supervise_executors(db, &mut executors);
 
         let due = super::next_due(
@@ -91,8 +92,7 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
             "SELECT least(job._next_schedule_due(), job._next_job_due())",
             &[],
         );
-        let wait =
-            super::until(due).min(next_maintenance.saturating_duration_since(Instant::now()));
+        let wait = super::until(due).min(maintenance.wait());
         // SAFETY: reads the clock.
         let wake_at = unsafe { pg_sys::GetCurrentTimestamp() } + wait.as_micros() as i64;
         shmem::publish_wake_at(slot, Some(wake_at));
@@ -106,6 +106,70 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
 
 fn maintenance_interval() -> Duration {
     Duration::from_millis(gucs::MAINTENANCE_INTERVAL_MS.get().max(1) as u64)
+}
+
+/// When the next schedule is due, if one is.
+fn next_schedule_due() -> Option<Instant> {
+    let due = super::next_due("scheduler", "SELECT job._next_schedule_due()", &[])?;
+    // SAFETY: reads the clock.
+    let now = unsafe { pg_sys::GetCurrentTimestamp() };
+    Some(Instant::now() + Duration::from_micros(due.saturating_sub(now).max(0) as u64))
+}
+
+/// How much of the work that can wait (making due jobs ready, taking back stalled ones,
+/// maintenance) fits before the next schedule is due: a transaction of it starts only if
+/// twice the longest one seen so far still ends [`TICK_MARGIN`] before the tick.  Under load,
+/// maintenance once delayed 1-second ticks by up to 364 ms.
+#[derive(Default)]
+struct Budget {
+    next_tick: Option<Instant>,
+    longest: Duration,
+    /// Since when work was put off without any running: ticks too close together for the
+    /// slowest transaction must not starve it for good.
+    put_off_since: Option<Instant>,
+}
+
+/// How early before a tick the scheduler stops starting work that can wait.
+const TICK_MARGIN: Duration = Duration::from_millis(5);
+/// The longest work that can wait is put off, however close together the ticks.
+const MAX_PUT_OFF: Duration = Duration::from_secs(2);
+
+impl Budget {
+    fn allows_another(&mut self) -> bool {
+        let fits = self
+            .next_tick
+            .is_none_or(|tick| Instant::now() + self.longest * 2 + TICK_MARGIN <= tick);
+        if fits
+            || self
+                .put_off_since
+                .is_some_and(|t| t.elapsed() >= MAX_PUT_OFF)
+        {
+            self.put_off_since = None;
+            return true;
+        }
+        self.put_off_since.get_or_insert_with(Instant::now);
+        false
+    }
+
+    /// Runs one transaction of `what` if it fits; None when it did not.
+    fn run(&mut self, what: &str, sql: &str, args: [i64; 2]) -> Option<Result<i64, ()>> {
+        if !self.allows_another() {
+            return None;
+        }
+        let started = Instant::now();
+        let params = args.map(|a| a.into());
+        let outcome = transaction(|| spi(Spi::get_one_with_args::<i64>(sql, &params)));
+        // The longest transaction decays slowly, so one slow moment does not hold maintenance
+        // back for good.
+        self.longest = (self.longest * 15 / 16).max(started.elapsed());
+        Some(match outcome {
+            Ok(n) => Ok(n.unwrap_or(0)),
+            Err(e) => {
+                log!("pg_jobqueue scheduler: {what} failed: {e}");
+                Err(())
+            }
+        })
+    }
 }
 
 fn fire_due_schedules() {
@@ -127,100 +191,197 @@ fn fire_due_schedules() {
     }
 }
 
-/// Makes due jobs ready and takes back jobs whose lease ran out, waking their consumers at
-/// each commit; bounded like a maintenance step.
-fn run_due_jobs() {
-    let batch = i64::from(gucs::MAINTENANCE_BATCH.get());
-    run_step(
-        "make due jobs ready",
-        "SELECT job._promote_due($1::int)",
-        [batch, 0],
-    );
-    run_step(
-        "rescue stalled jobs",
-        "SELECT job.rescue_stalled(NULL, $1::int)::bigint",
-        [batch, 0],
-    );
+/// A step of the work that can wait: what it does, its SQL (a bigint count of rows;
+/// parameters $1 = the batch, $2 = the step's argument), and that argument.
+type Step = (&'static str, &'static str, fn() -> i64);
+
+fn no_argument() -> i64 {
+    0
 }
 
-/// Runs `sql` (a bigint count of rows; parameters $1 = the batch, $2 = `args[1]`) in
-/// transactions of its own while it keeps filling its batch, at most [`MAX_BATCHES_PER_STEP`]
-/// times.  A failure is logged, and the next step runs.
-fn run_step(what: &str, sql: &str, args: [i64; 2]) {
-    let batch = args[0];
-    let mut total = 0i64;
-    for _ in 0..MAX_BATCHES_PER_STEP {
-        let params = args.map(|a| a.into());
-        match transaction(|| spi(Spi::get_one_with_args::<i64>(sql, &params))) {
-            Ok(n) => {
-                let n = n.unwrap_or(0);
-                total += n;
-                if n < batch {
-                    break;
-                }
-            }
-            Err(e) => {
-                log!("pg_jobqueue scheduler: {what} failed: {e}");
-                break;
-            }
+/// Makes due jobs ready and takes back jobs whose lease ran out, waking their consumers at
+/// each commit; bounded like a maintenance step.
+const DUE_JOB_STEPS: [Step; 2] = [
+    (
+        "make due jobs ready",
+        "SELECT job._promote_due($1::int)",
+        no_argument,
+    ),
+    (
+        "rescue stalled jobs",
+        "SELECT job.rescue_stalled(NULL, $1::int)::bigint",
+        no_argument,
+    ),
+];
+
+fn run_due_jobs(budget: &mut Budget) {
+    for step in &DUE_JOB_STEPS {
+        let mut batches = 0;
+        while run_batch_of(step, budget) == Some(true) && batches < MAX_BATCHES_PER_STEP {
+            batches += 1;
         }
     }
-    if total > 0 {
-        debug1!("pg_jobqueue scheduler: {what}: {total} rows");
-    }
+}
+
+/// Runs one transaction of `step`; Some(true) when it filled its batch (more may wait), None
+/// when the budget did not allow it.
+fn run_batch_of(step: &Step, budget: &mut Budget) -> Option<bool> {
+    let (what, sql, argument) = step;
+    let batch = i64::from(gucs::MAINTENANCE_BATCH.get());
+    let done = budget.run(what, sql, [batch, argument()])?;
+    Some(matches!(done, Ok(n) if n >= batch))
 }
 
 /// One maintenance round: apply retention (which also expires idempotency keys), prune
 /// schedule history, merge and fold old metric buckets, prune the audit log, each in batches
-/// of pg_jobqueue.maintenance_batch rows per transaction; then count the live jobs per queue
-/// for the metrics.  (Stalled jobs are taken back by [`run_due_jobs`], as their leases run
-/// out.)
-fn run_maintenance() {
-    let batch = i64::from(gucs::MAINTENANCE_BATCH.get());
-    let keep = i64::from(gucs::SCHEDULE_HISTORY.get());
-    let audit_days = i64::from(gucs::AUDIT_RETENTION_DAYS.get());
-    let steps: [(&str, &str, [i64; 2]); 5] = [
-        (
-            "apply retention",
-            "SELECT job.apply_retention($1::int)",
-            [batch, 0],
-        ),
-        (
-            "prune schedule history",
-            "SELECT job._prune_schedule_runs($2::int, $1::int)::bigint",
-            [batch, keep],
-        ),
-        (
-            "merge metric shards",
-            "SELECT job._compact_metric_buckets($1::int)::bigint",
-            [batch, 0],
-        ),
-        (
-            "fold metric buckets",
-            "SELECT job._fold_metric_buckets($1::int)::bigint",
-            [batch, 0],
-        ),
-        (
-            "prune the audit log",
-            "SELECT job._prune_audit_log(make_interval(days => $2::int), $1::int)::bigint",
-            [batch, audit_days],
-        ),
-    ];
-    for (what, sql, args) in steps {
-        run_step(what, sql, args);
+/// of pg_jobqueue.maintenance_batch rows per transaction, at most [`MAX_BATCHES_PER_STEP`] of
+/// them per step and round; then count the live jobs per queue for the metrics.  (Stalled
+/// jobs are taken back by [`run_due_jobs`], as their leases run out.)
+const MAINTENANCE_STEPS: [Step; 6] = [
+    (
+        "apply retention",
+        "SELECT job.apply_retention($1::int)",
+        no_argument,
+    ),
+    (
+        "prune schedule history",
+        "SELECT job._prune_schedule_runs($2::int, $1::int)::bigint",
+        || i64::from(gucs::SCHEDULE_HISTORY.get()),
+    ),
+    (
+        "merge metric shards",
+        "SELECT job._compact_metric_buckets($1::int)::bigint",
+        no_argument,
+    ),
+    (
+        "fold metric buckets",
+        "SELECT job._fold_metric_buckets($1::int)::bigint",
+        no_argument,
+    ),
+    (
+        "prune the audit log",
+        "SELECT job._prune_audit_log(make_interval(days => $2::int), $1::int)::bigint",
+        || i64::from(gucs::AUDIT_RETENTION_DAYS.get()),
+    ),
+    (
+        "count queue depth",
+        // Once per round: the step reports no rows, so none more follows.
+        "SELECT 0::bigint FROM job._count_queue_depth()",
+        no_argument,
+    ),
+];
+
+/// Where the scheduler is in its maintenance round: a round runs every
+/// pg_jobqueue.maintenance_interval, one transaction at a time between ticks.
+struct Maintenance {
+    /// When the next round starts.
+    next_round: Instant,
+    /// The step under way, and its transactions so far; None between rounds.
+    at: Option<(usize, usize)>,
+}
+
+impl Maintenance {
+    fn new() -> Maintenance {
+        Maintenance {
+            next_round: Instant::now(),
+            at: None,
+        }
     }
-    if let Err(e) = transaction(|| spi(Spi::run("SELECT job._count_queue_depth()"))) {
-        log!("pg_jobqueue scheduler: counting queue depth failed: {e}");
+
+    /// Runs what the budget allows of the round under way, starting one if it is time.
+    fn advance(&mut self, budget: &mut Budget) {
+        if self.at.is_none() && Instant::now() >= self.next_round {
+            self.at = Some((0, 0));
+        }
+        while let Some((step, batches)) = self.at {
+            let Some(more) = run_batch_of(&MAINTENANCE_STEPS[step], budget) else {
+                return; // the next tick comes first
+            };
+            self.at = if more && batches + 1 < MAX_BATCHES_PER_STEP {
+                Some((step, batches + 1))
+            } else if step + 1 < MAINTENANCE_STEPS.len() {
+                Some((step + 1, 0))
+            } else {
+                self.next_round = Instant::now() + maintenance_interval();
+                None
+            };
+        }
     }
+
+    /// How long the scheduler may sleep as far as maintenance goes.
+    fn wait(&self) -> Duration {
+        match self.at {
+            // A round put off for a tick goes on right after it (the tick bounds the sleep).
+            Some(_) => Duration::MAX,
+            None => self.next_round.saturating_duration_since(Instant::now()),
+        }
+    }
+}
+
+/// Takes back at once the jobs held by executors that are gone: those of an earlier scheduler
+/// (it died, or the server restarted after a crash) that no longer run.  Called before this
+/// scheduler starts any executor, so none can claim meanwhile.
+fn take_back_jobs_of_gone_executors(db: pg_sys::Oid) {
+    let alive: Vec<i32> = shmem::processes_of(db)
+        .into_iter()
+        .filter(|(_, kind)| *kind == Kind::Executor)
+        .map(|(pid, _)| pid)
+        .collect();
+    report_taken_back(transaction(|| {
+        spi(Spi::get_one_with_args::<i64>(
+            "SELECT job._expire_leases_of_executors_but($1)",
+            &[alive.into()],
+        ))
+    }));
+}
+
+fn report_taken_back(outcome: Result<Option<i64>, super::WorkError>) {
+    match outcome {
+        Ok(Some(n)) if n > 0 => {
+            log!("pg_jobqueue scheduler: {n} jobs of stopped executors are taken back")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            log!("pg_jobqueue scheduler: taking back the jobs of stopped executors failed: {e}")
+        }
+    }
+}
+
+/// An executor this scheduler started, and its process id once it ran.
+struct Executor {
+    handle: DynamicBackgroundWorker,
+    pid: Option<i32>,
 }
 
 /// Keeps executors running for each role that has handlers: pg_jobqueue.executors of them,
 /// or fewer when the role's handlers allow fewer jobs at once.  Executors no longer wanted
-/// stop on their own (they check the same numbers).
-fn supervise_executors(
-    db: pg_sys::Oid,
-    executors: &mut HashMap<(pg_sys::Oid, usize), DynamicBackgroundWorker>,
-) {
+/// stop on their own (they check the same numbers).  The jobs an executor held when it
+/// stopped (it died mid-batch, say) are taken back at once rather than when their leases run
+/// out.
+fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<(pg_sys::Oid, usize), Executor>) {
+    let mut gone = Vec::new();
+    executors.retain(|&(role, index), executor| match executor.handle.pid() {
+        Ok(pid) => {
+            executor.pid = Some(pid);
+            true
+        }
+        Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied) => {
+            if let Some(pid) = executor.pid {
+                gone.push(executor::worker_name(role, index, pid));
+            }
+            false
+        }
+        Err(_) => true,
+    });
+    if !gone.is_empty() {
+        report_taken_back(transaction(|| {
+            spi(Spi::get_one_with_args::<i64>(
+                "SELECT job._expire_leases_of($1)",
+                &[gone.clone().into()],
+            ))
+        }));
+    }
+
     let wanted = match transaction(|| {
         Spi::connect(|client| {
             client
@@ -243,12 +404,6 @@ fn supervise_executors(
             return;
         }
     };
-    executors.retain(|_, handle| {
-        !matches!(
-            handle.pid(),
-            Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied)
-        )
-    });
     for (role, count) in wanted {
         let (Some(role), Some(count)) = (role, count) else {
             continue;
@@ -263,7 +418,7 @@ fn supervise_executors(
                 db,
                 &executor::extra(role, index),
             ) {
-                executors.insert((role, index), handle);
+                executors.insert((role, index), Executor { handle, pid: None });
             }
         }
     }

@@ -117,6 +117,84 @@ fn eight_workers_drain_every_job_exactly_once() {
     eprintln!("drained {JOBS} jobs with {WORKERS} workers in {elapsed:?}; per worker: {counts:?}");
 }
 
+/// 8 workers each take one job per round trip with the fused call (complete the previous job,
+/// claim the next): 20,000 jobs, each handed out once, none lost, and each job's result is the
+/// one its worker gave.
+#[test]
+fn eight_fused_workers_drain_every_job_exactly_once_with_their_results() {
+    const JOBS: i64 = 20_000;
+    const WORKERS: usize = 8;
+    let db = TestDb::create("fused");
+    let queue = unique_queue("fused");
+    let mut producer = db.connect();
+    create_queue(&mut producer, &queue);
+    let mut enqueued = HashSet::new();
+    for chunk in 0..20 {
+        enqueued.extend(enqueue_many(&mut producer, &queue, chunk * 1000, 1000));
+    }
+    assert_eq!(enqueued.len(), JOBS as usize);
+
+    let barrier = Arc::new(Barrier::new(WORKERS));
+    let workers: Vec<_> = (0..WORKERS)
+        .map(|w| {
+            let mut client = db.connect();
+            let queue = queue.clone();
+            let barrier = barrier.clone();
+            thread::spawn(move || {
+                let worker = format!("worker-{w}");
+                let result = format!(r#"{{"by": "{worker}"}}"#);
+                let mut claimed: Vec<i64> = Vec::new();
+                let mut previous: Option<(i64, String)> = None;
+                barrier.wait();
+                loop {
+                    let (ids, tokens) = match &previous {
+                        Some((id, token)) => (vec![*id], vec![token.clone()]),
+                        None => (vec![], vec![]),
+                    };
+                    let rows = client
+                        .query(
+                            "SELECT id, attempt, lease_token::text FROM job.dequeue($1, $2,
+                                    complete => $3::bigint[], complete_tokens => $4::text[]::uuid[],
+                                    results => array_fill($5::text::jsonb, ARRAY[cardinality($3::bigint[])]))",
+                            &[&queue, &worker, &ids, &tokens, &result],
+                        )
+                        .unwrap_or_else(|e| panic!("{worker}: {}", error_text(&e)));
+                    let Some(row) = rows.first() else {
+                        break; // the previous job is completed; nothing is left
+                    };
+                    assert_eq!(rows.len(), 1, "{worker} got a batch for batch 1");
+                    let (id, attempt): (i64, i32) = (row.get(0), row.get(1));
+                    assert_eq!(attempt, 1, "{worker} got job {id} on attempt {attempt}");
+                    claimed.push(id);
+                    previous = Some((id, row.get(2)));
+                }
+                claimed
+            })
+        })
+        .collect();
+    let mut seen = HashSet::new();
+    for (w, handle) in workers.into_iter().enumerate() {
+        for id in handle.join().expect("a worker panicked") {
+            assert!(
+                seen.insert(id),
+                "job {id} was handed out twice (again to worker-{w})"
+            );
+        }
+    }
+    assert_eq!(seen, enqueued, "claimed ids differ from the enqueued ones");
+    let stats = queue_stats(&mut producer, &queue);
+    assert_eq!((stats.completed, stats.waiting + stats.running), (JOBS, 0));
+    let mismatched: i64 = producer
+        .query_one(
+            "SELECT count(*) FROM job.finished_jobs
+              WHERE queue = $1 AND result IS DISTINCT FROM jsonb_build_object('by', claimed_by)",
+            &[&queue],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(mismatched, 0, "jobs whose result is not their worker's");
+}
+
 /// A worker holding claimed rows in an open transaction does not make another worker wait:
 /// the other gets different jobs at once.
 #[test]

@@ -1,0 +1,427 @@
+-- pg_jobqueue 0.3.0 -> 0.4.0.  Written for the 0.4.0 release; never edited after it (see
+-- sql/README.md).  What changes and why: CHANGELOG.md.
+
+---------------------------------------------------------------------------------------------
+-- Tables
+---------------------------------------------------------------------------------------------
+
+-- A queue's depth is counted exactly up to 10,000 jobs per state and estimated above that.
+ALTER TABLE job.queue_depth ADD COLUMN estimated boolean NOT NULL DEFAULT false;
+COMMENT ON TABLE job.queue_depth IS 'Live jobs per queue and state, counted by the worker every pg_jobqueue.maintenance_interval (exact up to 10,000 per state, estimated above).';
+
+-- Queue and state together: a queue's depth above 10,000 jobs per state is estimated from
+-- these (job._live_count), and without them the planner multiplies the two selectivities.
+CREATE STATISTICS job.live_jobs_queue_state (mcv) ON queue, state FROM job.live_jobs;
+
+-- Internal functions 0.4.0 replaces.  (Public functions whose signature changes are dropped
+-- at the end, once their grants are carried over.)
+DROP FUNCTION job._finish(bigint[], text[], text, jsonb, jsonb, uuid[]);
+DROP FUNCTION job._claim_handler_job(text, regrole);
+
+---------------------------------------------------------------------------------------------
+-- Functions and views: their 0.4.0 definitions
+---------------------------------------------------------------------------------------------
+
+-- Raises unless a worker's acknowledgement is well formed: `ids` a flat array without NULL,
+-- `results` NULL or one per id, `tokens` as job._check_tokens wants.
+CREATE OR REPLACE FUNCTION job._check_finished(ids bigint[], results jsonb[], tokens uuid[])
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF array_ndims(ids) > 1 OR array_position(ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'complete must be a one-dimensional array of job ids without NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF results IS NOT NULL AND (array_ndims(results) > 1 OR cardinality(results) <> cardinality(ids)) THEN
+        RAISE EXCEPTION 'results must hold one result per completed id (% ids), got %', cardinality(ids), cardinality(results)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pair each id in complete with its result by position; pass NULL elements for jobs without one.';
+    END IF;
+    PERFORM job._check_tokens(ids, tokens);
+END $$;
+
+-- Moves live jobs (those of `ids` whose state is in `from_states`, and whose current claim
+-- is the token paired with the id in `tokens` unless that is NULL: see job._check_tokens) to
+-- history as `final_state`, with the result paired with the id in `job_results` (one for all,
+-- or one per id), appending `error` (if any) to each job's errors, and counts the finished
+-- attempts.  Returns how many moved.
+CREATE OR REPLACE FUNCTION job._finish(ids bigint[], from_states text[], final_state text,
+                            job_results jsonb[] DEFAULT NULL, error jsonb DEFAULT NULL,
+                            tokens uuid[] DEFAULT NULL)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    moved_count int;
+    queues text[];
+    job_types text[];
+    claimed timestamptz[];
+    ready timestamptz[];
+    dead_queue record;
+BEGIN
+    -- The state test is written (COLLATE) so that no partial index can serve it: with a
+    -- constant from_states a custom plan would otherwise walk a partial index (every running
+    -- job) instead of probing the primary key, and be re-planned on every call.
+    WITH moved AS (
+        DELETE FROM job.live_jobs j
+         WHERE j.id = ANY (ids) AND (j.state COLLATE "C") = ANY (from_states)
+           AND (tokens IS NULL
+                OR j.lease_token = CASE WHEN cardinality(tokens) = 1 THEN tokens[1]
+                                        ELSE tokens[array_position(ids, j.id)] END)
+        RETURNING j.*
+    ), kept AS (
+        INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
+                                       state, queue, job_type, claimed_by, idempotency_key, payload,
+                                       errors, result)
+        SELECT m.id, m.run_at, m.enqueued_at, m.claimed_at, m.priority, m.attempt, m.max_retries,
+               final_state, m.queue, m.job_type, m.claimed_by, m.idempotency_key, m.payload,
+               CASE WHEN error IS NULL THEN m.errors
+                    ELSE m.errors || jsonb_build_array(job._attempt_error(m.attempt, m.claimed_by, error)) END,
+               CASE WHEN cardinality(job_results) = 1 THEN job_results[1]
+                    ELSE job_results[array_position(ids, m.id)] END
+          FROM moved m
+        RETURNING 1
+    )
+    SELECT (SELECT count(*) FROM kept), array_agg(m.queue), array_agg(m.job_type),
+           array_agg(m.claimed_at), array_agg(m.run_at)
+      INTO moved_count, queues, job_types, claimed, ready
+      FROM moved m WHERE m.claimed_at IS NOT NULL;
+    IF moved_count = 0 OR final_state = 'cancelled' THEN
+        RETURN moved_count;  -- a cancel abandons attempts; it finishes none
+    END IF;
+    PERFORM job._record_attempts(CASE WHEN final_state = 'completed' THEN 'completed'
+                                      WHEN (error ->> 'stalled')::boolean THEN 'stalled_dead'
+                                      ELSE 'dead' END,
+                                 queues, job_types, claimed, ready);
+    IF final_state = 'dead' THEN
+        FOR dead_queue IN SELECT q, count(*) AS n FROM unnest(queues) q GROUP BY q LOOP
+            PERFORM job._count_dead_letters(dead_queue.q, dead_queue.n);
+        END LOOP;
+    END IF;
+    RETURN moved_count;
+END $$;
+
+-- Claims up to `batch` ready jobs.  Never waits for rows another worker holds (SKIP LOCKED);
+-- a job is handed to one worker at a time until its lease expires.  Every job of one call
+-- carries the same new lease token, which complete, fail, heartbeat and release take to act
+-- only on this claim.
+--
+-- A worker's loop can acknowledge what it finished in the same call, and so in one round
+-- trip and one commit per job: `complete` (ids), their `results` (one per id, paired by
+-- position, or NULL) and `complete_tokens` (as complete_many's `tokens`).  They are completed
+-- as complete_many would, before anything is claimed; one whose claim is no longer current
+-- is left alone (a worker that must know calls job.complete).
+CREATE OR REPLACE FUNCTION job.dequeue(
+    queue text,
+    worker text DEFAULT NULL,
+    batch int DEFAULT 1,
+    lease interval DEFAULT NULL,
+    complete bigint[] DEFAULT NULL,
+    results jsonb[] DEFAULT NULL,
+    complete_tokens uuid[] DEFAULT NULL
+) RETURNS SETOF job.claimed_job LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q record;
+    lease_for interval;
+    claimed bigint;
+    promoted bigint := 0;
+    token uuid;
+BEGIN
+    SELECT qs.name, qs.id, qs.lease, qs.paused INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
+    IF NOT FOUND THEN
+        PERFORM job._require_queue(dequeue.queue);
+    END IF;
+    IF dequeue.batch IS NULL OR dequeue.batch < 1 THEN
+        PERFORM job._check_not_null('batch', dequeue.batch);
+        RAISE EXCEPTION 'batch must be 1 or more, got %', dequeue.batch USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    lease_for := coalesce(dequeue.lease, q.lease);
+    IF lease_for <= interval '0' OR lease_for > interval '100 years' THEN
+        PERFORM job._check_interval('lease', lease_for, false);
+    END IF;
+    IF dequeue.worker IS NOT NULL AND job._name_problem(dequeue.worker, 128) IS NOT NULL THEN
+        PERFORM job._check_name('worker', dequeue.worker);
+    END IF;
+    PERFORM job._saw_worker(dequeue.worker);
+    IF dequeue.complete IS NOT NULL THEN
+        PERFORM job._check_finished(dequeue.complete, dequeue.results, dequeue.complete_tokens);
+        PERFORM job._finish(dequeue.complete, '{running}', 'completed', dequeue.results, NULL,
+                            dequeue.complete_tokens);
+    END IF;
+    IF q.paused THEN
+        -- Nothing to hand out: this consumer now waits, and resume_queue will wake it.
+        PERFORM job._consumer_waits(q.id);
+        RETURN;
+    END IF;
+
+    -- Due scheduled jobs (delayed, or retrying after backoff) become ready.  The worker does
+    -- this too (and wakes consumers); here it keeps the queue moving without the worker.
+    IF EXISTS (SELECT 1 FROM job.live_jobs d
+                WHERE d.queue = q.name AND d.state = 'scheduled' AND d.run_at <= now()) THEN
+        UPDATE job.live_jobs j SET state = 'waiting'
+         WHERE j.id = ANY (ARRAY(SELECT d.id FROM job.live_jobs d
+                                  WHERE d.queue = q.name AND d.state = 'scheduled' AND d.run_at <= now()
+                                  ORDER BY d.run_at LIMIT 1000
+                                  FOR UPDATE SKIP LOCKED));
+        GET DIAGNOSTICS promoted = ROW_COUNT;
+    END IF;
+    -- Jobs whose worker vanished go back to waiting (or dead) before anything else is claimed;
+    -- looked for at most every pg_jobqueue.rescue_interval per session (see src/rescue.rs).
+    IF job._rescue_due(q.name) THEN
+        PERFORM job.rescue_stalled(q.name);
+    END IF;
+
+    token := gen_random_uuid();
+    FOR pass IN 1..2 LOOP
+        RETURN QUERY
+        UPDATE job.live_jobs j
+           SET state = 'running', attempt = j.attempt + 1, claimed_at = now(),
+               claimed_by = dequeue.worker, lease_expires_at = now() + lease_for, lease_token = token
+         WHERE j.id = ANY (ARRAY(SELECT n.id FROM job.live_jobs n
+                                  WHERE n.queue = q.name AND n.state = 'waiting'
+                                  ORDER BY n.priority DESC, n.run_at, n.id
+                                  LIMIT (SELECT dequeue.batch)
+                                  FOR UPDATE SKIP LOCKED))
+        RETURNING j.id, j.queue, j.job_type, j.payload, j.attempt, j.max_retries, j.enqueued_at,
+                  j.lease_expires_at, j.lease_token;
+        GET DIAGNOSTICS claimed = ROW_COUNT;
+        -- Found nothing: mark this consumer as waiting for a wake-up, then look once more
+        -- for jobs whose producers committed while we looked (see src/wakeup.rs).
+        EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_waits(q.id);
+    END LOOP;
+    IF promoted > claimed THEN
+        PERFORM job._wake_queue_on_commit(q.id);  -- more became ready than this call took
+    END IF;
+    IF claimed > 0 THEN
+        -- Should the lease run out before the worker means to look, it looks then.
+        PERFORM job._due_on_commit(now() + lease_for);
+    END IF;
+END $$;
+
+-- Completes a running job with its result.  With `token`, only while that claim is the job's
+-- current one; without, whoever claimed it (unsafe once the lease may have run out: another
+-- worker may hold the job by then).  False when nothing was completed.
+CREATE OR REPLACE FUNCTION job.complete(id bigint, result jsonb DEFAULT NULL, token uuid DEFAULT NULL)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+BEGIN
+    IF complete.id IS NULL THEN
+        PERFORM job._check_not_null('id', complete.id);
+    END IF;
+    IF job._finish(ARRAY[complete.id], '{running}', 'completed', ARRAY[complete.result], NULL,
+                   CASE WHEN complete.token IS NULL THEN NULL ELSE ARRAY[complete.token] END) = 1 THEN
+        RETURN true;
+    END IF;
+    PERFORM job._require_job(complete.id);
+    RETURN false;  -- not running under this claim: finished, cancelled, taken back or never claimed
+END $$;
+
+-- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its
+-- handler queues, and no more than leave the queue's running jobs within its `concurrency`.
+-- Executors claiming from one queue take turns (an internal lock, held until the claim
+-- commits), so the count they test is exact.  No row: nothing to run.
+CREATE OR REPLACE FUNCTION job._claim_handler_jobs(worker text, run_as regrole, batch int)
+RETURNS TABLE (job_id bigint, token uuid, payload jsonb, attempt int, handler_schema name,
+               handler_name name, returns_jsonb boolean, timeout_ms bigint)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    h record;
+    free_slots int;
+BEGIN
+    FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_jobs.run_as) ORDER BY random() LOOP
+        PERFORM job._lock_handler_queue(h.queue);
+        free_slots := h.concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
+                                                             WHERE l.queue = h.queue AND l.state = 'running'
+                                                             LIMIT h.concurrency) r);
+        CONTINUE WHEN free_slots <= 0;
+        RETURN QUERY
+        SELECT c.id, c.lease_token, c.payload, c.attempt, h.handler_schema, h.handler_name, h.returns_jsonb,
+               (extract(epoch FROM h.timeout) * 1000)::bigint
+          FROM job.dequeue(h.queue, worker, least(batch, free_slots), h.timeout + interval '30 seconds') c;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END LOOP;
+END $$;
+
+-- Running jobs claimed by `workers` (executors the scheduler saw stop, named as in their
+-- claims): their leases run out now, so the scheduler takes them back at once instead of a
+-- handler's timeout plus 30 seconds later.  Returns how many.
+CREATE OR REPLACE FUNCTION job._expire_leases_of(workers text[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expired bigint;
+BEGIN
+    UPDATE job.live_jobs l SET lease_expires_at = now()
+     WHERE l.state = 'running' AND l.claimed_by = ANY (workers) AND l.lease_expires_at > now();
+    GET DIAGNOSTICS expired = ROW_COUNT;
+    RETURN expired;
+END $$;
+
+-- Running jobs claimed by executors of this database other than the live ones (`alive`, their
+-- process ids): the scheduler calls it as it starts, before it starts executors, so that jobs
+-- of executors that died with the server (or with a scheduler before it) are taken back at
+-- once.  Returns how many.
+CREATE OR REPLACE FUNCTION job._expire_leases_of_executors_but(alive int[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expired bigint;
+BEGIN
+    UPDATE job.live_jobs l SET lease_expires_at = now()
+     WHERE l.state = 'running' AND l.lease_expires_at > now()
+       AND l.claimed_by LIKE 'pg\_jobqueue executor %'
+       AND substring(l.claimed_by FROM '\(pid ([0-9]+)\)$')::int <> ALL (alive);
+    GET DIAGNOSTICS expired = ROW_COUNT;
+    RETURN expired;
+END $$;
+
+-- How many live jobs of `queue` are in `state` ('waiting', 'scheduled' or 'running'), and for
+-- 'scheduled' due (run_at passed) or not: counted exactly up to 10,000 (an index range scan of
+-- at most that many entries), estimated above that from the table's statistics (the extended
+-- statistics on queue and state) with `estimated` true.  What the worker counts every
+-- maintenance_interval must not cost more as a backlog grows: an exact count of 10 million
+-- waiting jobs took 11 s of CPU in every 30.
+CREATE OR REPLACE FUNCTION job._live_count(queue text, state text, due boolean DEFAULT NULL,
+                                OUT n bigint, OUT estimated boolean)
+LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    exact_limit constant int := 10000;
+    plan json;
+BEGIN
+    -- One static query per state, each a range of that state's partial index.
+    n := CASE WHEN state = 'waiting' THEN
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'waiting'
+                                          LIMIT exact_limit + 1) x)
+              WHEN state = 'running' THEN
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'running'
+                                          LIMIT exact_limit + 1) x)
+              WHEN due THEN
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'scheduled'
+                                            AND l.run_at <= now()
+                                          LIMIT exact_limit + 1) x)
+              ELSE
+                  (SELECT count(*) FROM (SELECT FROM job.live_jobs l
+                                          WHERE l.queue = _live_count.queue AND l.state = 'scheduled'
+                                            AND l.run_at > now()
+                                          LIMIT exact_limit + 1) x) END;
+    estimated := n > exact_limit;
+    IF estimated THEN
+        EXECUTE format('EXPLAIN (FORMAT JSON) SELECT FROM job.live_jobs l WHERE l.queue = %L AND l.state = %L%s',
+                       queue, state,
+                       CASE WHEN state <> 'scheduled' THEN ''
+                            WHEN due THEN ' AND l.run_at <= now()' ELSE ' AND l.run_at > now()' END)
+           INTO plan;
+        n := greatest(n, (plan -> 0 -> 'Plan' ->> 'Plan Rows')::bigint);
+    END IF;
+END $$;
+
+-- The time the oldest ready job of `queue` became ready: the earliest run_at among its waiting
+-- jobs (one index probe per distinct priority, as the claim index orders them by priority
+-- first) and its due scheduled jobs.
+CREATE OR REPLACE FUNCTION job._oldest_ready_at(queue text)
+RETURNS timestamptz LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    WITH RECURSIVE by_priority AS (
+        (SELECT l.priority, l.run_at FROM job.live_jobs l
+          WHERE l.queue = _oldest_ready_at.queue AND l.state = 'waiting'
+          ORDER BY l.priority DESC, l.run_at LIMIT 1)
+        UNION ALL
+        SELECT lower_priority.priority, lower_priority.run_at
+          FROM by_priority p
+         CROSS JOIN LATERAL (SELECT l.priority, l.run_at FROM job.live_jobs l
+                              WHERE l.queue = _oldest_ready_at.queue AND l.state = 'waiting'
+                                AND l.priority < p.priority
+                              ORDER BY l.priority DESC, l.run_at LIMIT 1) lower_priority
+    )
+    SELECT least((SELECT min(b.run_at) FROM by_priority b),
+                 (SELECT l.run_at FROM job.live_jobs l
+                   WHERE l.queue = _oldest_ready_at.queue AND l.state = 'scheduled' AND l.run_at <= now()
+                   ORDER BY l.run_at LIMIT 1))
+$$;
+
+-- Counts live jobs per queue and state into job.queue_depth (see job._live_count: exact up to
+-- 10,000 per state, estimated above).  Returns the number of queues.
+CREATE OR REPLACE FUNCTION job._count_queue_depth()
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    counted int;
+BEGIN
+    INSERT INTO job.queue_depth AS d (queue, waiting, scheduled, running, oldest_ready_at, counted_at, estimated)
+    SELECT q.name, w.n + due.n, later.n, r.n, job._oldest_ready_at(q.name), now(),
+           w.estimated OR due.estimated OR later.estimated OR r.estimated
+      FROM job.queues q
+     CROSS JOIN LATERAL job._live_count(q.name, 'waiting') w
+     CROSS JOIN LATERAL job._live_count(q.name, 'scheduled', true) due
+     CROSS JOIN LATERAL job._live_count(q.name, 'scheduled', false) later
+     CROSS JOIN LATERAL job._live_count(q.name, 'running') r
+    ON CONFLICT (queue) DO UPDATE
+       SET waiting = EXCLUDED.waiting, scheduled = EXCLUDED.scheduled, running = EXCLUDED.running,
+           oldest_ready_at = EXCLUDED.oldest_ready_at, counted_at = EXCLUDED.counted_at,
+           estimated = EXCLUDED.estimated;
+    GET DIAGNOSTICS counted = ROW_COUNT;
+    DELETE FROM job.queue_depth d WHERE NOT EXISTS (SELECT 1 FROM job.queues q WHERE q.name = d.queue);
+    RETURN counted;
+END $$;
+
+CREATE OR REPLACE VIEW job.queue_metrics AS
+SELECT q.name AS queue, q.paused,
+       coalesce(d.waiting, 0) AS waiting, coalesce(d.scheduled, 0) AS scheduled,
+       coalesce(d.running, 0) AS running, coalesce(c.dead_letters, 0) AS dead_letters,
+       now() - d.oldest_ready_at AS oldest_ready_age,
+       d.counted_at AS depth_counted_at,
+       coalesce(d.estimated, false) AS depth_estimated
+  FROM job.queues q
+  LEFT JOIN job.queue_depth d ON d.queue = q.name
+  LEFT JOIN job.queue_counters c ON c.queue = q.name;
+
+COMMENT ON VIEW job.queue_metrics IS 'Per queue: jobs waiting, scheduled and running (as of depth_counted_at; exact up to 10,000 per state, estimated from statistics above that when depth_estimated), the dead-letter queue''s size, the oldest ready job''s age.';
+
+---------------------------------------------------------------------------------------------
+-- Privileges
+---------------------------------------------------------------------------------------------
+
+-- Public functions whose signature changed: whoever could execute the 0.3.0 one can execute
+-- the 0.4.0 one; then the old one goes.
+DO $$
+DECLARE
+    changed record;
+    grantee record;
+BEGIN
+    FOR changed IN SELECT * FROM (VALUES
+            ('job.dequeue(text, text, integer, interval)',
+             'job.dequeue(text, text, integer, interval, bigint[], jsonb[], uuid[])')
+        ) AS c(old_signature, new_signature)
+    LOOP
+        FOR grantee IN SELECT a.grantee FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a
+                        WHERE p.oid = changed.old_signature::regprocedure AND a.privilege_type = 'EXECUTE'
+                          AND a.grantee <> p.proowner AND a.grantee <> 0
+        LOOP
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', changed.new_signature,
+                           (SELECT rolname FROM pg_catalog.pg_roles WHERE oid = grantee.grantee));
+        END LOOP;
+        EXECUTE format('DROP FUNCTION %s', changed.old_signature);
+    END LOOP;
+END $$;
+
+-- Nothing for PUBLIC: every duty is granted explicitly (the new functions included).
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA job FROM PUBLIC;
+
+-- Pure helpers the views call (a view's caller needs EXECUTE on the functions it uses); they
+-- read no table.  cron_next previews a schedule expression.
+GRANT EXECUTE ON FUNCTION job._hist_of(float8), job._hist_add(bigint[], bigint[]),
+                          job._hist_quantile(bigint[], float8), job._hist_sum(bigint[]),
+                          job.cron_next(text, text, timestamptz) TO PUBLIC;
+
+-- The worker serves this database again, at the new version.
+SELECT job._request_service();
