@@ -69,10 +69,12 @@ DECLARE
 BEGIN
     -- The state test is written (COLLATE) so that no partial index can serve it: with a
     -- constant from_states a custom plan would otherwise walk a partial index (every running
-    -- job) instead of probing the primary key, and be re-planned on every call.
+    -- job) instead of probing the primary key.  The ids are read through a sub-select so
+    -- that a custom plan cannot count them and look cheaper than the generic one: planned
+    -- anew on every call, this statement cost 0.17 ms of a 0.45 ms complete.
     WITH moved AS (
         DELETE FROM job.live_jobs j
-         WHERE j.id = ANY (ids) AND (j.state COLLATE "C") = ANY (from_states)
+         WHERE j.id = ANY ((SELECT ids)::bigint[]) AND (j.state COLLATE "C") = ANY (from_states)
            AND (tokens IS NULL
                 OR j.lease_token = CASE WHEN cardinality(tokens) = 1 THEN tokens[1]
                                         ELSE tokens[array_position(ids, j.id)] END)

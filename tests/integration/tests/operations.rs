@@ -123,22 +123,37 @@ fn fill(c: &mut Client, version: &str, roles: &str) {
     if version == "0.1.0" {
         return;
     }
+    // 0.2.0 took a retention of 1000 years (0.3.0 brings it to the 100-year bound) and its
+    // administrator recipe granted every table; from 0.3.0 on, duties get functions only.
+    let (huge, admin_recipe) = if version == "0.2.0" {
+        (
+            "1000 years",
+            format!(
+                "GRANT ALL ON ALL TABLES IN SCHEMA job TO {roles}_admin;
+                 GRANT ALL ON ALL SEQUENCES IN SCHEMA job TO {roles}_admin;
+                 GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA job TO {roles}_admin;
+                 REVOKE UPDATE, DELETE, TRUNCATE ON job.audit_log FROM {roles}_admin;"
+            ),
+        )
+    } else {
+        (
+            "100 years",
+            format!("GRANT EXECUTE ON FUNCTION job.create_queue, job.cancel, job.retry TO {roles}_admin;"),
+        )
+    };
     c.batch_execute(&format!(
         "SELECT job.create_queue('receipts');
          SELECT job.pause_queue('receipts');
          CREATE FUNCTION public.send_receipt(payload jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT payload';
          SELECT job.set_handler('receipts', 'send_receipt(jsonb)', concurrency => 3, timeout => '30 seconds');
          SELECT job.schedule('nightly', '0 3 * * *', 'reports', '{{\"kind\": \"nightly\"}}', timezone => 'Europe/Paris');
-         SELECT job.create_queue('huge', retention => '1000 years');
-         -- 0.2.0's README recipes.
+         SELECT job.create_queue('huge', retention => '{huge}');
+         -- The version's README recipes.
          GRANT USAGE ON SCHEMA job TO {roles}_worker, {roles}_monitor, {roles}_admin;
          GRANT EXECUTE ON FUNCTION job.dequeue, job.complete, job.complete_many, job.fail, job.heartbeat TO {roles}_worker;
          GRANT SELECT ON job.jobs, job.queue_stats, job.queue_metrics, job.metrics, job.workers,
                          job.schedules, job.handlers, job.audit_log TO {roles}_monitor;
-         GRANT ALL ON ALL TABLES IN SCHEMA job TO {roles}_admin;
-         GRANT ALL ON ALL SEQUENCES IN SCHEMA job TO {roles}_admin;
-         GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA job TO {roles}_admin;
-         REVOKE UPDATE, DELETE, TRUNCATE ON job.audit_log FROM {roles}_admin;"
+         {admin_recipe}"
     ))
     .unwrap_or_else(|e| panic!("filling {version}: {}", error_text(&e)));
 }
