@@ -22,6 +22,32 @@ DROP FUNCTION job._claim_handler_job(text, regrole);
 -- Functions and views: their 0.4.0 definitions
 ---------------------------------------------------------------------------------------------
 
+-- Rust functions new in 0.4.0 (as pgrx declares them).
+
+-- pg_jobqueue::claim_cursor::_claim_cursor
+CREATE OR REPLACE FUNCTION "_claim_cursor"(
+	"queue_id" bigint /* i64 */
+) RETURNS TABLE (
+	"priority" INT,  /* i32 */
+	"run_at" timestamp with time zone,  /* TimestampWithTimeZone */
+	"id" bigint  /* i64 */
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_claim_cursor_wrapper';
+
+-- pg_jobqueue::claim_cursor::_move_claim_cursor
+CREATE OR REPLACE FUNCTION "_move_claim_cursor"(
+	"queue_id" bigint, /* i64 */
+	"priority" INT, /* Option < i32 > */
+	"run_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"id" bigint, /* Option < i64 > */
+	"front_scan_took" double precision /* Option < f64 > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_move_claim_cursor_wrapper';
+
 -- Raises unless a worker's acknowledgement is well formed: `ids` a flat array without NULL,
 -- `results` NULL or one per id, `tokens` as job._check_tokens wants.
 CREATE OR REPLACE FUNCTION job._check_finished(ids bigint[], results jsonb[], tokens uuid[])
@@ -128,6 +154,14 @@ DECLARE
     claimed bigint;
     promoted bigint := 0;
     token uuid;
+    resume_priority int;
+    resume_run_at timestamptz;
+    resume_id bigint;
+    picked bigint[];
+    last_priority int;
+    last_run_at timestamptz;
+    front_started timestamptz;
+    front_took float8;
 BEGIN
     SELECT qs.name, qs.id, qs.lease, qs.paused INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
     IF NOT FOUND THEN
@@ -174,22 +208,59 @@ BEGIN
     END IF;
 
     token := gen_random_uuid();
+    -- Where this session's last claim on the queue left off, unless a claim from the front is
+    -- due (see src/claim_cursor.rs): the dead index entries of every job claimed since vacuum
+    -- last ran lie before it.  (Values the statements below compare with are read through
+    -- sub-selects, so that one generic plan serves every call: see producing.sql.)
+    SELECT c.priority, c.run_at, c.id INTO resume_priority, resume_run_at, resume_id FROM job._claim_cursor(q.id) c;
     FOR pass IN 1..2 LOOP
+        picked := '{}';
+        front_took := NULL;
+        -- A higher priority than the cursor's waiting (enqueued since, say): from the front.
+        -- (A scalar sub-select in claim order, not EXISTS: it must be a range of the claim
+        -- index, which ends at the cursor's priority, not a scan of the table.)
+        IF resume_id IS NOT NULL
+           AND (SELECT h.id FROM job.live_jobs h
+                 WHERE h.queue = q.name AND h.state = 'waiting' AND h.priority > (SELECT resume_priority)
+                 ORDER BY h.priority DESC, h.run_at, h.id LIMIT 1) IS NULL THEN
+            -- The rest of the cursor's priority, in claim order, from the cursor on.
+            SELECT coalesce(array_agg(n.id), '{}'), (array_agg(n.priority))[count(*)], (array_agg(n.run_at))[count(*)]
+              INTO picked, last_priority, last_run_at
+              FROM (SELECT n.id, n.priority, n.run_at FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.priority = (SELECT resume_priority)
+                       AND (n.run_at, n.id) > ((SELECT resume_run_at), (SELECT resume_id))
+                     ORDER BY n.run_at, n.id
+                     LIMIT (SELECT dequeue.batch)
+                     FOR UPDATE SKIP LOCKED) n;
+        END IF;
+        IF cardinality(picked) < dequeue.batch THEN
+            -- From the front of the queue, for what the cursor's priority did not have.
+            front_started := clock_timestamp();
+            SELECT picked || coalesce(array_agg(n.id), '{}'),
+                   coalesce((array_agg(n.priority))[count(*)], last_priority),
+                   coalesce((array_agg(n.run_at))[count(*)], last_run_at)
+              INTO picked, last_priority, last_run_at
+              FROM (SELECT n.id, n.priority, n.run_at FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.id <> ALL (picked)
+                     ORDER BY n.priority DESC, n.run_at, n.id
+                     LIMIT (SELECT dequeue.batch - cardinality(picked))
+                     FOR UPDATE SKIP LOCKED) n;
+            front_took := extract(epoch FROM clock_timestamp() - front_started);
+        END IF;
         RETURN QUERY
         UPDATE job.live_jobs j
            SET state = 'running', attempt = j.attempt + 1, claimed_at = now(),
                claimed_by = dequeue.worker, lease_expires_at = now() + lease_for, lease_token = token
-         WHERE j.id = ANY (ARRAY(SELECT n.id FROM job.live_jobs n
-                                  WHERE n.queue = q.name AND n.state = 'waiting'
-                                  ORDER BY n.priority DESC, n.run_at, n.id
-                                  LIMIT (SELECT dequeue.batch)
-                                  FOR UPDATE SKIP LOCKED))
+         WHERE j.id = ANY ((SELECT picked)::bigint[])
         RETURNING j.id, j.queue, j.job_type, j.payload, j.attempt, j.max_retries, j.enqueued_at,
                   j.lease_expires_at, j.lease_token;
         GET DIAGNOSTICS claimed = ROW_COUNT;
+        PERFORM job._move_claim_cursor(q.id, last_priority, last_run_at,
+                                       picked[cardinality(picked)], front_took);
         -- Found nothing: mark this consumer as waiting for a wake-up, then look once more
         -- for jobs whose producers committed while we looked (see src/wakeup.rs).
         EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_waits(q.id);
+        resume_id := NULL;
     END LOOP;
     IF promoted > claimed THEN
         PERFORM job._wake_queue_on_commit(q.id);  -- more became ready than this call took

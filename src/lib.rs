@@ -4,7 +4,7 @@
 //! keeps their plans cached per session.  Rust holds what is clearer as code or needs the
 //! server's internals: retry backoff (`backoff`), failure classification (`classify`), cron
 //! expressions (`cron`, `cron_sql`), name rules (`validation`), commit-time wake-ups
-//! (`wakeup`), internal locks (`locks`), shared memory (`shmem`), the calling role
+//! (`wakeup`), where a session's claims start (`claim_cursor`), internal locks (`locks`), shared memory (`shmem`), the calling role
 //! (`security`), `set_handler` (`handlers`), metrics helpers (`metrics`), the stalled-job
 //! look-up throttle (`rescue`), settings (`gucs`), the background worker (`worker`) and the
 //! `DROP DATABASE` hook (`utility_hook`).
@@ -12,6 +12,7 @@
 use pgrx::prelude::*;
 
 mod backoff;
+mod claim_cursor;
 mod classify;
 mod cron;
 mod cron_sql;
@@ -76,6 +77,8 @@ extension_sql_file!(
     name = "working",
     requires = [
         "producing",
+        claim_cursor::_claim_cursor,
+        claim_cursor::_move_claim_cursor,
         backoff::retry_delay,
         classify::is_permanent_failure,
         rescue::_rescue_due,

@@ -443,4 +443,52 @@ mod tests {
             assert_rejected_with(&call, "22023", &message);
         }
     }
+
+    #[pg_test]
+    fn claims_resume_where_they_left_off_while_dead_entries_make_the_front_slow() {
+        queue("q");
+        // One transaction: every job gets the same run_at, so claim order is by id.  While
+        // claims from the front are quick, each starts there: exact order.
+        let ids = ids_of(
+            "SELECT job.enqueue('q', jsonb_build_object('n', g)) FROM generate_series(1, 3) g",
+        );
+        assert_eq!(claim("q"), ids[0]);
+        assert_eq!(claim("q"), ids[1]);
+        let older = one::<i64>("SELECT job.enqueue('q', run_at => now() - interval '1 hour')");
+        assert_eq!(claim("q"), older);
+        assert_eq!(claim("q"), ids[2]);
+
+        // 20,000 jobs claimed and finished: their dead entries (dead to this transaction
+        // only, so no scan can mark them) lie at the front of the claim index.
+        run("SELECT job.enqueue_many('q', array_fill('{}'::jsonb, ARRAY[20000]))");
+        run("SELECT job.complete_many(array_agg(id)) FROM job.dequeue('q', batch => 20000)");
+        let ids = ids_of(
+            "SELECT job.enqueue('q', jsonb_build_object('n', g)) FROM generate_series(1, 4) g",
+        );
+        let (a, b, c) = (ids[1], ids[2], ids[3]);
+        assert_eq!(claim("q"), ids[0], "from the front (slow)");
+        assert_eq!(
+            claim("q"),
+            a,
+            "from the front (slow again: the cursor is set)"
+        );
+        // Older than the cursor, same priority: found by the next claim from the front.
+        let older = one::<i64>("SELECT job.enqueue('q', run_at => now() - interval '1 hour')");
+        assert_eq!(claim("q"), b, "the claim resumes after the last one");
+        // A higher priority is taken at once.
+        let urgent = one::<i64>("SELECT job.enqueue('q', priority => 10)");
+        assert_eq!(claim("q"), urgent);
+        // Nothing after the urgent job at its priority: from the front, the older job first.
+        assert_eq!(claim("q"), older);
+        assert_eq!(claim("q"), c);
+
+        // At least every 200 ms a claim starts from the front.
+        let d = enqueue("q");
+        let e = enqueue("q");
+        assert_eq!(claim("q"), d);
+        let late = one::<i64>("SELECT job.enqueue('q', run_at => now() - interval '1 hour')");
+        run("SELECT pg_sleep(0.25)");
+        assert_eq!(claim("q"), late);
+        assert_eq!(claim("q"), e);
+    }
 }

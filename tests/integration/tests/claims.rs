@@ -195,6 +195,26 @@ fn eight_fused_workers_drain_every_job_exactly_once_with_their_results() {
     assert_eq!(mismatched, 0, "jobs whose result is not their worker's");
 }
 
+/// A claim whose transaction rolls back hands its job back, and the same session's next claim
+/// takes it at once (the session forgets where its claims left off).
+#[test]
+fn a_rolled_back_claim_is_claimed_again_by_the_same_session() {
+    let db = TestDb::create("rollback_claim");
+    let queue = unique_queue("rollback");
+    let mut client = db.connect();
+    create_queue(&mut client, &queue);
+    let ids = enqueue_many(&mut client, &queue, 0, 3);
+    let mut tx = client.transaction().unwrap();
+    let first: i64 = tx
+        .query_one("SELECT id FROM job.dequeue($1)", &[&queue])
+        .unwrap()
+        .get(0);
+    assert_eq!(first, ids[0]);
+    tx.rollback().unwrap();
+    let again = dequeue(&mut client, &queue, "w", 1, None);
+    assert_eq!(ids_attempts(&again), vec![(ids[0], 1)]);
+}
+
 /// A worker holding claimed rows in an open transaction does not make another worker wait:
 /// the other gets different jobs at once.
 #[test]
