@@ -42,7 +42,8 @@
 # nothing left claimed; process_fused: each client ends holding exactly one claimed job, and
 # every other job that left the queue was completed).
 # The cluster is left running; `make bench-stop` stops it.  pgbench logs go to
-# target/bench-logs/<timestamp>/.
+# target/bench-logs/<timestamp>/, with results.txt (each scenario's mean jobs/s per side, read
+# by bench/worker.sh); target/bench-logs/latest points to the newest.
 set -euo pipefail
 
 port=${1:-55434}
@@ -288,6 +289,15 @@ sql -c 'CALL bench_reset()'
 # The table: the mean over rounds of each side's jobs/s.
 mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", s / NF }' <<<"$1"; }
 group() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+
+# The same means for the scripts `make bench` runs next (bench/worker.sh rates the executors
+# against the baseline's process_one), one "<scenario> <side> <jobs/s>" per line.
+for scenario in $scenarios; do
+    for side in jobqueue baseline; do
+        echo "$scenario $side $(mean "${results[$scenario.$side]}")"
+    done
+done >"$logs/results.txt"
+ln -sfn "$(basename "$logs")" "$root/target/bench-logs/latest"
 
 row() { # row LABEL JOBQUEUE BASELINE AIM: one line of the table
     local ratio verdict
