@@ -3,7 +3,7 @@
 # database, for a plain-SQL FOR UPDATE SKIP LOCKED baseline queue (bench/setup.sql); prints
 # jobs/s for both and their ratio as a Markdown table, also written to bench/last-run.md.
 #
-# Scenarios (bench/pgbench/<side>_<scenario>.sql; 8 clients each):
+# Scenarios (bench/pgbench/<side>_<scenario>.sql; BENCH_CLIENTS clients each):
 #   enqueue             1 job per transaction
 #   enqueue_many        100 jobs per transaction
 #   process_one         dequeue 1, then complete it: two round trips and two commits per job

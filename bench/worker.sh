@@ -2,7 +2,8 @@
 # `make bench`, second part: the background worker, on the cluster bench/run.sh left running.
 #   1. executor throughput: a backlog of jobs for a no-op SQL handler, run by the worker's
 #      executors (pg_jobqueue.executors = 2, then 8; they run jobs in batches of up to
-#      pg_jobqueue.executor_batch, default 100, one commit per batch), beside the core's
+#      pg_jobqueue.executor_batch, default 100, one commit per batch; the handler's concurrency
+#      lets every executor fill its batch), beside the core's
 #      single-job numbers (dequeue 1 + complete, 8 clients) from the same `make bench` run, and
 #      as a ratio to the baseline's single-job rate (its process_one; aim: 4x).  Those numbers
 #      come from bench/run.sh's results.txt (BENCH_RESULTS), whose run the section names;
@@ -59,7 +60,10 @@ core_run=$(basename "$(dirname "$(readlink -f "$results" || echo "$results")")")
 [ -n "$core_base" ] || echo "  (no process_one rates in $results: the executors are not rated against the baseline)" >&2
 
 # ---------------------------------------------------------------------------------------------
-# 1. Executor throughput.
+# 1. Executor throughput.  A handler's concurrency caps the jobs running at once, and a claimed
+# batch counts whole, so concurrency => executors would hold every batch to a job or two: it
+# is executors x executor_batch (at most 1000, set_handler's limit), what "no limit" means here.
+executor_batch=$(sql -c 'SHOW pg_jobqueue.executor_batch')
 executor_rows=""
 for n in $executor_counts; do
     sql -c "ALTER SYSTEM SET pg_jobqueue.executors = $n" -c "SELECT pg_reload_conf()" >/dev/null
@@ -69,7 +73,8 @@ for n in $executor_counts; do
                 (SELECT array_agg(jsonb_build_object('n', i)) FROM generate_series(1, $jobs) i))" >/dev/null
     sql -c 'VACUUM (ANALYZE) job.live_jobs, job.finished_jobs'
     sql -c 'CHECKPOINT'
-    sql -c "SELECT job.set_handler('bench_noop', 'bench_noop(jsonb)', concurrency => $n)" >/dev/null
+    concurrency=$((n * executor_batch < 1000 ? n * executor_batch : 1000))
+    sql -c "SELECT job.set_handler('bench_noop', 'bench_noop(jsonb)', concurrency => $concurrency)" >/dev/null
     wait_for 600 "SELECT NOT EXISTS (SELECT 1 FROM job.live_jobs WHERE queue = 'bench_noop')" ||
         die "executors ($n) did not finish $jobs jobs in 10 minutes"
     read -r done completed seconds < <(sql -F ' ' -c "
@@ -79,14 +84,15 @@ for n in $executor_counts; do
     [ "$done" -eq "$jobs" ] && [ "$completed" -eq "$jobs" ] ||
         die "executors ($n): $completed of $jobs jobs completed, $done finished"
     rate=$(awk -v j="$jobs" -v s="$seconds" 'BEGIN { printf "%.0f", j / s }')
-    echo "  executors=$n: $jobs no-op handler jobs in ${seconds}s: $rate jobs/s" >&2
+    claims=$(sql -c "SELECT count(DISTINCT (claimed_by, claimed_at)) FROM job.finished_jobs WHERE queue = 'bench_noop'")
+    echo "  executors=$n (concurrency $concurrency): $jobs no-op handler jobs in ${seconds}s, $claims batches: $rate jobs/s" >&2
     if [ -n "$core_base" ]; then
         vs_base=$(awk -v a="$rate" -v b="$core_base" -v m="$executor_aim" \
             'BEGIN { r = a / b; printf "%.2f× | ≥ %s× (%s)", r, m, (r >= m ? "met" : "missed") }')
     else
         vs_base="– | ≥ $executor_aim× (no baseline process_one rate)"
     fi
-    executor_rows+="| SQL handler (no-op), $n executors | $rate | $vs_base |"$'\n'
+    executor_rows+="| SQL handler (no-op), $n executors (batches of ≤ $executor_batch, $((jobs / claims)) on average) | $rate | $vs_base |"$'\n'
 done
 sql -c "SELECT job.remove_handler('bench_noop')" -c "ALTER SYSTEM RESET pg_jobqueue.executors" \
     -c "SELECT pg_reload_conf()" >/dev/null
