@@ -9,7 +9,7 @@ PY_BOUNCER_PORT ?= 55436
 CLUSTER    := bash scripts/cluster.sh
 
 .PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test \
-        client-node-test client-python-test bench bench-stop lint clean
+        client-node-test client-python-test bench bench-soak bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -101,9 +101,17 @@ client-python-test: install
 bench: install
 	@bash bench/run.sh $(BENCH_PORT)
 	@bash bench/worker.sh $(BENCH_PORT)
+	@bash bench/pickup.sh $(BENCH_PORT)
 	@bash bench/client-node.sh $(BENCH_PORT)
 	@bash bench/client-python.sh $(BENCH_PORT)
 	@bash bench/metrics.sh $(BENCH_PORT)
+
+# Long runs `make bench` leaves out (bench/soak.sh: most of an hour, several GB of disk):
+# single-job processing with 10,000,000 jobs waiting against 10,000, the background worker's
+# idle CPU, and single-job processing beside a 10-minute REPEATABLE READ transaction; both
+# sides (pg_jobqueue and the baseline) in the same run.  Report in bench/last-soak.md.
+bench-soak: install
+	@bash bench/soak.sh $(BENCH_PORT)
 
 bench-stop:
 	@$(CLUSTER) stop bench $(BENCH_PORT)
