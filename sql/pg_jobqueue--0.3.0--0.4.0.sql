@@ -202,9 +202,10 @@ BEGIN
         GET DIAGNOSTICS promoted = ROW_COUNT;
     END IF;
     -- Jobs whose worker vanished go back to waiting (or dead) before anything else is claimed;
-    -- looked for at most every pg_jobqueue.rescue_interval per session (see src/rescue.rs).
+    -- looked for at most every pg_jobqueue.rescue_interval per session, and only where no
+    -- background worker does it (see src/rescue.rs).
     IF job._rescue_due(q.name) THEN
-        PERFORM job.rescue_stalled(q.name);
+        PERFORM job._rescue_stalled(q.name, 1000, NULL);
     END IF;
 
     token := gen_random_uuid();
@@ -288,6 +289,104 @@ BEGIN
     END IF;
     PERFORM job._require_job(complete.id);
     RETURN false;  -- not running under this claim: finished, cancelled, taken back or never claimed
+END $$;
+
+-- Running jobs whose lease expired: the attempt counts as a transient failure; the job is
+-- ready again at once, or dead when it has no retries left.  Returns how many were rescued.
+CREATE OR REPLACE FUNCTION job.rescue_stalled(queue text DEFAULT NULL, max_jobs int DEFAULT 1000)
+RETURNS int LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF rescue_stalled.queue IS NOT NULL THEN
+        PERFORM job._require_queue(rescue_stalled.queue);
+    END IF;
+    PERFORM job._check_count('max_jobs', rescue_stalled.max_jobs);
+    RETURN job._rescue_stalled(rescue_stalled.queue, rescue_stalled.max_jobs, NULL);
+END $$;
+
+-- job.rescue_stalled's work, looking only at leases that ran out at `since` or later (NULL:
+-- all).  Every finished job leaves its entry in the lease index until vacuum, and once its
+-- lease time has passed that entry lies in the range a look for stalled jobs scans: the
+-- scheduler, which looks again and again, starts where its last look left off (see
+-- src/worker/scheduler.rs) instead of stepping over all of them each time.
+CREATE OR REPLACE FUNCTION job._rescue_stalled(queue text, max_jobs int, since timestamptz)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    stalled bigint[];
+    exhausted bigint[];
+    detail jsonb := jsonb_build_object('error', 'lease expired: the worker neither completed, failed nor heartbeated the job in time',
+                                       'permanent', false, 'stalled', true);
+    revived int;
+    queues text[];
+    job_types text[];
+    claimed timestamptz[];
+    ready timestamptz[];
+    woken record;
+BEGIN
+    -- One probe of the lease index per queue: its entries are ordered by lease within a queue.
+    SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.attempt > s.max_retries)
+      INTO stalled, exhausted
+      FROM (SELECT e.id, e.attempt, e.max_retries
+              FROM job.queues q
+             CROSS JOIN LATERAL (SELECT l.id, l.attempt, l.max_retries FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at < now()
+                                    AND l.lease_expires_at >= coalesce((SELECT _rescue_stalled.since), '-infinity')
+                                  ORDER BY l.lease_expires_at
+                                  LIMIT _rescue_stalled.max_jobs
+                                  FOR UPDATE SKIP LOCKED) e
+             WHERE _rescue_stalled.queue IS NULL OR q.name = _rescue_stalled.queue
+             LIMIT _rescue_stalled.max_jobs) s;
+    IF stalled IS NULL THEN
+        RETURN 0;
+    END IF;
+    IF exhausted IS NOT NULL THEN
+        PERFORM job._finish(exhausted, '{running}', 'dead', NULL, detail);
+    END IF;
+    WITH revived_jobs AS (
+        UPDATE job.live_jobs l
+           SET state = 'waiting', run_at = l.lease_expires_at, lease_expires_at = NULL, lease_token = NULL,
+               errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
+         WHERE l.id = ANY (stalled) AND l.state = 'running'
+        RETURNING l.queue, l.job_type, l.claimed_at, l.run_at
+    )
+    SELECT count(*), array_agg(r.queue), array_agg(r.job_type), array_agg(r.claimed_at), array_agg(r.run_at)
+      INTO revived, queues, job_types, claimed, ready
+      FROM revived_jobs r;
+    IF revived > 0 THEN
+        PERFORM job._record_attempts('stalled', queues, job_types, claimed, ready);
+        FOR woken IN SELECT qs.id FROM job.queues qs WHERE qs.name = ANY (queues) AND NOT qs.paused LOOP
+            PERFORM job._wake_queue_on_commit(woken.id);
+        END LOOP;
+    END IF;
+    UPDATE job.workers_seen w SET stalled = w.stalled + s.n
+      FROM (SELECT x.claimed_by, count(*) AS n
+              FROM (SELECT l.claimed_by FROM job.live_jobs l WHERE l.id = ANY (stalled)
+                    UNION ALL
+                    SELECT f.claimed_by FROM job.finished_jobs f WHERE f.id = ANY (exhausted)) x
+             GROUP BY x.claimed_by) s
+     WHERE w.worker = s.claimed_by;
+    RETURN revived + coalesce(cardinality(exhausted), 0);
+END $$;
+
+-- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
+-- when the scheduler must next promote or rescue.  One index probe per queue and kind.  Leases
+-- that already ran out are the scheduler's rescue's business (it looks on every round); the
+-- probe starts at now, past the entries finished jobs leave in the lease index, which lie
+-- there, their leases run out, until vacuum removes them.
+CREATE OR REPLACE FUNCTION job._next_job_due()
+RETURNS timestamptz LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT least(min(d.run_at), min(r.lease_expires_at))
+              FROM job.queues q
+              LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'scheduled'
+                                  ORDER BY l.run_at LIMIT 1) d ON true
+              LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
+                                  WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at >= now()
+                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true);
 END $$;
 
 -- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its

@@ -186,9 +186,10 @@ BEGIN
         GET DIAGNOSTICS promoted = ROW_COUNT;
     END IF;
     -- Jobs whose worker vanished go back to waiting (or dead) before anything else is claimed;
-    -- looked for at most every pg_jobqueue.rescue_interval per session (see src/rescue.rs).
+    -- looked for at most every pg_jobqueue.rescue_interval per session, and only where no
+    -- background worker does it (see src/rescue.rs).
     IF job._rescue_due(q.name) THEN
-        PERFORM job.rescue_stalled(q.name);
+        PERFORM job._rescue_stalled(q.name, 1000, NULL);
     END IF;
 
     token := gen_random_uuid();
@@ -510,6 +511,22 @@ END $$;
 CREATE FUNCTION job.rescue_stalled(queue text DEFAULT NULL, max_jobs int DEFAULT 1000)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF rescue_stalled.queue IS NOT NULL THEN
+        PERFORM job._require_queue(rescue_stalled.queue);
+    END IF;
+    PERFORM job._check_count('max_jobs', rescue_stalled.max_jobs);
+    RETURN job._rescue_stalled(rescue_stalled.queue, rescue_stalled.max_jobs, NULL);
+END $$;
+
+-- job.rescue_stalled's work, looking only at leases that ran out at `since` or later (NULL:
+-- all).  Every finished job leaves its entry in the lease index until vacuum, and once its
+-- lease time has passed that entry lies in the range a look for stalled jobs scans: the
+-- scheduler, which looks again and again, starts where its last look left off (see
+-- src/worker/scheduler.rs) instead of stepping over all of them each time.
+CREATE FUNCTION job._rescue_stalled(queue text, max_jobs int, since timestamptz)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     stalled bigint[];
@@ -523,10 +540,6 @@ DECLARE
     ready timestamptz[];
     woken record;
 BEGIN
-    IF rescue_stalled.queue IS NOT NULL THEN
-        PERFORM job._require_queue(rescue_stalled.queue);
-    END IF;
-    PERFORM job._check_count('max_jobs', rescue_stalled.max_jobs);
     -- One probe of the lease index per queue: its entries are ordered by lease within a queue.
     SELECT array_agg(s.id), array_agg(s.id) FILTER (WHERE s.attempt > s.max_retries)
       INTO stalled, exhausted
@@ -534,11 +547,12 @@ BEGIN
               FROM job.queues q
              CROSS JOIN LATERAL (SELECT l.id, l.attempt, l.max_retries FROM job.live_jobs l
                                   WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at < now()
+                                    AND l.lease_expires_at >= coalesce((SELECT _rescue_stalled.since), '-infinity')
                                   ORDER BY l.lease_expires_at
-                                  LIMIT rescue_stalled.max_jobs
+                                  LIMIT _rescue_stalled.max_jobs
                                   FOR UPDATE SKIP LOCKED) e
-             WHERE rescue_stalled.queue IS NULL OR q.name = rescue_stalled.queue
-             LIMIT rescue_stalled.max_jobs) s;
+             WHERE _rescue_stalled.queue IS NULL OR q.name = _rescue_stalled.queue
+             LIMIT _rescue_stalled.max_jobs) s;
     IF stalled IS NULL THEN
         RETURN 0;
     END IF;
@@ -605,7 +619,10 @@ BEGIN
 END $$;
 
 -- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
--- when the scheduler must next promote or rescue.  One index probe per queue and kind.
+-- when the scheduler must next promote or rescue.  One index probe per queue and kind.  Leases
+-- that already ran out are the scheduler's rescue's business (it looks on every round); the
+-- probe starts at now, past the entries finished jobs leave in the lease index, which lie
+-- there, their leases run out, until vacuum removes them.
 CREATE FUNCTION job._next_job_due()
 RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -616,6 +633,6 @@ BEGIN
                                   WHERE l.queue = q.name AND l.state = 'scheduled'
                                   ORDER BY l.run_at LIMIT 1) d ON true
               LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
-                                  WHERE l.queue = q.name AND l.state = 'running'
+                                  WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at >= now()
                                   ORDER BY l.lease_expires_at LIMIT 1) r ON true);
 END $$;

@@ -3,7 +3,11 @@
 //! Finished jobs leave their entries in the lease index until vacuum, and once their leases
 //! are in the past those entries sit in the range a stalled-job probe scans.  Probing on every
 //! dequeue would walk them again and again; once per interval per session and queue is plenty
-//! for rescuing jobs whose leases run in minutes.
+//! for rescuing jobs whose leases run in minutes.  Where the background worker's scheduler
+//! serves the database, it takes stalled jobs back as their leases run out, and dequeues leave
+//! it to it (unless `pg_jobqueue.rescue_interval` is 0: look on every dequeue): with a long
+//! transaction open, the entries cannot be removed, and eight workers each looking once a
+//! second read every one of them eight times a second.
 
 use crate::gucs::RESCUE_INTERVAL_MS;
 use pgrx::prelude::*;
@@ -24,6 +28,11 @@ pub fn look_due(last: Option<Instant>, now: Instant, interval: Duration) -> bool
 #[pg_extern(volatile, parallel_unsafe)]
 fn _rescue_due(queue: &str) -> bool {
     let interval = Duration::from_millis(RESCUE_INTERVAL_MS.get().max(0) as u64);
+    // SAFETY: MyDatabaseId is set at backend start.
+    if !interval.is_zero() && crate::shmem::scheduler_of(unsafe { pg_sys::MyDatabaseId }).is_some()
+    {
+        return false;
+    }
     let now = Instant::now();
     LAST_LOOK.with_borrow_mut(|looks| {
         let due = look_due(looks.get(queue).copied(), now, interval);

@@ -16,6 +16,7 @@ use pgrx::bgworkers::{
 };
 use pgrx::prelude::*;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering as AtomicOrdering};
 use std::time::{Duration, Instant};
 
 /// Schedules fired per transaction; more due ones are fired in the next.
@@ -61,6 +62,7 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
     let mut executors: HashMap<(pg_sys::Oid, usize), Executor> = HashMap::new();
     let mut maintenance = Maintenance::new();
     let mut budget = Budget::default();
+    let mut last_full_rescue = Instant::now();
     loop {
         // Awake: a commit that makes a job due from now on signals (see wakeup.rs).
         shmem::publish_wake_at(slot, None);
@@ -83,7 +85,7 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
         fire_due_schedules();
         // The rest can wait for the next tick, and never delays it.
         budget.next_tick = next_schedule_due();
-        run_due_jobs(&mut budget);
+        run_due_jobs(&mut budget, &mut last_full_rescue);
         maintenance.advance(&mut budget);
         supervise_executors(db, &mut executors);
 
@@ -209,16 +211,44 @@ const DUE_JOB_STEPS: [Step; 2] = [
     ),
     (
         "rescue stalled jobs",
-        "SELECT job.rescue_stalled(NULL, $1::int)::bigint",
-        no_argument,
+        "SELECT job._rescue_stalled(NULL, $1::int,
+                    CASE WHEN $2 <> 0 THEN timestamptz '2000-01-01 00:00:00+00' + $2 * interval '1 microsecond' END)::bigint",
+        rescue_from,
     ),
 ];
 
-fn run_due_jobs(budget: &mut Budget) {
-    for step in &DUE_JOB_STEPS {
+/// Where the scheduler's next look for stalled jobs starts (a lease time, TimestampTz; 0:
+/// from the front).  A lease is never set to run out in the past, so a running job whose
+/// lease ran out before the last complete look was taken back then, unless its claim had
+/// not committed yet: the look starts 10 seconds before the last one, and once a minute
+/// from the front.
+static RESCUE_FROM: AtomicI64 = AtomicI64::new(0);
+const RESCUE_OVERLAP_MICROS: i64 = 10_000_000;
+const FULL_RESCUE_INTERVAL: Duration = Duration::from_secs(60);
+
+fn rescue_from() -> i64 {
+    RESCUE_FROM.load(AtomicOrdering::Relaxed)
+}
+
+fn run_due_jobs(budget: &mut Budget, last_full_rescue: &mut Instant) {
+    for (i, step) in DUE_JOB_STEPS.iter().enumerate() {
+        let rescuing = i == 1;
+        if rescuing && last_full_rescue.elapsed() >= FULL_RESCUE_INTERVAL {
+            RESCUE_FROM.store(0, AtomicOrdering::Relaxed);
+            *last_full_rescue = Instant::now();
+        }
+        // SAFETY: reads the clock.
+        let started = unsafe { pg_sys::GetCurrentTimestamp() };
         let mut batches = 0;
-        while run_batch_of(step, budget) == Some(true) && batches < MAX_BATCHES_PER_STEP {
-            batches += 1;
+        let finished = loop {
+            match run_batch_of(step, budget) {
+                Some(true) if batches + 1 < MAX_BATCHES_PER_STEP => batches += 1,
+                Some(false) => break true,
+                _ => break false,
+            }
+        };
+        if rescuing && finished {
+            RESCUE_FROM.store(started - RESCUE_OVERLAP_MICROS, AtomicOrdering::Relaxed);
         }
     }
 }
