@@ -419,26 +419,14 @@ BEGIN
     END LOOP;
 END $$;
 
--- Running jobs claimed by `workers` (executors the scheduler saw stop, named as in their
--- claims): their leases run out now, so the scheduler takes them back at once instead of a
--- handler's timeout plus 30 seconds later.  Returns how many.
-CREATE OR REPLACE FUNCTION job._expire_leases_of(workers text[])
-RETURNS bigint LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    expired bigint;
-BEGIN
-    UPDATE job.live_jobs l SET lease_expires_at = now()
-     WHERE l.state = 'running' AND l.claimed_by = ANY (workers) AND l.lease_expires_at > now();
-    GET DIAGNOSTICS expired = ROW_COUNT;
-    RETURN expired;
-END $$;
-
--- Running jobs claimed by executors of this database other than the live ones (`alive`, their
--- process ids): the scheduler calls it as it starts, before it starts executors, so that jobs
--- of executors that died with the server (or with a scheduler before it) are taken back at
--- once.  Returns how many.
-CREATE OR REPLACE FUNCTION job._expire_leases_of_executors_but(alive int[])
+-- Expires the leases of running jobs held by executors that are gone, so that the scheduler
+-- takes them back at once instead of a handler's timeout plus 30 seconds later: those
+-- claimed by `gone` (executors the scheduler saw stop, named as in their claims), and, when
+-- `alive` is given (the process ids of this database's running executors), those of every
+-- other executor (the scheduler passes it as it starts, before it starts executors: their
+-- jobs are of executors that died with the server, or with a scheduler before it).  Returns
+-- how many.
+CREATE OR REPLACE FUNCTION job._expire_executor_leases(gone text[], alive int[])
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -446,8 +434,9 @@ DECLARE
 BEGIN
     UPDATE job.live_jobs l SET lease_expires_at = now()
      WHERE l.state = 'running' AND l.lease_expires_at > now()
-       AND l.claimed_by LIKE 'pg\_jobqueue executor %'
-       AND substring(l.claimed_by FROM '\(pid ([0-9]+)\)$')::int <> ALL (alive);
+       AND (l.claimed_by = ANY (gone)
+            OR alive IS NOT NULL AND l.claimed_by LIKE 'pg\_jobqueue executor %'
+               AND substring(l.claimed_by FROM '\(pid ([0-9]+)\)$')::int <> ALL (alive));
     GET DIAGNOSTICS expired = ROW_COUNT;
     RETURN expired;
 END $$;

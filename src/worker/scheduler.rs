@@ -359,7 +359,7 @@ fn take_back_jobs_of_gone_executors(db: pg_sys::Oid) {
         .collect();
     report_taken_back(transaction(|| {
         spi(Spi::get_one_with_args::<i64>(
-            "SELECT job._expire_leases_of_executors_but($1)",
+            "SELECT job._expire_executor_leases('{}', $1)",
             &[alive.into()],
         ))
     }));
@@ -406,7 +406,7 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<(pg_sys::Oid, us
     if !gone.is_empty() {
         report_taken_back(transaction(|| {
             spi(Spi::get_one_with_args::<i64>(
-                "SELECT job._expire_leases_of($1)",
+                "SELECT job._expire_executor_leases($1, NULL)",
                 &[gone.clone().into()],
             ))
         }));

@@ -46,6 +46,29 @@ fn enqueue_together(client: &mut postgres::Client, queue: &str, payloads: &[Stri
     ids
 }
 
+/// Asserts that every job of `ids` but the one at `except` completed on its first attempt.
+fn assert_others_completed_first_time(client: &mut postgres::Client, ids: &[i64], except: usize) {
+    for (n, &id) in ids.iter().enumerate().filter(|(n, _)| *n != except) {
+        let done = job(client, id);
+        assert_eq!(
+            (done.state.as_str(), done.attempt),
+            ("completed", 1),
+            "job {n}: {:?}",
+            job_errors(client, id)
+        );
+    }
+}
+
+/// The `n`s the handler recorded for the jobs of a test (below 1000; warm-up jobs are above).
+fn seen(client: &mut postgres::Client) -> Vec<i32> {
+    client
+        .query("SELECT n FROM seen WHERE n < 1000 ORDER BY n", &[])
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// In a batch of 20 jobs one handler call fails: only its own writes roll back, it is
 /// dead-lettered with its SQLSTATE, and the other 19 complete in the same commit as that
 /// failure.
@@ -80,23 +103,9 @@ fn a_failing_call_rolls_back_only_its_own_writes() {
     );
     assert_eq!(errors.len(), 1);
     assert_eq!(errors[0].sqlstate.as_deref(), Some("22012"), "{errors:?}");
-    for (n, &id) in ids.iter().enumerate().filter(|(n, _)| *n != 10) {
-        let done = job(&mut client, id);
-        assert_eq!(
-            (done.state.as_str(), done.attempt),
-            ("completed", 1),
-            "job {n}: {:?}",
-            job_errors(&mut client, id)
-        );
-    }
-    let seen: Vec<i32> = client
-        .query("SELECT n FROM seen WHERE n < 100 ORDER BY n", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    assert_others_completed_first_time(&mut client, &ids, 10);
     assert_eq!(
-        seen,
+        seen(&mut client),
         (0..20).filter(|n| *n != 10).collect::<Vec<_>>(),
         "the failed call's insert must roll back, and only it"
     );
@@ -139,17 +148,12 @@ fn a_call_that_times_out_takes_nothing_else_with_it() {
     let errors = job_errors(&mut client, ids[5]);
     assert_eq!(slow.state, "dead", "{errors:?}");
     assert_eq!(errors[0].sqlstate.as_deref(), Some("57014"), "{errors:?}");
-    for (n, &id) in ids.iter().enumerate().filter(|(n, _)| *n != 5) {
-        let done = job(&mut client, id);
-        assert_eq!(
-            (done.state.as_str(), done.attempt),
-            ("completed", 1),
-            "job {n}: {:?}",
-            job_errors(&mut client, id)
-        );
-    }
-    let seen: i64 = one(&mut client, "SELECT count(*) FROM seen WHERE n < 100", &[]);
-    assert_eq!(seen, 19, "the timed-out call's insert must roll back");
+    assert_others_completed_first_time(&mut client, &ids, 5);
+    assert_eq!(
+        seen(&mut client),
+        (0..20).filter(|n| *n != 5).collect::<Vec<_>>(),
+        "the timed-out call's insert must roll back"
+    );
 }
 
 /// A deferred constraint trigger raises at commit for one job's write: the batch's commit
@@ -186,22 +190,11 @@ fn a_batch_whose_commit_fails_runs_its_jobs_one_by_one() {
         "{errors:?}"
     );
     assert_eq!(errors[0].sqlstate.as_deref(), Some("23514"), "{errors:?}");
-    for (n, &id) in ids.iter().enumerate().filter(|(n, _)| *n != 13) {
-        let done = job(&mut client, id);
-        assert_eq!(
-            (done.state.as_str(), done.attempt),
-            ("completed", 1),
-            "job {n}: {:?}",
-            job_errors(&mut client, id)
-        );
-    }
-    let seen: Vec<i32> = client
-        .query("SELECT n FROM seen WHERE n < 100 ORDER BY n", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
-    assert_eq!(seen, (0..20).filter(|n| *n != 13).collect::<Vec<_>>());
+    assert_others_completed_first_time(&mut client, &ids, 13);
+    assert_eq!(
+        seen(&mut client),
+        (0..20).filter(|n| *n != 13).collect::<Vec<_>>()
+    );
 }
 
 /// The executor is killed (SIGKILL, so the server restarts) while it runs a batch: nothing of
