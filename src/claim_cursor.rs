@@ -7,8 +7,8 @@
 //! dequeue read 4,431 buffers instead of 4 after 900,000 jobs, and with a transaction held
 //! open for three minutes processing fell to 0.15× its rate.
 //!
-//! So when claims from the front of a queue are slow (two in a row over [`SLOW_FRONT_SCAN`]:
-//! dead entries lie there), a session remembers, per queue, the position (priority, run_at, id) of the
+//! So when claims from the front of a queue are slow ([`SLOW_SCANS_IN_A_ROW`] in a row over
+//! [`SLOW_FRONT_SCAN`]: dead entries lie there), a session remembers, per queue, the position (priority, run_at, id) of the
 //! last job it claimed, and its next claim starts there: it continues along that priority in
 //! claim order,
 //! unless a job of a higher priority is waiting (one index probe, of a range that is empty
@@ -35,6 +35,10 @@ use std::time::{Duration, Instant};
 
 /// A claim from the front slower than this makes the session remember where it left off.
 pub const SLOW_FRONT_SCAN: Duration = Duration::from_micros(500);
+/// How many slow claims from the front in a row make a session use its cursor: a session's
+/// first claims are slow anyway, as PostgreSQL plans their statements anew for the first five
+/// executions.
+pub const SLOW_SCANS_IN_A_ROW: u32 = 8;
 /// How often a session's claims start from the front of the index at least.
 pub const FRONT_SCAN_INTERVAL: Duration = Duration::from_millis(200);
 /// Claims from the front are at most this share of a session's time (1/20).
@@ -48,9 +52,9 @@ struct Position {
 }
 
 struct Cursor {
-    /// None until two claims from the front in a row were slow (the first claim of a session
-    /// is slow anyway: it plans its statements).
+    /// None until [`SLOW_SCANS_IN_A_ROW`] claims from the front in a row were slow.
     at: Option<Position>,
+    slow_scans: u32,
     /// When a claim must start from the front again.
     front_scan_due: Instant,
 }
@@ -119,8 +123,16 @@ fn _move_claim_cursor(
                 match next_front_scan(now, took) {
                     Some(front_scan_due) => {
                         forget_on_abort();
-                        let at = previous.is_some().then_some(at);
-                        cursors.insert(queue_id, Cursor { at, front_scan_due });
+                        let slow_scans = previous.map_or(0, |c| c.slow_scans) + 1;
+                        let at = (slow_scans >= SLOW_SCANS_IN_A_ROW).then_some(at);
+                        cursors.insert(
+                            queue_id,
+                            Cursor {
+                                at,
+                                slow_scans,
+                                front_scan_due,
+                            },
+                        );
                     }
                     None => {
                         cursors.remove(&queue_id);

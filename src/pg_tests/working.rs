@@ -463,15 +463,13 @@ mod tests {
         run("SELECT job.enqueue_many('q', array_fill('{}'::jsonb, ARRAY[20000]))");
         run("SELECT job.complete_many(array_agg(id)) FROM job.dequeue('q', batch => 20000)");
         let ids = ids_of(
-            "SELECT job.enqueue('q', jsonb_build_object('n', g)) FROM generate_series(1, 4) g",
+            "SELECT job.enqueue('q', jsonb_build_object('n', g)) FROM generate_series(1, 11) g",
         );
-        let (a, b, c) = (ids[1], ids[2], ids[3]);
-        assert_eq!(claim("q"), ids[0], "from the front (slow)");
-        assert_eq!(
-            claim("q"),
-            a,
-            "from the front (slow again: the cursor is set)"
-        );
+        let (a, b, c) = (ids[8], ids[9], ids[10]);
+        for (n, &id) in ids[..8].iter().enumerate() {
+            assert_eq!(claim("q"), id, "from the front (slow {})", n + 1);
+        }
+        assert_eq!(claim("q"), a, "from the cursor the eighth slow claim set");
         // Older than the cursor, same priority: found by the next claim from the front.
         let older = one::<i64>("SELECT job.enqueue('q', run_at => now() - interval '1 hour')");
         assert_eq!(claim("q"), b, "the claim resumes after the last one");
