@@ -101,6 +101,7 @@ client-python-test: install
 bench: install
 	@bash bench/run.sh $(BENCH_PORT)
 	@bash bench/worker.sh $(BENCH_PORT)
+	@bash bench/ticks.sh $(BENCH_PORT)
 	@bash bench/pickup.sh $(BENCH_PORT)
 	@bash bench/client-node.sh $(BENCH_PORT)
 	@bash bench/client-python.sh $(BENCH_PORT)
