@@ -147,7 +147,11 @@ pub fn pin_search_path() {
 /// Sleeps on the latch for at most `timeout`; false when the worker must stop (SIGTERM).
 /// The process exits at once should the postmaster die.
 pub fn sleep(timeout: Duration) -> bool {
-    let millis = timeout.as_millis().clamp(1, i32::MAX as u128) as std::ffi::c_long;
+    // Rounded up: waking a fraction of a millisecond before a tick finds nothing due yet.
+    let millis = timeout
+        .as_micros()
+        .div_ceil(1000)
+        .clamp(1, i32::MAX as u128) as std::ffi::c_long;
     // SAFETY: the standard latch wait of a background worker.
     unsafe {
         pg_sys::WaitLatch(
