@@ -40,9 +40,10 @@ pub fn init() {
     int(
         c"pg_jobqueue.rescue_interval",
         c"How often a session's dequeue also rescues the queue's stalled jobs.",
-        c"A job whose lease expired is taken back by a dequeue on its queue; each session looks at \
-          most this often per queue, because the lease index holds the entries of every recently \
-          finished job until vacuum removes them. 0 looks on every dequeue.",
+        c"A job whose lease expired is taken back by a dequeue on its queue where the background \
+          worker does not take it back; each session looks at most this often per queue, because \
+          the lease index holds the entries of every recently finished job until vacuum removes \
+          them. 0 looks on every dequeue, worker or not.",
         &RESCUE_INTERVAL_MS,
         (0, 3_600_000),
         GucContext::Userset,
