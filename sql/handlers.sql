@@ -166,11 +166,11 @@ BEGIN
      GROUP BY hd.run_as;
 END $$;
 
--- Expires the leases of running jobs held by executors that are gone, so that the scheduler
+-- Expires the leases of running jobs held by executors (or the sender) that are gone, so that the scheduler
 -- takes them back at once instead of a handler's timeout plus 30 seconds later: those
 -- claimed by `gone` (executors the scheduler saw stop, named as in their claims), and, when
--- `alive` is given (the process ids of this database's running executors), those of every
--- other executor (the scheduler passes it as it starts, before it starts executors: their
+-- `alive` is given (the process ids of this database's running executors and sender), those
+-- of every other executor or sender (the scheduler passes it as it starts, before it starts executors: their
 -- jobs are of executors that died with the server, or with a scheduler before it).  Returns
 -- how many.
 CREATE FUNCTION job._expire_executor_leases(gone text[], alive int[])
@@ -182,7 +182,7 @@ BEGIN
     UPDATE job.live_jobs l SET lease_expires_at = now()
      WHERE l.state = 'running' AND l.lease_expires_at > now()
        AND (l.claimed_by = ANY (gone)
-            OR alive IS NOT NULL AND l.claimed_by LIKE 'pg\_jobqueue executor %'
+            OR alive IS NOT NULL AND l.claimed_by ~ '^pg_jobqueue (executor|sender) '
                AND substring(l.claimed_by FROM '\(pid ([0-9]+)\)$')::int <> ALL (alive));
     GET DIAGNOSTICS expired = ROW_COUNT;
     RETURN expired;
@@ -199,20 +199,8 @@ END $$;
 -- Records a handler's failed attempt through job.fail's rules (under the executor's claim),
 -- keeping the SQLSTATE with it.
 CREATE FUNCTION job._fail_handler_job(job_id bigint, token uuid, sqlstate text, message text, permanent boolean)
-RETURNS text LANGUAGE plpgsql
+RETURNS text LANGUAGE sql
 SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    errors_before int;
-    outcome text;
-BEGIN
-    SELECT jsonb_array_length(j.errors) INTO errors_before FROM job.jobs j WHERE j.id = job_id;
-    outcome := job.fail(job_id, message, permanent, token => token);
-    -- Annotate the entry fail just added, if it added one (a lost claim records nothing).
-    UPDATE job.live_jobs l
-       SET errors = jsonb_set(l.errors, '{-1,sqlstate}', to_jsonb(sqlstate))
-     WHERE l.id = job_id AND jsonb_array_length(l.errors) > errors_before;
-    UPDATE job.finished_jobs f
-       SET errors = jsonb_set(f.errors, '{-1,sqlstate}', to_jsonb(sqlstate))
-     WHERE f.id = job_id AND jsonb_array_length(f.errors) > errors_before;
-    RETURN outcome;
-END $$;
+    SELECT job._fail_attempt(job_id, token, message, permanent, NULL, NULL,
+                             jsonb_build_object('sqlstate', sqlstate))
+$$;

@@ -16,7 +16,9 @@ REVOKE ALL ON ALL SEQUENCES IN SCHEMA job FROM PUBLIC;
 REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA job FROM PUBLIC;
 
 -- Pure helpers the views call (a view's caller needs EXECUTE on the functions it uses); they
--- read no table.  cron_next previews a schedule expression.
+-- read no table.  cron_next previews a schedule expression; verify_webhook checks a
+-- signature for a receiver.
 GRANT EXECUTE ON FUNCTION job._hist_of(float8), job._hist_add(bigint[], bigint[]),
                           job._hist_quantile(bigint[], float8), job._hist_sum(bigint[]),
-                          job.cron_next(text, text, timestamptz) TO PUBLIC;
+                          job.cron_next(text, text, timestamptz),
+                          job.verify_webhook(text, text, text, text, text, interval) TO PUBLIC;

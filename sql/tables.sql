@@ -148,6 +148,57 @@ CREATE TYPE job.claimed_job AS (
     lease_token      uuid
 );
 
+-- HTTP endpoints the worker's sender delivers to (read through the job.endpoints view).  An
+-- endpoint owns one queue: its deliveries are that queue's jobs.  Deleted with its queue.
+CREATE TABLE job.endpoint_defs (
+    name            text PRIMARY KEY,
+    queue           text NOT NULL UNIQUE REFERENCES job.queues (name) ON DELETE CASCADE,
+    url             text NOT NULL,
+    method          text NOT NULL,
+    timeout         interval NOT NULL,
+    concurrency     int NOT NULL,
+    rate_limit      int,              -- requests per second; NULL: no limit
+    paused          boolean NOT NULL DEFAULT false,
+    disabled_reason text,             -- set: disabled (410 Gone, too many failures) until resumed
+    disabled_at     timestamptz,
+    created_at      timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    updated_at      timestamptz NOT NULL DEFAULT pg_catalog.now()
+);
+
+COMMENT ON TABLE job.endpoint_defs IS 'HTTP endpoints: where their queue''s deliveries go, with what method, timeout, concurrency and rate limit.';
+
+-- What only the administrator may read back: each endpoint's signing secret (and, during a
+-- rotation, the previous one) and its header values (an API key, say).  No view shows them.
+CREATE TABLE job.endpoint_secrets (
+    endpoint        text PRIMARY KEY REFERENCES job.endpoint_defs (name) ON DELETE CASCADE,
+    secret          text NOT NULL,
+    previous_secret text,
+    previous_until  timestamptz,      -- requests carry both signatures until then
+    headers         jsonb NOT NULL DEFAULT '{}'
+);
+
+COMMENT ON TABLE job.endpoint_secrets IS 'Endpoints'' signing secrets and header values: read only through job.endpoint_secret and job.endpoint_headers.';
+
+-- Per endpoint: what its requests came to, kept by the sender (one update per endpoint per
+-- batch of finished requests).  Apart from endpoint_defs so that the definitions stay put.
+CREATE TABLE job.endpoint_stats (
+    endpoint             text PRIMARY KEY REFERENCES job.endpoint_defs (name) ON DELETE CASCADE,
+    status_2xx           bigint NOT NULL DEFAULT 0,
+    status_3xx           bigint NOT NULL DEFAULT 0,
+    status_4xx           bigint NOT NULL DEFAULT 0,
+    status_5xx           bigint NOT NULL DEFAULT 0,
+    transport_errors     bigint NOT NULL DEFAULT 0,  -- no answer: timeout, refused, reset, DNS, TLS
+    transient_failures   bigint NOT NULL DEFAULT 0,
+    permanent_failures   bigint NOT NULL DEFAULT 0,
+    latency              bigint[],   -- every attempt's (job._hist_of buckets); NULL: none yet
+    consecutive_failures int NOT NULL DEFAULT 0,
+    last_status          int,
+    last_error           text,
+    last_attempt_at      timestamptz
+);
+
+COMMENT ON TABLE job.endpoint_stats IS 'Per endpoint: requests by status class, failures, a latency histogram, consecutive failures and the last answer.';
+
 -- One row per manual intervention: retry, retry_dead, cancel, pause_queue, resume_queue,
 -- create_queue (new queue or changed settings), drop_queue, purge, and every schedule and
 -- handler change.  Written only by those functions, in the intervention's own transaction: a
@@ -307,3 +358,6 @@ SELECT pg_catalog.pg_extension_config_dump('job.schedule_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('job.schedule_runs', '');
 SELECT pg_catalog.pg_extension_config_dump('job.schedule_defs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('job.handler_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('job.endpoint_defs', '');
+SELECT pg_catalog.pg_extension_config_dump('job.endpoint_secrets', '');
+SELECT pg_catalog.pg_extension_config_dump('job.endpoint_stats', '');

@@ -394,6 +394,30 @@ BEGIN
     RETURN new_state;
 END $$;
 
+-- Records a failed attempt of the background worker (a handler's, a delivery's) through
+-- job.fail's rules, under its claim, and adds `detail` (the SQLSTATE; the HTTP attempt's class
+-- and latency) to the attempt's entry in the job's errors.  A claim that is no longer current
+-- records nothing.
+CREATE FUNCTION job._fail_attempt(job_id bigint, token uuid, error text, permanent boolean,
+                                  http_status int, retry_after interval, detail jsonb)
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    errors_before int;
+    outcome text;
+BEGIN
+    SELECT jsonb_array_length(j.errors) INTO errors_before FROM job.jobs j WHERE j.id = job_id;
+    outcome := job.fail(job_id, error, permanent, http_status, retry_after, token);
+    -- Annotate the entry fail just added, if it added one (a lost claim records nothing).
+    UPDATE job.live_jobs l
+       SET errors = jsonb_set(l.errors, '{-1}', (l.errors -> -1) || detail)
+     WHERE l.id = job_id AND jsonb_array_length(l.errors) > errors_before;
+    UPDATE job.finished_jobs f
+       SET errors = jsonb_set(f.errors, '{-1}', (f.errors -> -1) || detail)
+     WHERE f.id = job_id AND jsonb_array_length(f.errors) > errors_before;
+    RETURN outcome;
+END $$;
+
 -- Extends a running job's lease and returns the new expiry.  With `token`: while that claim
 -- is the job's current one (even past its expiry, as long as nobody took the job back).
 -- Without: while the job is running and its lease unexpired.  Otherwise raises SQLSTATE 55000

@@ -23,6 +23,29 @@ pub static AUDIT_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 /// How late a tick may fire under misfire = 'skip' (milliseconds); read by SQL.
 pub static MISFIRE_GRACE_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
+/// The most HTTP requests the sender of a database has in flight at once.
+pub static HTTP_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(256);
+/// The most bytes of a 2xx answer's body kept in a delivery's result.
+pub static HTTP_MAX_RESPONSE_BYTES: GucSetting<i32> = GucSetting::<i32>::new(65536);
+/// The longest `Retry-After` the sender honours (seconds); longer ones are cut to it.
+pub static HTTP_MAX_RETRY_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+/// Consecutive failed attempts after which an endpoint is disabled.
+pub static HTTP_DISABLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(100);
+/// Addresses the sender never connects to (CIDR blocks, comma-separated).
+pub static HTTP_DENY: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(Some(crate::delivery::address::DEFAULT_DENY));
+/// When set, the only addresses the sender connects to.
+pub static HTTP_ALLOW: GucSetting<Option<std::ffi::CString>> =
+    GucSetting::<Option<std::ffi::CString>>::new(None);
+
+/// A string setting's value (None when unset or empty).
+pub fn string(setting: &GucSetting<Option<std::ffi::CString>>) -> Option<String> {
+    setting
+        .get()
+        .map(|v| v.to_string_lossy().trim().to_owned())
+        .filter(|v| !v.is_empty())
+}
+
 fn int(
     name: &'static std::ffi::CStr,
     short: &'static std::ffi::CStr,
@@ -130,6 +153,59 @@ pub fn init() {
         c"",
         &AUDIT_RETENTION_DAYS,
         (1, 36_500),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.http_max_in_flight",
+        c"The most HTTP requests the sender of a database has in flight at once.",
+        c"Each endpoint also keeps within its own concurrency and rate_limit.",
+        &HTTP_MAX_IN_FLIGHT,
+        (1, 10_000),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    int(
+        c"pg_jobqueue.http_max_response_bytes",
+        c"The most bytes of a successful answer's body kept in a delivery's result.",
+        c"Longer bodies are cut (body_truncated in the result). 0 keeps none.",
+        &HTTP_MAX_RESPONSE_BYTES,
+        (0, 16 * 1024 * 1024),
+        GucContext::Sighup,
+        GucFlags::UNIT_BYTE,
+    );
+    int(
+        c"pg_jobqueue.http_max_retry_after",
+        c"The longest Retry-After the sender honours.",
+        c"A longer Retry-After (delta-seconds or HTTP-date) is cut to this.",
+        &HTTP_MAX_RETRY_AFTER_S,
+        (0, i32::MAX),
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    int(
+        c"pg_jobqueue.http_disable_after",
+        c"Consecutive failed attempts after which an endpoint is disabled (audited).",
+        c"A disabled endpoint sends nothing until job.resume_endpoint.",
+        &HTTP_DISABLE_AFTER,
+        (1, i32::MAX),
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_jobqueue.http_deny",
+        c"Addresses the sender never connects to: IP addresses or CIDR blocks, comma-separated.",
+        c"Checked on every resolved address of every request. The default holds the link-local \
+          blocks (cloud metadata at 169.254.169.254) and the other cloud metadata addresses.",
+        &HTTP_DENY,
+        GucContext::Sighup,
+        GucFlags::default(),
+    );
+    GucRegistry::define_string_guc(
+        c"pg_jobqueue.http_allow",
+        c"When set, the only addresses the sender connects to: IP addresses or CIDR blocks.",
+        c"pg_jobqueue.http_deny still applies within it.",
+        &HTTP_ALLOW,
         GucContext::Sighup,
         GucFlags::default(),
     );

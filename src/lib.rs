@@ -4,7 +4,7 @@
 //! keeps their plans cached per session.  Rust holds what is clearer as code or needs the
 //! server's internals: retry backoff (`backoff`), failure classification (`classify`), cron
 //! expressions (`cron`, `cron_sql`), name rules (`validation`), commit-time wake-ups
-//! (`wakeup`), where a session's claims start (`claim_cursor`), internal locks (`locks`), shared memory (`shmem`), the calling role
+//! (`wakeup`), HTTP delivery's checks and signatures (`delivery`), where a session's claims start (`claim_cursor`), internal locks (`locks`), shared memory (`shmem`), the calling role
 //! (`security`), `set_handler` (`handlers`), metrics helpers (`metrics`), the stalled-job
 //! look-up throttle (`rescue`), settings (`gucs`), the background worker (`worker`) and the
 //! `DROP DATABASE` hook (`utility_hook`).
@@ -16,6 +16,7 @@ mod claim_cursor;
 mod classify;
 mod cron;
 mod cron_sql;
+mod delivery;
 mod gucs;
 mod handlers;
 mod locks;
@@ -113,9 +114,23 @@ extension_sql_file!(
     ]
 );
 extension_sql_file!(
+    "../sql/endpoints.sql",
+    name = "endpoints",
+    requires = [
+        "handlers",
+        delivery::_check_endpoint_url,
+        delivery::_check_http_method,
+        delivery::_check_delivery_path,
+        delivery::_check_http_headers,
+        delivery::_check_header_value,
+        delivery::_check_webhook_secret,
+        delivery::_new_webhook_secret
+    ]
+);
+extension_sql_file!(
     "../sql/privileges.sql",
     name = "privileges",
-    requires = ["handlers"]
+    requires = ["endpoints", delivery::verify_webhook]
 );
 extension_sql_file!(
     "../sql/service.sql",

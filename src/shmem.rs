@@ -28,6 +28,7 @@ const DROP_HOLD_SECONDS: u64 = 30;
 pub enum Kind {
     Scheduler = 1,
     Executor = 2,
+    Sender = 3,
 }
 
 type Slots<const N: usize> = [AtomicU64; N];
@@ -229,6 +230,7 @@ pub fn processes_of(db: pg_sys::Oid) -> Vec<(i32, Kind)> {
             let kind = match kind.load(Ordering::SeqCst) {
                 1 => Kind::Scheduler,
                 2 => Kind::Executor,
+                3 => Kind::Sender,
                 _ => return None,
             };
             (entry != 0 && db_of(entry) == db.to_u32()).then_some((entry as u32 as i32, kind))

@@ -188,6 +188,7 @@ unsafe extern "C-unwind" fn on_xact_event(
         pg_sys::XactEvent::XACT_EVENT_COMMIT => {
             if WAKE_EXECUTORS.replace(false) {
                 shmem::wake(Kind::Executor);
+                shmem::wake(Kind::Sender);
             }
             if REQUEST_SERVICE.replace(false) {
                 shmem::request_service(pg_sys::MyDatabaseId);

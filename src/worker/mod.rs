@@ -14,6 +14,7 @@
 mod executor;
 mod launcher;
 mod scheduler;
+mod sender;
 
 use crate::gucs;
 use crate::shmem;
@@ -283,6 +284,7 @@ fn worker_processes() -> TableIterator<'static, (name!(pid, i32), name!(kind, St
             let kind = match kind {
                 shmem::Kind::Scheduler => "scheduler",
                 shmem::Kind::Executor => "executor",
+                shmem::Kind::Sender => "sender",
             };
             (pid, kind.to_owned())
         })

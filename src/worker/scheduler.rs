@@ -59,7 +59,7 @@ pub extern "C-unwind" fn pg_jobqueue_scheduler_main(arg: pg_sys::Datum) {
     log!("pg_jobqueue scheduler started");
 
     take_back_jobs_of_gone_executors(db);
-    let mut executors: HashMap<(pg_sys::Oid, usize), Executor> = HashMap::new();
+    let mut executors: HashMap<Runner, Executor> = HashMap::new();
     let mut maintenance = Maintenance::new();
     let mut budget = Budget::default();
     let mut last_full_rescue = Instant::now();
@@ -364,7 +364,7 @@ impl Maintenance {
 fn take_back_jobs_of_gone_executors(db: pg_sys::Oid) {
     let alive: Vec<i32> = shmem::processes_of(db)
         .into_iter()
-        .filter(|(_, kind)| *kind == Kind::Executor)
+        .filter(|(_, kind)| matches!(kind, Kind::Executor | Kind::Sender))
         .map(|(pid, _)| pid)
         .collect();
     report_taken_back(transaction(|| {
@@ -387,7 +387,35 @@ fn report_taken_back(outcome: Result<Option<i64>, super::WorkError>) {
     }
 }
 
-/// An executor this scheduler started, and its process id once it ran.
+/// A process this scheduler runs jobs with: an executor (of a role, by index) or the sender.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Runner {
+    Executor(pg_sys::Oid, usize),
+    Sender,
+}
+
+impl Runner {
+    fn worker_name(self, pid: i32) -> String {
+        match self {
+            Runner::Executor(role, index) => executor::worker_name(role, index, pid),
+            Runner::Sender => super::sender::worker_name(pid),
+        }
+    }
+
+    fn start(self, db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
+        match self {
+            Runner::Executor(role, index) => start_database_worker(
+                "pg_jobqueue_executor_main",
+                "executor",
+                db,
+                &executor::extra(role, index),
+            ),
+            Runner::Sender => start_database_worker("pg_jobqueue_sender_main", "sender", db, ""),
+        }
+    }
+}
+
+/// An executor or sender this scheduler started, and its process id once it ran.
 struct Executor {
     handle: DynamicBackgroundWorker,
     pid: Option<i32>,
@@ -398,16 +426,16 @@ struct Executor {
 /// stop on their own (they check the same numbers).  The jobs an executor held when it
 /// stopped (it died mid-batch, say) are taken back at once rather than when their leases run
 /// out.
-fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<(pg_sys::Oid, usize), Executor>) {
+fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<Runner, Executor>) {
     let mut gone = Vec::new();
-    executors.retain(|&(role, index), executor| match executor.handle.pid() {
+    executors.retain(|&runner, executor| match executor.handle.pid() {
         Ok(pid) => {
             executor.pid = Some(pid);
             true
         }
         Err(BackgroundWorkerStatus::Stopped | BackgroundWorkerStatus::PostmasterDied) => {
             if let Some(pid) = executor.pid {
-                gone.push(executor::worker_name(role, index, pid));
+                gone.push(runner.worker_name(pid));
             }
             false
         }
@@ -424,14 +452,26 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<(pg_sys::Oid, us
 
     let wanted = match transaction(|| {
         Spi::connect(|client| {
-            client
-                .select(
-                    "SELECT run_as::pg_catalog.oid, executors FROM job._executors_wanted($1)",
-                    None,
-                    &[gucs::EXECUTORS.get().max(0).into()],
-                )?
-                .map(|row| Ok((row.get::<pg_sys::Oid>(1)?, row.get::<i32>(2)?)))
-                .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            let mut wanted = Vec::new();
+            for row in client.select(
+                "SELECT run_as::pg_catalog.oid, executors FROM job._executors_wanted($1)",
+                None,
+                &[gucs::EXECUTORS.get().max(0).into()],
+            )? {
+                if let (Some(role), Some(count)) = (row.get::<pg_sys::Oid>(1)?, row.get::<i32>(2)?)
+                {
+                    wanted.extend((0..count.max(0) as usize).map(|i| Runner::Executor(role, i)));
+                }
+            }
+            if client
+                .select("SELECT job._sender_wanted()", None, &[])?
+                .first()
+                .get_one::<bool>()?
+                .unwrap_or(false)
+            {
+                wanted.push(Runner::Sender);
+            }
+            Ok::<_, pgrx::spi::Error>(wanted)
         })
     }) {
         Ok(Ok(rows)) => rows,
@@ -444,22 +484,12 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<(pg_sys::Oid, us
             return;
         }
     };
-    for (role, count) in wanted {
-        let (Some(role), Some(count)) = (role, count) else {
+    for runner in wanted {
+        if executors.contains_key(&runner) {
             continue;
-        };
-        for index in 0..count.max(0) as usize {
-            if executors.contains_key(&(role, index)) {
-                continue;
-            }
-            if let Some(handle) = start_database_worker(
-                "pg_jobqueue_executor_main",
-                "executor",
-                db,
-                &executor::extra(role, index),
-            ) {
-                executors.insert((role, index), Executor { handle, pid: None });
-            }
+        }
+        if let Some(handle) = runner.start(db) {
+            executors.insert(runner, Executor { handle, pid: None });
         }
     }
 }

@@ -1,0 +1,400 @@
+-- pg_jobqueue HTTP endpoints and deliveries: the worker's sender (src/worker/sender.rs) posts
+-- each delivery, a job of its endpoint's queue, as a signed request (Standard Webhooks).
+--
+-- An endpoint is administered by the admin duty (all audited); its secret and header values
+-- are read back only through job.endpoint_secret and job.endpoint_headers.  The produce duty
+-- delivers to endpoints that exist, and can add a path under the endpoint's URL and headers
+-- of its own, never another host or a header pg_jobqueue sets (src/delivery/mod.rs).
+
+-- Raises unless the endpoint exists; returns it.
+CREATE FUNCTION job._require_endpoint(endpoint_name text)
+RETURNS job.endpoint_defs LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs;
+BEGIN
+    SELECT * INTO e FROM job.endpoint_defs d WHERE d.name = endpoint_name;
+    IF NOT FOUND THEN
+        PERFORM job._check_name('endpoint name', endpoint_name);
+        RAISE EXCEPTION 'endpoint % does not exist', quote_literal(endpoint_name)
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Create it with SELECT job.create_endpoint(''name'', ''https://…'');';
+    END IF;
+    RETURN e;
+END $$;
+
+-- Creates the endpoint, or changes an existing one (audited either way; the audit entry
+-- names header names, never their values or the secret).  `secret` NULL makes one for a new
+-- endpoint and keeps an existing endpoint's.  `queue` NULL is the endpoint's name; the queue
+-- is created with the defaults when absent, and its retry settings are the deliveries'.
+CREATE FUNCTION job.create_endpoint(
+    name text,
+    url text,
+    method text DEFAULT 'POST',
+    headers jsonb DEFAULT '{}',
+    secret text DEFAULT NULL,
+    timeout interval DEFAULT '30 seconds',
+    concurrency int DEFAULT 16,
+    rate_limit int DEFAULT NULL,
+    queue text DEFAULT NULL
+) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    queue_name text := coalesce(queue, name);
+    verb text;
+    before job.endpoint_defs;
+    after job.endpoint_defs;
+    q job.queues;
+BEGIN
+    PERFORM job._require_worker('endpoints');
+    PERFORM job._check_name('endpoint name', name);
+    PERFORM job._check_not_null('url', url);
+    PERFORM job._check_endpoint_url(url);
+    PERFORM job._check_not_null('method', method);
+    verb := job._check_http_method(method);
+    PERFORM job._check_not_null('headers', headers);
+    PERFORM job._check_http_headers('headers', headers);
+    IF secret IS NOT NULL THEN
+        PERFORM job._check_webhook_secret(secret);
+    END IF;
+    PERFORM job._check_interval('timeout', timeout, false);
+    IF timeout > interval '1 hour' THEN
+        RAISE EXCEPTION 'timeout must be at most 1 hour, got %', timeout USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF concurrency IS NULL OR concurrency NOT BETWEEN 1 AND 1000 THEN
+        RAISE EXCEPTION 'concurrency must be between 1 and 1000, got %', coalesce(concurrency::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF rate_limit NOT BETWEEN 1 AND 100000 THEN
+        RAISE EXCEPTION 'rate_limit must be between 1 and 100000 requests per second (or NULL for none), got %', rate_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_name('queue name', queue_name);
+    IF EXISTS (SELECT 1 FROM job.handler_defs h WHERE h.queue = queue_name) THEN
+        RAISE EXCEPTION 'queue % has a handler, so it cannot be an endpoint''s queue', quote_literal(queue_name)
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Name another queue, or remove the handler first (job.remove_handler).';
+    END IF;
+    IF EXISTS (SELECT 1 FROM job.endpoint_defs d WHERE d.queue = queue_name AND d.name <> create_endpoint.name) THEN
+        RAISE EXCEPTION 'queue % is already the queue of endpoint %', quote_literal(queue_name),
+            quote_literal((SELECT d.name FROM job.endpoint_defs d WHERE d.queue = queue_name))
+            USING ERRCODE = 'object_in_use';
+    END IF;
+
+    IF NOT EXISTS (SELECT 1 FROM job.queues q WHERE q.name = queue_name) THEN
+        PERFORM job.create_queue(queue_name);
+    END IF;
+    q := job._require_queue(queue_name);
+    SELECT * INTO before FROM job.endpoint_defs d WHERE d.name = create_endpoint.name FOR UPDATE;
+    INSERT INTO job.endpoint_defs AS d (name, queue, url, method, timeout, concurrency, rate_limit)
+    VALUES (name, queue_name, url, verb, timeout, concurrency, rate_limit)
+    ON CONFLICT ON CONSTRAINT endpoint_defs_pkey DO UPDATE
+       SET queue = EXCLUDED.queue, url = EXCLUDED.url, method = EXCLUDED.method,
+           timeout = EXCLUDED.timeout, concurrency = EXCLUDED.concurrency,
+           rate_limit = EXCLUDED.rate_limit, updated_at = now()
+    RETURNING * INTO after;
+    INSERT INTO job.endpoint_secrets AS s (endpoint, secret, headers)
+    VALUES (name, coalesce(secret, job._new_webhook_secret()), headers)
+    ON CONFLICT (endpoint) DO UPDATE
+       SET secret = coalesce(create_endpoint.secret, s.secret), headers = EXCLUDED.headers;
+    INSERT INTO job.endpoint_stats (endpoint) VALUES (name) ON CONFLICT DO NOTHING;
+    PERFORM job._wake_queue_on_commit(q.id);
+    PERFORM job._wake_scheduler();  -- starts the sender
+    PERFORM job._audit(CASE WHEN before.name IS NULL THEN 'create_endpoint' ELSE 'alter_endpoint' END,
+        to_jsonb(after) - '{paused,disabled_reason,disabled_at,created_at,updated_at}'::text[]
+        || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(headers) k),
+                              'secret_given', secret IS NOT NULL));
+END $$;
+
+-- Makes and returns a new secret.  Until `overlap` has passed, every request carries the
+-- signatures of both the new and the previous secret, so receivers can switch at leisure.
+CREATE FUNCTION job.rotate_endpoint_secret(name text, overlap interval DEFAULT '24 hours')
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(name);
+    new_secret text := job._new_webhook_secret();
+BEGIN
+    PERFORM job._check_interval('overlap', overlap, true);
+    UPDATE job.endpoint_secrets s
+       SET previous_secret = s.secret, previous_until = now() + overlap, secret = new_secret
+     WHERE s.endpoint = e.name;
+    PERFORM job._audit('rotate_endpoint_secret', jsonb_build_object('name', e.name, 'overlap', overlap));
+    RETURN new_secret;
+END $$;
+
+-- The endpoint's current secret, for the administrator to hand to the receiver (audited).
+CREATE FUNCTION job.endpoint_secret(name text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(name);
+BEGIN
+    PERFORM job._audit('read_endpoint_secret', jsonb_build_object('name', e.name));
+    RETURN (SELECT s.secret FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
+END $$;
+
+-- The endpoint's headers with their values (audited).
+CREATE FUNCTION job.endpoint_headers(name text)
+RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(name);
+BEGIN
+    PERFORM job._audit('read_endpoint_headers', jsonb_build_object('name', e.name));
+    RETURN (SELECT s.headers FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
+END $$;
+
+-- Drops the endpoint (its queue stays).  Refuses while the queue has unfinished deliveries
+-- unless forced, which cancels them.
+CREATE FUNCTION job.drop_endpoint(name text, force boolean DEFAULT false)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(name);
+    unfinished bigint[];
+    cancelled int := 0;
+BEGIN
+    PERFORM job._check_not_null('force', force);
+    SELECT array_agg(l.id) INTO unfinished FROM job.live_jobs l WHERE l.queue = e.queue;
+    IF unfinished IS NOT NULL AND NOT force THEN
+        RAISE EXCEPTION 'endpoint % still has % unfinished deliveries', quote_literal(e.name), cardinality(unfinished)
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Let them finish, or drop with force => true to cancel them.';
+    END IF;
+    IF unfinished IS NOT NULL THEN
+        cancelled := job._finish(unfinished, '{waiting,scheduled,running}', 'cancelled');
+    END IF;
+    DELETE FROM job.endpoint_defs d WHERE d.name = e.name;  -- its secrets and stats go with it
+    PERFORM job._audit('drop_endpoint', jsonb_build_object('name', e.name, 'force', force), cancelled);
+END $$;
+
+-- Pauses or resumes the endpoint; resuming also ends a disablement and its failure count.
+CREATE FUNCTION job._set_endpoint_paused(endpoint_name text, pause boolean)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(endpoint_name);
+BEGIN
+    UPDATE job.endpoint_defs d
+       SET paused = pause,
+           disabled_reason = CASE WHEN pause THEN d.disabled_reason END,
+           disabled_at = CASE WHEN pause THEN d.disabled_at END,
+           updated_at = now()
+     WHERE d.name = e.name;
+    IF NOT pause THEN
+        UPDATE job.endpoint_stats s SET consecutive_failures = 0 WHERE s.endpoint = e.name;
+        PERFORM job._wake_queue_on_commit((job._require_queue(e.queue)).id);
+    END IF;
+    PERFORM job._audit(CASE WHEN pause THEN 'pause_endpoint' ELSE 'resume_endpoint' END,
+                       jsonb_build_object('name', e.name, 'was_disabled', e.disabled_reason));
+END $$;
+
+CREATE FUNCTION job.pause_endpoint(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT job._set_endpoint_paused(name, true)
+$$;
+
+CREATE FUNCTION job.resume_endpoint(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT job._set_endpoint_paused(name, false)
+$$;
+
+CREATE VIEW job.endpoints AS
+SELECT d.name, d.url, d.method, d.queue,
+       ARRAY(SELECT k FROM jsonb_object_keys(s.headers) k ORDER BY k) AS header_names,
+       d.timeout, d.concurrency, d.rate_limit,
+       CASE WHEN d.disabled_reason IS NOT NULL THEN 'disabled'
+            WHEN d.paused OR q.paused THEN 'paused'
+            ELSE 'active' END AS state,
+       d.disabled_reason, d.disabled_at,
+       (SELECT count(*) FROM job.live_jobs l WHERE l.queue = d.queue AND l.state = 'running') AS in_flight,
+       st.consecutive_failures, st.last_status, st.last_error, st.last_attempt_at,
+       s.previous_until > now() AS rotating_secret,
+       d.created_at, d.updated_at
+  FROM job.endpoint_defs d
+  JOIN job.queues q ON q.name = d.queue
+  JOIN job.endpoint_secrets s ON s.endpoint = d.name
+  LEFT JOIN job.endpoint_stats st ON st.endpoint = d.name;
+COMMENT ON VIEW job.endpoints IS 'HTTP endpoints: URL, method, header names (never values or secrets), limits, state (active, paused, disabled and why), requests in flight, consecutive failures and the last answer.';
+
+CREATE VIEW job.endpoint_metrics AS
+SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
+       st.transport_errors, st.transient_failures, st.permanent_failures,
+       job._hist_quantile(st.latency, 0.5)  AS latency_p50,
+       job._hist_quantile(st.latency, 0.95) AS latency_p95,
+       job._hist_quantile(st.latency, 0.99) AS latency_p99,
+       (SELECT count(*) FROM job.live_jobs l WHERE l.queue = d.queue AND l.state = 'running') AS in_flight,
+       d.disabled_reason IS NOT NULL AS disabled
+  FROM job.endpoint_stats st
+  JOIN job.endpoint_defs d ON d.name = st.endpoint;
+COMMENT ON VIEW job.endpoint_metrics IS 'Per endpoint since it was created: requests by status class, transport errors, transient and permanent failures, latency quantiles (seconds), requests in flight, disabled.';
+
+-- Enqueues one delivery to an existing endpoint, as a job of its queue (idempotency key,
+-- delay, priority and the job views work as for any job).  The job's payload is
+-- {"body": …} with the path, headers and webhook id it was given; its job_type is
+-- event_type.  The request's webhook-id is the idempotency key, or "msg_<job id>".
+CREATE FUNCTION job.deliver(
+    endpoint text,
+    body jsonb,
+    event_type text DEFAULT NULL,
+    idempotency_key text DEFAULT NULL,
+    path text DEFAULT NULL,
+    headers jsonb DEFAULT NULL,
+    run_at timestamptz DEFAULT NULL,
+    delay interval DEFAULT NULL,
+    priority int DEFAULT 0
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(endpoint);
+BEGIN
+    PERFORM job._check_not_null('body', body);
+    IF path IS NOT NULL THEN
+        PERFORM job._check_delivery_path(path);
+    END IF;
+    IF headers IS NOT NULL THEN
+        PERFORM job._check_http_headers('headers', headers);
+    END IF;
+    IF idempotency_key IS NOT NULL THEN
+        PERFORM job._check_header_value('idempotency_key', idempotency_key);
+    END IF;
+    RETURN job.enqueue(e.queue,
+                       jsonb_build_object('body', body)
+                       || jsonb_strip_nulls(jsonb_build_object('path', path, 'headers', headers,
+                                                               'webhook_id', idempotency_key)),
+                       run_at => run_at, delay => delay, priority => priority,
+                       idempotency_key => idempotency_key, job_type => event_type);
+END $$;
+
+-- Whether the database needs a sender: it has an endpoint.
+CREATE FUNCTION job._sender_wanted()
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM job.endpoint_defs)
+$$;
+
+-- Claims up to `max_jobs` deliveries for the sender, from active endpoints in random order,
+-- each within its concurrency (running jobs of its queue, counted under the same internal
+-- lock handler claims take) and its rate limit (the sender passes how many requests each
+-- endpoint started in the last second: `recent_starts`, paired with `endpoints`).  Each row
+-- is one request to make, with its endpoint's settings.  A job enqueued on an endpoint's queue
+-- without job.deliver is posted with its payload as the body (unless that payload is an
+-- object with a "body" key: then it is read as job.deliver writes it).
+CREATE FUNCTION job._claim_deliveries(worker text, max_jobs int, endpoints text[], recent_starts int[])
+RETURNS TABLE (endpoint text, job_id bigint, token uuid, body text, path text, headers jsonb,
+               webhook_id text, url text, method text, endpoint_headers jsonb, secrets text[],
+               timeout_ms bigint, rate_limit int)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    e record;
+    remaining int := max_jobs;
+    wanted int;
+    claimed int;
+BEGIN
+    FOR e IN SELECT d.name, d.queue, d.url, d.method, d.timeout, d.concurrency, d.rate_limit, s.headers,
+                    CASE WHEN s.previous_until > now() THEN ARRAY[s.secret, s.previous_secret]
+                         ELSE ARRAY[s.secret] END AS secrets
+               FROM job.endpoint_defs d
+               JOIN job.queues q ON q.name = d.queue AND NOT q.paused
+               JOIN job.endpoint_secrets s ON s.endpoint = d.name
+              WHERE NOT d.paused AND d.disabled_reason IS NULL
+              ORDER BY random()
+    LOOP
+        EXIT WHEN remaining <= 0;
+        wanted := remaining;
+        IF e.rate_limit IS NOT NULL THEN
+            wanted := least(wanted, e.rate_limit - coalesce(recent_starts[array_position(endpoints, e.name)], 0));
+        END IF;
+        CONTINUE WHEN wanted <= 0;
+        PERFORM job._lock_handler_queue(e.queue);
+        wanted := least(wanted, e.concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
+                                                                       WHERE l.queue = e.queue AND l.state = 'running'
+                                                                       LIMIT e.concurrency) r)::int);
+        CONTINUE WHEN wanted <= 0;
+        RETURN QUERY
+        SELECT e.name, c.id, c.lease_token,
+               (CASE WHEN envelope THEN c.payload -> 'body' ELSE c.payload END)::text,
+               CASE WHEN envelope THEN c.payload ->> 'path' END,
+               CASE WHEN envelope AND jsonb_typeof(c.payload -> 'headers') = 'object' THEN c.payload -> 'headers' END,
+               coalesce(CASE WHEN envelope THEN c.payload ->> 'webhook_id' END, 'msg_' || c.id),
+               e.url, e.method, e.headers, e.secrets,
+               (extract(epoch FROM e.timeout) * 1000)::bigint, e.rate_limit
+          FROM job.dequeue(e.queue, worker, wanted, e.timeout + interval '30 seconds') c
+         CROSS JOIN LATERAL (SELECT jsonb_typeof(c.payload) = 'object' AND c.payload ? 'body' AS envelope) x;
+        GET DIAGNOSTICS claimed = ROW_COUNT;
+        remaining := remaining - claimed;
+    END LOOP;
+END $$;
+
+-- Records what the sender's finished requests came to, in one transaction:
+-- * `outcomes`, one object per attempt: job_id, token, and either `result` (delivered: the job
+--   completes with it) or `error`, `permanent`, `http_status`, `retry_after_ms` and `detail`
+--   (the attempt's class, latency and webhook id, kept in the job's errors entry): the job
+--   fails through job.fail's rules.  An attempt whose claim is no longer current changes
+--   nothing.
+-- * `stats`, one object per endpoint: what to add to its counters, and whether it answered
+--   410 Gone.  An endpoint that did, or that has failed `disable_after` times in a row, is
+--   disabled (audited).
+CREATE FUNCTION job._record_deliveries(outcomes jsonb, stats jsonb, disable_after int)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+    tokens uuid[];
+    results jsonb[];
+    f record;
+    gone record;
+BEGIN
+    SELECT array_agg(o.job_id), array_agg(o.token), array_agg(o.result)
+      INTO ids, tokens, results
+      FROM jsonb_to_recordset(outcomes) AS o(job_id bigint, token uuid, result jsonb)
+     WHERE o.result IS NOT NULL;
+    IF ids IS NOT NULL THEN
+        PERFORM job._finish(ids, '{running}', 'completed', results, NULL, tokens);
+    END IF;
+    FOR f IN SELECT * FROM jsonb_to_recordset(outcomes)
+                 AS o(job_id bigint, token uuid, result jsonb, error text, permanent boolean,
+                      http_status int, retry_after_ms bigint, detail jsonb)
+              WHERE o.result IS NULL
+    LOOP
+        PERFORM job._fail_attempt(f.job_id, f.token, f.error, f.permanent, f.http_status,
+                                  f.retry_after_ms * interval '1 millisecond', f.detail);
+    END LOOP;
+
+    UPDATE job.endpoint_stats st
+       SET status_2xx = st.status_2xx + x.status_2xx, status_3xx = st.status_3xx + x.status_3xx,
+           status_4xx = st.status_4xx + x.status_4xx, status_5xx = st.status_5xx + x.status_5xx,
+           transport_errors = st.transport_errors + x.transport_errors,
+           transient_failures = st.transient_failures + x.transient_failures,
+           permanent_failures = st.permanent_failures + x.permanent_failures,
+           latency = job._hist_add(st.latency, x.latency),
+           consecutive_failures = CASE WHEN x.succeeded THEN x.failures_since_success
+                                       ELSE st.consecutive_failures + x.failures_since_success END,
+           last_status = coalesce(x.last_status, st.last_status),
+           last_error = CASE WHEN x.failures_since_success > 0 THEN x.last_error ELSE NULL END,
+           last_attempt_at = now()
+      FROM jsonb_to_recordset(stats)
+        AS x(endpoint text, status_2xx bigint, status_3xx bigint, status_4xx bigint, status_5xx bigint,
+             transport_errors bigint, transient_failures bigint, permanent_failures bigint,
+             latency bigint[], succeeded boolean, failures_since_success int, last_status int,
+             last_error text, gone boolean)
+     WHERE st.endpoint = x.endpoint;
+
+    FOR gone IN
+        SELECT d.name, CASE WHEN x.gone THEN 'the endpoint answered 410 Gone'
+                            ELSE format('%s consecutive failed attempts (pg_jobqueue.http_disable_after)', st.consecutive_failures)
+                       END AS reason
+          FROM jsonb_to_recordset(stats) AS x(endpoint text, gone boolean)
+          JOIN job.endpoint_defs d ON d.name = x.endpoint AND d.disabled_reason IS NULL
+          JOIN job.endpoint_stats st ON st.endpoint = d.name
+         WHERE x.gone OR st.consecutive_failures >= disable_after
+    LOOP
+        UPDATE job.endpoint_defs d SET disabled_reason = gone.reason, disabled_at = now()
+         WHERE d.name = gone.name;
+        PERFORM job._audit('disable_endpoint', jsonb_build_object('name', gone.name, 'reason', gone.reason));
+    END LOOP;
+END $$;
