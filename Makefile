@@ -6,10 +6,20 @@ TEST_PORT  ?= 55433
 BENCH_PORT ?= 55434
 NODE_BOUNCER_PORT ?= 55435
 PY_BOUNCER_PORT ?= 55436
+DEMO_RECEIVER_PORT ?= 55437
 CLUSTER    := bash scripts/cluster.sh
+# The secret of the demo's webhook endpoint, shared with its receiver: a DEMO VALUE, public
+# (the base64 of "pg_jobqueue demo secret, public!").  Never use it for anything real.
+DEMO_WEBHOOK_SECRET := whsec_cGdfam9icXVldWUgZGVtbyBzZWNyZXQsIHB1YmxpYyE=
+# Stops the demo's webhook receiver (examples/webhook_receiver.py), if its pid file names one.
+DEMO_RECEIVER_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
+    pid=$$(cat $$state/receiver.pid 2>/dev/null || true); \
+    if [ -n "$$pid" ] && grep -qs webhook_receiver /proc/$$pid/cmdline; then \
+        kill $$pid; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+    fi; rm -f $$state/receiver.pid
 
 .PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test \
-        client-node-test client-python-test bench bench-soak bench-stop lint clean
+        client-node-test client-python-test bench bench-deliveries bench-soak bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -19,18 +29,35 @@ setup:
 install: setup
 	@bash scripts/install.sh
 
+# The demo also runs a webhook receiver (examples/webhook_receiver.py) in the background, on
+# DEMO_RECEIVER_PORT, for its HTTP deliveries; its pid and log are in the demo cluster's
+# directory, and demo-stop stops it.
 demo: install
+	@$(DEMO_RECEIVER_STOP)
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 	@$(CLUSTER) start demo $(DEMO_PORT)
+	@state=$$(bash scripts/state-dir.sh)/demo; \
+	    WEBHOOK_SECRET=$(DEMO_WEBHOOK_SECRET) nohup python3 examples/webhook_receiver.py $(DEMO_RECEIVER_PORT) \
+	        >$$state/receiver.log 2>&1 </dev/null & echo $$! >$$state/receiver.pid; \
+	    for i in $$(seq 50); do grep -qs listening $$state/receiver.log && break; sleep 0.1; done; \
+	    grep -qs listening $$state/receiver.log || \
+	        { echo "the webhook receiver did not start on port $(DEMO_RECEIVER_PORT):"; cat $$state/receiver.log; exit 1; }
 	@$(PSQL) -h 127.0.0.1 -p $(DEMO_PORT) -U postgres -d postgres \
 	    -c "DROP DATABASE IF EXISTS demo WITH (FORCE)" -c "CREATE DATABASE demo"
-	@$(PSQL) -h 127.0.0.1 -p $(DEMO_PORT) -U postgres -d demo -f examples/demo.sql
+	@$(PSQL) -h 127.0.0.1 -p $(DEMO_PORT) -U postgres -d demo -f examples/demo.sql \
+	    -v receiver_port=$(DEMO_RECEIVER_PORT) -v webhook_secret=$(DEMO_WEBHOOK_SECRET)
+	@echo
+	@echo "== What the webhook receiver printed"
+	@cat $$(bash scripts/state-dir.sh)/demo/receiver.log
 	@echo
 	@echo "The demo cluster is running. Connect with:"
 	@echo "    $(PG_BIN)/psql -h 127.0.0.1 -p $(DEMO_PORT) -U postgres demo"
-	@echo "Stop it with: make demo-stop"
+	@echo "The webhook receiver listens on http://127.0.0.1:$(DEMO_RECEIVER_PORT)/hooks/{ok,flaky,missing}"
+	@echo "    (log: $$(bash scripts/state-dir.sh)/demo/receiver.log)"
+	@echo "Stop both with: make demo-stop"
 
 demo-stop:
+	@$(DEMO_RECEIVER_STOP)
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 
 # Everything the project tests: formatting, Rust unit tests and #[pg_test]s (cargo pgrx test),
@@ -106,6 +133,16 @@ bench: install
 	@bash bench/client-node.sh $(BENCH_PORT)
 	@bash bench/client-python.sh $(BENCH_PORT)
 	@bash bench/metrics.sh $(BENCH_PORT)
+	@bash bench/deliveries.sh $(BENCH_PORT)
+
+# HTTP deliveries alone (bench/deliveries.sh, about two minutes): the sender's deliveries/s to
+# a local receiver answering at once and after 100 ms, and commit-to-arrival latency; on the
+# bench cluster, restarted so that it loads the library just installed.  Appends its section
+# to bench/last-run.md.
+bench-deliveries: install
+	@$(CLUSTER) stop bench $(BENCH_PORT)
+	@$(CLUSTER) start bench $(BENCH_PORT)
+	@bash bench/deliveries.sh $(BENCH_PORT)
 
 # Long runs `make bench` leaves out (bench/soak.sh: most of an hour, several GB of disk):
 # single-job processing with 10,000,000 jobs waiting against 10,000, the background worker's
@@ -118,6 +155,7 @@ bench-stop:
 	@$(CLUSTER) stop bench $(BENCH_PORT)
 
 clean:
+	-@$(DEMO_RECEIVER_STOP)
 	-@$(CLUSTER) stop demo $(DEMO_PORT)
 	-@$(CLUSTER) stop test $(TEST_PORT)
 	-@$(CLUSTER) stop bench $(BENCH_PORT)

@@ -85,3 +85,44 @@ SELECT order_id, result FROM receipts JOIN job.jobs j ON (j.payload ->> 'order_i
 SELECT schedule, tick, fired_at - due_at AS lateness, job_id FROM job.schedule_runs ORDER BY tick;
 SELECT kind, count(*) AS reports FROM reports GROUP BY kind;
 SELECT pid, kind FROM job.worker_processes() ORDER BY kind, pid;
+
+\echo '== HTTP deliveries: the worker posts each one as a signed request (Standard Webhooks)'
+-- `make demo` runs examples/webhook_receiver.py on this port with this secret.  The secret is
+-- a DEMO VALUE, public (the base64 of "pg_jobqueue demo secret, public!"): never reuse it.
+-- Leave out `secret` and pg_jobqueue makes one; job.endpoint_secret('name') hands it out.
+\if :{?receiver_port}
+\else
+\set receiver_port 55437
+\endif
+\if :{?webhook_secret}
+\else
+\set webhook_secret 'whsec_cGdfam9icXVldWUgZGVtbyBzZWNyZXQsIHB1YmxpYyE='
+\endif
+SELECT job.create_queue('hooks', max_retries => 3, backoff_base => '1 second', jitter => 0);
+SELECT job.create_endpoint('hooks', 'http://127.0.0.1:' || :'receiver_port' || '/hooks',
+                           secret => :'webhook_secret', concurrency => 4);
+SELECT name, url, method, concurrency, state FROM job.endpoints;
+
+\echo '== Three deliveries: to /hooks/ok (200), /hooks/flaky (503 once, then 200), /hooks/missing (404)'
+SELECT job.deliver('hooks', '{"order_id": 1, "status": "paid"}', event_type => 'order.paid', path => '/ok') AS ok,
+       job.deliver('hooks', '{"order_id": 2, "status": "paid"}', event_type => 'order.paid', path => '/flaky') AS flaky,
+       job.deliver('hooks', '{"order_id": 3, "status": "paid"}', event_type => 'order.paid', path => '/missing') AS missing;
+
+\echo '== Waiting (10 s at most) until all three are finished: the 503 is retried after 1 second'
+DO $$
+BEGIN
+    FOR i IN 1..100 LOOP
+        EXIT WHEN NOT EXISTS (SELECT 1 FROM job.jobs
+                               WHERE queue = 'hooks' AND state IN ('waiting', 'scheduled', 'running'));
+        PERFORM pg_sleep(0.1);
+    END LOOP;
+END $$;
+SELECT id, payload ->> 'path' AS path, state, attempt, result -> 'status' AS status,
+       result ->> 'body' AS answer, jsonb_path_query_array(errors, '$[*].error') AS errors
+  FROM job.jobs WHERE queue = 'hooks' ORDER BY id;
+
+\echo '== The endpoint at a glance, and its metrics (latency in seconds)'
+SELECT name, state, in_flight, consecutive_failures, last_status, last_error FROM job.endpoints;
+SELECT endpoint, status_2xx, status_4xx, status_5xx, transient_failures, permanent_failures,
+       round(latency_p50::numeric, 4) AS latency_p50, round(latency_p99::numeric, 4) AS latency_p99
+  FROM job.endpoint_metrics;

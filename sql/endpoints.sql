@@ -372,6 +372,7 @@ BEGIN
            transient_failures = st.transient_failures + x.transient_failures,
            permanent_failures = st.permanent_failures + x.permanent_failures,
            latency = job._hist_add(st.latency, x.latency),
+           latency_sum = st.latency_sum + x.latency_sum,
            consecutive_failures = CASE WHEN x.succeeded THEN x.failures_since_success
                                        ELSE st.consecutive_failures + x.failures_since_success END,
            last_status = coalesce(x.last_status, st.last_status),
@@ -380,7 +381,7 @@ BEGIN
       FROM jsonb_to_recordset(stats)
         AS x(endpoint text, status_2xx bigint, status_3xx bigint, status_4xx bigint, status_5xx bigint,
              transport_errors bigint, transient_failures bigint, permanent_failures bigint,
-             latency bigint[], succeeded boolean, failures_since_success int, last_status int,
+             latency bigint[], latency_sum float8, succeeded boolean, failures_since_success int, last_status int,
              last_error text, gone boolean)
      WHERE st.endpoint = x.endpoint;
 

@@ -406,6 +406,9 @@ WITH q AS (SELECT * FROM job.queue_metrics),
 t AS (SELECT *, job._prometheus_label(queue) AS ql, job._prometheus_label(job_type) AS tl
         FROM job._metric_running_totals),
 w AS (SELECT *, job._prometheus_label(worker) AS wl FROM job.workers),
+e AS (SELECT st.*, d.disabled_reason IS NOT NULL AS disabled, job._prometheus_label(st.endpoint) AS el,
+             (SELECT count(*) FROM job.live_jobs l WHERE l.queue = d.queue AND l.state = 'running') AS in_flight
+        FROM job.endpoint_stats st JOIN job.endpoint_defs d ON d.name = st.endpoint),
 families (n, name, type, help) AS (VALUES
     (1, 'pg_jobqueue_jobs', 'gauge', 'Jobs per queue and state (live states as of the worker''s last count).'),
     (2, 'pg_jobqueue_oldest_ready_age_seconds', 'gauge', 'Age of the oldest job ready to run.'),
@@ -416,7 +419,12 @@ families (n, name, type, help) AS (VALUES
     (7, 'pg_jobqueue_processing_seconds', 'summary', 'Claim to finish of finished attempts; quantiles over the last 5 minutes.'),
     (8, 'pg_jobqueue_wait_seconds', 'summary', 'Ready to claim of finished attempts; quantiles over the last 5 minutes.'),
     (9, 'pg_jobqueue_worker_jobs', 'gauge', 'Jobs each worker holds.'),
-    (10, 'pg_jobqueue_worker_last_seen_timestamp_seconds', 'gauge', 'When dequeue or heartbeat last saw each worker.')),
+    (10, 'pg_jobqueue_worker_last_seen_timestamp_seconds', 'gauge', 'When dequeue or heartbeat last saw each worker.'),
+    (11, 'pg_jobqueue_http_requests_total', 'counter', 'HTTP delivery attempts per endpoint by answer: status class, or error (no answer).'),
+    (12, 'pg_jobqueue_http_failed_attempts_total', 'counter', 'Failed HTTP delivery attempts per endpoint: transient (retried) or permanent.'),
+    (13, 'pg_jobqueue_http_request_seconds', 'summary', 'HTTP delivery attempts'' duration per endpoint since it was created.'),
+    (14, 'pg_jobqueue_http_in_flight', 'gauge', 'HTTP deliveries being sent per endpoint.'),
+    (15, 'pg_jobqueue_http_endpoint_disabled', 'gauge', '1 when the endpoint is disabled (410 Gone, or too many failures in a row).')),
 samples (n, sort1, sort2, line) AS (
     SELECT 1, q.queue, s.state, format('pg_jobqueue_jobs{queue=%s,state="%s"} %s', job._prometheus_label(q.queue), s.state, s.n)
       FROM q CROSS JOIN LATERAL (VALUES ('waiting', q.waiting), ('scheduled', q.scheduled),
@@ -448,6 +456,25 @@ samples (n, sort1, sort2, line) AS (
     UNION ALL
     SELECT 10, w.worker, '', format('pg_jobqueue_worker_last_seen_timestamp_seconds{worker=%s} %s', w.wl,
                                     extract(epoch FROM w.last_seen)) FROM w
+    UNION ALL
+    SELECT 11, e.endpoint, c.class, format('pg_jobqueue_http_requests_total{endpoint=%s,class="%s"} %s', e.el, c.class, c.n)
+      FROM e CROSS JOIN LATERAL (VALUES ('2xx', e.status_2xx), ('3xx', e.status_3xx), ('4xx', e.status_4xx),
+                                        ('5xx', e.status_5xx), ('error', e.transport_errors)) c(class, n)
+    UNION ALL
+    SELECT 12, e.endpoint, k.kind, format('pg_jobqueue_http_failed_attempts_total{endpoint=%s,kind="%s"} %s', e.el, k.kind, k.n)
+      FROM e CROSS JOIN LATERAL (VALUES ('permanent', e.permanent_failures), ('transient', e.transient_failures)) k(kind, n)
+    UNION ALL
+    SELECT 13, e.endpoint, h.sort, format('pg_jobqueue_http_request_seconds%s{endpoint=%s%s} %s', h.suffix, e.el, h.label, h.value)
+      FROM e CROSS JOIN LATERAL (VALUES
+               ('1', '', ',quantile="0.5"', coalesce(job._hist_quantile(e.latency, 0.5)::text, 'NaN')),
+               ('2', '', ',quantile="0.95"', coalesce(job._hist_quantile(e.latency, 0.95)::text, 'NaN')),
+               ('3', '', ',quantile="0.99"', coalesce(job._hist_quantile(e.latency, 0.99)::text, 'NaN')),
+               ('4', '_sum', '', e.latency_sum::text),
+               ('5', '_count', '', (SELECT coalesce(sum(x), 0) FROM unnest(e.latency) x)::text)) h(sort, suffix, label, value)
+    UNION ALL
+    SELECT 14, e.endpoint, '', format('pg_jobqueue_http_in_flight{endpoint=%s} %s', e.el, e.in_flight) FROM e
+    UNION ALL
+    SELECT 15, e.endpoint, '', format('pg_jobqueue_http_endpoint_disabled{endpoint=%s} %s', e.el, e.disabled::int) FROM e
 )
 SELECT string_agg(format(E'# HELP %s %s\n# TYPE %s %s\n', f.name, f.help, f.name, f.type)
                   || coalesce((SELECT string_agg(s.line || E'\n', '' ORDER BY s.sort1, s.sort2)

@@ -191,6 +191,7 @@ CREATE TABLE job.endpoint_stats (
     transient_failures   bigint NOT NULL DEFAULT 0,
     permanent_failures   bigint NOT NULL DEFAULT 0,
     latency              bigint[],   -- every attempt's (job._hist_of buckets); NULL: none yet
+    latency_sum          float8 NOT NULL DEFAULT 0,  -- seconds, every attempt's
     consecutive_failures int NOT NULL DEFAULT 0,
     last_status          int,
     last_error           text,

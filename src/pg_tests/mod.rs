@@ -9,6 +9,7 @@
 mod support;
 
 mod audit;
+mod endpoints;
 mod handlers;
 mod inputs;
 mod leases;

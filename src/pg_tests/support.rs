@@ -71,6 +71,9 @@ pub fn fingerprint() -> String {
                  (SELECT string_agg(s::text, ',' ORDER BY name) FROM job.schedule_defs s),
                  (SELECT string_agg(r::text, ',' ORDER BY schedule, tick) FROM job.schedule_runs r),
                  (SELECT string_agg(h::text, ',' ORDER BY queue) FROM job.handler_defs h),
+                 (SELECT string_agg(e::text, ',' ORDER BY name) FROM job.endpoint_defs e),
+                 (SELECT string_agg(s::text, ',' ORDER BY endpoint) FROM job.endpoint_secrets s),
+                 (SELECT string_agg(t::text, ',' ORDER BY endpoint) FROM job.endpoint_stats t),
                  (SELECT string_agg(a::text, ',' ORDER BY id) FROM job.audit_entries a)))
              $$;
            END IF; END $do$");

@@ -678,6 +678,7 @@ struct EndpointTally {
     transient_failures: i64,
     permanent_failures: i64,
     latency: Vec<i64>,
+    latency_sum: f64,
     succeeded: bool,
     /// Failed attempts since the batch's last success (all of them if none succeeded).
     failures_since_success: i64,
@@ -698,6 +699,7 @@ fn outcome_records(attempts: &[Attempt], max_retry_after: Duration) -> (Value, V
             tally.latency = vec![0; metrics::BUCKETS];
         }
         tally.latency[metrics::bucket_of(a.latency.as_secs_f64())] += 1;
+        tally.latency_sum += a.latency.as_secs_f64();
         let mut record = json!({
             "job_id": a.job_id,
             "token": a.token,
@@ -791,6 +793,7 @@ fn outcome_records(attempts: &[Attempt], max_retry_after: Duration) -> (Value, V
                 "transient_failures": t.transient_failures,
                 "permanent_failures": t.permanent_failures,
                 "latency": t.latency,
+                "latency_sum": t.latency_sum,
                 "succeeded": t.succeeded,
                 "failures_since_success": t.failures_since_success,
                 "last_status": t.last_status,

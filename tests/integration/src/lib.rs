@@ -6,6 +6,7 @@
 //! [`TestDb::create`] and dropped when the guard goes out of scope, so tests run in parallel.
 
 pub mod cluster;
+pub mod http_server;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};

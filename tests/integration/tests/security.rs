@@ -53,7 +53,7 @@ REVOKE UPDATE, DELETE, TRUNCATE ON job.audit_log FROM jobs_admin;
 ";
 
 /// The functions each recipe grants EXECUTE on (what the catalog must show, no more).
-const PRODUCER_FUNCTIONS: &[&str] = &["enqueue", "enqueue_many"];
+const PRODUCER_FUNCTIONS: &[&str] = &["enqueue", "enqueue_many", "deliver"];
 const WORKER_FUNCTIONS: &[&str] = &[
     "dequeue",
     "complete",
@@ -83,6 +83,13 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "resume_schedule",
     "set_handler",
     "remove_handler",
+    "create_endpoint",
+    "drop_endpoint",
+    "pause_endpoint",
+    "resume_endpoint",
+    "rotate_endpoint_secret",
+    "endpoint_secret",
+    "endpoint_headers",
     "prometheus_metrics",
     "worker_processes",
 ];
@@ -96,6 +103,8 @@ const GRANTED_VIEWS: &[&str] = &[
     "schedules",
     "handlers",
     "audit_log",
+    "endpoints",
+    "endpoint_metrics",
 ];
 /// The only functions of schema `job` that PUBLIC may execute: pure helpers reading no table.
 const PUBLIC_HELPERS: &[&str] = &[
@@ -104,6 +113,7 @@ const PUBLIC_HELPERS: &[&str] = &[
     "job._hist_quantile(bigint[],double precision)",
     "job._hist_sum(bigint[])",
     "job.cron_next(text,text,timestamp with time zone)",
+    "job.verify_webhook(text,text,text,text,text,interval)",
 ];
 
 const INSUFFICIENT_PRIVILEGE: &str = "42501";

@@ -1,0 +1,332 @@
+//! `#[pg_test]`s of HTTP endpoints and deliveries: what create_endpoint and deliver accept and
+//! refuse, where secrets go (and do not), what the sender's claim hands out, and how its
+//! recorded outcomes change jobs and endpoints.  The requests themselves are sent in the
+//! integration tests (tests/integration/tests/deliveries.rs).
+
+#[pgrx::pg_schema]
+mod tests {
+    use crate::pg_tests::support::*;
+    use pgrx::prelude::*;
+
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+    fn endpoint(name: &str) {
+        run(&format!(
+            "SELECT job.create_endpoint('{name}', 'https://hooks.example.com/in',
+                    headers => '{{\"authorization\": \"Bearer tok-123\"}}', secret => '{SECRET}')"
+        ));
+    }
+
+    #[pg_test]
+    fn create_endpoint_makes_its_queue_and_keeps_secrets_out_of_every_view() {
+        endpoint("billing");
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws(',', name, url, method, queue, header_names::text, timeout, concurrency,
+                                  coalesce(rate_limit::text, '-'), state, in_flight)
+                   FROM job.endpoints"
+            ),
+            "billing,https://hooks.example.com/in,POST,billing,{authorization},00:00:30,16,-,active,0"
+        );
+        assert!(one::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM job.queues WHERE name = 'billing')"
+        ));
+        assert_eq!(
+            one::<String>("SELECT job.endpoint_secret('billing')"),
+            SECRET
+        );
+        assert_eq!(
+            one::<String>("SELECT job.endpoint_headers('billing')::text"),
+            r#"{"authorization": "Bearer tok-123"}"#
+        );
+        // Neither the secret nor the header's value shows in a view or the audit log.
+        for view in [
+            "job.endpoints",
+            "job.endpoint_metrics",
+            "job.audit_log",
+            "job.queues",
+            "job.jobs",
+        ] {
+            let text = one::<String>(&format!(
+                "SELECT coalesce(string_agg(v::text, ' '), '') FROM {view} v"
+            ));
+            assert!(
+                !text.contains("MfKQ9r8") && !text.contains("tok-123"),
+                "{view}: {text}"
+            );
+        }
+        // Reading them is audited.
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.audit_log WHERE action IN ('read_endpoint_secret', 'read_endpoint_headers')"),
+            2
+        );
+    }
+
+    #[pg_test]
+    fn a_new_endpoint_gets_a_fresh_secret_and_an_update_keeps_it() {
+        run("SELECT job.create_endpoint('a', 'https://a.example.com')");
+        run("SELECT job.create_endpoint('b', 'https://b.example.com')");
+        let a = one::<String>("SELECT job.endpoint_secret('a')");
+        assert!(a.starts_with("whsec_") && a.len() == 6 + 44, "{a}");
+        assert_ne!(a, one::<String>("SELECT job.endpoint_secret('b')"));
+        run("SELECT job.create_endpoint('a', 'https://a.example.com/v2', concurrency => 4)");
+        assert_eq!(one::<String>("SELECT job.endpoint_secret('a')"), a);
+        assert_eq!(
+            one::<String>("SELECT url || ' ' || concurrency FROM job.endpoints WHERE name = 'a'"),
+            "https://a.example.com/v2 4"
+        );
+        // A rotation keeps the old secret for the overlap, and the view says so.
+        let new = one::<String>("SELECT job.rotate_endpoint_secret('a', '1 hour')");
+        assert_ne!(new, a);
+        assert_eq!(one::<String>("SELECT job.endpoint_secret('a')"), new);
+        assert!(one::<bool>(
+            "SELECT rotating_secret FROM job.endpoints WHERE name = 'a'"
+        ));
+        // Requests carry both signatures until the overlap ends.
+        run("SELECT job.deliver('a', '{}')");
+        assert_eq!(
+            one::<String>("SELECT array_to_string(secrets, ' ') FROM job._claim_deliveries('t', 1, '{}', '{}')"),
+            format!("{new} {a}")
+        );
+    }
+
+    #[pg_test]
+    fn create_endpoint_refuses_bad_input_and_changes_nothing() {
+        endpoint("ok");
+        run("CREATE FUNCTION public.handle(p jsonb) RETURNS void LANGUAGE sql AS ''");
+        queue("handled");
+        run("SELECT job.set_handler('handled', 'handle(jsonb)')");
+        for (call, state, message) in [
+            ("SELECT job.create_endpoint('x', 'ftp://example.com')", "22023", "url must be http or https, not ftp"),
+            ("SELECT job.create_endpoint('x', 'https://u:p@example.com')", "22023",
+             "url must not hold credentials (send them in a header: they would be shown in job.endpoints)"),
+            ("SELECT job.create_endpoint('x', 'example.com')", "22023", "url is not a URL (relative URL without a base)"),
+            ("SELECT job.create_endpoint('x', NULL)", "22004", "url must not be NULL"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', method => 'GET')", "22023",
+             "method must be one of POST, PUT, PATCH, DELETE, got \"GET\""),
+            ("SELECT job.create_endpoint('x', 'https://example.com', headers => '[1]')", "22023",
+             "headers must be a JSON object of header names and string values"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', headers => '{\"webhook-id\": \"1\"}')", "22023",
+             "headers: header \"webhook-id\" is set by pg_jobqueue itself"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', headers => '{\"a\": 1}')", "22023",
+             "headers: the value of header \"a\" must be a string"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', secret => 'hunter2')", "22023",
+             "secret: a webhook secret starts with \"whsec_\" followed by base64"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', secret => 'whsec_AAAA')", "22023",
+             "secret: a webhook secret's key must be 24 to 64 bytes, this one has 3"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', timeout => '2 hours')", "22023",
+             "timeout must be at most 1 hour, got 02:00:00"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', concurrency => 0)", "22023",
+             "concurrency must be between 1 and 1000, got 0"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', rate_limit => 0)", "22023",
+             "rate_limit must be between 1 and 100000 requests per second (or NULL for none), got 0"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', queue => 'handled')", "55006",
+             "queue 'handled' has a handler, so it cannot be an endpoint's queue"),
+            ("SELECT job.create_endpoint('x', 'https://example.com', queue => 'ok')", "55006",
+             "queue 'ok' is already the queue of endpoint 'ok'"),
+            ("SELECT job.endpoint_secret('nope')", "42704", "endpoint 'nope' does not exist"),
+        ] {
+            assert_rejected_with(call, state, message);
+        }
+    }
+
+    #[pg_test]
+    fn deliver_enqueues_an_envelope_and_refuses_what_would_leave_the_endpoint() {
+        endpoint("hooks");
+        let id = one::<i64>(
+            "SELECT job.deliver('hooks', '{\"order\": 7}', event_type => 'order.paid', path => '/orders/7',
+                                headers => '{\"x-tenant\": \"42\"}', idempotency_key => 'order-7')",
+        );
+        assert_eq!(
+            one::<String>(&format!("SELECT concat_ws(' ', queue, job_type, state, payload::text) FROM job.jobs WHERE id = {id}")),
+            r#"hooks order.paid waiting {"body": {"order": 7}, "path": "/orders/7", "headers": {"x-tenant": "42"}, "webhook_id": "order-7"}"#
+        );
+        // The same key within the window: the same job.
+        assert_eq!(
+            one::<i64>("SELECT job.deliver('hooks', '{}', idempotency_key => 'order-7')"),
+            id
+        );
+        for (call, message) in [
+            ("SELECT job.deliver('hooks', '{}', path => '@evil.example/x')", "path must start with \"/\" or \"?\""),
+            ("SELECT job.deliver('hooks', '{}', path => '//evil.example/x')", "path must not start with \"//\""),
+            ("SELECT job.deliver('hooks', '{}', path => '/a b')",
+             "path must not contain whitespace, control characters, \"\\\" or \"#\""),
+            ("SELECT job.deliver('hooks', '{}', headers => '{\"Host\": \"evil\"}')",
+             "headers: header \"Host\" is set by pg_jobqueue itself"),
+            ("SELECT job.deliver('hooks', '{}', headers => '{\"webhook-signature\": \"v1,x\"}')",
+             "headers: header \"webhook-signature\" is set by pg_jobqueue itself"),
+            ("SELECT job.deliver('hooks', '{}', headers => '{\"x\": \"a\\nb\"}')",
+             "headers: the value of header \"x\" must be visible ASCII text without line breaks"),
+            ("SELECT job.deliver('hooks', '{}', idempotency_key => E'k\\n2')",
+             "idempotency_key is sent as a header, so it must be visible ASCII text without line breaks"),
+        ] {
+            assert_rejected_with(call, "22023", message);
+        }
+        assert_rejected_with(
+            "SELECT job.deliver('hooks', NULL)",
+            "22004",
+            "body must not be NULL",
+        );
+        assert_rejected_with(
+            "SELECT job.deliver('nowhere', '{}')",
+            "42704",
+            "endpoint 'nowhere' does not exist",
+        );
+    }
+
+    #[pg_test]
+    fn the_claim_respects_concurrency_rate_limits_pauses_and_reads_plain_payloads() {
+        run("SELECT job.create_endpoint('e', 'https://e.example.com/in', concurrency => 2, rate_limit => 3)");
+        for i in 0..5 {
+            run(&format!(
+                "SELECT job.deliver('e', '{{\"n\": {i}}}', path => '/p{i}')"
+            ));
+        }
+        run("SELECT job.enqueue('e', '{\"plain\": true}')");
+        let claimed = || {
+            Spi::connect_mut(|c| {
+                c.update("SELECT body || ' ' || coalesce(path, '-') || ' ' || webhook_id FROM job._claim_deliveries('t', 10, '{e}', '{1}')", None, &[])
+                    .unwrap()
+                    .map(|r| r.get::<String>(1).unwrap().unwrap())
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Concurrency 2 (rate allows 3 - 1 = 2 as well).
+        let first = claimed();
+        assert_eq!(first.len(), 2, "{first:?}");
+        assert!(first[0].starts_with("{\"n\": 0} /p0 msg_"), "{first:?}");
+        // Both slots taken: nothing more until one finishes.
+        assert!(claimed().is_empty());
+        run("UPDATE job.live_jobs SET state = 'waiting', lease_token = NULL WHERE queue = 'e' AND state = 'running'");
+        // Rate: 3 per second, and the sender says 3 started in the last second.
+        let none = Spi::get_one::<i64>(
+            "SELECT count(*) FROM job._claim_deliveries('t', 10, '{e}', '{3}')",
+        )
+        .unwrap();
+        assert_eq!(none, Some(0));
+        // Paused endpoints and disabled ones give nothing.
+        run("SELECT job.pause_endpoint('e')");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job._claim_deliveries('t', 10, '{}', '{}')"),
+            0
+        );
+        run("SELECT job.resume_endpoint('e')");
+        run("UPDATE job.endpoint_defs SET disabled_reason = 'test'");
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job._claim_deliveries('t', 10, '{}', '{}')"),
+            0
+        );
+        run("SELECT job.resume_endpoint('e')");
+        assert_eq!(one::<String>("SELECT state FROM job.endpoints"), "active");
+        // A job enqueued without job.deliver is posted with its payload as the body.
+        run("DELETE FROM job.live_jobs WHERE queue = 'e' AND payload ? 'body'");
+        assert_eq!(
+            one::<String>("SELECT body || ' ' || coalesce(path, '-') FROM job._claim_deliveries('t', 10, '{}', '{}')"),
+            "{\"plain\": true} -"
+        );
+    }
+
+    #[pg_test]
+    fn recorded_outcomes_complete_fail_and_disable() {
+        run("SELECT job.create_queue('e', backoff_base => '1 second', jitter => 0)");
+        run("SELECT job.create_endpoint('e', 'https://e.example.com/in')");
+        for i in 0..3 {
+            run(&format!("SELECT job.deliver('e', '{{\"n\": {i}}}')"));
+        }
+        let rows: Vec<(i64, String)> = Spi::connect_mut(|c| {
+            c.update("SELECT job_id, token::text FROM job._claim_deliveries('t', 10, '{}', '{}') ORDER BY job_id", None, &[])
+                .unwrap()
+                .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap()))
+                .collect()
+        });
+        assert_eq!(rows.len(), 3);
+        let outcomes = format!(
+            r#"[{{"job_id": {}, "token": "{}", "result": {{"status": 200}}}},
+                {{"job_id": {}, "token": "{}", "error": "HTTP 503", "permanent": false, "http_status": 503,
+                  "retry_after_ms": 7000, "detail": {{"class": "5xx", "latency_ms": 3.5}}}},
+                {{"job_id": {}, "token": "{}", "error": "HTTP 410", "permanent": true, "http_status": 410,
+                  "detail": {{"class": "4xx"}}}}]"#,
+            rows[0].0, rows[0].1, rows[1].0, rows[1].1, rows[2].0, rows[2].1
+        );
+        let stats = r#"[{"endpoint": "e", "status_2xx": 1, "status_3xx": 0, "status_4xx": 1, "status_5xx": 1,
+                         "transport_errors": 0, "transient_failures": 1, "permanent_failures": 1,
+                         "latency": null, "latency_sum": 0.01, "succeeded": true, "failures_since_success": 2,
+                         "last_status": 410, "last_error": "HTTP 410", "gone": true}]"#;
+        run(&format!(
+            "SELECT job._record_deliveries('{outcomes}', '{stats}', 100)"
+        ));
+        assert_eq!(state(rows[0].0), "completed");
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT concat_ws(' ', state, round(extract(epoch FROM run_at - now())), errors -> -1 ->> 'class', errors -> -1 ->> 'latency_ms')
+                   FROM job.jobs WHERE id = {}", rows[1].0
+            )),
+            "scheduled 7 5xx 3.5"
+        );
+        assert_eq!(state(rows[2].0), "dead");
+        assert_eq!(
+            one::<String>("SELECT concat_ws(' ', state, disabled_reason, consecutive_failures, last_status) FROM job.endpoints"),
+            "disabled the endpoint answered 410 Gone 2 410"
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.audit_log WHERE action = 'disable_endpoint'"),
+            1
+        );
+        // An outcome whose claim is no longer current records nothing.
+        run("SELECT job.resume_endpoint('e')");
+        let id = one::<i64>("SELECT job.deliver('e', '{}')");
+        assert_eq!(
+            one::<i64>("SELECT job_id FROM job._claim_deliveries('t', 10, '{}', '{}')"),
+            id
+        );
+        run(&format!(
+            "SELECT job._record_deliveries('[{{\"job_id\": {id}, \"token\": \"00000000-0000-0000-0000-000000000001\", \"result\": {{}}}}]', '[]', 100)"
+        ));
+        assert_eq!(state(id), "running");
+    }
+
+    #[pg_test]
+    fn drop_endpoint_refuses_with_unfinished_deliveries_unless_forced() {
+        endpoint("d");
+        let id = one::<i64>("SELECT job.deliver('d', '{}')");
+        assert_rejected_with(
+            "SELECT job.drop_endpoint('d')",
+            "55006",
+            "endpoint 'd' still has 1 unfinished deliveries",
+        );
+        run("SELECT job.drop_endpoint('d', force => true)");
+        assert_eq!(state(id), "cancelled");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.endpoints"), 0);
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.endpoint_secrets"), 0);
+        // Dropping the queue drops its endpoint too.
+        endpoint("e2");
+        run("SELECT job.drop_queue('e2')");
+        assert_eq!(one::<i64>("SELECT count(*) FROM job.endpoint_defs"), 0);
+    }
+
+    #[pg_test]
+    fn verify_webhook_checks_signature_and_tolerance() {
+        let now = one::<i64>("SELECT extract(epoch FROM now())::bigint");
+        // Signed here with the same code the sender uses; the integration tests verify what
+        // the sender sends with an independent implementation.
+        let key = crate::delivery::signature::secret_key(SECRET).unwrap();
+        let sig = crate::delivery::signature::sign(&key, "msg_1", now, b"{\"a\": 1}");
+        let call = |ts: i64, body: &str, tolerance: &str| {
+            one::<bool>(&format!(
+                "SELECT job.verify_webhook('{SECRET}', 'msg_1', '{ts}', '{body}', 'v1,bogus {sig}', '{tolerance}')"
+            ))
+        };
+        assert!(call(now, "{\"a\": 1}", "5 minutes"));
+        assert!(!call(now, "{\"a\": 2}", "5 minutes"));
+        let old = one::<bool>(&format!(
+            "SELECT job.verify_webhook('{SECRET}', 'msg_1', '{}', '{{\"a\": 1}}', '{sig}', '1 second')",
+            now - 600
+        ));
+        assert!(!old);
+        assert_rejected_with(
+            "SELECT job.verify_webhook('nope', 'm', '1', '', 'v1,x')",
+            "22023",
+            "secret: a webhook secret starts with \"whsec_\" followed by base64",
+        );
+    }
+}
