@@ -17,7 +17,8 @@
 #               client to the request's arrival at the receiver (both time.time() on this
 #               host).  p50 / p99; aim p99 <= 20 ms.
 # Every delivery must be completed once with a valid signature, or the script fails.
-# Appends a section to bench/last-run.md (BENCH_OUT).
+# Appends a section to bench/last-run.md (BENCH_OUT); each latency sample goes to
+# target/bench-logs/deliveries-<timestamp>/latency.txt.
 #
 #   bash bench/deliveries.sh [PORT]        (PORT: 55434, the bench cluster)
 #
@@ -32,6 +33,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 bin=/usr/lib/postgresql/15/bin
 db=bench_deliveries
 out=${BENCH_OUT:-$root/bench/last-run.md}
+logs=$root/target/bench-logs/deliveries-$(date +%Y%m%d-%H%M%S) # each latency sample
+mkdir -p "$logs"
 admin=(-X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres)
 
 "$bin/pg_isready" -q -h 127.0.0.1 -p "$port" ||
@@ -43,6 +46,6 @@ section=$("${PYTHON:-python3}" "$root/bench/deliveries.py" --port "$port" --dbna
     --sink-port "${BENCH_SINK_PORT:-55438}" \
     --fast "${BENCH_DELIVERIES_FAST:-30000}" --slow "${BENCH_DELIVERIES_SLOW:-10000}" \
     --fast-concurrency "${BENCH_DELIVERIES_FAST_CONCURRENCY:-16,256}" \
-    --samples "${BENCH_DELIVERIES_SAMPLES:-200}")
+    --samples "${BENCH_DELIVERIES_SAMPLES:-200}" --samples-log "$logs/latency.txt")
 echo "$section"
 echo "$section" >>"$out"

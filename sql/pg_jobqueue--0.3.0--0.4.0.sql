@@ -160,6 +160,12 @@ STRICT VOLATILE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_new_webhook_secret_wrapper';
 
+-- pg_jobqueue::wakeup::_wake_sender
+CREATE OR REPLACE FUNCTION "_wake_sender"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_wake_sender_wrapper';
+
 -- pg_jobqueue::delivery::verify_webhook
 CREATE OR REPLACE FUNCTION "verify_webhook"(
 	"secret" TEXT, /* & str */
@@ -887,8 +893,8 @@ BEGIN
     ON CONFLICT (endpoint) DO UPDATE
        SET secret = coalesce(create_endpoint.secret, s.secret), headers = EXCLUDED.headers;
     INSERT INTO job.endpoint_stats (endpoint) VALUES (name) ON CONFLICT DO NOTHING;
-    PERFORM job._wake_queue_on_commit(q.id);
     PERFORM job._wake_scheduler();  -- starts the sender
+    PERFORM job._wake_sender();     -- or has it look now
     PERFORM job._audit(CASE WHEN before.name IS NULL THEN 'create_endpoint' ELSE 'alter_endpoint' END,
         to_jsonb(after) - '{paused,disabled_reason,disabled_at,created_at,updated_at}'::text[]
         || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(headers) k),
@@ -973,7 +979,7 @@ BEGIN
      WHERE d.name = e.name;
     IF NOT pause THEN
         UPDATE job.endpoint_stats s SET consecutive_failures = 0 WHERE s.endpoint = e.name;
-        PERFORM job._wake_queue_on_commit((job._require_queue(e.queue)).id);
+        PERFORM job._wake_sender();
     END IF;
     PERFORM job._audit(CASE WHEN pause THEN 'pause_endpoint' ELSE 'resume_endpoint' END,
                        jsonb_build_object('name', e.name, 'was_disabled', e.disabled_reason));

@@ -124,7 +124,8 @@ extension_sql_file!(
         delivery::_check_http_headers,
         delivery::_check_header_value,
         delivery::_check_webhook_secret,
-        delivery::_new_webhook_secret
+        delivery::_new_webhook_secret,
+        wakeup::_wake_sender
     ]
 );
 extension_sql_file!(

@@ -52,6 +52,8 @@ thread_local! {
     static REQUEST_SERVICE: Cell<bool> = const { Cell::new(false) };
     /// This transaction changed schedules or handlers: at commit, wake the scheduler.
     static WAKE_SCHEDULER: Cell<bool> = const { Cell::new(false) };
+    /// This transaction made an endpoint able to send: at commit, wake the sender.
+    static WAKE_SENDER: Cell<bool> = const { Cell::new(false) };
     /// The earliest time (TimestampTz) at which a job this transaction touched becomes due.
     static DUE_AT: Cell<Option<i64>> = const { Cell::new(None) };
 }
@@ -99,6 +101,14 @@ pub fn request_service_on_commit() {
 pub fn wake_scheduler_on_commit() {
     register_callback();
     WAKE_SCHEDULER.set(true);
+}
+
+/// SQL (internal): an endpoint was created or resumed; its sender should look at commit (it
+/// waits on no wake-up of that queue: it never found it empty).
+#[pg_extern(volatile, parallel_unsafe)]
+fn _wake_sender() {
+    register_callback();
+    WAKE_SENDER.set(true);
 }
 
 fn owe_wakeup(slot: Option<usize>, payload: String) {
@@ -189,7 +199,10 @@ unsafe extern "C-unwind" fn on_xact_event(
             if WAKE_EXECUTORS.replace(false) {
                 shmem::wake(Kind::Executor);
                 shmem::wake(Kind::Sender);
+            } else if WAKE_SENDER.get() {
+                shmem::wake(Kind::Sender);
             }
+            WAKE_SENDER.set(false);
             if REQUEST_SERVICE.replace(false) {
                 shmem::request_service(pg_sys::MyDatabaseId);
             }
@@ -204,6 +217,7 @@ unsafe extern "C-unwind" fn on_xact_event(
             WAKE_EXECUTORS.set(false);
             REQUEST_SERVICE.set(false);
             WAKE_SCHEDULER.set(false);
+            WAKE_SENDER.set(false);
             DUE_AT.set(None);
         }
     }
