@@ -82,7 +82,9 @@ BEGIN
             USING ERRCODE = 'object_in_use';
     END IF;
 
-    IF NOT EXISTS (SELECT 1 FROM job.queues q WHERE q.name = queue_name) THEN
+    -- (Aliases differ from this function's variables: use_variable would read `q.name` as the
+    -- variable q's.)  An existing queue keeps its settings.
+    IF NOT EXISTS (SELECT 1 FROM job.queues existing WHERE existing.name = queue_name) THEN
         PERFORM job.create_queue(queue_name);
     END IF;
     q := job._require_queue(queue_name);

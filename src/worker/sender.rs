@@ -103,12 +103,13 @@ pub extern "C-unwind" fn pg_jobqueue_sender_main(arg: pg_sys::Datum) {
         log!("pg_jobqueue sender: {e}");
         return;
     }
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("pg_jobqueue http")
-        .enable_all()
-        .build()
-    {
+    let runtime = match without_signals(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("pg_jobqueue http")
+            .enable_all()
+            .build()
+    }) {
         Ok(runtime) => runtime,
         Err(e) => {
             log!("pg_jobqueue sender: could not start its HTTP threads: {e}");
@@ -154,6 +155,27 @@ pub extern "C-unwind" fn pg_jobqueue_sender_main(arg: pg_sys::Datum) {
         }
     }
     log!("pg_jobqueue sender stopping");
+    // Requests still in flight are abandoned (their jobs are taken back and sent again); a
+    // DROP DATABASE waits for this process to leave.
+    me.runtime.shutdown_background();
+}
+
+/// Runs `start` (which starts threads) with every signal blocked, so that the threads it
+/// starts, and those they start, inherit a mask that blocks them all: PostgreSQL's signal
+/// handlers (SIGTERM, SIGHUP, SIGUSR1 set the latch) must run on the main thread, and pgrx
+/// panics, aborting the process, when one runs on another.
+fn without_signals<R>(start: impl FnOnce() -> R) -> R {
+    // SAFETY: sigset_t values initialised by sigfillset/pthread_sigmask before use; the
+    // main thread's own mask is restored right after.
+    unsafe {
+        let mut all: libc::sigset_t = std::mem::zeroed();
+        let mut saved: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &all, &mut saved);
+        let started = start();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &saved, std::ptr::null_mut());
+        started
+    }
 }
 
 struct Retire;
