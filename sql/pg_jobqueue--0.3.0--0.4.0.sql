@@ -784,10 +784,10 @@ BEGIN
     -- Annotate the entry fail just added, if it added one (a lost claim records nothing).
     UPDATE job.live_jobs l
        SET errors = jsonb_set(l.errors, '{-1}', (l.errors -> -1) || detail)
-     WHERE l.id = job_id AND jsonb_array_length(l.errors) > errors_before;
+     WHERE l.id = job_id AND jsonb_array_length(l.errors) > errors_before AND detail IS NOT NULL;
     UPDATE job.finished_jobs f
        SET errors = jsonb_set(f.errors, '{-1}', (f.errors -> -1) || detail)
-     WHERE f.id = job_id AND jsonb_array_length(f.errors) > errors_before;
+     WHERE f.id = job_id AND jsonb_array_length(f.errors) > errors_before AND detail IS NOT NULL;
     RETURN outcome;
 END $$;
 

@@ -286,6 +286,53 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_retried_dead_delivery_keeps_its_webhook_id() {
+        endpoint("r");
+        let plain = one::<i64>("SELECT job.deliver('r', '{}')");
+        let keyed = one::<i64>("SELECT job.deliver('r', '{}', idempotency_key => 'evt-1')");
+        let claim = || {
+            Spi::connect_mut(|c| {
+                c.update("SELECT job_id, token::text, webhook_id FROM job._claim_deliveries('t', 10, '{}', '{}') ORDER BY job_id", None, &[])
+                    .unwrap()
+                    .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap(), r.get::<String>(3).unwrap().unwrap()))
+                    .collect::<Vec<_>>()
+            })
+        };
+        let first = claim();
+        assert_eq!(
+            first
+                .iter()
+                .map(|(id, _, w)| (*id, w.clone()))
+                .collect::<Vec<_>>(),
+            vec![(plain, format!("msg_{plain}")), (keyed, "evt-1".to_owned())]
+        );
+        let outcomes = first
+            .iter()
+            .map(|(id, token, _)| format!(r#"{{"job_id": {id}, "token": "{token}", "error": "HTTP 404", "permanent": true, "http_status": 404}}"#))
+            .collect::<Vec<_>>()
+            .join(",");
+        run(&format!(
+            "SELECT job._record_deliveries('[{outcomes}]', '[]', 100)"
+        ));
+        assert_eq!(
+            (state(plain), state(keyed)),
+            ("dead".to_owned(), "dead".to_owned())
+        );
+        run("SELECT job.retry_dead('r')");
+        let again = claim();
+        assert_eq!(
+            again
+                .iter()
+                .map(|(id, _, w)| (*id, w.clone()))
+                .collect::<Vec<_>>(),
+            first
+                .iter()
+                .map(|(id, _, w)| (*id, w.clone()))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[pg_test]
     fn drop_endpoint_refuses_with_unfinished_deliveries_unless_forced() {
         endpoint("d");
         let id = one::<i64>("SELECT job.deliver('d', '{}')");

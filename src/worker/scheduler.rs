@@ -463,15 +463,18 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<Runner, Executor
                     wanted.extend((0..count.max(0) as usize).map(|i| Runner::Executor(role, i)));
                 }
             }
-            if client
-                .select("SELECT job._sender_wanted()", None, &[])?
-                .first()
-                .get_one::<bool>()?
-                .unwrap_or(false)
-            {
+            Ok::<_, pgrx::spi::Error>(wanted)
+        })
+    })
+    .map(|executors| {
+        // A transaction of its own: one that read handler_defs and then endpoint_defs could
+        // deadlock with a DROP EXTENSION locking them the other way round.
+        let sender = transaction(|| spi(Spi::get_one::<bool>("SELECT job._sender_wanted()")));
+        executors.map(|mut wanted| {
+            if matches!(sender, Ok(Some(true))) {
                 wanted.push(Runner::Sender);
             }
-            Ok::<_, pgrx::spi::Error>(wanted)
+            wanted
         })
     }) {
         Ok(Ok(rows)) => rows,
@@ -484,6 +487,11 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<Runner, Executor
             return;
         }
     };
+    // Asked to stop (a DROP DATABASE signals every process of the database, then waits for
+    // them to leave): an executor that stopped for it must not be started again meanwhile.
+    if BackgroundWorker::sigterm_received() || shmem::is_dropping(db.to_u32()) {
+        return;
+    }
     for runner in wanted {
         if executors.contains_key(&runner) {
             continue;
