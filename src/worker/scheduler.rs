@@ -487,9 +487,10 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<Runner, Executor
             return;
         }
     };
-    // Asked to stop (a DROP DATABASE signals every process of the database, then waits for
-    // them to leave): an executor that stopped for it must not be started again meanwhile.
-    if BackgroundWorker::sigterm_received() || shmem::is_dropping(db.to_u32()) {
+    // A DROP DATABASE marks the database, signals every process of it, then waits for them
+    // to leave: an executor that stopped for it must not be started again meanwhile.  (Not
+    // BackgroundWorker::sigterm_received(): it clears the flag the main loop stops on.)
+    if shmem::is_dropping(db.to_u32()) {
         return;
     }
     for runner in wanted {
