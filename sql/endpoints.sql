@@ -278,8 +278,8 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Claims up to `max_jobs` deliveries for the sender, from active endpoints in random order,
--- each within its concurrency (running jobs of its queue, counted under the same internal
--- lock handler claims take) and its rate limit (the sender passes how many requests each
+-- each within its concurrency (job._free_slots, as handler claims count it) and its rate
+-- limit (the sender passes how many requests each
 -- endpoint started in the last second: `recent_starts`, paired with `endpoints`).  Each row
 -- is one request to make, with its endpoint's settings.  A job enqueued on an endpoint's queue
 -- without job.deliver is posted with its payload as the body (unless that payload is an
@@ -312,10 +312,7 @@ BEGIN
             wanted := least(wanted, e.rate_limit - coalesce(recent_starts[array_position(endpoints, e.name)], 0));
         END IF;
         CONTINUE WHEN wanted <= 0;
-        PERFORM job._lock_handler_queue(e.queue);
-        wanted := least(wanted, e.concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
-                                                                       WHERE l.queue = e.queue AND l.state = 'running'
-                                                                       LIMIT e.concurrency) r)::int);
+        wanted := least(wanted, job._free_slots(e.queue, e.concurrency));
         CONTINUE WHEN wanted <= 0;
         RETURN QUERY
         SELECT e.name, c.id, c.lease_token,

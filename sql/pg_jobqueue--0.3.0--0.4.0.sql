@@ -520,6 +520,19 @@ BEGIN
                                   ORDER BY l.lease_expires_at LIMIT 1) r ON true);
 END $$;
 
+-- How many more of `queue`'s jobs may run now, for a limit of `concurrency` running at once.
+-- Takes the queue's internal claim lock (held until commit), so that claimers of one queue
+-- (executors, the sender) take turns and the count each tests stays exact until it claims.
+CREATE OR REPLACE FUNCTION job._free_slots(queue text, concurrency int)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM job._lock_handler_queue(queue);
+    RETURN concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
+                                                WHERE l.queue = _free_slots.queue AND l.state = 'running'
+                                                LIMIT concurrency) r)::int;
+END $$;
+
 -- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its
 -- handler queues, and no more than leave the queue's running jobs within its `concurrency`.
 -- Executors claiming from one queue take turns (an internal lock, held until the claim
@@ -535,10 +548,7 @@ DECLARE
     free_slots int;
 BEGIN
     FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_jobs.run_as) ORDER BY random() LOOP
-        PERFORM job._lock_handler_queue(h.queue);
-        free_slots := h.concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
-                                                             WHERE l.queue = h.queue AND l.state = 'running'
-                                                             LIMIT h.concurrency) r);
+        free_slots := job._free_slots(h.queue, h.concurrency);
         CONTINUE WHEN free_slots <= 0;
         RETURN QUERY
         SELECT c.id, c.lease_token, c.payload, c.attempt, h.handler_schema, h.handler_name, h.returns_jsonb,
@@ -1074,8 +1084,8 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Claims up to `max_jobs` deliveries for the sender, from active endpoints in random order,
--- each within its concurrency (running jobs of its queue, counted under the same internal
--- lock handler claims take) and its rate limit (the sender passes how many requests each
+-- each within its concurrency (job._free_slots, as handler claims count it) and its rate
+-- limit (the sender passes how many requests each
 -- endpoint started in the last second: `recent_starts`, paired with `endpoints`).  Each row
 -- is one request to make, with its endpoint's settings.  A job enqueued on an endpoint's queue
 -- without job.deliver is posted with its payload as the body (unless that payload is an
@@ -1108,10 +1118,7 @@ BEGIN
             wanted := least(wanted, e.rate_limit - coalesce(recent_starts[array_position(endpoints, e.name)], 0));
         END IF;
         CONTINUE WHEN wanted <= 0;
-        PERFORM job._lock_handler_queue(e.queue);
-        wanted := least(wanted, e.concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
-                                                                       WHERE l.queue = e.queue AND l.state = 'running'
-                                                                       LIMIT e.concurrency) r)::int);
+        wanted := least(wanted, job._free_slots(e.queue, e.concurrency));
         CONTINUE WHEN wanted <= 0;
         RETURN QUERY
         SELECT e.name, c.id, c.lease_token,
