@@ -108,19 +108,6 @@ BEGIN
        AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER');
 END $$;
 
--- How many more of `queue`'s jobs may run now, for a limit of `concurrency` running at once.
--- Takes the queue's internal claim lock (held until commit), so that claimers of one queue
--- (executors, the sender) take turns and the count each tests stays exact until it claims.
-CREATE FUNCTION job._free_slots(queue text, concurrency int)
-RETURNS int LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    PERFORM job._lock_handler_queue(queue);
-    RETURN concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
-                                                WHERE l.queue = _free_slots.queue AND l.state = 'running'
-                                                LIMIT concurrency) r)::int;
-END $$;
-
 -- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its
 -- handler queues, and no more than leave the queue's running jobs within its `concurrency`.
 -- Executors claiming from one queue take turns (an internal lock, held until the claim

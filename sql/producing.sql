@@ -7,7 +7,12 @@
 -- a small statement, so the statements avoid shapes whose custom plans look cheaper than the
 -- generic one.)
 
--- Enqueues one job; returns its id (or, for a known idempotency key, the existing job's).
+-- Enqueues one job; returns its id (or, for a known idempotency key, the existing job's; for a
+-- singleton or debounce key whose job has not started, that job's, which takes this payload).
+-- Flow-control keys (see flow.sql): `concurrency_key` (the queue's per-key limits and fair
+-- turns), `order_key` (its jobs run one at a time, oldest first), `singleton_key` (one job
+-- waits and one runs), `debounce_key` with `debounce` (the job starts once no enqueue of the
+-- key came for that long) and `debounce_max_wait` (but no later than that after the first).
 CREATE FUNCTION job.enqueue(
     queue text,
     payload jsonb DEFAULT '{}',
@@ -16,7 +21,13 @@ CREATE FUNCTION job.enqueue(
     priority int DEFAULT 0,
     idempotency_key text DEFAULT NULL,
     max_retries int DEFAULT NULL,
-    job_type text DEFAULT NULL
+    job_type text DEFAULT NULL,
+    concurrency_key text DEFAULT NULL,
+    order_key text DEFAULT NULL,
+    singleton_key text DEFAULT NULL,
+    debounce_key text DEFAULT NULL,
+    debounce interval DEFAULT NULL,
+    debounce_max_wait interval DEFAULT NULL
 ) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -25,6 +36,7 @@ DECLARE
     start_at timestamptz := now();
     new_id bigint;
     existing_id bigint;
+    keyed job.queues;
 BEGIN
     -- A drop of this queue in progress makes this fail at once instead of waiting for it.
     PERFORM job._guard_queue(enqueue.queue);
@@ -60,6 +72,27 @@ BEGIN
     IF enqueue.job_type IS NOT NULL AND job._name_problem(enqueue.job_type, 128) IS NOT NULL THEN
         PERFORM job._check_name('job_type', enqueue.job_type);
     END IF;
+    IF num_nonnulls(enqueue.concurrency_key, enqueue.order_key, enqueue.singleton_key, enqueue.debounce_key,
+                    enqueue.debounce, enqueue.debounce_max_wait) > 0 THEN
+        -- Flow control (see flow.sql).
+        keyed := job._require_queue(q.name);
+        PERFORM job._check_job_keys(keyed, enqueue.concurrency_key, enqueue.order_key, enqueue.singleton_key,
+                                    enqueue.debounce_key, enqueue.debounce, enqueue.debounce_max_wait,
+                                    enqueue.idempotency_key, enqueue.run_at, enqueue.delay);
+        IF enqueue.debounce_key IS NOT NULL THEN
+            start_at := now() + enqueue.debounce;
+        END IF;
+        IF (enqueue.order_key IS NOT NULL OR enqueue.singleton_key IS NOT NULL) AND NOT keyed.serial_keys THEN
+            UPDATE job.queues qs SET serial_keys = true WHERE qs.name = q.name;  -- claims now look at keys
+        END IF;
+        IF enqueue.singleton_key IS NOT NULL OR enqueue.debounce_key IS NOT NULL THEN
+            existing_id := job._replace_pending(q.name, enqueue.singleton_key, enqueue.debounce_key,
+                                                enqueue.payload, start_at, enqueue.debounce_max_wait);
+            IF existing_id IS NOT NULL THEN
+                RETURN existing_id;
+            END IF;
+        END IF;
+    END IF;
 
     IF enqueue.idempotency_key IS NOT NULL THEN
         IF job._name_problem(enqueue.idempotency_key, 512) IS NOT NULL THEN
@@ -81,11 +114,12 @@ BEGIN
     END IF;
 
     INSERT INTO job.live_jobs (id, run_at, priority, max_retries, state, queue, job_type,
-                               idempotency_key, payload)
+                               idempotency_key, payload, concurrency_key, order_key, singleton_key, debounce_key)
     VALUES (coalesce(new_id, nextval('job.job_id_seq')), start_at, enqueue.priority,
             coalesce(enqueue.max_retries, q.max_retries),
             CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END,
-            q.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload)
+            q.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload, enqueue.concurrency_key,
+            enqueue.order_key, enqueue.singleton_key, enqueue.debounce_key)
     RETURNING id INTO new_id;
     IF start_at <= now() THEN
         PERFORM job._wake_queue_on_commit(q.id);
@@ -95,12 +129,15 @@ BEGIN
     RETURN new_id;
 END $$;
 
--- Many jobs in one statement; ids come back in payload order.
+-- Many jobs in one statement (all of one concurrency or order key, if given: an order key runs
+-- them in payload order); ids come back in payload order.
 CREATE FUNCTION job.enqueue_many(
     queue text,
     payloads jsonb[],
     priority int DEFAULT 0,
-    job_type text DEFAULT NULL
+    job_type text DEFAULT NULL,
+    concurrency_key text DEFAULT NULL,
+    order_key text DEFAULT NULL
 ) RETURNS SETOF bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -118,6 +155,13 @@ BEGIN
     PERFORM job._check_not_null('priority', enqueue_many.priority);
     IF enqueue_many.job_type IS NOT NULL THEN
         PERFORM job._check_name('job_type', enqueue_many.job_type);
+    END IF;
+    IF enqueue_many.concurrency_key IS NOT NULL OR enqueue_many.order_key IS NOT NULL THEN
+        PERFORM job._check_job_keys(q, enqueue_many.concurrency_key, enqueue_many.order_key, NULL, NULL, NULL, NULL,
+                                    NULL, NULL, NULL);
+        IF enqueue_many.order_key IS NOT NULL AND NOT q.serial_keys THEN
+            UPDATE job.queues qs SET serial_keys = true WHERE qs.name = q.name;  -- claims now look at keys
+        END IF;
     END IF;
     SELECT p.payload, p.ord INTO bad
       FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
@@ -142,12 +186,52 @@ BEGIN
     -- ids are drawn in payload order (the insert consumes the ordered rows one by one).
     RETURN QUERY
     WITH inserted AS (
-        INSERT INTO job.live_jobs (run_at, priority, max_retries, state, queue, job_type, payload)
-        SELECT now(), enqueue_many.priority, q.max_retries, 'waiting', q.name, enqueue_many.job_type, p.payload
+        INSERT INTO job.live_jobs (run_at, priority, max_retries, state, queue, job_type, payload, concurrency_key,
+                                   order_key)
+        SELECT now(), enqueue_many.priority, q.max_retries, 'waiting', q.name, enqueue_many.job_type, p.payload,
+               enqueue_many.concurrency_key, enqueue_many.order_key
           FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
          ORDER BY p.ord
         RETURNING id
     )
     SELECT i.id FROM inserted i ORDER BY i.id;
     PERFORM job._wake_queue_on_commit(q.id);
+END $$;
+
+-- For an enqueue with a singleton or debounce key: the job of that key that has not started
+-- yet, given `payload` (the last one wins) and a new start (`start_at`; for a debounce, no
+-- later than `max_wait` after the job's first enqueue), or NULL when there is none and the
+-- caller adds one.  Enqueues of the key take turns until commit, so the later one sees the
+-- job the earlier one added.  A job that is being claimed has started: it is left alone.
+CREATE FUNCTION job._replace_pending(queue text, singleton_key text, debounce_key text, payload jsonb,
+                                     start_at timestamptz, max_wait interval)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    replaced record;
+BEGIN
+    PERFORM job._lock_enqueue_key(queue, CASE WHEN singleton_key IS NULL THEN 'd' ELSE 's' END,
+                                  coalesce(singleton_key, debounce_key));
+    UPDATE job.live_jobs l
+       SET payload = _replace_pending.payload, run_at = x.new_run_at,
+           state = CASE WHEN x.new_run_at <= now() THEN 'waiting' ELSE 'scheduled' END
+      FROM (SELECT p.id,
+                   CASE WHEN max_wait IS NULL THEN start_at ELSE least(start_at, p.enqueued_at + max_wait) END AS new_run_at
+              FROM job.live_jobs p
+             WHERE p.queue = _replace_pending.queue AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
+               AND (p.singleton_key = _replace_pending.singleton_key OR p.debounce_key = _replace_pending.debounce_key)
+             ORDER BY p.id DESC LIMIT 1) x
+     WHERE l.id = x.id AND l.state IN ('waiting', 'scheduled') AND l.attempt = 0
+    RETURNING l.id, l.state, l.run_at, (SELECT qs.id FROM job.queues qs WHERE qs.name = l.queue) AS queue_id
+    INTO replaced;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF replaced.state = 'waiting' THEN
+        PERFORM job._wake_queue_on_commit(replaced.queue_id);
+    ELSE
+        PERFORM job._due_on_commit(replaced.run_at);
+    END IF;
+    RETURN replaced.id;
 END $$;

@@ -1,6 +1,10 @@
 -- pg_jobqueue queues: creating, changing, pausing and dropping them (all audited).
 
--- Creates the queue, or changes the settings of an existing one (audited either way).
+-- Creates the queue, or changes the settings of an existing one (audited either way).  Flow
+-- control (NULL: no limit; see sql/flow.sql): `concurrency` jobs of the queue running at once,
+-- `key_concurrency` per concurrency key; at most `rate_limit` starts per `rate_period`
+-- (default 1 second) for the queue, `key_rate_limit` per `key_rate_period` for each key;
+-- `fair`: claims take jobs round-robin across concurrency keys.
 CREATE FUNCTION job.create_queue(
     name text,
     max_retries int DEFAULT 5,
@@ -10,7 +14,14 @@ CREATE FUNCTION job.create_queue(
     lease interval DEFAULT '5 minutes',
     idempotency_window interval DEFAULT '24 hours',
     retention interval DEFAULT '7 days',
-    max_payload_bytes int DEFAULT NULL
+    max_payload_bytes int DEFAULT NULL,
+    concurrency int DEFAULT NULL,
+    key_concurrency int DEFAULT NULL,
+    rate_limit int DEFAULT NULL,
+    rate_period interval DEFAULT NULL,
+    key_rate_limit int DEFAULT NULL,
+    key_rate_period interval DEFAULT NULL,
+    fair boolean DEFAULT false
 ) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -41,22 +52,59 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
+    PERFORM job._check_limit('concurrency', concurrency);
+    PERFORM job._check_limit('key_concurrency', key_concurrency);
+    PERFORM job._check_limit('rate_limit', rate_limit);
+    PERFORM job._check_limit('key_rate_limit', key_rate_limit);
+    IF rate_period IS NOT NULL AND rate_limit IS NULL THEN
+        RAISE EXCEPTION 'rate_period needs a rate_limit' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Give rate_limit (starts per rate_period) too, or leave rate_period out.';
+    ELSIF key_rate_period IS NOT NULL AND key_rate_limit IS NULL THEN
+        RAISE EXCEPTION 'key_rate_period needs a key_rate_limit' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Give key_rate_limit (starts per key_rate_period and key) too, or leave key_rate_period out.';
+    END IF;
+    PERFORM job._check_not_null('fair', fair);
+    IF rate_limit IS NOT NULL THEN
+        rate_period := coalesce(rate_period, interval '1 second');
+        PERFORM job._check_interval('rate_period', rate_period, false);
+    END IF;
+    IF key_rate_limit IS NOT NULL THEN
+        key_rate_period := coalesce(key_rate_period, interval '1 second');
+        PERFORM job._check_interval('key_rate_period', key_rate_period, false);
+    END IF;
+
     SELECT * INTO before FROM job.queues q WHERE q.name = create_queue.name FOR UPDATE;
     INSERT INTO job.queues AS q (name, max_retries, backoff_base, backoff_max, jitter, lease,
-                                 idempotency_window, retention, max_payload_bytes)
+                                 idempotency_window, retention, max_payload_bytes, concurrency,
+                                 key_concurrency, rate_limit, rate_period, key_rate_limit, key_rate_period, fair)
     VALUES (name, max_retries, backoff_base, backoff_max, jitter, lease, idempotency_window, retention,
-            max_payload_bytes)
+            max_payload_bytes, concurrency, key_concurrency, rate_limit, rate_period, key_rate_limit,
+            key_rate_period, fair)
     ON CONFLICT ON CONSTRAINT queues_pkey DO UPDATE
        SET max_retries = EXCLUDED.max_retries, backoff_base = EXCLUDED.backoff_base,
            backoff_max = EXCLUDED.backoff_max, jitter = EXCLUDED.jitter, lease = EXCLUDED.lease,
            idempotency_window = EXCLUDED.idempotency_window, retention = EXCLUDED.retention,
-           max_payload_bytes = EXCLUDED.max_payload_bytes, updated_at = now()
+           max_payload_bytes = EXCLUDED.max_payload_bytes, concurrency = EXCLUDED.concurrency,
+           key_concurrency = EXCLUDED.key_concurrency, rate_limit = EXCLUDED.rate_limit,
+           rate_period = EXCLUDED.rate_period, key_rate_limit = EXCLUDED.key_rate_limit,
+           key_rate_period = EXCLUDED.key_rate_period, fair = EXCLUDED.fair, updated_at = now()
     RETURNING * INTO after;
+    IF before.name IS NOT NULL AND (after.concurrency IS DISTINCT FROM before.concurrency
+                                    OR after.key_concurrency IS DISTINCT FROM before.key_concurrency
+                                    OR after.rate_limit IS DISTINCT FROM before.rate_limit
+                                    OR after.key_rate_limit IS DISTINCT FROM before.key_rate_limit) THEN
+        PERFORM job._wake_queue_on_commit(after.id);  -- a limit raised or lifted: look again
+    END IF;
+    IF after.concurrency IS NOT NULL THEN
+        INSERT INTO job.concurrency_slots (queue, slot)
+        SELECT after.name, g FROM generate_series(0, after.concurrency - 1) g
+        ON CONFLICT DO NOTHING;
+    END IF;
     IF before.name IS NULL THEN
-        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,created_at,updated_at}'::text[]);
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,created_at,updated_at}'::text[]);
     ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
-        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,created_at,updated_at}'::text[],
-                                                             'after', to_jsonb(after) - '{id,name,paused,created_at,updated_at}'::text[]));
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[]));
     END IF;
 END $$;
 

@@ -110,3 +110,74 @@ BEGIN
         RAISE EXCEPTION 'job % does not exist', job_id USING ERRCODE = 'no_data_found';
     END IF;
 END $$;
+
+-- Raises unless an enqueue's flow-control keys make sense for queue `q`: well-formed keys;
+-- a concurrency key only where the queue has a per-key limit or is fair; an order key with
+-- neither a singleton nor a debounce key; a debounce key with its quiet period, and neither a
+-- start time (the debounce sets it) nor an idempotency key (the debounce key already merges).
+CREATE FUNCTION job._check_job_keys(q job.queues, concurrency_key text, order_key text, singleton_key text,
+                                    debounce_key text, debounce interval, debounce_max_wait interval,
+                                    idempotency_key text, run_at timestamptz, delay interval)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF concurrency_key IS NOT NULL THEN
+        PERFORM job._check_name('concurrency_key', concurrency_key, 512);
+        IF q.key_concurrency IS NULL AND q.key_rate_limit IS NULL AND NOT q.fair THEN
+            RAISE EXCEPTION 'queue % has no per-key limit and is not fair, so concurrency_key % would do nothing',
+                quote_literal(q.name), quote_literal(concurrency_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Give the queue key_concurrency, key_rate_limit or fair => true with job.create_queue first.';
+        END IF;
+    END IF;
+    IF order_key IS NOT NULL THEN
+        PERFORM job._check_name('order_key', order_key, 512);
+    END IF;
+    IF singleton_key IS NOT NULL THEN
+        PERFORM job._check_name('singleton_key', singleton_key, 512);
+    END IF;
+    IF debounce_key IS NOT NULL THEN
+        PERFORM job._check_name('debounce_key', debounce_key, 512);
+    END IF;
+    IF num_nonnulls(order_key, singleton_key, debounce_key) > 1 THEN
+        RAISE EXCEPTION 'give at most one of order_key, singleton_key and debounce_key'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF debounce_key IS NULL AND (debounce IS NOT NULL OR debounce_max_wait IS NOT NULL) THEN
+        RAISE EXCEPTION 'debounce and debounce_max_wait need a debounce_key' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF debounce_key IS NOT NULL THEN
+        IF debounce IS NULL THEN
+            RAISE EXCEPTION 'debounce_key needs debounce, the quiet period' USING ERRCODE = 'null_value_not_allowed',
+                HINT = 'For example debounce => ''5 seconds'': the job starts once no enqueue of its key came for that long.';
+        END IF;
+        PERFORM job._check_interval('debounce', debounce, false);
+        IF debounce_max_wait IS NOT NULL THEN
+            PERFORM job._check_interval('debounce_max_wait', debounce_max_wait, false);
+            IF debounce_max_wait < debounce THEN
+                RAISE EXCEPTION 'debounce_max_wait (%) must not be less than debounce (%)', debounce_max_wait, debounce
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END IF;
+        IF run_at IS NOT NULL OR delay IS NOT NULL THEN
+            RAISE EXCEPTION 'a debounced job starts after its quiet period: give no run_at or delay'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF idempotency_key IS NOT NULL AND (debounce_key IS NOT NULL OR singleton_key IS NOT NULL) THEN
+        RAISE EXCEPTION 'give idempotency_key or a % key, not both', CASE WHEN debounce_key IS NULL THEN 'singleton' ELSE 'debounce' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A singleton or debounce key already merges enqueues of the same key into one job.';
+    END IF;
+END $$;
+
+-- Raises unless `value`, a limit named `what`, is NULL (no limit) or 1 or more.
+CREATE FUNCTION job._check_limit(what text, value int)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value < 1 THEN
+        RAISE EXCEPTION '% must be 1 or more (or NULL for no limit), got %', what, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;

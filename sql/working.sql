@@ -82,13 +82,14 @@ BEGIN
     ), kept AS (
         INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
                                        state, queue, job_type, claimed_by, idempotency_key, payload,
-                                       errors, result)
+                                       errors, result, concurrency_key)
         SELECT m.id, m.run_at, m.enqueued_at, m.claimed_at, m.priority, m.attempt, m.max_retries,
                final_state, m.queue, m.job_type, m.claimed_by, m.idempotency_key, m.payload,
                CASE WHEN error IS NULL THEN m.errors
                     ELSE m.errors || jsonb_build_array(job._attempt_error(m.attempt, m.claimed_by, error)) END,
                CASE WHEN cardinality(job_results) = 1 THEN job_results[1]
-                    ELSE job_results[array_position(ids, m.id)] END
+                    ELSE job_results[array_position(ids, m.id)] END,
+               m.concurrency_key
           FROM moved m
         RETURNING 1
     )
@@ -96,6 +97,12 @@ BEGIN
            array_agg(m.claimed_at), array_agg(m.run_at)
       INTO moved_count, queues, job_types, claimed, ready
       FROM moved m WHERE m.claimed_at IS NOT NULL;
+    IF moved_count > 0 THEN
+        -- A job that held a concurrency slot, or its key's turn, let another start.
+        PERFORM job._wake_queue_on_commit(qs.id) FROM job.queues qs
+         WHERE qs.name = ANY (queues) AND (qs.concurrency IS NOT NULL OR qs.key_concurrency IS NOT NULL OR qs.serial_keys)
+           AND NOT qs.paused;
+    END IF;
     IF moved_count = 0 OR final_state = 'cancelled' THEN
         RETURN moved_count;  -- a cancel abandons attempts; it finishes none
     END IF;
@@ -133,7 +140,8 @@ CREATE FUNCTION job.dequeue(
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    q record;
+    q job.queues;
+    limited boolean;
     lease_for interval;
     claimed bigint;
     promoted bigint := 0;
@@ -147,7 +155,7 @@ DECLARE
     front_started timestamptz;
     front_took float8;
 BEGIN
-    SELECT qs.name, qs.id, qs.lease, qs.paused INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
+    SELECT * INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
     IF NOT FOUND THEN
         PERFORM job._require_queue(dequeue.queue);
     END IF;
@@ -193,6 +201,7 @@ BEGIN
     END IF;
 
     token := gen_random_uuid();
+    limited := job._flow_limited(q);
     -- Where this session's last claim on the queue left off, unless a claim from the front is
     -- due (see src/claim_cursor.rs): the dead index entries of every job claimed since vacuum
     -- last ran lie before it.  (Values the statements below compare with are read through
@@ -201,10 +210,14 @@ BEGIN
     FOR pass IN 1..2 LOOP
         picked := '{}';
         front_took := NULL;
+        IF limited THEN
+            -- Within the queue's concurrency and rate limits (see flow.sql).
+            picked := job._pick_limited(q, dequeue.batch);
+        END IF;
         -- A higher priority than the cursor's waiting (enqueued since, say): from the front.
         -- (A scalar sub-select in claim order, not EXISTS: it must be a range of the claim
         -- index, which ends at the cursor's priority, not a scan of the table.)
-        IF resume_id IS NOT NULL
+        IF NOT limited AND resume_id IS NOT NULL
            AND (SELECT h.id FROM job.live_jobs h
                  WHERE h.queue = q.name AND h.state = 'waiting' AND h.priority > (SELECT resume_priority)
                  ORDER BY h.priority DESC, h.run_at, h.id LIMIT 1) IS NULL THEN
@@ -218,7 +231,7 @@ BEGIN
                      LIMIT (SELECT dequeue.batch)
                      FOR UPDATE SKIP LOCKED) n;
         END IF;
-        IF cardinality(picked) < dequeue.batch THEN
+        IF NOT limited AND cardinality(picked) < dequeue.batch THEN
             -- From the front of the queue, for what the cursor's priority did not have.
             front_started := clock_timestamp();
             SELECT picked || coalesce(array_agg(n.id), '{}'),
@@ -240,8 +253,10 @@ BEGIN
         RETURNING j.id, j.queue, j.job_type, j.payload, j.attempt, j.max_retries, j.enqueued_at,
                   j.lease_expires_at, j.lease_token;
         GET DIAGNOSTICS claimed = ROW_COUNT;
-        PERFORM job._move_claim_cursor(q.id, last_priority, last_run_at,
-                                       picked[cardinality(picked)], front_took);
+        IF NOT limited THEN
+            PERFORM job._move_claim_cursor(q.id, last_priority, last_run_at,
+                                           picked[cardinality(picked)], front_took);
+        END IF;
         -- Found nothing: mark this consumer as waiting for a wake-up, then look once more
         -- for jobs whose producers committed while we looked (see src/wakeup.rs).
         EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_waits(q.id);
@@ -272,6 +287,9 @@ BEGIN
         RETURN NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM job.live_jobs w WHERE w.queue = q.name AND w.state = 'waiting') THEN
+        IF job._flow_limited(q) THEN
+            RETURN coalesce(job._flow_next_start(q), now());
+        END IF;
         RETURN now();
     END IF;
     RETURN least((SELECT greatest(d.run_at, now()) FROM job.live_jobs d
@@ -386,9 +404,10 @@ BEGIN
        SET state = new_state, run_at = now() + retry_in, lease_expires_at = NULL, lease_token = NULL,
            errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
      WHERE l.id = j.id;
-    IF new_state = 'waiting' THEN
-        PERFORM job._wake_queue_on_commit(q.id);
-    ELSE
+    IF new_state = 'waiting' OR q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL THEN
+        PERFORM job._wake_queue_on_commit(q.id);  -- ready again, or a concurrency slot freed
+    END IF;
+    IF new_state = 'scheduled' THEN
         PERFORM job._due_on_commit(now() + retry_in);
     END IF;
     RETURN new_state;
@@ -615,7 +634,8 @@ END $$;
 ---------------------------------------------------------------------------------------------
 
 -- Makes due scheduled jobs (delayed, or retrying after backoff) ready, at most max_jobs,
--- and wakes the consumers of their queues at commit.  Returns how many became ready.
+-- and wakes the consumers of their queues at commit; also wakes those of queues whose rate
+-- window or hold lets jobs start again.  Returns how many became ready.
 CREATE FUNCTION job._promote_due(max_jobs int)
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -624,6 +644,7 @@ DECLARE
     promoted bigint;
     total bigint := 0;
 BEGIN
+    PERFORM job._wake_rate_limited();
     FOR q IN SELECT qs.name, qs.id, qs.paused FROM job.queues qs
               WHERE EXISTS (SELECT 1 FROM job.live_jobs d
                              WHERE d.queue = qs.name AND d.state = 'scheduled' AND d.run_at <= now()) LOOP
@@ -642,8 +663,9 @@ BEGIN
     RETURN total;
 END $$;
 
--- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
--- when the scheduler must next promote or rescue.  One index probe per queue and kind.  Leases
+-- The earliest time a job becomes due, a lease runs out, or a rate window or hold lets jobs
+-- of a queue start, over all queues (NULL: none): when the scheduler must next promote,
+-- rescue or wake.  One index probe per queue and kind.  Leases
 -- that already ran out are the scheduler's rescue's business (it looks on every round); the
 -- probe starts at now, past the entries finished jobs leave in the lease index, which lie
 -- there, their leases run out, until vacuum removes them.
@@ -651,12 +673,13 @@ CREATE FUNCTION job._next_job_due()
 RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN (SELECT least(min(d.run_at), min(r.lease_expires_at))
+    RETURN least((SELECT min(w.wake_at) FROM job.rate_windows w WHERE w.wake_at IS NOT NULL),
+                 (SELECT least(min(d.run_at), min(r.lease_expires_at))
               FROM job.queues q
               LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
                                   WHERE l.queue = q.name AND l.state = 'scheduled'
                                   ORDER BY l.run_at LIMIT 1) d ON true
               LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
                                   WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at >= now()
-                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true);
+                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true));
 END $$;

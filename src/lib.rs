@@ -17,6 +17,7 @@ mod classify;
 mod cron;
 mod cron_sql;
 mod delivery;
+mod flow;
 mod gucs;
 mod handlers;
 mod locks;
@@ -74,10 +75,23 @@ extension_sql_file!(
     requires = ["queues", locks::_guard_queue, wakeup::_due_on_commit]
 );
 extension_sql_file!(
+    "../sql/flow.sql",
+    name = "flow",
+    requires = [
+        "producing",
+        flow::_rate_take,
+        flow::_try_lock_key,
+        flow::_lock_enqueue_key,
+        flow::_fair_cursor,
+        flow::_move_fair_cursor,
+        locks::_lock_handler_queue
+    ]
+);
+extension_sql_file!(
     "../sql/working.sql",
     name = "working",
     requires = [
-        "producing",
+        "flow",
         claim_cursor::_claim_cursor,
         claim_cursor::_move_claim_cursor,
         backoff::retry_delay,

@@ -19,6 +19,12 @@ pub enum Class {
     /// A handler queue: executors claiming from it take turns, so their concurrency count is
     /// exact.
     HandlerClaim = 3,
+    /// A concurrency key of a queue: claims of the key take turns (`flow.rs`), so the running
+    /// jobs each counts stay exact until it commits.
+    KeyClaim = 4,
+    /// A singleton or debounce key of a queue: enqueues of the key take turns, so each sees the
+    /// job it replaces.
+    KeyEnqueue = 5,
 }
 
 /// FNV-1a: a stable 64-bit key for a name (std's hasher is seeded per process).

@@ -1,0 +1,396 @@
+-- pg_jobqueue flow control: how many jobs of a queue, or of one concurrency key, may run at
+-- once and start per period, and holds that keep a queue or a key back until a time.  Every
+-- claim (dequeue, and through it the executors' and the sender's) picks its jobs here when
+-- the queue has a limit.
+--
+-- Limits are exact: each count is taken under a lock its claim holds until it commits (the
+-- queue's claim lock, the window's row, the key's internal lock: src/flow.rs), in a snapshot
+-- taken after the lock, so two claims never both take the last slot.  Claims of different
+-- keys never wait for each other; claims of a queue with a queue-wide limit take turns.
+
+-- How many more of `queue`'s jobs may run now, for a limit of `concurrency` running at once.
+-- Takes the queue's internal claim lock (held until commit), so that claimers of one queue
+-- take turns and the count each tests stays exact until it claims.
+CREATE FUNCTION job._free_slots(queue text, concurrency int)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM job._lock_handler_queue(queue);
+    RETURN concurrency - (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l
+                                                WHERE l.queue = _free_slots.queue AND l.state = 'running'
+                                                LIMIT concurrency) r)::int;
+END $$;
+
+-- The flow-control row of (queue, key), locked until this transaction ends; made on first use.
+CREATE FUNCTION job._rate_window(queue text, key text)
+RETURNS job.rate_windows LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    w job.rate_windows;
+BEGIN
+    SELECT * INTO w FROM job.rate_windows r
+     WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO job.rate_windows AS r (queue, key) VALUES (_rate_window.queue, _rate_window.key)
+        ON CONFLICT DO NOTHING;
+        SELECT * INTO w FROM job.rate_windows r
+         WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+    END IF;
+    RETURN w;
+END $$;
+
+-- How many of `wanted` jobs may start now under the window of (queue, key) ('': the queue's
+-- own) for a limit of `rate_limit` starts per `rate_period` (NULL: no limit, only a hold), and
+-- 0 while a hold lasts.  With `record`, they are counted as started.  When none may start,
+-- the scheduler wakes the queue's consumers once one may.
+CREATE FUNCTION job._rate_room(queue text, key text, rate_limit int, rate_period interval,
+                               wanted int, record boolean)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    w job.rate_windows;
+    t record;
+    granted int;
+    wake timestamptz;
+BEGIN
+    IF rate_limit IS NULL THEN
+        -- Holds only: nothing to count, so nothing to lock or make.
+        SELECT * INTO w FROM job.rate_windows r WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+        IF NOT FOUND OR w.held_until IS NULL OR w.held_until <= now() THEN
+            RETURN wanted;
+        END IF;
+        RETURN 0;  -- rate_limit_pause set the scheduler's wake-up
+    END IF;
+    w := job._rate_window(queue, key);
+    IF w.held_until > now() THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO t FROM job._rate_take(w.base, w.counts, (extract(epoch FROM rate_period) * 1000)::bigint,
+                                         rate_limit, wanted, (extract(epoch FROM now()) * 1000)::bigint) t;
+    granted := t.granted;
+    IF record AND granted > 0 THEN
+        UPDATE job.rate_windows r SET base = t.base, counts = t.counts
+         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+    ELSIF granted = 0 THEN
+        wake := to_timestamp(t.next_at_ms / 1000.0);
+        IF w.wake_at IS NULL OR w.wake_at > wake THEN
+            UPDATE job.rate_windows r SET wake_at = wake
+             WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+            PERFORM job._due_on_commit(wake);
+        END IF;
+    END IF;
+    RETURN granted;
+END $$;
+
+-- Up to `wanted` of queue `q`'s concurrency slots that are free (their job no longer holds a
+-- lease), locked by this transaction: other claims skip them, and take other slots.  Each is
+-- tested in a statement of its own, after its row is locked, so that it sees the commit of
+-- the claim that last took it.
+CREATE FUNCTION job._take_slots(q job.queues, wanted int)
+RETURNS int[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    slots refcursor;
+    s record;
+    taken int[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM job.concurrency_slots cs WHERE cs.queue = q.name AND cs.slot = q.concurrency - 1) THEN
+        -- Made by create_queue; made here too for a limit raised since (or rows not restored).
+        INSERT INTO job.concurrency_slots (queue, slot)
+        SELECT q.name, g FROM generate_series(0, q.concurrency - 1) g
+        ON CONFLICT DO NOTHING;
+    END IF;
+    -- One row at a time (FETCH): a FOR loop would lock ten slots ahead.
+    OPEN slots NO SCROLL FOR
+        SELECT cs.slot, cs.job_id FROM job.concurrency_slots cs
+         WHERE cs.queue = q.name AND cs.slot < q.concurrency
+         ORDER BY cs.slot
+         FOR UPDATE SKIP LOCKED;
+    LOOP
+        FETCH slots INTO s;
+        EXIT WHEN NOT FOUND;
+        CONTINUE WHEN s.job_id = ANY (ARRAY(SELECT l.id FROM job.live_jobs l
+                                             WHERE l.id = s.job_id AND l.state = 'running'
+                                               AND l.lease_expires_at > now()));
+        taken := taken || s.slot;
+        EXIT WHEN cardinality(taken) >= wanted;
+    END LOOP;
+    CLOSE slots;
+    RETURN taken;
+END $$;
+
+-- Whether waiting job `job_id` of queue `q`, with these keys, may start now, `admitted`
+-- holding the concurrency keys of the jobs this claim already took.  NULL when it may: it is
+-- then locked for the caller.  Otherwise what refused it, which the caller remembers for the
+-- rest of its claim: 'o:' or 's:' and the key, when an older job of its order or singleton
+-- key is live (running, or waiting out a retry: it holds the key's place); 'c:' and the key,
+-- when another transaction is claiming the concurrency key (this one then holds it until it
+-- ends: src/flow.rs), key_concurrency of its jobs hold a lease, or its window is full or held;
+-- '' when another claim has the job.  Each count is a statement of its own, after the key's
+-- lock, so it sees every claim of the key that committed.
+CREATE FUNCTION job._admit(q job.queues, job_id bigint, concurrency_key text, order_key text,
+                           singleton_key text, admitted text[])
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF order_key IS NOT NULL
+       AND EXISTS (SELECT 1 FROM job.live_jobs o WHERE o.queue = q.name AND o.order_key = _admit.order_key AND o.id < job_id) THEN
+        RETURN 'o:' || order_key;
+    END IF;
+    IF singleton_key IS NOT NULL
+       AND EXISTS (SELECT 1 FROM job.live_jobs o WHERE o.queue = q.name AND o.singleton_key = _admit.singleton_key AND o.id < job_id) THEN
+        RETURN 's:' || singleton_key;
+    END IF;
+    IF concurrency_key IS NOT NULL AND (q.key_concurrency IS NOT NULL OR q.key_rate_limit IS NOT NULL OR q.holds) THEN
+        IF NOT job._try_lock_key(q.name, concurrency_key) THEN
+            RETURN 'c:' || concurrency_key;
+        END IF;
+        IF q.key_concurrency IS NOT NULL
+           AND cardinality(array_positions(admitted, concurrency_key))
+               + (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs r
+                                         WHERE r.queue = q.name AND r.concurrency_key = _admit.concurrency_key
+                                           AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                                           AND r.lease_expires_at > now()
+                                         LIMIT q.key_concurrency) running) >= q.key_concurrency THEN
+            RETURN 'c:' || concurrency_key;
+        END IF;
+    END IF;
+    PERFORM FROM job.live_jobs n WHERE n.id = job_id AND n.state = 'waiting' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN '';
+    END IF;
+    IF concurrency_key IS NOT NULL AND (q.key_rate_limit IS NOT NULL OR q.holds)
+       AND job._rate_room(q.name, concurrency_key, q.key_rate_limit, q.key_rate_period, 1, true) = 0 THEN
+        RETURN 'c:' || concurrency_key;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Whether queue `q` has a limit, a hold or keyed jobs that claims must go through
+-- job._pick_limited.
+CREATE FUNCTION job._flow_limited(q job.queues)
+RETURNS boolean LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
+        OR q.key_rate_limit IS NOT NULL OR q.holds OR q.serial_keys OR q.fair
+$$;
+
+-- Up to `batch` waiting jobs of queue `q` that its limits let start now, locked for the caller
+-- to claim: in claim order, or, in a fair queue, one per concurrency key in turn.  A job whose
+-- key is at its limit is stepped over, so a saturated key never holds back the others (a key
+-- refused is remembered, so it costs one look per claim); stepping over still reads those
+-- jobs' index entries, which a fair queue does not (see docs/design.md).
+CREATE FUNCTION job._pick_limited(q job.queues, batch int)
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted int := batch;
+    slots int[];
+    picked bigint[] := '{}';
+    admitted text[] := '{}';  -- the concurrency key of each keyed job picked
+    refused text[] := '{}';   -- 'c:', 'o:', 's:' and the key
+    candidates refcursor;
+    c record;
+    refusal text;
+    fair_key text;
+    idle_rounds int := 0;
+    picked_before int := 0;
+BEGIN
+    IF q.concurrency IS NOT NULL THEN
+        slots := job._take_slots(q, wanted);
+        wanted := cardinality(slots);
+    END IF;
+    IF wanted > 0 AND (q.rate_limit IS NOT NULL OR q.holds) THEN
+        wanted := job._rate_room(q.name, '', q.rate_limit, q.rate_period, wanted, false);
+    END IF;
+    IF wanted <= 0 THEN
+        RETURN picked;  -- woken when a job finishes, or by the scheduler when the window allows
+    END IF;
+    IF NOT q.fair AND NOT q.serial_keys
+       AND (q.key_concurrency IS NULL AND q.key_rate_limit IS NULL AND NOT q.holds) THEN
+        SELECT coalesce(array_agg(n.id), '{}') INTO picked
+          FROM (SELECT n.id FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting'
+                 ORDER BY n.priority DESC, n.run_at, n.id
+                 LIMIT wanted
+                 FOR UPDATE SKIP LOCKED) n;
+    ELSIF NOT q.fair THEN
+        -- Read without locking; each job is locked once admitted.
+        OPEN candidates NO SCROLL FOR
+            SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
+             WHERE n.queue = q.name AND n.state = 'waiting'
+             ORDER BY n.priority DESC, n.run_at, n.id;
+        LOOP
+            FETCH candidates INTO c;
+            EXIT WHEN NOT FOUND;
+            CONTINUE WHEN ARRAY['c:' || c.concurrency_key, 'o:' || c.order_key, 's:' || c.singleton_key] && refused;
+            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+            IF refusal IS NOT NULL THEN
+                refused := refused || refusal;
+                CONTINUE;
+            END IF;
+            picked := picked || c.id;
+            admitted := admitted || c.concurrency_key;
+            EXIT WHEN cardinality(picked) >= wanted;
+        END LOOP;
+        CLOSE candidates;
+    ELSE
+        -- Fair: from the key after the one this session served last, each key's first job in
+        -- claim order; past the last key, one job without a key, then from the first key.
+        fair_key := job._fair_cursor(q.id);
+        LOOP
+            IF fair_key IS NULL THEN
+                -- Round the keys again while the last round took a job (and once more after a
+                -- round begun after the cursor).
+                idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
+                EXIT WHEN idle_rounds >= 2;
+                picked_before := cardinality(picked);
+            END IF;
+            SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
+             WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
+               AND n.concurrency_key > coalesce(fair_key, '')
+             ORDER BY n.concurrency_key LIMIT 1;
+            IF NOT FOUND THEN
+                fair_key := NULL;
+                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
+                   AND n.id <> ALL (picked)
+                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
+                 FOR UPDATE SKIP LOCKED;
+                CONTINUE WHEN NOT FOUND;
+            ELSE
+                CONTINUE WHEN 'c:' || fair_key = ANY (refused);
+                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
+                   AND n.id <> ALL (picked)
+                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
+                CONTINUE WHEN NOT FOUND;
+            END IF;
+            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+            IF refusal IS NOT NULL THEN
+                refused := refused || refusal;
+                CONTINUE;
+            END IF;
+            picked := picked || c.id;
+            admitted := admitted || c.concurrency_key;
+            EXIT WHEN cardinality(picked) >= wanted;
+        END LOOP;
+        PERFORM job._move_fair_cursor(q.id, fair_key);
+    END IF;
+    IF q.concurrency IS NOT NULL AND cardinality(picked) > 0 THEN
+        UPDATE job.concurrency_slots cs SET job_id = picked[array_position(slots, cs.slot)]
+         WHERE cs.queue = q.name AND cs.slot = ANY (slots[1:cardinality(picked)]);
+    END IF;
+    IF q.rate_limit IS NOT NULL AND cardinality(picked) > 0 THEN
+        PERFORM job._rate_room(q.name, '', q.rate_limit, q.rate_period, cardinality(picked), true);
+    END IF;
+    RETURN picked;
+END $$;
+
+-- For job.next_due on a queue with limits and waiting jobs: now when one of them may start,
+-- else the earliest time that may change (a window or hold ends, a lease runs out; a job
+-- finishing sooner wakes LISTENers, and a poller looks again after its poll interval).
+CREATE FUNCTION job._flow_next_start(q job.queues)
+RETURNS timestamptz LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queue_wake timestamptz;
+BEGIN
+    SELECT r.wake_at INTO queue_wake FROM job.rate_windows r
+     WHERE r.queue = q.name AND r.key = '' AND r.wake_at > now();
+    IF queue_wake IS NULL
+       AND (q.concurrency IS NULL
+            OR (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l WHERE l.queue = q.name AND l.state = 'running'
+                                       LIMIT q.concurrency) r) < q.concurrency)
+       AND EXISTS (SELECT 1 FROM job.live_jobs n
+                    WHERE n.queue = q.name AND n.state = 'waiting'
+                      AND (n.concurrency_key IS NULL
+                           OR ((q.key_concurrency IS NULL
+                                OR (SELECT count(*) FROM job.live_jobs r
+                                     WHERE r.queue = q.name AND r.concurrency_key = n.concurrency_key
+                                       AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                                       AND r.lease_expires_at > now()) < q.key_concurrency)
+                               AND NOT EXISTS (SELECT 1 FROM job.rate_windows w
+                                                WHERE w.queue = q.name AND w.key = n.concurrency_key
+                                                  AND w.wake_at > now())))) THEN
+        RETURN now();
+    END IF;
+    RETURN least(queue_wake,
+                 (SELECT min(w.wake_at) FROM job.rate_windows w WHERE w.queue = q.name AND w.wake_at > now()),
+                 (SELECT min(l.lease_expires_at) FROM job.live_jobs l
+                   WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at > now()));
+END $$;
+
+-- Holds back `queue` (or, with `key`, its jobs of that concurrency key) until `until`: what
+-- a worker does on a 429.  Jobs wait and start when the hold ends (the scheduler wakes the
+-- queue's consumers then); running jobs go on.  A later hold replaces an earlier one, and
+-- `until` NULL or past lifts it.  Audited.
+CREATE FUNCTION job.rate_limit_pause(queue text, key text DEFAULT NULL, until timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q job.queues := job._require_queue(rate_limit_pause.queue);
+BEGIN
+    IF rate_limit_pause.key IS NOT NULL AND job._name_problem(rate_limit_pause.key, 512) IS NOT NULL THEN
+        PERFORM job._check_name('key', rate_limit_pause.key, 512);
+    END IF;
+    IF rate_limit_pause.until IS NOT NULL AND NOT isfinite(rate_limit_pause.until) THEN
+        RAISE EXCEPTION 'until must be a finite time, got %', rate_limit_pause.until
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._rate_window(q.name, coalesce(rate_limit_pause.key, ''));
+    UPDATE job.rate_windows r
+       SET held_until = CASE WHEN rate_limit_pause.until > now() THEN rate_limit_pause.until END,
+           wake_at = CASE WHEN rate_limit_pause.until > now() THEN least(r.wake_at, rate_limit_pause.until) ELSE now() END
+     WHERE r.queue = q.name AND r.key = coalesce(rate_limit_pause.key, '');
+    IF NOT q.holds THEN
+        UPDATE job.queues qs SET holds = true WHERE qs.name = q.name;
+    END IF;
+    PERFORM job._due_on_commit(greatest(coalesce(rate_limit_pause.until, now()), now()));
+    PERFORM job._audit('rate_limit_pause', jsonb_build_object('queue', q.name, 'key', rate_limit_pause.key,
+                                                              'until', rate_limit_pause.until));
+END $$;
+
+-- Wakes the consumers of queues whose rate window or hold lets jobs start again (the
+-- scheduler runs this with the due jobs).  Returns how many queues.
+CREATE FUNCTION job._wake_rate_limited()
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    woken text[];
+BEGIN
+    WITH due AS (
+        UPDATE job.rate_windows r SET wake_at = NULL
+         WHERE r.wake_at <= now()
+        RETURNING r.queue
+    )
+    SELECT array_agg(DISTINCT d.queue) INTO woken FROM due d;
+    PERFORM job._wake_queue_on_commit(qs.id) FROM job.queues qs
+     WHERE qs.name = ANY (woken) AND NOT qs.paused;
+    RETURN coalesce(cardinality(woken), 0);
+END $$;
+
+-- Every queue's settings, flow control included, with its active holds.
+CREATE VIEW job.queue_settings AS
+SELECT q.name AS queue, q.max_retries, q.backoff_base, q.backoff_max, q.jitter, q.lease,
+       q.idempotency_window, q.retention, q.max_payload_bytes, q.paused,
+       q.concurrency, q.key_concurrency, q.rate_limit, q.rate_period, q.key_rate_limit, q.key_rate_period, q.fair,
+       (SELECT r.held_until FROM job.rate_windows r
+         WHERE r.queue = q.name AND r.key = '' AND r.held_until > pg_catalog.now()) AS held_until,
+       (SELECT pg_catalog.count(*) FROM job.rate_windows r
+         WHERE r.queue = q.name AND r.key <> '' AND r.held_until > pg_catalog.now()) AS keys_held,
+       q.created_at, q.updated_at
+  FROM job.queues q;
+
+COMMENT ON VIEW job.queue_settings IS 'Every queue''s settings (retries, lease, retention, flow control) and its active holds.';
+
+-- Active holds (job.rate_limit_pause) of queues and keys.
+CREATE VIEW job.rate_limit_holds AS
+SELECT r.queue, NULLIF(r.key, '') AS key, r.held_until
+  FROM job.rate_windows r
+ WHERE r.held_until > pg_catalog.now();
+
+COMMENT ON VIEW job.rate_limit_holds IS 'Queues and concurrency keys held back by job.rate_limit_pause, until when.';
