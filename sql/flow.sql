@@ -124,24 +124,37 @@ END $$;
 -- Whether waiting job `job_id` of queue `q`, with these keys, may start now, `admitted`
 -- holding the concurrency keys of the jobs this claim already took.  NULL when it may: it is
 -- then locked for the caller.  Otherwise what refused it, which the caller remembers for the
--- rest of its claim: 'o:' or 's:' and the key, when an older job of its order or singleton
--- key is live (running, or waiting out a retry: it holds the key's place); 'c:' and the key,
+-- rest of its claim: 'o:' or 's:' and the key, when the oldest job of its order or singleton
+-- key runs or waits out a retry (it holds the key's place); 'c:' and the key,
 -- when another transaction is claiming the concurrency key (this one then holds it until it
 -- ends: src/flow.rs), key_concurrency of its jobs hold a lease, or its window is full or held;
--- '' when another claim has the job.  Each count is a statement of its own, after the key's
+-- '' when another claim has the job, or an older job of its order or singleton key waits (the
+-- claim takes that one when it gets to it).  Each count is a statement of its own, after the key's
 -- lock, so it sees every claim of the key that committed.
 CREATE FUNCTION job._admit(q job.queues, job_id bigint, concurrency_key text, order_key text,
                            singleton_key text, admitted text[])
 RETURNS text LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    older text;
 BEGIN
-    IF order_key IS NOT NULL
-       AND EXISTS (SELECT 1 FROM job.live_jobs o WHERE o.queue = q.name AND o.order_key = _admit.order_key AND o.id < job_id) THEN
-        RETURN 'o:' || order_key;
+    IF order_key IS NOT NULL THEN
+        SELECT o.state INTO older FROM job.live_jobs o
+         WHERE o.queue = q.name AND o.order_key = _admit.order_key AND o.id < job_id
+         ORDER BY o.id LIMIT 1;
+        IF FOUND THEN
+            -- An older job that runs or waits out a retry holds the key for this claim; one
+            -- that waits goes first, when the claim gets to it.
+            RETURN CASE WHEN older = 'waiting' THEN '' ELSE 'o:' || order_key END;
+        END IF;
     END IF;
-    IF singleton_key IS NOT NULL
-       AND EXISTS (SELECT 1 FROM job.live_jobs o WHERE o.queue = q.name AND o.singleton_key = _admit.singleton_key AND o.id < job_id) THEN
-        RETURN 's:' || singleton_key;
+    IF singleton_key IS NOT NULL THEN
+        SELECT o.state INTO older FROM job.live_jobs o
+         WHERE o.queue = q.name AND o.singleton_key = _admit.singleton_key AND o.id < job_id
+         ORDER BY o.id LIMIT 1;
+        IF FOUND THEN
+            RETURN CASE WHEN older = 'waiting' THEN '' ELSE 's:' || singleton_key END;
+        END IF;
     END IF;
     IF concurrency_key IS NOT NULL AND (q.key_concurrency IS NOT NULL OR q.key_rate_limit IS NOT NULL OR q.holds) THEN
         IF NOT job._try_lock_key(q.name, concurrency_key) THEN
@@ -317,8 +330,10 @@ BEGIN
                                                   AND w.wake_at > now())))) THEN
         RETURN now();
     END IF;
-    RETURN least(queue_wake,
-                 (SELECT min(w.wake_at) FROM job.rate_windows w WHERE w.queue = q.name AND w.wake_at > now()),
+    IF queue_wake IS NOT NULL THEN
+        RETURN queue_wake;  -- nothing of the queue starts before its window or hold allows
+    END IF;
+    RETURN least((SELECT min(w.wake_at) FROM job.rate_windows w WHERE w.queue = q.name AND w.wake_at > now()),
                  (SELECT min(l.lease_expires_at) FROM job.live_jobs l
                    WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at > now()));
 END $$;

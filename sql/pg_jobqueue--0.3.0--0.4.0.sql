@@ -69,6 +69,84 @@ SELECT pg_catalog.pg_extension_config_dump('job.endpoint_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('job.endpoint_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('job.endpoint_stats', '');
 
+-- Flow control (sql/flow.sql): the queues' limits, the jobs' keys, their indexes, and the
+-- rate windows, holds and concurrency slots.
+ALTER TABLE job.queues
+    ADD COLUMN concurrency        int CHECK (concurrency >= 1),
+    ADD COLUMN key_concurrency    int CHECK (key_concurrency >= 1),
+    ADD COLUMN rate_limit         int CHECK (rate_limit >= 1),
+    ADD COLUMN rate_period        interval CHECK (rate_period > interval '0' AND rate_period <= interval '100 years'),
+    ADD COLUMN key_rate_limit     int CHECK (key_rate_limit >= 1),
+    ADD COLUMN key_rate_period    interval CHECK (key_rate_period > interval '0' AND key_rate_period <= interval '100 years'),
+    ADD COLUMN fair               boolean NOT NULL DEFAULT false,
+    ADD COLUMN holds              boolean NOT NULL DEFAULT false,
+    ADD COLUMN serial_keys        boolean NOT NULL DEFAULT false,
+    ADD CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
+    ADD CONSTRAINT queues_key_rate_check CHECK ((key_rate_limit IS NULL) = (key_rate_period IS NULL));
+
+COMMENT ON TABLE job.queues IS 'One row per queue: retry, lease, idempotency, retention and flow-control settings.';
+
+ALTER TABLE job.live_jobs
+    ADD COLUMN concurrency_key text,
+    ADD COLUMN order_key       text,
+    ADD COLUMN singleton_key   text,
+    ADD COLUMN debounce_key    text;
+
+ALTER TABLE job.finished_jobs
+    ADD COLUMN concurrency_key text,
+    ADD COLUMN order_key       text,
+    ADD COLUMN singleton_key   text,
+    ADD COLUMN debounce_key    text;
+
+-- Running jobs of a concurrency key: what a claim counts against the queue's key_concurrency.
+CREATE INDEX live_jobs_running_key_idx ON job.live_jobs (queue, concurrency_key)
+    WHERE state = 'running' AND concurrency_key IS NOT NULL;
+
+-- A fair queue's claims go from key to key, taking each key's first job in claim order.
+CREATE INDEX live_jobs_fair_idx ON job.live_jobs (queue, concurrency_key, priority DESC, run_at, id)
+    WHERE state = 'waiting' AND concurrency_key IS NOT NULL;
+
+-- The jobs of an order, singleton or debounce key, oldest first: a job of an order or
+-- singleton key starts only when it is its key's oldest; an enqueue finds the job it replaces.
+CREATE INDEX live_jobs_order_key_idx ON job.live_jobs (queue, order_key, id) WHERE order_key IS NOT NULL;
+CREATE INDEX live_jobs_singleton_key_idx ON job.live_jobs (queue, singleton_key, id) WHERE singleton_key IS NOT NULL;
+CREATE INDEX live_jobs_debounce_key_idx ON job.live_jobs (queue, debounce_key, id) WHERE debounce_key IS NOT NULL;
+
+-- Flow control's state per queue (key '') and per concurrency key: the rate window (starts
+-- per slot, see src/flow.rs), a hold set by job.rate_limit_pause, and when the scheduler must
+-- wake the queue's consumers because the window or the hold lets a job start again.  A claim
+-- holds its row until it commits, so the starts it counts stay exact.
+CREATE TABLE job.rate_windows (
+    queue      text NOT NULL REFERENCES job.queues (name) ON DELETE CASCADE,
+    key        text NOT NULL,             -- '': the queue's own window and hold
+    base       bigint NOT NULL DEFAULT 0, -- the slot counts[1] counts
+    counts     int[] NOT NULL DEFAULT '{}',
+    held_until timestamptz,
+    wake_at    timestamptz,
+    PRIMARY KEY (queue, key)
+);
+
+COMMENT ON TABLE job.rate_windows IS 'Rate windows and holds of rate-limited queues and concurrency keys (read through job.queue_settings and job.rate_limit_holds).';
+
+-- The scheduler's next wake-up for a window or hold.
+CREATE INDEX rate_windows_wake_idx ON job.rate_windows (wake_at) WHERE wake_at IS NOT NULL;
+
+-- A queue's concurrency slots: a claim takes one per job, locking its row (SKIP LOCKED: claims
+-- in other transactions take other slots, and never wait) and writing the job's id in it.  A
+-- slot is free when its job no longer holds a lease; so no finish, failure or crash has to
+-- give it back, and a worker that died frees its slot when its lease runs out.
+CREATE TABLE job.concurrency_slots (
+    queue  text NOT NULL REFERENCES job.queues (name) ON DELETE CASCADE,
+    slot   int NOT NULL,
+    job_id bigint,
+    PRIMARY KEY (queue, slot)
+);
+
+COMMENT ON TABLE job.concurrency_slots IS 'Concurrency slots of queues with a concurrency limit: the job that last took each.';
+
+SELECT pg_catalog.pg_extension_config_dump('job.rate_windows', '');
+SELECT pg_catalog.pg_extension_config_dump('job.concurrency_slots', '');
+
 -- Internal functions 0.4.0 replaces.  (Public functions whose signature changes are dropped
 -- at the end, once their grants are carried over.)
 DROP FUNCTION job._finish(bigint[], text[], text, jsonb, jsonb, uuid[]);
@@ -103,6 +181,60 @@ CREATE OR REPLACE FUNCTION "_move_claim_cursor"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', '_move_claim_cursor_wrapper';
+
+-- pg_jobqueue::flow::_rate_take
+CREATE OR REPLACE FUNCTION "_rate_take"(
+	"base" bigint, /* i64 */
+	"counts" INT[], /* Vec < i32 > */
+	"period_ms" bigint, /* i64 */
+	"rate_limit" INT, /* i32 */
+	"wanted" INT, /* i32 */
+	"at_ms" bigint /* i64 */
+) RETURNS TABLE (
+	"granted" INT,  /* i32 */
+	"base" bigint,  /* i64 */
+	"counts" INT[],  /* Vec < i32 > */
+	"next_at_ms" bigint  /* Option < i64 > */
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_rate_take_wrapper';
+
+-- pg_jobqueue::flow::_try_lock_key
+CREATE OR REPLACE FUNCTION "_try_lock_key"(
+	"queue" TEXT, /* & str */
+	"key" TEXT /* & str */
+) RETURNS bool /* bool */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_try_lock_key_wrapper';
+
+-- pg_jobqueue::flow::_lock_enqueue_key
+CREATE OR REPLACE FUNCTION "_lock_enqueue_key"(
+	"queue" TEXT, /* & str */
+	"kind" TEXT, /* & str */
+	"key" TEXT /* & str */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_lock_enqueue_key_wrapper';
+
+-- pg_jobqueue::flow::_fair_cursor
+CREATE OR REPLACE FUNCTION "_fair_cursor"(
+	"queue_id" bigint /* i64 */
+) RETURNS TEXT /* Option < String > */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_fair_cursor_wrapper';
+
+-- pg_jobqueue::flow::_move_fair_cursor
+CREATE OR REPLACE FUNCTION "_move_fair_cursor"(
+	"queue_id" bigint, /* i64 */
+	"key" TEXT /* Option < & str > */
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_move_fair_cursor_wrapper';
 
 -- pg_jobqueue::delivery::_check_endpoint_url
 CREATE OR REPLACE FUNCTION "_check_endpoint_url"(
@@ -229,13 +361,14 @@ BEGIN
     ), kept AS (
         INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
                                        state, queue, job_type, claimed_by, idempotency_key, payload,
-                                       errors, result)
+                                       errors, result, concurrency_key)
         SELECT m.id, m.run_at, m.enqueued_at, m.claimed_at, m.priority, m.attempt, m.max_retries,
                final_state, m.queue, m.job_type, m.claimed_by, m.idempotency_key, m.payload,
                CASE WHEN error IS NULL THEN m.errors
                     ELSE m.errors || jsonb_build_array(job._attempt_error(m.attempt, m.claimed_by, error)) END,
                CASE WHEN cardinality(job_results) = 1 THEN job_results[1]
-                    ELSE job_results[array_position(ids, m.id)] END
+                    ELSE job_results[array_position(ids, m.id)] END,
+               m.concurrency_key
           FROM moved m
         RETURNING 1
     )
@@ -243,6 +376,12 @@ BEGIN
            array_agg(m.claimed_at), array_agg(m.run_at)
       INTO moved_count, queues, job_types, claimed, ready
       FROM moved m WHERE m.claimed_at IS NOT NULL;
+    IF moved_count > 0 THEN
+        -- A job that held a concurrency slot, or its key's turn, let another start.
+        PERFORM job._wake_queue_on_commit(qs.id) FROM job.queues qs
+         WHERE qs.name = ANY (queues) AND (qs.concurrency IS NOT NULL OR qs.key_concurrency IS NOT NULL OR qs.serial_keys)
+           AND NOT qs.paused;
+    END IF;
     IF moved_count = 0 OR final_state = 'cancelled' THEN
         RETURN moved_count;  -- a cancel abandons attempts; it finishes none
     END IF;
@@ -280,7 +419,8 @@ CREATE OR REPLACE FUNCTION job.dequeue(
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
-    q record;
+    q job.queues;
+    limited boolean;
     lease_for interval;
     claimed bigint;
     promoted bigint := 0;
@@ -294,7 +434,7 @@ DECLARE
     front_started timestamptz;
     front_took float8;
 BEGIN
-    SELECT qs.name, qs.id, qs.lease, qs.paused INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
+    SELECT * INTO q FROM job.queues qs WHERE qs.name = dequeue.queue;
     IF NOT FOUND THEN
         PERFORM job._require_queue(dequeue.queue);
     END IF;
@@ -340,6 +480,7 @@ BEGIN
     END IF;
 
     token := gen_random_uuid();
+    limited := job._flow_limited(q);
     -- Where this session's last claim on the queue left off, unless a claim from the front is
     -- due (see src/claim_cursor.rs): the dead index entries of every job claimed since vacuum
     -- last ran lie before it.  (Values the statements below compare with are read through
@@ -348,10 +489,14 @@ BEGIN
     FOR pass IN 1..2 LOOP
         picked := '{}';
         front_took := NULL;
+        IF limited THEN
+            -- Within the queue's concurrency and rate limits (see flow.sql).
+            picked := job._pick_limited(q, dequeue.batch);
+        END IF;
         -- A higher priority than the cursor's waiting (enqueued since, say): from the front.
         -- (A scalar sub-select in claim order, not EXISTS: it must be a range of the claim
         -- index, which ends at the cursor's priority, not a scan of the table.)
-        IF resume_id IS NOT NULL
+        IF NOT limited AND resume_id IS NOT NULL
            AND (SELECT h.id FROM job.live_jobs h
                  WHERE h.queue = q.name AND h.state = 'waiting' AND h.priority > (SELECT resume_priority)
                  ORDER BY h.priority DESC, h.run_at, h.id LIMIT 1) IS NULL THEN
@@ -365,7 +510,7 @@ BEGIN
                      LIMIT (SELECT dequeue.batch)
                      FOR UPDATE SKIP LOCKED) n;
         END IF;
-        IF cardinality(picked) < dequeue.batch THEN
+        IF NOT limited AND cardinality(picked) < dequeue.batch THEN
             -- From the front of the queue, for what the cursor's priority did not have.
             front_started := clock_timestamp();
             SELECT picked || coalesce(array_agg(n.id), '{}'),
@@ -387,8 +532,10 @@ BEGIN
         RETURNING j.id, j.queue, j.job_type, j.payload, j.attempt, j.max_retries, j.enqueued_at,
                   j.lease_expires_at, j.lease_token;
         GET DIAGNOSTICS claimed = ROW_COUNT;
-        PERFORM job._move_claim_cursor(q.id, last_priority, last_run_at,
-                                       picked[cardinality(picked)], front_took);
+        IF NOT limited THEN
+            PERFORM job._move_claim_cursor(q.id, last_priority, last_run_at,
+                                           picked[cardinality(picked)], front_took);
+        END IF;
         -- Found nothing: mark this consumer as waiting for a wake-up, then look once more
         -- for jobs whose producers committed while we looked (see src/wakeup.rs).
         EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_waits(q.id);
@@ -501,8 +648,9 @@ BEGIN
     RETURN revived + coalesce(cardinality(exhausted), 0);
 END $$;
 
--- The earliest time a job becomes due or a lease runs out, over all queues (NULL: none):
--- when the scheduler must next promote or rescue.  One index probe per queue and kind.  Leases
+-- The earliest time a job becomes due, a lease runs out, or a rate window or hold lets jobs
+-- of a queue start, over all queues (NULL: none): when the scheduler must next promote,
+-- rescue or wake.  One index probe per queue and kind.  Leases
 -- that already ran out are the scheduler's rescue's business (it looks on every round); the
 -- probe starts at now, past the entries finished jobs leave in the lease index, which lie
 -- there, their leases run out, until vacuum removes them.
@@ -510,19 +658,20 @@ CREATE OR REPLACE FUNCTION job._next_job_due()
 RETURNS timestamptz LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN (SELECT least(min(d.run_at), min(r.lease_expires_at))
+    RETURN least((SELECT min(w.wake_at) FROM job.rate_windows w WHERE w.wake_at IS NOT NULL),
+                 (SELECT least(min(d.run_at), min(r.lease_expires_at))
               FROM job.queues q
               LEFT JOIN LATERAL (SELECT l.run_at FROM job.live_jobs l
                                   WHERE l.queue = q.name AND l.state = 'scheduled'
                                   ORDER BY l.run_at LIMIT 1) d ON true
               LEFT JOIN LATERAL (SELECT l.lease_expires_at FROM job.live_jobs l
                                   WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at >= now()
-                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true);
+                                  ORDER BY l.lease_expires_at LIMIT 1) r ON true));
 END $$;
 
 -- How many more of `queue`'s jobs may run now, for a limit of `concurrency` running at once.
 -- Takes the queue's internal claim lock (held until commit), so that claimers of one queue
--- (executors, the sender) take turns and the count each tests stays exact until it claims.
+-- take turns and the count each tests stays exact until it claims.
 CREATE OR REPLACE FUNCTION job._free_slots(queue text, concurrency int)
 RETURNS int LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -1206,6 +1355,996 @@ BEGIN
 END $$;
 
 ---------------------------------------------------------------------------------------------
+-- Flow control (sql/flow.sql): concurrency and rate limits per queue and per key, holds,
+-- order, singleton and debounce keys, fair queues
+---------------------------------------------------------------------------------------------
+
+-- Raises unless an enqueue's flow-control keys make sense for queue `q`: well-formed keys;
+-- a concurrency key only where the queue has a per-key limit or is fair; an order key with
+-- neither a singleton nor a debounce key; a debounce key with its quiet period, and neither a
+-- start time (the debounce sets it) nor an idempotency key (the debounce key already merges).
+CREATE OR REPLACE FUNCTION job._check_job_keys(q job.queues, concurrency_key text, order_key text, singleton_key text,
+                                    debounce_key text, debounce interval, debounce_max_wait interval,
+                                    idempotency_key text, run_at timestamptz, delay interval)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF concurrency_key IS NOT NULL THEN
+        PERFORM job._check_name('concurrency_key', concurrency_key, 512);
+        IF q.key_concurrency IS NULL AND q.key_rate_limit IS NULL AND NOT q.fair THEN
+            RAISE EXCEPTION 'queue % has no per-key limit and is not fair, so concurrency_key % would do nothing',
+                quote_literal(q.name), quote_literal(concurrency_key)
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Give the queue key_concurrency, key_rate_limit or fair => true with job.create_queue first.';
+        END IF;
+    END IF;
+    IF order_key IS NOT NULL THEN
+        PERFORM job._check_name('order_key', order_key, 512);
+    END IF;
+    IF singleton_key IS NOT NULL THEN
+        PERFORM job._check_name('singleton_key', singleton_key, 512);
+    END IF;
+    IF debounce_key IS NOT NULL THEN
+        PERFORM job._check_name('debounce_key', debounce_key, 512);
+    END IF;
+    IF num_nonnulls(order_key, singleton_key, debounce_key) > 1 THEN
+        RAISE EXCEPTION 'give at most one of order_key, singleton_key and debounce_key'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF debounce_key IS NULL AND (debounce IS NOT NULL OR debounce_max_wait IS NOT NULL) THEN
+        RAISE EXCEPTION 'debounce and debounce_max_wait need a debounce_key' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF debounce_key IS NOT NULL THEN
+        IF debounce IS NULL THEN
+            RAISE EXCEPTION 'debounce_key needs debounce, the quiet period' USING ERRCODE = 'null_value_not_allowed',
+                HINT = 'For example debounce => ''5 seconds'': the job starts once no enqueue of its key came for that long.';
+        END IF;
+        PERFORM job._check_interval('debounce', debounce, false);
+        IF debounce_max_wait IS NOT NULL THEN
+            PERFORM job._check_interval('debounce_max_wait', debounce_max_wait, false);
+            IF debounce_max_wait < debounce THEN
+                RAISE EXCEPTION 'debounce_max_wait (%) must not be less than debounce (%)', debounce_max_wait, debounce
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END IF;
+        IF run_at IS NOT NULL OR delay IS NOT NULL THEN
+            RAISE EXCEPTION 'a debounced job starts after its quiet period: give no run_at or delay'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF idempotency_key IS NOT NULL AND (debounce_key IS NOT NULL OR singleton_key IS NOT NULL) THEN
+        RAISE EXCEPTION 'give idempotency_key or a % key, not both', CASE WHEN debounce_key IS NULL THEN 'singleton' ELSE 'debounce' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'A singleton or debounce key already merges enqueues of the same key into one job.';
+    END IF;
+END $$;
+
+-- Raises unless `value`, a limit named `what`, is NULL (no limit) or 1 or more.
+CREATE OR REPLACE FUNCTION job._check_limit(what text, value int)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF value < 1 THEN
+        RAISE EXCEPTION '% must be 1 or more (or NULL for no limit), got %', what, value
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- Creates the queue, or changes the settings of an existing one (audited either way).  Flow
+-- control (NULL: no limit; see sql/flow.sql): `concurrency` jobs of the queue running at once,
+-- `key_concurrency` per concurrency key; at most `rate_limit` starts per `rate_period`
+-- (default 1 second) for the queue, `key_rate_limit` per `key_rate_period` for each key;
+-- `fair`: claims take jobs round-robin across concurrency keys.
+CREATE OR REPLACE FUNCTION job.create_queue(
+    name text,
+    max_retries int DEFAULT 5,
+    backoff_base interval DEFAULT '1 second',
+    backoff_max interval DEFAULT '60 seconds',
+    jitter float8 DEFAULT 0.1,
+    lease interval DEFAULT '5 minutes',
+    idempotency_window interval DEFAULT '24 hours',
+    retention interval DEFAULT '7 days',
+    max_payload_bytes int DEFAULT NULL,
+    concurrency int DEFAULT NULL,
+    key_concurrency int DEFAULT NULL,
+    rate_limit int DEFAULT NULL,
+    rate_period interval DEFAULT NULL,
+    key_rate_limit int DEFAULT NULL,
+    key_rate_period interval DEFAULT NULL,
+    fair boolean DEFAULT false
+) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    before job.queues;
+    after job.queues;
+BEGIN
+    PERFORM job._check_name('queue name', name);
+    PERFORM job._check_not_null('max_retries', max_retries);
+    IF max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries must be 0 or more, got %', max_retries USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_interval('backoff_base', backoff_base, false);
+    PERFORM job._check_interval('backoff_max', backoff_max, false);
+    IF backoff_max < backoff_base THEN
+        RAISE EXCEPTION 'backoff_max (%) must not be less than backoff_base (%)', backoff_max, backoff_base
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_not_null('jitter', jitter);
+    IF jitter < 0 OR jitter > 1 OR jitter = 'NaN'::float8 THEN
+        RAISE EXCEPTION 'jitter must be between 0 and 1, got %', jitter USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_interval('lease', lease, false);
+    PERFORM job._check_interval('idempotency_window', idempotency_window, true);
+    PERFORM job._check_interval('retention', retention, true);
+    IF max_payload_bytes < 1 THEN
+        RAISE EXCEPTION 'max_payload_bytes must be 1 or more (or NULL for no limit), got %', max_payload_bytes
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    PERFORM job._check_limit('concurrency', concurrency);
+    PERFORM job._check_limit('key_concurrency', key_concurrency);
+    PERFORM job._check_limit('rate_limit', rate_limit);
+    PERFORM job._check_limit('key_rate_limit', key_rate_limit);
+    IF rate_period IS NOT NULL AND rate_limit IS NULL THEN
+        RAISE EXCEPTION 'rate_period needs a rate_limit' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Give rate_limit (starts per rate_period) too, or leave rate_period out.';
+    ELSIF key_rate_period IS NOT NULL AND key_rate_limit IS NULL THEN
+        RAISE EXCEPTION 'key_rate_period needs a key_rate_limit' USING ERRCODE = 'invalid_parameter_value',
+            HINT = 'Give key_rate_limit (starts per key_rate_period and key) too, or leave key_rate_period out.';
+    END IF;
+    PERFORM job._check_not_null('fair', fair);
+    IF rate_limit IS NOT NULL THEN
+        rate_period := coalesce(rate_period, interval '1 second');
+        PERFORM job._check_interval('rate_period', rate_period, false);
+    END IF;
+    IF key_rate_limit IS NOT NULL THEN
+        key_rate_period := coalesce(key_rate_period, interval '1 second');
+        PERFORM job._check_interval('key_rate_period', key_rate_period, false);
+    END IF;
+
+    SELECT * INTO before FROM job.queues q WHERE q.name = create_queue.name FOR UPDATE;
+    INSERT INTO job.queues AS q (name, max_retries, backoff_base, backoff_max, jitter, lease,
+                                 idempotency_window, retention, max_payload_bytes, concurrency,
+                                 key_concurrency, rate_limit, rate_period, key_rate_limit, key_rate_period, fair)
+    VALUES (name, max_retries, backoff_base, backoff_max, jitter, lease, idempotency_window, retention,
+            max_payload_bytes, concurrency, key_concurrency, rate_limit, rate_period, key_rate_limit,
+            key_rate_period, fair)
+    ON CONFLICT ON CONSTRAINT queues_pkey DO UPDATE
+       SET max_retries = EXCLUDED.max_retries, backoff_base = EXCLUDED.backoff_base,
+           backoff_max = EXCLUDED.backoff_max, jitter = EXCLUDED.jitter, lease = EXCLUDED.lease,
+           idempotency_window = EXCLUDED.idempotency_window, retention = EXCLUDED.retention,
+           max_payload_bytes = EXCLUDED.max_payload_bytes, concurrency = EXCLUDED.concurrency,
+           key_concurrency = EXCLUDED.key_concurrency, rate_limit = EXCLUDED.rate_limit,
+           rate_period = EXCLUDED.rate_period, key_rate_limit = EXCLUDED.key_rate_limit,
+           key_rate_period = EXCLUDED.key_rate_period, fair = EXCLUDED.fair, updated_at = now()
+    RETURNING * INTO after;
+    IF before.name IS NOT NULL AND (after.concurrency IS DISTINCT FROM before.concurrency
+                                    OR after.key_concurrency IS DISTINCT FROM before.key_concurrency
+                                    OR after.rate_limit IS DISTINCT FROM before.rate_limit
+                                    OR after.key_rate_limit IS DISTINCT FROM before.key_rate_limit) THEN
+        PERFORM job._wake_queue_on_commit(after.id);  -- a limit raised or lifted: look again
+    END IF;
+    IF after.concurrency IS NOT NULL THEN
+        INSERT INTO job.concurrency_slots (queue, slot)
+        SELECT after.name, g FROM generate_series(0, after.concurrency - 1) g
+        ON CONFLICT DO NOTHING;
+    END IF;
+    IF before.name IS NULL THEN
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,created_at,updated_at}'::text[]);
+    ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[]));
+    END IF;
+END $$;
+
+-- Enqueues one job; returns its id (or, for a known idempotency key, the existing job's; for a
+-- singleton or debounce key whose job has not started, that job's, which takes this payload).
+-- Flow-control keys (see flow.sql): `concurrency_key` (the queue's per-key limits and fair
+-- turns), `order_key` (its jobs run one at a time, oldest first), `singleton_key` (one job
+-- waits and one runs), `debounce_key` with `debounce` (the job starts once no enqueue of the
+-- key came for that long) and `debounce_max_wait` (but no later than that after the first).
+CREATE OR REPLACE FUNCTION job.enqueue(
+    queue text,
+    payload jsonb DEFAULT '{}',
+    run_at timestamptz DEFAULT NULL,
+    delay interval DEFAULT NULL,
+    priority int DEFAULT 0,
+    idempotency_key text DEFAULT NULL,
+    max_retries int DEFAULT NULL,
+    job_type text DEFAULT NULL,
+    concurrency_key text DEFAULT NULL,
+    order_key text DEFAULT NULL,
+    singleton_key text DEFAULT NULL,
+    debounce_key text DEFAULT NULL,
+    debounce interval DEFAULT NULL,
+    debounce_max_wait interval DEFAULT NULL
+) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q record;
+    start_at timestamptz := now();
+    new_id bigint;
+    existing_id bigint;
+    keyed job.queues;
+BEGIN
+    -- A drop of this queue in progress makes this fail at once instead of waiting for it.
+    PERFORM job._guard_queue(enqueue.queue);
+    SELECT qs.id, qs.name, qs.max_retries, qs.idempotency_window, qs.max_payload_bytes INTO q
+      FROM job.queues qs WHERE qs.name = enqueue.queue;
+    IF NOT FOUND THEN
+        PERFORM job._require_queue(enqueue.queue);  -- raises
+    END IF;
+    IF enqueue.payload IS NULL OR jsonb_typeof(enqueue.payload) <> 'object' THEN
+        PERFORM job._check_payload('payload', enqueue.payload);
+    END IF;
+    IF pg_column_size(enqueue.payload) > q.max_payload_bytes THEN
+        PERFORM job._check_payload_size(job._require_queue(q.name), 'payload', enqueue.payload);
+    END IF;
+    IF enqueue.delay IS NOT NULL THEN
+        IF enqueue.run_at IS NOT NULL THEN
+            RAISE EXCEPTION 'give run_at or delay, not both' USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM job._check_interval('delay', enqueue.delay, true);
+        start_at := now() + enqueue.delay;
+    ELSIF enqueue.run_at IS NOT NULL THEN
+        IF NOT isfinite(enqueue.run_at) THEN
+            RAISE EXCEPTION 'run_at must be a finite time, got %', enqueue.run_at USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        start_at := enqueue.run_at;
+    END IF;
+    IF enqueue.priority IS NULL THEN
+        PERFORM job._check_not_null('priority', enqueue.priority);
+    END IF;
+    IF enqueue.max_retries < 0 THEN
+        RAISE EXCEPTION 'max_retries must be 0 or more, got %', enqueue.max_retries USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF enqueue.job_type IS NOT NULL AND job._name_problem(enqueue.job_type, 128) IS NOT NULL THEN
+        PERFORM job._check_name('job_type', enqueue.job_type);
+    END IF;
+    IF num_nonnulls(enqueue.concurrency_key, enqueue.order_key, enqueue.singleton_key, enqueue.debounce_key,
+                    enqueue.debounce, enqueue.debounce_max_wait) > 0 THEN
+        -- Flow control (see flow.sql).
+        keyed := job._require_queue(q.name);
+        PERFORM job._check_job_keys(keyed, enqueue.concurrency_key, enqueue.order_key, enqueue.singleton_key,
+                                    enqueue.debounce_key, enqueue.debounce, enqueue.debounce_max_wait,
+                                    enqueue.idempotency_key, enqueue.run_at, enqueue.delay);
+        IF enqueue.debounce_key IS NOT NULL THEN
+            start_at := now() + enqueue.debounce;
+        END IF;
+        IF (enqueue.order_key IS NOT NULL OR enqueue.singleton_key IS NOT NULL) AND NOT keyed.serial_keys THEN
+            UPDATE job.queues qs SET serial_keys = true WHERE qs.name = q.name;  -- claims now look at keys
+        END IF;
+        IF enqueue.singleton_key IS NOT NULL OR enqueue.debounce_key IS NOT NULL THEN
+            existing_id := job._replace_pending(q.name, enqueue.singleton_key, enqueue.debounce_key,
+                                                enqueue.payload, start_at, enqueue.debounce_max_wait);
+            IF existing_id IS NOT NULL THEN
+                RETURN existing_id;
+            END IF;
+        END IF;
+    END IF;
+
+    IF enqueue.idempotency_key IS NOT NULL THEN
+        IF job._name_problem(enqueue.idempotency_key, 512) IS NOT NULL THEN
+            PERFORM job._check_name('idempotency_key', enqueue.idempotency_key, 512);
+        END IF;
+        -- The primary key arbitrates: a racing enqueue of the same key waits for ours to
+        -- commit or roll back.  An expired key is taken over by the new job.
+        new_id := nextval('job.job_id_seq');
+        INSERT INTO job.idempotency_keys AS k (queue, key, job_id, expires_at)
+        VALUES (q.name, enqueue.idempotency_key, new_id, now() + q.idempotency_window)
+        ON CONFLICT (queue, key) DO UPDATE
+           SET job_id = EXCLUDED.job_id, expires_at = EXCLUDED.expires_at
+         WHERE k.expires_at <= now();
+        IF NOT FOUND THEN
+            SELECT k.job_id INTO existing_id FROM job.idempotency_keys k
+             WHERE k.queue = q.name AND k.key = enqueue.idempotency_key;
+            RETURN existing_id;
+        END IF;
+    END IF;
+
+    INSERT INTO job.live_jobs (id, run_at, priority, max_retries, state, queue, job_type,
+                               idempotency_key, payload, concurrency_key, order_key, singleton_key, debounce_key)
+    VALUES (coalesce(new_id, nextval('job.job_id_seq')), start_at, enqueue.priority,
+            coalesce(enqueue.max_retries, q.max_retries),
+            CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END,
+            q.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload, enqueue.concurrency_key,
+            enqueue.order_key, enqueue.singleton_key, enqueue.debounce_key)
+    RETURNING id INTO new_id;
+    IF start_at <= now() THEN
+        PERFORM job._wake_queue_on_commit(q.id);
+    ELSE
+        PERFORM job._due_on_commit(start_at);  -- the worker makes it ready when due, and wakes consumers
+    END IF;
+    RETURN new_id;
+END $$;
+
+-- Many jobs in one statement (all of one concurrency or order key, if given: an order key runs
+-- them in payload order); ids come back in payload order.
+CREATE OR REPLACE FUNCTION job.enqueue_many(
+    queue text,
+    payloads jsonb[],
+    priority int DEFAULT 0,
+    job_type text DEFAULT NULL,
+    concurrency_key text DEFAULT NULL,
+    order_key text DEFAULT NULL
+) RETURNS SETOF bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q job.queues;
+    bad record;
+BEGIN
+    PERFORM job._guard_queue(enqueue_many.queue);
+    q := job._require_queue(enqueue_many.queue);
+    PERFORM job._check_not_null('payloads', enqueue_many.payloads);
+    IF array_ndims(enqueue_many.payloads) > 1 THEN
+        RAISE EXCEPTION 'payloads must be a one-dimensional array, got % dimensions', array_ndims(enqueue_many.payloads)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._check_not_null('priority', enqueue_many.priority);
+    IF enqueue_many.job_type IS NOT NULL THEN
+        PERFORM job._check_name('job_type', enqueue_many.job_type);
+    END IF;
+    IF enqueue_many.concurrency_key IS NOT NULL OR enqueue_many.order_key IS NOT NULL THEN
+        PERFORM job._check_job_keys(q, enqueue_many.concurrency_key, enqueue_many.order_key, NULL, NULL, NULL, NULL,
+                                    NULL, NULL, NULL);
+        IF enqueue_many.order_key IS NOT NULL AND NOT q.serial_keys THEN
+            UPDATE job.queues qs SET serial_keys = true WHERE qs.name = q.name;  -- claims now look at keys
+        END IF;
+    END IF;
+    SELECT p.payload, p.ord INTO bad
+      FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+     WHERE p.payload IS NULL OR jsonb_typeof(p.payload) <> 'object'
+     ORDER BY p.ord LIMIT 1;
+    IF FOUND THEN
+        PERFORM job._check_payload(format('payloads[%s]', bad.ord), bad.payload);
+    END IF;
+    IF q.max_payload_bytes IS NOT NULL THEN
+        SELECT p.payload, p.ord INTO bad
+          FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+         WHERE pg_column_size(p.payload) > q.max_payload_bytes
+         ORDER BY p.ord LIMIT 1;
+        IF FOUND THEN
+            PERFORM job._check_payload_size(q, format('payloads[%s]', bad.ord), bad.payload);
+        END IF;
+    END IF;
+    IF cardinality(enqueue_many.payloads) = 0 THEN
+        RETURN;
+    END IF;
+
+    -- ids are drawn in payload order (the insert consumes the ordered rows one by one).
+    RETURN QUERY
+    WITH inserted AS (
+        INSERT INTO job.live_jobs (run_at, priority, max_retries, state, queue, job_type, payload, concurrency_key,
+                                   order_key)
+        SELECT now(), enqueue_many.priority, q.max_retries, 'waiting', q.name, enqueue_many.job_type, p.payload,
+               enqueue_many.concurrency_key, enqueue_many.order_key
+          FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+         ORDER BY p.ord
+        RETURNING id
+    )
+    SELECT i.id FROM inserted i ORDER BY i.id;
+    PERFORM job._wake_queue_on_commit(q.id);
+END $$;
+
+-- For an enqueue with a singleton or debounce key: the job of that key that has not started
+-- yet, given `payload` (the last one wins) and a new start (`start_at`; for a debounce, no
+-- later than `max_wait` after the job's first enqueue), or NULL when there is none and the
+-- caller adds one.  Enqueues of the key take turns until commit, so the later one sees the
+-- job the earlier one added.  A job that is being claimed has started: it is left alone.
+CREATE OR REPLACE FUNCTION job._replace_pending(queue text, singleton_key text, debounce_key text, payload jsonb,
+                                     start_at timestamptz, max_wait interval)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    replaced record;
+BEGIN
+    PERFORM job._lock_enqueue_key(queue, CASE WHEN singleton_key IS NULL THEN 'd' ELSE 's' END,
+                                  coalesce(singleton_key, debounce_key));
+    UPDATE job.live_jobs l
+       SET payload = _replace_pending.payload, run_at = x.new_run_at,
+           state = CASE WHEN x.new_run_at <= now() THEN 'waiting' ELSE 'scheduled' END
+      FROM (SELECT p.id,
+                   CASE WHEN max_wait IS NULL THEN start_at ELSE least(start_at, p.enqueued_at + max_wait) END AS new_run_at
+              FROM job.live_jobs p
+             WHERE p.queue = _replace_pending.queue AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
+               AND (p.singleton_key = _replace_pending.singleton_key OR p.debounce_key = _replace_pending.debounce_key)
+             ORDER BY p.id DESC LIMIT 1) x
+     WHERE l.id = x.id AND l.state IN ('waiting', 'scheduled') AND l.attempt = 0
+    RETURNING l.id, l.state, l.run_at, (SELECT qs.id FROM job.queues qs WHERE qs.name = l.queue) AS queue_id
+    INTO replaced;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    IF replaced.state = 'waiting' THEN
+        PERFORM job._wake_queue_on_commit(replaced.queue_id);
+    ELSE
+        PERFORM job._due_on_commit(replaced.run_at);
+    END IF;
+    RETURN replaced.id;
+END $$;
+
+-- The flow-control row of (queue, key), locked until this transaction ends; made on first use.
+CREATE OR REPLACE FUNCTION job._rate_window(queue text, key text)
+RETURNS job.rate_windows LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    w job.rate_windows;
+BEGIN
+    SELECT * INTO w FROM job.rate_windows r
+     WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+    IF NOT FOUND THEN
+        INSERT INTO job.rate_windows AS r (queue, key) VALUES (_rate_window.queue, _rate_window.key)
+        ON CONFLICT DO NOTHING;
+        SELECT * INTO w FROM job.rate_windows r
+         WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+    END IF;
+    RETURN w;
+END $$;
+
+-- How many of `wanted` jobs may start now under the window of (queue, key) ('': the queue's
+-- own) for a limit of `rate_limit` starts per `rate_period` (NULL: no limit, only a hold), and
+-- 0 while a hold lasts.  With `record`, they are counted as started.  When none may start,
+-- the scheduler wakes the queue's consumers once one may.
+CREATE OR REPLACE FUNCTION job._rate_room(queue text, key text, rate_limit int, rate_period interval,
+                               wanted int, record boolean)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    w job.rate_windows;
+    t record;
+    granted int;
+    wake timestamptz;
+BEGIN
+    IF rate_limit IS NULL THEN
+        -- Holds only: nothing to count, so nothing to lock or make.
+        SELECT * INTO w FROM job.rate_windows r WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+        IF NOT FOUND OR w.held_until IS NULL OR w.held_until <= now() THEN
+            RETURN wanted;
+        END IF;
+        RETURN 0;  -- rate_limit_pause set the scheduler's wake-up
+    END IF;
+    w := job._rate_window(queue, key);
+    IF w.held_until > now() THEN
+        RETURN 0;
+    END IF;
+    SELECT * INTO t FROM job._rate_take(w.base, w.counts, (extract(epoch FROM rate_period) * 1000)::bigint,
+                                         rate_limit, wanted, (extract(epoch FROM now()) * 1000)::bigint) t;
+    granted := t.granted;
+    IF record AND granted > 0 THEN
+        UPDATE job.rate_windows r SET base = t.base, counts = t.counts
+         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+    ELSIF granted = 0 THEN
+        wake := to_timestamp(t.next_at_ms / 1000.0);
+        IF w.wake_at IS NULL OR w.wake_at > wake THEN
+            UPDATE job.rate_windows r SET wake_at = wake
+             WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+            PERFORM job._due_on_commit(wake);
+        END IF;
+    END IF;
+    RETURN granted;
+END $$;
+
+-- Up to `wanted` of queue `q`'s concurrency slots that are free (their job no longer holds a
+-- lease), locked by this transaction: other claims skip them, and take other slots.  Each is
+-- tested in a statement of its own, after its row is locked, so that it sees the commit of
+-- the claim that last took it.
+CREATE OR REPLACE FUNCTION job._take_slots(q job.queues, wanted int)
+RETURNS int[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    slots refcursor;
+    s record;
+    taken int[] := '{}';
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM job.concurrency_slots cs WHERE cs.queue = q.name AND cs.slot = q.concurrency - 1) THEN
+        -- Made by create_queue; made here too for a limit raised since (or rows not restored).
+        INSERT INTO job.concurrency_slots (queue, slot)
+        SELECT q.name, g FROM generate_series(0, q.concurrency - 1) g
+        ON CONFLICT DO NOTHING;
+    END IF;
+    -- One row at a time (FETCH): a FOR loop would lock ten slots ahead.
+    OPEN slots NO SCROLL FOR
+        SELECT cs.slot, cs.job_id FROM job.concurrency_slots cs
+         WHERE cs.queue = q.name AND cs.slot < q.concurrency
+         ORDER BY cs.slot
+         FOR UPDATE SKIP LOCKED;
+    LOOP
+        FETCH slots INTO s;
+        EXIT WHEN NOT FOUND;
+        CONTINUE WHEN s.job_id = ANY (ARRAY(SELECT l.id FROM job.live_jobs l
+                                             WHERE l.id = s.job_id AND l.state = 'running'
+                                               AND l.lease_expires_at > now()));
+        taken := taken || s.slot;
+        EXIT WHEN cardinality(taken) >= wanted;
+    END LOOP;
+    CLOSE slots;
+    RETURN taken;
+END $$;
+
+-- Whether waiting job `job_id` of queue `q`, with these keys, may start now, `admitted`
+-- holding the concurrency keys of the jobs this claim already took.  NULL when it may: it is
+-- then locked for the caller.  Otherwise what refused it, which the caller remembers for the
+-- rest of its claim: 'o:' or 's:' and the key, when the oldest job of its order or singleton
+-- key runs or waits out a retry (it holds the key's place); 'c:' and the key,
+-- when another transaction is claiming the concurrency key (this one then holds it until it
+-- ends: src/flow.rs), key_concurrency of its jobs hold a lease, or its window is full or held;
+-- '' when another claim has the job, or an older job of its order or singleton key waits (the
+-- claim takes that one when it gets to it).  Each count is a statement of its own, after the key's
+-- lock, so it sees every claim of the key that committed.
+CREATE OR REPLACE FUNCTION job._admit(q job.queues, job_id bigint, concurrency_key text, order_key text,
+                           singleton_key text, admitted text[])
+RETURNS text LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    older text;
+BEGIN
+    IF order_key IS NOT NULL THEN
+        SELECT o.state INTO older FROM job.live_jobs o
+         WHERE o.queue = q.name AND o.order_key = _admit.order_key AND o.id < job_id
+         ORDER BY o.id LIMIT 1;
+        IF FOUND THEN
+            -- An older job that runs or waits out a retry holds the key for this claim; one
+            -- that waits goes first, when the claim gets to it.
+            RETURN CASE WHEN older = 'waiting' THEN '' ELSE 'o:' || order_key END;
+        END IF;
+    END IF;
+    IF singleton_key IS NOT NULL THEN
+        SELECT o.state INTO older FROM job.live_jobs o
+         WHERE o.queue = q.name AND o.singleton_key = _admit.singleton_key AND o.id < job_id
+         ORDER BY o.id LIMIT 1;
+        IF FOUND THEN
+            RETURN CASE WHEN older = 'waiting' THEN '' ELSE 's:' || singleton_key END;
+        END IF;
+    END IF;
+    IF concurrency_key IS NOT NULL AND (q.key_concurrency IS NOT NULL OR q.key_rate_limit IS NOT NULL OR q.holds) THEN
+        IF NOT job._try_lock_key(q.name, concurrency_key) THEN
+            RETURN 'c:' || concurrency_key;
+        END IF;
+        IF q.key_concurrency IS NOT NULL
+           AND cardinality(array_positions(admitted, concurrency_key))
+               + (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs r
+                                         WHERE r.queue = q.name AND r.concurrency_key = _admit.concurrency_key
+                                           AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                                           AND r.lease_expires_at > now()
+                                         LIMIT q.key_concurrency) running) >= q.key_concurrency THEN
+            RETURN 'c:' || concurrency_key;
+        END IF;
+    END IF;
+    PERFORM FROM job.live_jobs n WHERE n.id = job_id AND n.state = 'waiting' FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN '';
+    END IF;
+    IF concurrency_key IS NOT NULL AND (q.key_rate_limit IS NOT NULL OR q.holds)
+       AND job._rate_room(q.name, concurrency_key, q.key_rate_limit, q.key_rate_period, 1, true) = 0 THEN
+        RETURN 'c:' || concurrency_key;
+    END IF;
+    RETURN NULL;
+END $$;
+
+-- Whether queue `q` has a limit, a hold or keyed jobs that claims must go through
+-- job._pick_limited.
+CREATE OR REPLACE FUNCTION job._flow_limited(q job.queues)
+RETURNS boolean LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
+        OR q.key_rate_limit IS NOT NULL OR q.holds OR q.serial_keys OR q.fair
+$$;
+
+-- Up to `batch` waiting jobs of queue `q` that its limits let start now, locked for the caller
+-- to claim: in claim order, or, in a fair queue, one per concurrency key in turn.  A job whose
+-- key is at its limit is stepped over, so a saturated key never holds back the others (a key
+-- refused is remembered, so it costs one look per claim); stepping over still reads those
+-- jobs' index entries, which a fair queue does not (see docs/design.md).
+CREATE OR REPLACE FUNCTION job._pick_limited(q job.queues, batch int)
+RETURNS bigint[] LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    wanted int := batch;
+    slots int[];
+    picked bigint[] := '{}';
+    admitted text[] := '{}';  -- the concurrency key of each keyed job picked
+    refused text[] := '{}';   -- 'c:', 'o:', 's:' and the key
+    candidates refcursor;
+    c record;
+    refusal text;
+    fair_key text;
+    idle_rounds int := 0;
+    picked_before int := 0;
+BEGIN
+    IF q.concurrency IS NOT NULL THEN
+        slots := job._take_slots(q, wanted);
+        wanted := cardinality(slots);
+    END IF;
+    IF wanted > 0 AND (q.rate_limit IS NOT NULL OR q.holds) THEN
+        wanted := job._rate_room(q.name, '', q.rate_limit, q.rate_period, wanted, false);
+    END IF;
+    IF wanted <= 0 THEN
+        RETURN picked;  -- woken when a job finishes, or by the scheduler when the window allows
+    END IF;
+    IF NOT q.fair AND NOT q.serial_keys
+       AND (q.key_concurrency IS NULL AND q.key_rate_limit IS NULL AND NOT q.holds) THEN
+        SELECT coalesce(array_agg(n.id), '{}') INTO picked
+          FROM (SELECT n.id FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting'
+                 ORDER BY n.priority DESC, n.run_at, n.id
+                 LIMIT wanted
+                 FOR UPDATE SKIP LOCKED) n;
+    ELSIF NOT q.fair THEN
+        -- Read without locking; each job is locked once admitted.
+        OPEN candidates NO SCROLL FOR
+            SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
+             WHERE n.queue = q.name AND n.state = 'waiting'
+             ORDER BY n.priority DESC, n.run_at, n.id;
+        LOOP
+            FETCH candidates INTO c;
+            EXIT WHEN NOT FOUND;
+            CONTINUE WHEN ARRAY['c:' || c.concurrency_key, 'o:' || c.order_key, 's:' || c.singleton_key] && refused;
+            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+            IF refusal IS NOT NULL THEN
+                refused := refused || refusal;
+                CONTINUE;
+            END IF;
+            picked := picked || c.id;
+            admitted := admitted || c.concurrency_key;
+            EXIT WHEN cardinality(picked) >= wanted;
+        END LOOP;
+        CLOSE candidates;
+    ELSE
+        -- Fair: from the key after the one this session served last, each key's first job in
+        -- claim order; past the last key, one job without a key, then from the first key.
+        fair_key := job._fair_cursor(q.id);
+        LOOP
+            IF fair_key IS NULL THEN
+                -- Round the keys again while the last round took a job (and once more after a
+                -- round begun after the cursor).
+                idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
+                EXIT WHEN idle_rounds >= 2;
+                picked_before := cardinality(picked);
+            END IF;
+            SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
+             WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
+               AND n.concurrency_key > coalesce(fair_key, '')
+             ORDER BY n.concurrency_key LIMIT 1;
+            IF NOT FOUND THEN
+                fair_key := NULL;
+                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
+                   AND n.id <> ALL (picked)
+                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
+                 FOR UPDATE SKIP LOCKED;
+                CONTINUE WHEN NOT FOUND;
+            ELSE
+                CONTINUE WHEN 'c:' || fair_key = ANY (refused);
+                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
+                   AND n.id <> ALL (picked)
+                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
+                CONTINUE WHEN NOT FOUND;
+            END IF;
+            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+            IF refusal IS NOT NULL THEN
+                refused := refused || refusal;
+                CONTINUE;
+            END IF;
+            picked := picked || c.id;
+            admitted := admitted || c.concurrency_key;
+            EXIT WHEN cardinality(picked) >= wanted;
+        END LOOP;
+        PERFORM job._move_fair_cursor(q.id, fair_key);
+    END IF;
+    IF q.concurrency IS NOT NULL AND cardinality(picked) > 0 THEN
+        UPDATE job.concurrency_slots cs SET job_id = picked[array_position(slots, cs.slot)]
+         WHERE cs.queue = q.name AND cs.slot = ANY (slots[1:cardinality(picked)]);
+    END IF;
+    IF q.rate_limit IS NOT NULL AND cardinality(picked) > 0 THEN
+        PERFORM job._rate_room(q.name, '', q.rate_limit, q.rate_period, cardinality(picked), true);
+    END IF;
+    RETURN picked;
+END $$;
+
+-- For job.next_due on a queue with limits and waiting jobs: now when one of them may start,
+-- else the earliest time that may change (a window or hold ends, a lease runs out; a job
+-- finishing sooner wakes LISTENers, and a poller looks again after its poll interval).
+CREATE OR REPLACE FUNCTION job._flow_next_start(q job.queues)
+RETURNS timestamptz LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queue_wake timestamptz;
+BEGIN
+    SELECT r.wake_at INTO queue_wake FROM job.rate_windows r
+     WHERE r.queue = q.name AND r.key = '' AND r.wake_at > now();
+    IF queue_wake IS NULL
+       AND (q.concurrency IS NULL
+            OR (SELECT count(*) FROM (SELECT 1 FROM job.live_jobs l WHERE l.queue = q.name AND l.state = 'running'
+                                       LIMIT q.concurrency) r) < q.concurrency)
+       AND EXISTS (SELECT 1 FROM job.live_jobs n
+                    WHERE n.queue = q.name AND n.state = 'waiting'
+                      AND (n.concurrency_key IS NULL
+                           OR ((q.key_concurrency IS NULL
+                                OR (SELECT count(*) FROM job.live_jobs r
+                                     WHERE r.queue = q.name AND r.concurrency_key = n.concurrency_key
+                                       AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                                       AND r.lease_expires_at > now()) < q.key_concurrency)
+                               AND NOT EXISTS (SELECT 1 FROM job.rate_windows w
+                                                WHERE w.queue = q.name AND w.key = n.concurrency_key
+                                                  AND w.wake_at > now())))) THEN
+        RETURN now();
+    END IF;
+    IF queue_wake IS NOT NULL THEN
+        RETURN queue_wake;  -- nothing of the queue starts before its window or hold allows
+    END IF;
+    RETURN least((SELECT min(w.wake_at) FROM job.rate_windows w WHERE w.queue = q.name AND w.wake_at > now()),
+                 (SELECT min(l.lease_expires_at) FROM job.live_jobs l
+                   WHERE l.queue = q.name AND l.state = 'running' AND l.lease_expires_at > now()));
+END $$;
+
+-- Holds back `queue` (or, with `key`, its jobs of that concurrency key) until `until`: what
+-- a worker does on a 429.  Jobs wait and start when the hold ends (the scheduler wakes the
+-- queue's consumers then); running jobs go on.  A later hold replaces an earlier one, and
+-- `until` NULL or past lifts it.  Audited.
+CREATE OR REPLACE FUNCTION job.rate_limit_pause(queue text, key text DEFAULT NULL, until timestamptz DEFAULT NULL)
+RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q job.queues := job._require_queue(rate_limit_pause.queue);
+BEGIN
+    IF rate_limit_pause.key IS NOT NULL AND job._name_problem(rate_limit_pause.key, 512) IS NOT NULL THEN
+        PERFORM job._check_name('key', rate_limit_pause.key, 512);
+    END IF;
+    IF rate_limit_pause.until IS NOT NULL AND NOT isfinite(rate_limit_pause.until) THEN
+        RAISE EXCEPTION 'until must be a finite time, got %', rate_limit_pause.until
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM job._rate_window(q.name, coalesce(rate_limit_pause.key, ''));
+    UPDATE job.rate_windows r
+       SET held_until = CASE WHEN rate_limit_pause.until > now() THEN rate_limit_pause.until END,
+           wake_at = CASE WHEN rate_limit_pause.until > now() THEN least(r.wake_at, rate_limit_pause.until) ELSE now() END
+     WHERE r.queue = q.name AND r.key = coalesce(rate_limit_pause.key, '');
+    IF NOT q.holds THEN
+        UPDATE job.queues qs SET holds = true WHERE qs.name = q.name;
+    END IF;
+    PERFORM job._due_on_commit(greatest(coalesce(rate_limit_pause.until, now()), now()));
+    PERFORM job._audit('rate_limit_pause', jsonb_build_object('queue', q.name, 'key', rate_limit_pause.key,
+                                                              'until', rate_limit_pause.until));
+END $$;
+
+-- Wakes the consumers of queues whose rate window or hold lets jobs start again (the
+-- scheduler runs this with the due jobs).  Returns how many queues.
+CREATE OR REPLACE FUNCTION job._wake_rate_limited()
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    woken text[];
+BEGIN
+    WITH due AS (
+        UPDATE job.rate_windows r SET wake_at = NULL
+         WHERE r.wake_at <= now()
+        RETURNING r.queue
+    )
+    SELECT array_agg(DISTINCT d.queue) INTO woken FROM due d;
+    PERFORM job._wake_queue_on_commit(qs.id) FROM job.queues qs
+     WHERE qs.name = ANY (woken) AND NOT qs.paused;
+    RETURN coalesce(cardinality(woken), 0);
+END $$;
+
+-- Every queue's settings, flow control included, with its active holds.
+CREATE OR REPLACE VIEW job.queue_settings AS
+SELECT q.name AS queue, q.max_retries, q.backoff_base, q.backoff_max, q.jitter, q.lease,
+       q.idempotency_window, q.retention, q.max_payload_bytes, q.paused,
+       q.concurrency, q.key_concurrency, q.rate_limit, q.rate_period, q.key_rate_limit, q.key_rate_period, q.fair,
+       (SELECT r.held_until FROM job.rate_windows r
+         WHERE r.queue = q.name AND r.key = '' AND r.held_until > pg_catalog.now()) AS held_until,
+       (SELECT pg_catalog.count(*) FROM job.rate_windows r
+         WHERE r.queue = q.name AND r.key <> '' AND r.held_until > pg_catalog.now()) AS keys_held,
+       q.created_at, q.updated_at
+  FROM job.queues q;
+
+COMMENT ON VIEW job.queue_settings IS 'Every queue''s settings (retries, lease, retention, flow control) and its active holds.';
+
+-- Active holds (job.rate_limit_pause) of queues and keys.
+CREATE OR REPLACE VIEW job.rate_limit_holds AS
+SELECT r.queue, NULLIF(r.key, '') AS key, r.held_until
+  FROM job.rate_windows r
+ WHERE r.held_until > pg_catalog.now();
+
+COMMENT ON VIEW job.rate_limit_holds IS 'Queues and concurrency keys held back by job.rate_limit_pause, until when.';
+
+-- When a dequeue on `queue` next has something to claim: now when a job is ready, else the
+-- earliest time a delayed job or a retry becomes due or a lease runs out (its job is then
+-- taken back; for a lease already out, when a dequeue next looks for it); NULL when the
+-- queue has no live jobs, or is paused (resume_queue wakes LISTENers).  For workers that
+-- cannot LISTEN: sleep until then (at most a poll interval).
+CREATE OR REPLACE FUNCTION job.next_due(queue text)
+RETURNS timestamptz LANGUAGE plpgsql STABLE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    q job.queues := job._require_queue(next_due.queue);
+BEGIN
+    IF q.paused THEN
+        RETURN NULL;
+    END IF;
+    IF EXISTS (SELECT 1 FROM job.live_jobs w WHERE w.queue = q.name AND w.state = 'waiting') THEN
+        IF job._flow_limited(q) THEN
+            RETURN coalesce(job._flow_next_start(q), now());
+        END IF;
+        RETURN now();
+    END IF;
+    RETURN least((SELECT greatest(d.run_at, now()) FROM job.live_jobs d
+                   WHERE d.queue = q.name AND d.state = 'scheduled'
+                   ORDER BY d.run_at LIMIT 1),
+                 -- A lease that already ran out: the worker takes the job back at once, or
+                 -- else a dequeue does, once per pg_jobqueue.rescue_interval and session.
+                 (SELECT CASE WHEN r.lease_expires_at > now() THEN r.lease_expires_at
+                              ELSE now() + coalesce(current_setting('pg_jobqueue.rescue_interval', true), '1s')::interval END
+                    FROM job.live_jobs r
+                   WHERE r.queue = q.name AND r.state = 'running'
+                   ORDER BY r.lease_expires_at LIMIT 1));
+END $$;
+
+-- Records a failed attempt.  Returns the job's new state: 'scheduled' or 'waiting' (it will be
+-- retried) or 'dead' (permanent, or out of retries).  With `token`, a claim that is no longer
+-- the job's current one records nothing and gets the job's current state back.  Error texts
+-- are kept up to 8,192 characters (the entry says how long the whole was).
+CREATE OR REPLACE FUNCTION job.fail(
+    id bigint,
+    error text,
+    permanent boolean DEFAULT false,
+    http_status int DEFAULT NULL,
+    retry_after interval DEFAULT NULL,
+    token uuid DEFAULT NULL
+) RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_column
+DECLARE
+    j job.live_jobs;
+    q job.queues;
+    is_permanent boolean;
+    detail jsonb;
+    retry_in interval;
+    new_state text;
+BEGIN
+    PERFORM job._check_not_null('id', fail.id);
+    PERFORM job._check_not_null('error', fail.error);
+    PERFORM job._check_not_null('permanent', fail.permanent);
+    IF fail.retry_after IS NOT NULL THEN
+        PERFORM job._check_interval('retry_after', fail.retry_after, true);
+    END IF;
+    is_permanent := job.is_permanent_failure(fail.error, fail.permanent, fail.http_status);
+
+    SELECT * INTO j FROM job.live_jobs l WHERE l.id = fail.id FOR UPDATE;
+    IF NOT FOUND THEN
+        -- Finished meanwhile (cancelled, say): report where it is, change nothing.
+        PERFORM job._require_job(fail.id);
+        SELECT f.state INTO new_state FROM job.finished_jobs f WHERE f.id = fail.id;
+        RETURN new_state;
+    END IF;
+    IF fail.token IS NOT NULL AND (j.state <> 'running' OR j.lease_token IS DISTINCT FROM fail.token) THEN
+        RETURN j.state;  -- taken back, and maybe claimed again: that attempt is not ours
+    END IF;
+    IF j.state <> 'running' THEN
+        RAISE EXCEPTION 'job % is %, not running: only a claimed job can fail', j.id, j.state
+            USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+
+    detail := jsonb_build_object('error', left(fail.error, 8192), 'permanent', is_permanent)
+              || CASE WHEN fail.http_status IS NULL THEN '{}'::jsonb
+                      ELSE jsonb_build_object('http_status', fail.http_status) END
+              || CASE WHEN length(fail.error) <= 8192 THEN '{}'::jsonb
+                      ELSE jsonb_build_object('error_length', length(fail.error)) END;
+    IF is_permanent OR j.attempt > j.max_retries THEN
+        PERFORM job._finish(ARRAY[j.id], '{running}', 'dead', NULL, detail);
+        RETURN 'dead';
+    END IF;
+
+    PERFORM job._record_attempts('failed', ARRAY[j.queue], ARRAY[j.job_type], ARRAY[j.claimed_at], ARRAY[j.run_at]);
+    q := job._require_queue(j.queue);
+    retry_in := coalesce(fail.retry_after, job.retry_delay(j.attempt, q.backoff_base, q.backoff_max, q.jitter));
+    new_state := CASE WHEN retry_in > interval '0' THEN 'scheduled' ELSE 'waiting' END;
+    UPDATE job.live_jobs l
+       SET state = new_state, run_at = now() + retry_in, lease_expires_at = NULL, lease_token = NULL,
+           errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
+     WHERE l.id = j.id;
+    IF new_state = 'waiting' OR q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL THEN
+        PERFORM job._wake_queue_on_commit(q.id);  -- ready again, or a concurrency slot freed
+    END IF;
+    IF new_state = 'scheduled' THEN
+        PERFORM job._due_on_commit(now() + retry_in);
+    END IF;
+    RETURN new_state;
+END $$;
+
+-- Makes due scheduled jobs (delayed, or retrying after backoff) ready, at most max_jobs,
+-- and wakes the consumers of their queues at commit; also wakes those of queues whose rate
+-- window or hold lets jobs start again.  Returns how many became ready.
+CREATE OR REPLACE FUNCTION job._promote_due(max_jobs int)
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q record;
+    promoted bigint;
+    total bigint := 0;
+BEGIN
+    PERFORM job._wake_rate_limited();
+    FOR q IN SELECT qs.name, qs.id, qs.paused FROM job.queues qs
+              WHERE EXISTS (SELECT 1 FROM job.live_jobs d
+                             WHERE d.queue = qs.name AND d.state = 'scheduled' AND d.run_at <= now()) LOOP
+        EXIT WHEN total >= max_jobs;
+        UPDATE job.live_jobs j SET state = 'waiting'
+         WHERE j.id = ANY (ARRAY(SELECT d.id FROM job.live_jobs d
+                                  WHERE d.queue = q.name AND d.state = 'scheduled' AND d.run_at <= now()
+                                  ORDER BY d.run_at LIMIT max_jobs - total
+                                  FOR UPDATE SKIP LOCKED));
+        GET DIAGNOSTICS promoted = ROW_COUNT;
+        IF promoted > 0 AND NOT q.paused THEN
+            PERFORM job._wake_queue_on_commit(q.id);
+        END IF;
+        total := total + promoted;
+    END LOOP;
+    RETURN total;
+END $$;
+
+-- Moves finished jobs of one queue (those of `ids` whose state is in `from_states`) back to
+-- the live table, ready now with a fresh retry budget; their past errors stay.  Returns how
+-- many moved.
+CREATE OR REPLACE FUNCTION job._revive(queue_name text, ids bigint[], from_states text[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q job.queues := job._require_queue(queue_name);
+    revived_count bigint;
+    revived_dead bigint;
+BEGIN
+    PERFORM job._guard_queue(q.name);  -- no revival into a queue being dropped
+    WITH back AS (
+        DELETE FROM job.finished_jobs f
+         WHERE f.id = ANY (ids) AND f.queue = q.name AND f.state = ANY (from_states)
+        RETURNING f.*
+    ), inserted AS (
+        INSERT INTO job.live_jobs (id, run_at, enqueued_at, priority, attempt, max_retries, state,
+                                   queue, job_type, idempotency_key, payload, errors, concurrency_key)
+        SELECT b.id, now(), b.enqueued_at, b.priority, 0, b.max_retries, 'waiting',
+               b.queue, b.job_type, b.idempotency_key, b.payload, b.errors, b.concurrency_key
+          FROM back b
+        RETURNING 1
+    )
+    SELECT count(*), count(*) FILTER (WHERE b.state = 'dead') INTO revived_count, revived_dead
+      FROM back b WHERE EXISTS (SELECT 1 FROM inserted);
+    IF revived_count > 0 THEN
+        PERFORM job._wake_queue_on_commit(q.id);
+    END IF;
+    IF revived_dead > 0 THEN
+        PERFORM job._count_dead_letters(q.name, -revived_dead);
+    END IF;
+    RETURN revived_count;
+END $$;
+
+-- Every job, whatever its state.  A scheduled job whose run_at has passed is ready
+-- now and shows as waiting.
+CREATE OR REPLACE VIEW job.jobs AS
+SELECT id, queue, job_type,
+       CASE WHEN state = 'scheduled' AND run_at <= pg_catalog.now() THEN 'waiting' ELSE state END AS state,
+       payload, priority, attempt, max_retries, run_at, enqueued_at, claimed_at, claimed_by,
+       lease_expires_at, NULL::timestamptz AS finished_at, errors, NULL::jsonb AS result,
+       idempotency_key, concurrency_key
+  FROM job.live_jobs
+UNION ALL
+SELECT id, queue, job_type, state,
+       payload, priority, attempt, max_retries, run_at, enqueued_at, claimed_at, claimed_by,
+       NULL::timestamptz, finished_at, errors, result,
+       idempotency_key, concurrency_key
+  FROM job.finished_jobs;
+
+COMMENT ON VIEW job.jobs IS 'Every job in every state with its attempts, errors, result and timestamps.';
+
+---------------------------------------------------------------------------------------------
 -- Privileges
 ---------------------------------------------------------------------------------------------
 
@@ -1218,7 +2357,13 @@ DECLARE
 BEGIN
     FOR changed IN SELECT * FROM (VALUES
             ('job.dequeue(text, text, integer, interval)',
-             'job.dequeue(text, text, integer, interval, bigint[], jsonb[], uuid[])')
+             'job.dequeue(text, text, integer, interval, bigint[], jsonb[], uuid[])'),
+            ('job.create_queue(text, integer, interval, interval, double precision, interval, interval, interval, integer)',
+             'job.create_queue(text, integer, interval, interval, double precision, interval, interval, interval, integer, integer, integer, integer, interval, integer, interval, boolean)'),
+            ('job.enqueue(text, jsonb, timestamp with time zone, interval, integer, text, integer, text)',
+             'job.enqueue(text, jsonb, timestamp with time zone, interval, integer, text, integer, text, text, text, text, text, interval, interval)'),
+            ('job.enqueue_many(text, jsonb[], integer, text)',
+             'job.enqueue_many(text, jsonb[], integer, text, text, text)')
         ) AS c(old_signature, new_signature)
     LOOP
         FOR grantee IN SELECT a.grantee FROM pg_catalog.pg_proc p, pg_catalog.aclexplode(p.proacl) a

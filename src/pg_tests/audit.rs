@@ -69,7 +69,7 @@ mod tests {
             ]
         );
         assert!(
-            trail[1].contains("\"before\": {\"lease\": \"00:05:00\""),
+            trail[1].contains("\"before\": {\"fair\": false, \"lease\": \"00:05:00\""),
             "{}",
             trail[1]
         );

@@ -10,6 +10,7 @@ mod support;
 
 mod audit;
 mod endpoints;
+mod flow;
 mod handlers;
 mod inputs;
 mod leases;

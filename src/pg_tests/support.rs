@@ -74,6 +74,8 @@ pub fn fingerprint() -> String {
                  (SELECT string_agg(e::text, ',' ORDER BY name) FROM job.endpoint_defs e),
                  (SELECT string_agg(s::text, ',' ORDER BY endpoint) FROM job.endpoint_secrets s),
                  (SELECT string_agg(t::text, ',' ORDER BY endpoint) FROM job.endpoint_stats t),
+                 (SELECT string_agg(w::text, ',' ORDER BY queue, key) FROM job.rate_windows w),
+                 (SELECT string_agg(c::text, ',' ORDER BY queue, slot) FROM job.concurrency_slots c),
                  (SELECT string_agg(a::text, ',' ORDER BY id) FROM job.audit_entries a)))
              $$;
            END IF; END $do$");

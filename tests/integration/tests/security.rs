@@ -64,6 +64,7 @@ const WORKER_FUNCTIONS: &[&str] = &[
     "release",
     "next_due",
     "queue_id",
+    "rate_limit_pause",
 ];
 const MONITOR_FUNCTIONS: &[&str] = &["prometheus_metrics", "worker_processes"];
 const ADMIN_FUNCTIONS: &[&str] = &[
@@ -90,6 +91,7 @@ const ADMIN_FUNCTIONS: &[&str] = &[
     "rotate_endpoint_secret",
     "endpoint_secret",
     "endpoint_headers",
+    "rate_limit_pause",
     "prometheus_metrics",
     "worker_processes",
 ];
@@ -98,6 +100,8 @@ const GRANTED_VIEWS: &[&str] = &[
     "jobs",
     "queue_stats",
     "queue_metrics",
+    "queue_settings",
+    "rate_limit_holds",
     "metrics",
     "workers",
     "schedules",
