@@ -319,6 +319,12 @@ BEGIN
                                        LIMIT q.concurrency) r) < q.concurrency)
        AND EXISTS (SELECT 1 FROM job.live_jobs n
                     WHERE n.queue = q.name AND n.state = 'waiting'
+                      AND (n.order_key IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM job.live_jobs o
+                                           WHERE o.queue = q.name AND o.order_key = n.order_key AND o.id < n.id))
+                      AND (n.singleton_key IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM job.live_jobs o
+                                           WHERE o.queue = q.name AND o.singleton_key = n.singleton_key AND o.id < n.id))
                       AND (n.concurrency_key IS NULL
                            OR ((q.key_concurrency IS NULL
                                 OR (SELECT count(*) FROM job.live_jobs r

@@ -1191,7 +1191,9 @@ COMMENT ON VIEW job.endpoint_metrics IS 'Per endpoint since it was created: requ
 -- Enqueues one delivery to an existing endpoint, as a job of its queue (idempotency key,
 -- delay, priority and the job views work as for any job).  The job's payload is
 -- {"body": …} with the path, headers and webhook id it was given; its job_type is
--- event_type.  The request's webhook-id is the idempotency key, or "msg_<job id>".
+-- event_type.  The request's webhook-id is the idempotency key, or "msg_<job id>".  A
+-- `concurrency_key` or `order_key` puts the delivery under its queue's flow control (see
+-- flow.sql): per-key limits, or one at a time in order per key.
 CREATE OR REPLACE FUNCTION job.deliver(
     endpoint text,
     body jsonb,
@@ -1201,7 +1203,9 @@ CREATE OR REPLACE FUNCTION job.deliver(
     headers jsonb DEFAULT NULL,
     run_at timestamptz DEFAULT NULL,
     delay interval DEFAULT NULL,
-    priority int DEFAULT 0
+    priority int DEFAULT 0,
+    concurrency_key text DEFAULT NULL,
+    order_key text DEFAULT NULL
 ) RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -1222,7 +1226,8 @@ BEGIN
                        || jsonb_strip_nulls(jsonb_build_object('path', path, 'headers', headers,
                                                                'webhook_id', idempotency_key)),
                        run_at => run_at, delay => delay, priority => priority,
-                       idempotency_key => idempotency_key, job_type => event_type);
+                       idempotency_key => idempotency_key, job_type => event_type,
+                       concurrency_key => concurrency_key, order_key => order_key);
 END $$;
 
 -- Whether the database needs a sender: it has an endpoint.
@@ -2065,6 +2070,12 @@ BEGIN
                                        LIMIT q.concurrency) r) < q.concurrency)
        AND EXISTS (SELECT 1 FROM job.live_jobs n
                     WHERE n.queue = q.name AND n.state = 'waiting'
+                      AND (n.order_key IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM job.live_jobs o
+                                           WHERE o.queue = q.name AND o.order_key = n.order_key AND o.id < n.id))
+                      AND (n.singleton_key IS NULL
+                           OR NOT EXISTS (SELECT 1 FROM job.live_jobs o
+                                           WHERE o.queue = q.name AND o.singleton_key = n.singleton_key AND o.id < n.id))
                       AND (n.concurrency_key IS NULL
                            OR ((q.key_concurrency IS NULL
                                 OR (SELECT count(*) FROM job.live_jobs r
