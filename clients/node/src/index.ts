@@ -13,6 +13,8 @@ export {
   enqueue,
   enqueueMany,
   type JsonObject,
+  type RateLimitPauseOptions,
+  rateLimitPause,
 } from './producer.js';
 export type { Queryable } from './sql.js';
 export {

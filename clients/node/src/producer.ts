@@ -17,12 +17,48 @@ export interface EnqueueOptions {
   maxRetries?: number;
   /** A label for metrics and handlers (`job_type`). */
   jobType?: string;
+  /**
+   * The job's key for the queue's per-key limits and fair turns (`concurrency_key`): the queue
+   * needs `key_concurrency`, `key_rate_limit` or `fair`.
+   */
+  concurrencyKey?: string;
+  /** Jobs of this key start one at a time, oldest first (`order_key`). */
+  orderKey?: string;
+  /**
+   * At most one job of this key waits and one runs (`singleton_key`): while one waits, this
+   * enqueue replaces its payload and resolves to its id.
+   */
+  singletonKey?: string;
+  /**
+   * Enqueues of this key merge into one job, which starts once none came for `debounce`
+   * (`debounce_key`; needs `debounce`, and no `runAt` or `delay`). Resolves to that job's id.
+   */
+  debounceKey?: string;
+  /** With `debounceKey`: the quiet time before the job starts (`debounce`): ms, or an interval string. */
+  debounce?: number | string;
+  /** With `debounceKey`: the job starts at most this long after the first enqueue (`debounce_max_wait`). */
+  debounceMaxWait?: number | string;
 }
 
-/** Options of {@link enqueueMany}: those `job.enqueue_many` takes. */
+/** Options of {@link enqueueMany}: those `job.enqueue_many` takes, for every job of the call. */
 export interface EnqueueManyOptions {
   priority?: number;
   jobType?: string;
+  /** `concurrency_key` of every job. */
+  concurrencyKey?: string;
+  /** `order_key` of every job: they run one at a time, in payload order. */
+  orderKey?: string;
+}
+
+/** Options of {@link rateLimitPause}. */
+export interface RateLimitPauseOptions {
+  /** Hold back only the jobs of this concurrency key (`key`); default: the whole queue. */
+  key?: string;
+  /**
+   * Until when (`until`): a Date, or a timestamp string PostgreSQL understands. Left out, or
+   * null, or a past time: lifts the hold.
+   */
+  until?: Date | string | null;
 }
 
 function payloadJson(payload: unknown, what: string): string {
@@ -57,6 +93,14 @@ export async function enqueue(
   if (opts.idempotencyKey !== undefined) add('idempotency_key', 'text', opts.idempotencyKey);
   if (opts.maxRetries !== undefined) add('max_retries', 'int', opts.maxRetries);
   if (opts.jobType !== undefined) add('job_type', 'text', opts.jobType);
+  if (opts.concurrencyKey !== undefined) add('concurrency_key', 'text', opts.concurrencyKey);
+  if (opts.orderKey !== undefined) add('order_key', 'text', opts.orderKey);
+  if (opts.singletonKey !== undefined) add('singleton_key', 'text', opts.singletonKey);
+  if (opts.debounceKey !== undefined) add('debounce_key', 'text', opts.debounceKey);
+  if (opts.debounce !== undefined) add('debounce', 'interval', intervalParam('debounce', opts.debounce));
+  if (opts.debounceMaxWait !== undefined) {
+    add('debounce_max_wait', 'interval', intervalParam('debounceMaxWait', opts.debounceMaxWait));
+  }
   const args = ['$1::text', '$2::jsonb', ...named].join(', ');
   const rows = await rowsOf<{ id: string }>(client, `SELECT job.enqueue(${args})::text AS id`, values);
   return String(rows[0]?.id);
@@ -77,14 +121,14 @@ export async function enqueueMany(
   const json = `[${payloads.map((p, i) => payloadJson(p, `payloads[${i}]`)).join(',')}]`;
   const values: unknown[] = [queue, json];
   const named: string[] = [];
-  if (opts.priority !== undefined) {
-    values.push(opts.priority);
-    named.push(`priority => $${values.length}::int`);
-  }
-  if (opts.jobType !== undefined) {
-    values.push(opts.jobType);
-    named.push(`job_type => $${values.length}::text`);
-  }
+  const add = (name: string, cast: string, value: unknown) => {
+    values.push(value);
+    named.push(`${name} => $${values.length}::${cast}`);
+  };
+  if (opts.priority !== undefined) add('priority', 'int', opts.priority);
+  if (opts.jobType !== undefined) add('job_type', 'text', opts.jobType);
+  if (opts.concurrencyKey !== undefined) add('concurrency_key', 'text', opts.concurrencyKey);
+  if (opts.orderKey !== undefined) add('order_key', 'text', opts.orderKey);
   const args = [
     '$1::text',
     'ARRAY(SELECT e FROM jsonb_array_elements($2::jsonb) WITH ORDINALITY AS a(e, n) ORDER BY n)',
@@ -96,4 +140,30 @@ export async function enqueueMany(
     values,
   );
   return rows.map((r) => String(r.id));
+}
+
+/**
+ * Holds back `queue`, or only its jobs of concurrency key `opts.key`, until `opts.until`
+ * (`job.rate_limit_pause`): claims hand out none of them before then; running jobs go on. A
+ * call without `until` lifts the hold; a later call replaces it. What a handler does when the
+ * service it calls answers 429 (then throws with `retryAfter`, so the job is retried). Like
+ * {@link enqueue}, it joins `client`'s transaction if there is one.
+ */
+export async function rateLimitPause(
+  client: Queryable,
+  queue: string,
+  opts: RateLimitPauseOptions = {},
+): Promise<void> {
+  const values: unknown[] = [queue];
+  const named: string[] = [];
+  if (opts.key !== undefined) {
+    values.push(opts.key);
+    named.push(`key => $${values.length}::text`);
+  }
+  if (opts.until !== undefined && opts.until !== null) {
+    values.push(opts.until instanceof Date ? opts.until.toISOString() : opts.until);
+    named.push(`until => $${values.length}::timestamptz`);
+  }
+  // Cast: not every adapter reads a `void` column (Prisma does not).
+  await rowsOf(client, `SELECT job.rate_limit_pause(${['$1::text', ...named].join(', ')})::text AS done`, values);
 }

@@ -9,7 +9,14 @@
 from ._core import Job
 from .aio import AsyncWorker
 from .errors import Failure, PermanentError, describe_failure
-from .producer import aenqueue, aenqueue_many, enqueue, enqueue_many
+from .producer import (
+    aenqueue,
+    aenqueue_many,
+    arate_limit_pause,
+    enqueue,
+    enqueue_many,
+    rate_limit_pause,
+)
 from .worker import Worker
 
 __version__ = "0.3.0"
@@ -23,7 +30,9 @@ __all__ = [
     "__version__",
     "aenqueue",
     "aenqueue_many",
+    "arate_limit_pause",
     "describe_failure",
     "enqueue",
     "enqueue_many",
+    "rate_limit_pause",
 ]

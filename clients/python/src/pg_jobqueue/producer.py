@@ -1,4 +1,6 @@
-"""Enqueueing in the application's own transaction: psycopg 3 or SQLAlchemy."""
+"""Enqueueing in the application's own transaction: psycopg 3 or SQLAlchemy.  Also
+``rate_limit_pause``, which a handler calls (on a connection of its own) to hold back a queue
+or a concurrency key after a 429."""
 
 from __future__ import annotations
 
@@ -11,7 +13,14 @@ import psycopg
 
 from ._core import Seconds
 
-__all__ = ["aenqueue", "aenqueue_many", "enqueue", "enqueue_many"]
+__all__ = [
+    "aenqueue",
+    "aenqueue_many",
+    "arate_limit_pause",
+    "enqueue",
+    "enqueue_many",
+    "rate_limit_pause",
+]
 
 # Option name -> the SQL type its value is cast to.  Only options given are passed (in named
 # notation), so job.enqueue's own defaults apply to the others.
@@ -22,8 +31,21 @@ _ENQUEUE_OPTIONS = {
     "idempotency_key": "text",
     "max_retries": "int",
     "job_type": "text",
+    "concurrency_key": "text",
+    "order_key": "text",
+    "singleton_key": "text",
+    "debounce_key": "text",
+    "debounce": "interval",
+    "debounce_max_wait": "interval",
 }
-_MANY_OPTIONS = {"priority": "int", "job_type": "text"}
+_MANY_OPTIONS = {
+    "priority": "int",
+    "job_type": "text",
+    "concurrency_key": "text",
+    "order_key": "text",
+}
+# Options given as seconds or a timedelta (sent as an interval).
+_DURATIONS = ("delay", "debounce", "debounce_max_wait")
 
 
 def _payload_json(payload: Any, dumps: Callable[[Any], str]) -> str:
@@ -35,11 +57,13 @@ def _payload_json(payload: Any, dumps: Callable[[Any], str]) -> str:
     return dumps(dict(payload))
 
 
-def _delay(value: Seconds | None) -> dt.timedelta | None:
+def _interval(name: str, value: Seconds | None) -> dt.timedelta | None:
+    """A duration option (seconds or a timedelta) as a timedelta; the extension checks its
+    range."""
     if value is None or isinstance(value, dt.timedelta):
         return value
     if isinstance(value, bool):
-        raise TypeError("delay must be a number of seconds or a timedelta")
+        raise TypeError(f"{name} must be a number of seconds or a timedelta")
     return dt.timedelta(seconds=float(value))
 
 
@@ -68,7 +92,8 @@ def _enqueue_sql(
     queue: str, payload: Any, dumps: Callable[[Any], str], options: dict[str, Any]
 ) -> tuple[str, dict[str, Any]]:
     options = dict(options)
-    options["delay"] = _delay(options.get("delay"))
+    for name in _DURATIONS:
+        options[name] = _interval(name, options.get(name))
     call, params = _call(
         "enqueue",
         [("queue", "text", queue), ("payload", "jsonb", _payload_json(payload, dumps))],
@@ -90,6 +115,18 @@ def _enqueue_many_sql(
     )
     call = call.replace("CAST(:payloads AS text[])", "CAST(CAST(:payloads AS text[]) AS jsonb[])")
     return f"SELECT t.id FROM {call} WITH ORDINALITY AS t(id, n) ORDER BY t.n", params
+
+
+def _rate_limit_pause_sql(
+    queue: str, key: str | None, until: dt.datetime | None
+) -> tuple[str, dict[str, Any]]:
+    call, params = _call(
+        "rate_limit_pause",
+        [("queue", "text", queue)],
+        {"key": key, "until": until},
+        {"key": "text", "until": "timestamptz"},
+    )
+    return f"SELECT {call}", params
 
 
 def _pyformat(sql: str, params: dict[str, Any]) -> str:
@@ -116,7 +153,7 @@ def _sqlalchemy_text(sql: str) -> Any:
     return text(sql)
 
 
-def _run(target: Any, sql: str, params: dict[str, Any]) -> list[Any]:
+def _run(target: Any, sql: str, params: dict[str, Any], what: str = "enqueue") -> list[Any]:
     if _is_sqlalchemy(target):
         _check_sqlalchemy(target)
         result = target.execute(_sqlalchemy_text(sql), params)
@@ -127,9 +164,10 @@ def _run(target: Any, sql: str, params: dict[str, Any]) -> list[Any]:
         target.execute(_pyformat(sql, params), params)
         return [row[0] for row in target.fetchall()]
     if isinstance(target, (psycopg.AsyncConnection, psycopg.AsyncCursor)) or _is_async_sa(target):
-        raise TypeError("an async connection or session: use aenqueue / aenqueue_many")
+        asynchronous = "aenqueue / aenqueue_many" if what == "enqueue" else f"a{what}"
+        raise TypeError(f"an async connection or session: use {asynchronous}")
     raise TypeError(
-        "enqueue needs a psycopg 3 Connection or Cursor, or a SQLAlchemy Session or Connection;"
+        f"{what} needs a psycopg 3 Connection or Cursor, or a SQLAlchemy Session or Connection;"
         f" got {type(target).__name__}"
     )
 
@@ -138,7 +176,7 @@ def _is_async_sa(target: Any) -> bool:
     return _is_sqlalchemy(target) and type(target).__name__ in ("AsyncSession", "AsyncConnection")
 
 
-async def _arun(target: Any, sql: str, params: dict[str, Any]) -> list[Any]:
+async def _arun(target: Any, sql: str, params: dict[str, Any], what: str = "aenqueue") -> list[Any]:
     if _is_async_sa(target):
         result = await target.execute(_sqlalchemy_text(sql), params)
         return [row[0] for row in result]
@@ -149,7 +187,7 @@ async def _arun(target: Any, sql: str, params: dict[str, Any]) -> list[Any]:
         await target.execute(_pyformat(sql, params), params)
         return [row[0] for row in await target.fetchall()]
     raise TypeError(
-        "aenqueue needs a psycopg 3 AsyncConnection or AsyncCursor, or a SQLAlchemy"
+        f"{what} needs a psycopg 3 AsyncConnection or AsyncCursor, or a SQLAlchemy"
         f" AsyncSession or AsyncConnection; got {type(target).__name__}"
     )
 
@@ -165,12 +203,26 @@ def enqueue(
     idempotency_key: str | None = None,
     max_retries: int | None = None,
     job_type: str | None = None,
+    concurrency_key: str | None = None,
+    order_key: str | None = None,
+    singleton_key: str | None = None,
+    debounce_key: str | None = None,
+    debounce: Seconds | None = None,
+    debounce_max_wait: Seconds | None = None,
     json_dumps: Callable[[Any], str] = json.dumps,
 ) -> int:
     """Enqueues one job in ``conn``'s current transaction (``job.enqueue``) and returns its
     id.  ``conn``: a psycopg 3 ``Connection`` or ``Cursor``, or a SQLAlchemy ``Session`` or
     ``Connection``.  The job becomes visible to workers when that transaction commits, and
-    vanishes with it on rollback.  Options left as None take the SQL function's defaults."""
+    vanishes with it on rollback.  Options left as None take the SQL function's defaults.
+
+    Flow-control keys (the queue's limits decide what they do): ``concurrency_key`` (per-key
+    concurrency, rate limits and fair turns), ``order_key`` (the key's jobs run one at a time,
+    oldest first), ``singleton_key`` (one job of the key waits, one runs), ``debounce_key``
+    with ``debounce`` (seconds or a timedelta: the job starts once no enqueue of the key came
+    for that long) and ``debounce_max_wait`` (but no later than that after the first).  For a
+    singleton or debounce key whose job has not started yet, that job takes this payload and
+    its id is returned."""
     sql, params = _enqueue_sql(
         queue,
         payload,
@@ -182,6 +234,12 @@ def enqueue(
             "idempotency_key": idempotency_key,
             "max_retries": max_retries,
             "job_type": job_type,
+            "concurrency_key": concurrency_key,
+            "order_key": order_key,
+            "singleton_key": singleton_key,
+            "debounce_key": debounce_key,
+            "debounce": debounce,
+            "debounce_max_wait": debounce_max_wait,
         },
     )
     return int(_run(conn, sql, params)[0])
@@ -194,12 +252,23 @@ def enqueue_many(
     *,
     priority: int | None = None,
     job_type: str | None = None,
+    concurrency_key: str | None = None,
+    order_key: str | None = None,
     json_dumps: Callable[[Any], str] = json.dumps,
 ) -> list[int]:
     """Enqueues many jobs in one round trip (``job.enqueue_many``) in ``conn``'s current
-    transaction; returns their ids in payload order."""
+    transaction; returns their ids in payload order.  ``concurrency_key`` and ``order_key``
+    apply to every job (an order key runs them in payload order)."""
     sql, params = _enqueue_many_sql(
-        queue, payloads, json_dumps, {"priority": priority, "job_type": job_type}
+        queue,
+        payloads,
+        json_dumps,
+        {
+            "priority": priority,
+            "job_type": job_type,
+            "concurrency_key": concurrency_key,
+            "order_key": order_key,
+        },
     )
     return [int(i) for i in _run(conn, sql, params)]
 
@@ -215,6 +284,12 @@ async def aenqueue(
     idempotency_key: str | None = None,
     max_retries: int | None = None,
     job_type: str | None = None,
+    concurrency_key: str | None = None,
+    order_key: str | None = None,
+    singleton_key: str | None = None,
+    debounce_key: str | None = None,
+    debounce: Seconds | None = None,
+    debounce_max_wait: Seconds | None = None,
     json_dumps: Callable[[Any], str] = json.dumps,
 ) -> int:
     """:func:`enqueue` for a psycopg ``AsyncConnection``/``AsyncCursor`` or a SQLAlchemy
@@ -230,6 +305,12 @@ async def aenqueue(
             "idempotency_key": idempotency_key,
             "max_retries": max_retries,
             "job_type": job_type,
+            "concurrency_key": concurrency_key,
+            "order_key": order_key,
+            "singleton_key": singleton_key,
+            "debounce_key": debounce_key,
+            "debounce": debounce,
+            "debounce_max_wait": debounce_max_wait,
         },
     )
     return int((await _arun(conn, sql, params))[0])
@@ -242,10 +323,47 @@ async def aenqueue_many(
     *,
     priority: int | None = None,
     job_type: str | None = None,
+    concurrency_key: str | None = None,
+    order_key: str | None = None,
     json_dumps: Callable[[Any], str] = json.dumps,
 ) -> list[int]:
     """:func:`enqueue_many` for async connections and sessions."""
     sql, params = _enqueue_many_sql(
-        queue, payloads, json_dumps, {"priority": priority, "job_type": job_type}
+        queue,
+        payloads,
+        json_dumps,
+        {
+            "priority": priority,
+            "job_type": job_type,
+            "concurrency_key": concurrency_key,
+            "order_key": order_key,
+        },
     )
     return [int(i) for i in await _arun(conn, sql, params)]
+
+
+def rate_limit_pause(
+    conn: Any,
+    queue: str,
+    key: str | None = None,
+    until: dt.datetime | None = None,
+) -> None:
+    """Holds back ``queue``, or only its jobs of concurrency key ``key``, until ``until`` (an
+    aware ``datetime``): claims hand out none of them before then; running jobs go on
+    (``job.rate_limit_pause``).  ``until=None`` (or a past time) lifts the hold; a later call
+    replaces it.  What a handler does when the service it calls answers 429 (then raise, with
+    ``retry_after``, to retry the job).  Runs in ``conn``'s current transaction, like
+    :func:`enqueue`: it takes effect when that commits."""
+    sql, params = _rate_limit_pause_sql(queue, key, until)
+    _run(conn, sql, params, "rate_limit_pause")
+
+
+async def arate_limit_pause(
+    conn: Any,
+    queue: str,
+    key: str | None = None,
+    until: dt.datetime | None = None,
+) -> None:
+    """:func:`rate_limit_pause` for async connections and sessions."""
+    sql, params = _rate_limit_pause_sql(queue, key, until)
+    await _arun(conn, sql, params, "arate_limit_pause")
