@@ -90,7 +90,8 @@ ALTER TABLE job.live_jobs
     ADD COLUMN concurrency_key text,
     ADD COLUMN order_key       text,
     ADD COLUMN singleton_key   text,
-    ADD COLUMN debounce_key    text;
+    ADD COLUMN debounce_key    text,
+    ADD COLUMN flow_claimed    boolean;
 
 ALTER TABLE job.finished_jobs
     ADD COLUMN concurrency_key text,
@@ -344,6 +345,7 @@ DECLARE
     job_types text[];
     claimed timestamptz[];
     ready timestamptz[];
+    held_turns boolean;
     dead_queue record;
 BEGIN
     -- The state test is written (COLLATE) so that no partial index can serve it: with a
@@ -373,14 +375,14 @@ BEGIN
         RETURNING 1
     )
     SELECT (SELECT count(*) FROM kept), array_agg(m.queue), array_agg(m.job_type),
-           array_agg(m.claimed_at), array_agg(m.run_at)
-      INTO moved_count, queues, job_types, claimed, ready
+           array_agg(m.claimed_at), array_agg(m.run_at), bool_or(m.flow_claimed)
+      INTO moved_count, queues, job_types, claimed, ready, held_turns
       FROM moved m WHERE m.claimed_at IS NOT NULL;
-    IF moved_count > 0 THEN
-        -- A job that held a concurrency slot, or its key's turn, let another start.
+    IF held_turns THEN
+        -- A job claimed under flow control held a concurrency slot or its key's turn: another
+        -- may start now.  (Only these look the queue up: 22 us a call for every other job.)
         PERFORM job._wake_queue_on_commit(qs.id) FROM job.queues qs
-         WHERE qs.name = ANY (queues) AND (qs.concurrency IS NOT NULL OR qs.key_concurrency IS NOT NULL OR qs.serial_keys)
-           AND NOT qs.paused;
+         WHERE qs.name = ANY (queues) AND NOT qs.paused;
     END IF;
     IF moved_count = 0 OR final_state = 'cancelled' THEN
         RETURN moved_count;  -- a cancel abandons attempts; it finishes none
@@ -527,7 +529,8 @@ BEGIN
         RETURN QUERY
         UPDATE job.live_jobs j
            SET state = 'running', attempt = j.attempt + 1, claimed_at = now(),
-               claimed_by = dequeue.worker, lease_expires_at = now() + lease_for, lease_token = token
+               claimed_by = dequeue.worker, lease_expires_at = now() + lease_for, lease_token = token,
+               flow_claimed = CASE WHEN limited THEN true END
          WHERE j.id = ANY ((SELECT picked)::bigint[])
         RETURNING j.id, j.queue, j.job_type, j.payload, j.attempt, j.max_retries, j.enqueued_at,
                   j.lease_expires_at, j.lease_token;

@@ -83,7 +83,10 @@ CREATE TABLE job.live_jobs (
     concurrency_key  text,
     order_key        text,
     singleton_key    text,
-    debounce_key     text
+    debounce_key     text,
+    -- Claimed under flow control (job._pick_limited): finishing it frees a slot or its key's
+    -- turn, so its queue's waiting consumers are woken.  NULL otherwise.
+    flow_claimed     boolean
 ) WITH (
     -- Rows churn (insert, claim, delete): vacuum early and without throttling so that
     -- dead index entries at the head of the claim index are reclaimed quickly.
