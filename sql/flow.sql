@@ -138,23 +138,21 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     older text;
 BEGIN
+    -- (A job has one of the two keys at most: _check_job_keys.  Two statements, each a range of
+    -- its key's index: one with OR is planned as a walk of the primary key.)
     IF order_key IS NOT NULL THEN
         SELECT o.state INTO older FROM job.live_jobs o
-         WHERE o.queue = q.name AND o.order_key = _admit.order_key AND o.id < job_id
-         ORDER BY o.id LIMIT 1;
-        IF FOUND THEN
-            -- An older job that runs or waits out a retry holds the key for this claim; one
-            -- that waits goes first, when the claim gets to it.
-            RETURN CASE WHEN older = 'waiting' THEN '' ELSE 'o:' || order_key END;
-        END IF;
-    END IF;
-    IF singleton_key IS NOT NULL THEN
+         WHERE o.queue = q.name AND o.order_key = _admit.order_key AND o.id < job_id ORDER BY o.id LIMIT 1;
+    ELSIF singleton_key IS NOT NULL THEN
         SELECT o.state INTO older FROM job.live_jobs o
-         WHERE o.queue = q.name AND o.singleton_key = _admit.singleton_key AND o.id < job_id
-         ORDER BY o.id LIMIT 1;
-        IF FOUND THEN
-            RETURN CASE WHEN older = 'waiting' THEN '' ELSE 's:' || singleton_key END;
-        END IF;
+         WHERE o.queue = q.name AND o.singleton_key = _admit.singleton_key AND o.id < job_id ORDER BY o.id LIMIT 1;
+    END IF;
+    IF older IS NOT NULL THEN
+        -- An older job that runs or waits out a retry holds the key for this claim; one that
+        -- waits goes first, when the claim gets to it.
+        RETURN CASE WHEN older = 'waiting' THEN ''
+                    WHEN order_key IS NOT NULL THEN 'o:' || order_key
+                    ELSE 's:' || singleton_key END;
     END IF;
     IF concurrency_key IS NOT NULL AND (q.key_concurrency IS NOT NULL OR q.key_rate_limit IS NOT NULL OR q.holds) THEN
         IF NOT job._try_lock_key(q.name, concurrency_key) THEN
@@ -392,6 +390,32 @@ BEGIN
     PERFORM job._wake_queue_on_commit(qs.id) FROM job.queues qs
      WHERE qs.name = ANY (woken) AND NOT qs.paused;
     RETURN coalesce(cardinality(woken), 0);
+END $$;
+
+-- Deletes up to `max_rows` rows of keys' rate windows that say nothing any more: no hold, no
+-- wake-up due, and no start a claim would still count (the newest is two periods old, or
+-- the queue no longer limits keys' rates).  A key's row is made again by its next claim.
+-- Keeps the table as small as the set of recently active keys; a row a claim holds is left
+-- for the next round.  (The scheduler's maintenance runs this.)
+CREATE FUNCTION job._prune_rate_windows(max_rows int)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pruned int;
+BEGIN
+    DELETE FROM job.rate_windows r
+     WHERE (r.queue, r.key) IN (
+           SELECT w.queue, w.key FROM job.rate_windows w
+             JOIN job.queues q ON q.name = w.queue
+            WHERE w.key <> '' AND (w.held_until IS NULL OR w.held_until <= now()) AND w.wake_at IS NULL
+              AND (q.key_rate_period IS NULL
+                   OR (w.base + cardinality(w.counts))
+                      * ceil(extract(epoch FROM q.key_rate_period) * 1000 / 20)
+                      < extract(epoch FROM now() - 2 * q.key_rate_period) * 1000)
+            LIMIT max_rows
+            FOR UPDATE OF w SKIP LOCKED);
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
 END $$;
 
 -- Every queue's settings, flow control included, with its active holds.

@@ -218,10 +218,18 @@ BEGIN
            state = CASE WHEN x.new_run_at <= now() THEN 'waiting' ELSE 'scheduled' END
       FROM (SELECT p.id,
                    CASE WHEN max_wait IS NULL THEN start_at ELSE least(start_at, p.enqueued_at + max_wait) END AS new_run_at
-              FROM job.live_jobs p
-             WHERE p.queue = _replace_pending.queue AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
-               AND (p.singleton_key = _replace_pending.singleton_key OR p.debounce_key = _replace_pending.debounce_key)
-             ORDER BY p.id DESC LIMIT 1) x
+              -- The newest not-yet-started job of the key: a range of the key's index (one of
+              -- the two keys is NULL, and its branch reads nothing).  One statement with OR is
+              -- planned as a walk of the primary key.
+              FROM ((SELECT p.id, p.enqueued_at FROM job.live_jobs p
+                      WHERE p.queue = _replace_pending.queue AND p.singleton_key = _replace_pending.singleton_key
+                        AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
+                      ORDER BY p.id DESC LIMIT 1)
+                    UNION ALL
+                    (SELECT p.id, p.enqueued_at FROM job.live_jobs p
+                      WHERE p.queue = _replace_pending.queue AND p.debounce_key = _replace_pending.debounce_key
+                        AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
+                      ORDER BY p.id DESC LIMIT 1)) p) x
      WHERE l.id = x.id AND l.state IN ('waiting', 'scheduled') AND l.attempt = 0
     RETURNING l.id, l.state, l.run_at, (SELECT qs.id FROM job.queues qs WHERE qs.name = l.queue) AS queue_id
     INTO replaced;

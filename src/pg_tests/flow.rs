@@ -264,6 +264,28 @@ mod tests {
     }
 
     #[pg_test]
+    fn idle_keys_rate_windows_are_pruned_and_held_or_recent_ones_kept() {
+        run("SELECT job.create_queue('p', key_rate_limit => 10)");
+        for key in ["old", "recent", "held"] {
+            run(&format!(
+                "SELECT job.enqueue('p', concurrency_key => '{key}')"
+            ));
+        }
+        assert_eq!(claim_ids("p", 10).len(), 3);
+        run("SELECT job.rate_limit_pause('p', 'held', now() + interval '1 hour')");
+        // 'old' and 'held' started long ago (their slots moved an hour back).
+        run("UPDATE job.rate_windows SET base = base - 72000 WHERE key IN ('old', 'held')");
+        run("UPDATE job.rate_windows SET wake_at = NULL");
+        assert_eq!(one::<i32>("SELECT job._prune_rate_windows(100)"), 1);
+        assert_eq!(
+            one::<String>(
+                "SELECT string_agg(key, ',' ORDER BY key) FROM job.rate_windows WHERE queue = 'p'"
+            ),
+            "held,recent"
+        );
+    }
+
+    #[pg_test]
     fn queue_settings_show_every_limit() {
         run("SELECT job.create_queue('v', concurrency => 4, key_concurrency => 2, rate_limit => 10, key_rate_limit => 3, key_rate_period => '1 minute', fair => true)");
         assert_eq!(

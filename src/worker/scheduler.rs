@@ -273,11 +273,12 @@ fn run_batch_of(step: &Step, budget: &mut Budget) -> Option<bool> {
 }
 
 /// One maintenance round: apply retention (which also expires idempotency keys), prune
-/// schedule history, merge and fold old metric buckets, prune the audit log, each in batches
+/// schedule history, merge and fold old metric buckets, prune the audit log and idle keys' rate
+/// windows, each in batches
 /// of pg_jobqueue.maintenance_batch rows per transaction, at most [`MAX_BATCHES_PER_STEP`] of
 /// them per step and round; then count the live jobs per queue for the metrics.  (Stalled
 /// jobs are taken back by [`run_due_jobs`], as their leases run out.)
-const MAINTENANCE_STEPS: [Step; 6] = [
+const MAINTENANCE_STEPS: [Step; 7] = [
     (
         "apply retention",
         "SELECT job.apply_retention($1::int)",
@@ -302,6 +303,11 @@ const MAINTENANCE_STEPS: [Step; 6] = [
         "prune the audit log",
         "SELECT job._prune_audit_log(make_interval(days => $2::int), $1::int)::bigint",
         || i64::from(gucs::AUDIT_RETENTION_DAYS.get()),
+    ),
+    (
+        "prune rate windows",
+        "SELECT job._prune_rate_windows($1::int)::bigint",
+        no_argument,
     ),
     (
         "count queue depth",
