@@ -434,6 +434,69 @@ fn handler_concurrency_cap_is_respected() {
     assert_eq!(completed, 12);
 }
 
+/// Flow control applies to the executors too: a handler queue with `key_concurrency => 1` and
+/// a handler `concurrency` of 2, 12 jobs over 3 keys, 2 executors.  Jobs of one key never
+/// overlap, jobs of different keys do, and each job runs once.
+#[test]
+fn executors_keep_a_queues_key_concurrency() {
+    let (cluster, mut client) = served_cluster("handlers-keys", &[]);
+    exec(
+        &mut client,
+        "CREATE TABLE spans (key text, n int, started timestamptz, ended timestamptz);
+         CREATE FUNCTION slow_key(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         DECLARE
+             t0 timestamptz := clock_timestamp();
+         BEGIN
+             PERFORM pg_sleep(0.2);
+             INSERT INTO spans VALUES (payload->>'key', (payload->>'n')::int, t0, clock_timestamp());
+             RETURN '{}';
+         END $$;
+         SELECT job.create_queue('keyed', key_concurrency => 1);
+         SELECT job.set_handler('keyed', 'slow_key(jsonb)', concurrency => 2);",
+    );
+    wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    exec(
+        &mut client,
+        "SELECT job.enqueue('keyed', jsonb_build_object('key', 'k' || (g % 3), 'n', g), concurrency_key => 'k' || (g % 3))
+           FROM generate_series(1, 12) g",
+    );
+    wait_for_finished(&cluster, &mut client, "keyed", 12, Duration::from_secs(60));
+    let spans: Vec<(String, f64, f64)> = client
+        .query(
+            "SELECT key, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
+               FROM spans ORDER BY started",
+            &[],
+        )
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(spans.len(), 12, "{spans:?}");
+    let mut across_keys = 0;
+    for (i, a) in spans.iter().enumerate() {
+        for b in &spans[i + 1..] {
+            if b.1 < a.2 {
+                assert_ne!(
+                    a.0, b.0,
+                    "two jobs of key {} overlapped: {a:?} and {b:?}",
+                    a.0
+                );
+                across_keys += 1;
+            }
+        }
+    }
+    assert!(
+        across_keys > 0,
+        "jobs of different keys never ran at once: {spans:?}"
+    );
+    let completed: i64 = one(
+        &mut client,
+        "SELECT count(*) FROM job.jobs WHERE queue = 'keyed' AND state = 'completed' AND attempt = 1",
+        &[],
+    );
+    assert_eq!(completed, 12);
+}
+
 /// A handler's settings end with its job.  Alice's handler sets search_path to put a
 /// schema of hers first and sets a custom setting; neither may reach the executor's own
 /// statements (job.complete, the slot release, the next claim: they run as the superuser, so
