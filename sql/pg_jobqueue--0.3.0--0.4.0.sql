@@ -2379,13 +2379,13 @@ SELECT id, queue, job_type,
        CASE WHEN state = 'scheduled' AND run_at <= pg_catalog.now() THEN 'waiting' ELSE state END AS state,
        payload, priority, attempt, max_retries, run_at, enqueued_at, claimed_at, claimed_by,
        lease_expires_at, NULL::timestamptz AS finished_at, errors, NULL::jsonb AS result,
-       idempotency_key, concurrency_key
+       idempotency_key, concurrency_key, order_key, singleton_key, debounce_key
   FROM job.live_jobs
 UNION ALL
 SELECT id, queue, job_type, state,
        payload, priority, attempt, max_retries, run_at, enqueued_at, claimed_at, claimed_by,
        NULL::timestamptz, finished_at, errors, result,
-       idempotency_key, concurrency_key
+       idempotency_key, concurrency_key, order_key, singleton_key, debounce_key
   FROM job.finished_jobs;
 
 COMMENT ON VIEW job.jobs IS 'Every job in every state with its attempts, errors, result and timestamps.';
