@@ -21,9 +21,11 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pruned int;
 BEGIN
+    -- ARRAY(...): the ids are read once, then deleted by primary key, whatever plan is cached
+    -- (an `IN` sub-select may be planned as a nested loop over the table: see apply_retention).
     DELETE FROM job.audit_entries a
-     WHERE a.id IN (SELECT o.id FROM job.audit_entries o WHERE o.at < now() - older_than
-                     ORDER BY o.at LIMIT max_rows);
+     WHERE a.id = ANY (ARRAY(SELECT o.id FROM job.audit_entries o WHERE o.at < now() - older_than
+                              ORDER BY o.at LIMIT max_rows));
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END $$;

@@ -190,9 +190,15 @@ $$;
 
 -- Up to `batch` waiting jobs of queue `q` that its limits let start now, locked for the caller
 -- to claim: in claim order, or, in a fair queue, one per concurrency key in turn.  A job whose
--- key is at its limit is stepped over, so a saturated key never holds back the others (a key
--- refused is remembered, so it costs one look per claim); stepping over still reads those
--- jobs' index entries, which a fair queue does not (see docs/design.md).
+-- key is at its limit is stepped over, so a saturated key never holds back the others:
+-- - the keys at their key_concurrency are read first, in one range of the running-key index,
+--   and their jobs are stepped over without a test; a key refused during the claim joins them
+--   (a jsonb object used as a set: a lookup is a binary search, where an array's was a scan);
+-- - a claim in claim order reads at most 1,000 + 10 × batch candidates.  Past that (a front
+--   made of saturated keys' backlogs, or keys other claims took meanwhile) it goes key by key
+--   as a fair claim does, once round: each concurrency key's best job, then each order or
+--   singleton key's oldest, so a job behind a long saturated backlog is still found, at a
+--   cost that grows with the number of keys, not of jobs.
 CREATE FUNCTION job._pick_limited(q job.queues, batch int)
 RETURNS bigint[] LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -200,11 +206,13 @@ DECLARE
     wanted int := batch;
     slots int[];
     picked bigint[] := '{}';
-    admitted text[] := '{}';  -- the concurrency key of each keyed job picked
-    refused text[] := '{}';   -- 'c:', 'o:', 's:' and the key
+    admitted text[] := '{}';   -- the concurrency key of each keyed job picked
+    refused jsonb := '{}';     -- 'c:', 'o:', 's:' and the key: held back for this claim
     candidates refcursor;
     c record;
     refusal text;
+    examined int := 0;
+    key_by_key boolean;
     fair_key text;
     idle_rounds int := 0;
     picked_before int := 0;
@@ -227,68 +235,135 @@ BEGIN
                  ORDER BY n.priority DESC, n.run_at, n.id
                  LIMIT wanted
                  FOR UPDATE SKIP LOCKED) n;
-    ELSIF NOT q.fair THEN
-        -- Read without locking; each job is locked once admitted.
-        OPEN candidates NO SCROLL FOR
-            SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
-             WHERE n.queue = q.name AND n.state = 'waiting'
-             ORDER BY n.priority DESC, n.run_at, n.id;
-        LOOP
-            FETCH candidates INTO c;
-            EXIT WHEN NOT FOUND;
-            CONTINUE WHEN ARRAY['c:' || c.concurrency_key, 'o:' || c.order_key, 's:' || c.singleton_key] && refused;
-            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-            IF refusal IS NOT NULL THEN
-                refused := refused || refusal;
-                CONTINUE;
-            END IF;
-            picked := picked || c.id;
-            admitted := admitted || c.concurrency_key;
-            EXIT WHEN cardinality(picked) >= wanted;
-        END LOOP;
-        CLOSE candidates;
     ELSE
-        -- Fair: from the key after the one this session served last, each key's first job in
-        -- claim order; past the last key, one job without a key, then from the first key.
-        fair_key := job._fair_cursor(q.id);
-        LOOP
-            IF fair_key IS NULL THEN
-                -- Round the keys again while the last round took a job (and once more after a
-                -- round begun after the cursor).
-                idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
-                EXIT WHEN idle_rounds >= 2;
-                picked_before := cardinality(picked);
+        IF q.key_concurrency IS NOT NULL THEN
+            SELECT coalesce(jsonb_object_agg('c:' || r.concurrency_key, true), '{}') INTO refused
+              FROM (SELECT r.concurrency_key FROM job.live_jobs r
+                     WHERE r.queue = q.name AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                       AND r.lease_expires_at > now()
+                     GROUP BY r.concurrency_key
+                    HAVING count(*) >= q.key_concurrency) r;
+        END IF;
+        key_by_key := q.fair;
+        IF NOT q.fair THEN
+            -- Read without locking; each job is locked once admitted.
+            OPEN candidates NO SCROLL FOR
+                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting'
+                 ORDER BY n.priority DESC, n.run_at, n.id;
+            LOOP
+                FETCH candidates INTO c;
+                EXIT WHEN NOT FOUND;
+                examined := examined + 1;
+                IF examined > 1000 + 10 * wanted THEN
+                    key_by_key := true;
+                    EXIT;
+                END IF;
+                CONTINUE WHEN (c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key))
+                           OR (c.order_key IS NOT NULL AND refused ? ('o:' || c.order_key))
+                           OR (c.singleton_key IS NOT NULL AND refused ? ('s:' || c.singleton_key));
+                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                IF refusal IS NOT NULL THEN
+                    IF refusal <> '' THEN
+                        refused := refused || jsonb_build_object(refusal, true);
+                    END IF;
+                    CONTINUE;
+                END IF;
+                picked := picked || c.id;
+                admitted := admitted || c.concurrency_key;
+                EXIT WHEN cardinality(picked) >= wanted;
+            END LOOP;
+            CLOSE candidates;
+        END IF;
+        IF key_by_key AND cardinality(picked) < wanted THEN
+            -- From the key after the one this session served last (a fair queue; else from
+            -- the first), each key's first job in claim order; past the last key, one job
+            -- without a key, then from the first key.
+            fair_key := CASE WHEN q.fair THEN job._fair_cursor(q.id) END;
+            LOOP
+                IF fair_key IS NULL THEN
+                    -- Round the keys again while the last round took a job (and once more
+                    -- after a round begun after the cursor).
+                    idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
+                    EXIT WHEN idle_rounds >= 2;
+                    picked_before := cardinality(picked);
+                END IF;
+                SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
+                   AND n.concurrency_key > coalesce(fair_key, '')
+                 ORDER BY n.concurrency_key LIMIT 1;
+                IF NOT FOUND THEN
+                    fair_key := NULL;
+                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
+                       AND n.id <> ALL (picked)
+                     ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
+                     FOR UPDATE SKIP LOCKED;
+                    CONTINUE WHEN NOT FOUND;
+                ELSE
+                    CONTINUE WHEN refused ? ('c:' || fair_key);
+                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
+                       AND n.id <> ALL (picked)
+                     ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
+                    CONTINUE WHEN NOT FOUND;
+                END IF;
+                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                IF refusal IS NOT NULL THEN
+                    IF refusal <> '' THEN
+                        refused := refused || jsonb_build_object(refusal, true);
+                    END IF;
+                    CONTINUE;
+                END IF;
+                picked := picked || c.id;
+                admitted := admitted || c.concurrency_key;
+                EXIT WHEN cardinality(picked) >= wanted;
+            END LOOP;
+            IF q.fair THEN
+                PERFORM job._move_fair_cursor(q.id, fair_key);
             END IF;
-            SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
-             WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
-               AND n.concurrency_key > coalesce(fair_key, '')
-             ORDER BY n.concurrency_key LIMIT 1;
-            IF NOT FOUND THEN
-                fair_key := NULL;
-                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
-                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
-                   AND n.id <> ALL (picked)
-                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
-                 FOR UPDATE SKIP LOCKED;
-                CONTINUE WHEN NOT FOUND;
-            ELSE
-                CONTINUE WHEN 'c:' || fair_key = ANY (refused);
-                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
-                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
-                   AND n.id <> ALL (picked)
-                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
-                CONTINUE WHEN NOT FOUND;
-            END IF;
-            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-            IF refusal IS NOT NULL THEN
-                refused := refused || refusal;
-                CONTINUE;
-            END IF;
-            picked := picked || c.id;
-            admitted := admitted || c.concurrency_key;
-            EXIT WHEN cardinality(picked) >= wanted;
-        END LOOP;
-        PERFORM job._move_fair_cursor(q.id, fair_key);
+        END IF;
+        IF key_by_key AND q.serial_keys AND cardinality(picked) < wanted THEN
+            -- Each order or singleton key's oldest job, when it waits: a loose scan of each key
+            -- index (one probe per key), so a job behind another key's long backlog is found.
+            FOR c IN
+                WITH RECURSIVE order_keys AS (
+                    (SELECT o.order_key AS key FROM job.live_jobs o
+                      WHERE o.queue = q.name AND o.order_key IS NOT NULL ORDER BY o.order_key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT o.order_key FROM job.live_jobs o
+                             WHERE o.queue = q.name AND o.order_key > k.key ORDER BY o.order_key LIMIT 1)
+                      FROM order_keys k WHERE k.key IS NOT NULL
+                ), singleton_keys AS (
+                    (SELECT o.singleton_key AS key FROM job.live_jobs o
+                      WHERE o.queue = q.name AND o.singleton_key IS NOT NULL ORDER BY o.singleton_key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT o.singleton_key FROM job.live_jobs o
+                             WHERE o.queue = q.name AND o.singleton_key > k.key ORDER BY o.singleton_key LIMIT 1)
+                      FROM singleton_keys k WHERE k.key IS NOT NULL
+                )
+                SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
+                  FROM order_keys k
+                 CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
+                                       FROM job.live_jobs o WHERE o.queue = q.name AND o.order_key = k.key
+                                      ORDER BY o.id LIMIT 1) h
+                 WHERE h.state = 'waiting' AND h.id <> ALL (picked)
+                UNION ALL
+                SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
+                  FROM singleton_keys k
+                 CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
+                                       FROM job.live_jobs o WHERE o.queue = q.name AND o.singleton_key = k.key
+                                      ORDER BY o.id LIMIT 1) h
+                 WHERE h.state = 'waiting' AND h.id <> ALL (picked)
+            LOOP
+                CONTINUE WHEN c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key);
+                IF job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted) IS NULL THEN
+                    picked := picked || c.id;
+                    admitted := admitted || c.concurrency_key;
+                    EXIT WHEN cardinality(picked) >= wanted;
+                END IF;
+            END LOOP;
+        END IF;
     END IF;
     IF q.concurrency IS NOT NULL AND cardinality(picked) > 0 THEN
         UPDATE job.concurrency_slots cs SET job_id = picked[array_position(slots, cs.slot)]
@@ -404,8 +479,8 @@ DECLARE
     pruned int;
 BEGIN
     DELETE FROM job.rate_windows r
-     WHERE (r.queue, r.key) IN (
-           SELECT w.queue, w.key FROM job.rate_windows w
+     WHERE r.ctid = ANY (ARRAY(
+           SELECT w.ctid FROM job.rate_windows w
              JOIN job.queues q ON q.name = w.queue
             WHERE w.key <> '' AND (w.held_until IS NULL OR w.held_until <= now()) AND w.wake_at IS NULL
               AND (q.key_rate_period IS NULL
@@ -413,7 +488,7 @@ BEGIN
                       * ceil(extract(epoch FROM q.key_rate_period) * 1000 / 20)
                       < extract(epoch FROM now() - 2 * q.key_rate_period) * 1000)
             LIMIT max_rows
-            FOR UPDATE OF w SKIP LOCKED);
+            FOR UPDATE OF w SKIP LOCKED));
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END $$;

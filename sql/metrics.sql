@@ -135,7 +135,7 @@ END $$;
 -- waiting jobs took 11 s of CPU in every 30.
 CREATE FUNCTION job._live_count(queue text, state text, due boolean DEFAULT NULL,
                                 OUT n bigint, OUT estimated boolean)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE  -- EXPLAIN, which it runs for an estimate, is refused in a STABLE function
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE

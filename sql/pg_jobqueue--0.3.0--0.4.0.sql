@@ -742,7 +742,7 @@ END $$;
 -- waiting jobs took 11 s of CPU in every 30.
 CREATE OR REPLACE FUNCTION job._live_count(queue text, state text, due boolean DEFAULT NULL,
                                 OUT n bigint, OUT estimated boolean)
-LANGUAGE plpgsql STABLE
+LANGUAGE plpgsql VOLATILE  -- EXPLAIN, which it runs for an estimate, is refused in a STABLE function
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -2166,8 +2166,8 @@ DECLARE
     pruned int;
 BEGIN
     DELETE FROM job.rate_windows r
-     WHERE (r.queue, r.key) IN (
-           SELECT w.queue, w.key FROM job.rate_windows w
+     WHERE r.ctid = ANY (ARRAY(
+           SELECT w.ctid FROM job.rate_windows w
              JOIN job.queues q ON q.name = w.queue
             WHERE w.key <> '' AND (w.held_until IS NULL OR w.held_until <= now()) AND w.wake_at IS NULL
               AND (q.key_rate_period IS NULL
@@ -2175,7 +2175,7 @@ BEGIN
                       * ceil(extract(epoch FROM q.key_rate_period) * 1000 / 20)
                       < extract(epoch FROM now() - 2 * q.key_rate_period) * 1000)
             LIMIT max_rows
-            FOR UPDATE OF w SKIP LOCKED);
+            FOR UPDATE OF w SKIP LOCKED));
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END $$;
@@ -2389,6 +2389,101 @@ SELECT id, queue, job_type, state,
   FROM job.finished_jobs;
 
 COMMENT ON VIEW job.jobs IS 'Every job in every state with its attempts, errors, result and timestamps.';
+
+---------------------------------------------------------------------------------------------
+-- Maintenance deletes that read their rows once and delete by key, whatever plan is cached
+---------------------------------------------------------------------------------------------
+
+-- Deletes finished jobs older than their queue's retention and expired idempotency keys, at
+-- most max_rows of each per call (call again while it returns max_rows).  Returns rows deleted.
+-- Each queue is pruned on its own: should one fail, the others are still pruned (the failure
+-- is reported as a warning naming the queue).
+CREATE OR REPLACE FUNCTION job.apply_retention(max_rows int DEFAULT 10000)
+RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q record;
+    left_to_delete bigint := max_rows;
+    deleted bigint;
+    dead bigint;
+    keys_deleted bigint;
+BEGIN
+    PERFORM job._check_count('max_rows', max_rows);
+    FOR q IN SELECT qs.name, qs.retention FROM job.queues qs ORDER BY qs.name LOOP
+        EXIT WHEN left_to_delete <= 0;
+        BEGIN
+            WITH gone AS (
+                -- The ids are gathered first (ARRAY: run once), then deleted by primary key.
+                -- Written as `id IN (...)`, the generic plan cached while the table was empty
+                -- (analyzed so) was a nested loop that read the whole table for every id: a
+                -- worker's retention ran for over 16 minutes once history had filled up.
+                DELETE FROM job.finished_jobs f
+                 WHERE f.id = ANY (ARRAY(SELECT old.id
+                                           FROM unnest(ARRAY['completed', 'dead', 'cancelled']) AS s(state)
+                                          CROSS JOIN LATERAL (
+                                                SELECT h.id FROM job.finished_jobs h
+                                                 WHERE h.queue = q.name AND h.state = s.state
+                                                   AND h.finished_at < now() - q.retention
+                                                 ORDER BY h.finished_at
+                                                 LIMIT left_to_delete) old
+                                          LIMIT left_to_delete))
+                RETURNING f.state
+            )
+            SELECT count(*), count(*) FILTER (WHERE g.state = 'dead') INTO deleted, dead FROM gone g;
+            IF dead > 0 THEN
+                PERFORM job._count_dead_letters(q.name, -dead);
+            END IF;
+            left_to_delete := left_to_delete - deleted;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'pg_jobqueue: retention of queue % failed: % (SQLSTATE %)', quote_literal(q.name), SQLERRM, SQLSTATE;
+        END;
+    END LOOP;
+    DELETE FROM job.idempotency_keys k
+     WHERE k.ctid = ANY (ARRAY(SELECT e.ctid FROM job.idempotency_keys e
+                                WHERE e.expires_at <= now()
+                                ORDER BY e.expires_at LIMIT max_rows));
+    GET DIAGNOSTICS keys_deleted = ROW_COUNT;
+    RETURN max_rows - left_to_delete + keys_deleted;
+END $$;
+
+-- Deletes audit rows older than `older_than`, at most max_rows; returns how many.
+CREATE OR REPLACE FUNCTION job._prune_audit_log(older_than interval, max_rows int)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pruned int;
+BEGIN
+    -- ARRAY(...): the ids are read once, then deleted by primary key, whatever plan is cached
+    -- (an `IN` sub-select may be planned as a nested loop over the table: see apply_retention).
+    DELETE FROM job.audit_entries a
+     WHERE a.id = ANY (ARRAY(SELECT o.id FROM job.audit_entries o WHERE o.at < now() - older_than
+                              ORDER BY o.at LIMIT max_rows));
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
+END $$;
+
+-- Keeps the newest `keep` runs of each schedule, deleting at most max_rows; returns how many.
+CREATE OR REPLACE FUNCTION job._prune_schedule_runs(keep int, max_rows int)
+RETURNS int LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pruned int;
+BEGIN
+    -- ARRAY(...) of row addresses: read once, then deleted by address (see apply_retention).
+    DELETE FROM job.schedule_runs r
+     WHERE r.ctid = ANY (ARRAY(
+           SELECT o.ctid
+             FROM job.schedule_defs d
+            CROSS JOIN LATERAL (SELECT k.tick FROM job.schedule_runs k
+                                 WHERE k.schedule = d.name
+                                 ORDER BY k.tick DESC OFFSET keep LIMIT 1) boundary
+            CROSS JOIN LATERAL (SELECT x.ctid FROM job.schedule_runs x
+                                 WHERE x.schedule = d.name AND x.tick <= boundary.tick
+                                 ORDER BY x.tick LIMIT max_rows) o
+            LIMIT max_rows));
+    GET DIAGNOSTICS pruned = ROW_COUNT;
+    RETURN pruned;
+END $$;
 
 ---------------------------------------------------------------------------------------------
 -- Privileges

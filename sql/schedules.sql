@@ -211,17 +211,18 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pruned int;
 BEGIN
+    -- ARRAY(...) of row addresses: read once, then deleted by address (see apply_retention).
     DELETE FROM job.schedule_runs r
-     WHERE (r.schedule, r.tick) IN (
-           SELECT o.schedule, o.tick
+     WHERE r.ctid = ANY (ARRAY(
+           SELECT o.ctid
              FROM job.schedule_defs d
             CROSS JOIN LATERAL (SELECT k.tick FROM job.schedule_runs k
                                  WHERE k.schedule = d.name
                                  ORDER BY k.tick DESC OFFSET keep LIMIT 1) boundary
-            CROSS JOIN LATERAL (SELECT x.schedule, x.tick FROM job.schedule_runs x
+            CROSS JOIN LATERAL (SELECT x.ctid FROM job.schedule_runs x
                                  WHERE x.schedule = d.name AND x.tick <= boundary.tick
                                  ORDER BY x.tick LIMIT max_rows) o
-            LIMIT max_rows);
+            LIMIT max_rows));
     GET DIAGNOSTICS pruned = ROW_COUNT;
     RETURN pruned;
 END $$;
