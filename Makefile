@@ -19,7 +19,7 @@ DEMO_RECEIVER_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
     fi; rm -f $$state/receiver.pid
 
 .PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test \
-        client-node-test client-python-test bench bench-deliveries bench-soak bench-stop lint clean
+        client-node-test client-python-test bench bench-deliveries bench-flow bench-soak bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
@@ -132,6 +132,7 @@ bench: install
 	@bash bench/pickup.sh $(BENCH_PORT)
 	@bash bench/client-node.sh $(BENCH_PORT)
 	@bash bench/client-python.sh $(BENCH_PORT)
+	@bash bench/flow.sh $(BENCH_PORT)
 	@bash bench/metrics.sh $(BENCH_PORT)
 	@bash bench/deliveries.sh $(BENCH_PORT)
 
@@ -143,6 +144,17 @@ bench-deliveries: install
 	@$(CLUSTER) stop bench $(BENCH_PORT)
 	@$(CLUSTER) start bench $(BENCH_PORT)
 	@bash bench/deliveries.sh $(BENCH_PORT)
+
+# Flow control alone (bench/flow.sh, about 15 minutes): single-job and batched processing of a
+# queue with key_concurrency 1 over 1,000 keys and of a rate-limited queue whose limit does not
+# bind, each against the same queue without limits in the same run (aim: 0.8x, reported), and
+# one run where a rate limit of 500/s binds (no second may start more: checked); on the bench
+# cluster, restarted so that it loads the library just installed.  Appends its section to
+# bench/last-run.md.
+bench-flow: install
+	@$(CLUSTER) stop bench $(BENCH_PORT)
+	@$(CLUSTER) start bench $(BENCH_PORT)
+	@bash bench/flow.sh $(BENCH_PORT)
 
 # Long runs `make bench` leaves out (bench/soak.sh: most of an hour, several GB of disk):
 # single-job processing with 10,000,000 jobs waiting against 10,000, the background worker's
