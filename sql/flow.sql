@@ -21,8 +21,9 @@ BEGIN
                                                 LIMIT concurrency) r)::int;
 END $$;
 
--- The flow-control row of (queue, key), locked until this transaction ends; made on first use.
-CREATE FUNCTION job._rate_window(queue text, key text)
+-- The flow-control row of (queue, key, shard), locked until this transaction ends; made on
+-- first use.
+CREATE FUNCTION job._rate_window(queue text, key text, shard smallint DEFAULT 0)
 RETURNS job.rate_windows LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -30,22 +31,23 @@ DECLARE
     w job.rate_windows;
 BEGIN
     SELECT * INTO w FROM job.rate_windows r
-     WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+     WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key AND r.shard = _rate_window.shard FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO job.rate_windows AS r (queue, key) VALUES (_rate_window.queue, _rate_window.key)
+        INSERT INTO job.rate_windows AS r (queue, key, shard)
+        VALUES (_rate_window.queue, _rate_window.key, _rate_window.shard)
         ON CONFLICT DO NOTHING;
         SELECT * INTO w FROM job.rate_windows r
-         WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+         WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key AND r.shard = _rate_window.shard FOR UPDATE;
     END IF;
     RETURN w;
 END $$;
 
--- How many of `wanted` jobs may start now under the window of (queue, key) ('': the queue's
--- own) for a limit of `rate_limit` starts per `rate_period` (NULL: no limit, only a hold), and
--- 0 while a hold lasts.  With `record`, they are counted as started.  When none may start,
--- the scheduler wakes the queue's consumers once one may.
+-- How many of `wanted` jobs may start now under the window of (queue, key, shard) ('': the
+-- queue's own) for a limit of `rate_limit` starts per `rate_period` (NULL: no limit, only a
+-- hold), and 0 while a hold lasts.  With `record`, they are counted as started.  When none may
+-- start, the scheduler wakes the queue's consumers once one may.
 CREATE FUNCTION job._rate_room(queue text, key text, rate_limit int, rate_period interval,
-                               wanted int, record boolean)
+                               wanted int, record boolean, shard smallint DEFAULT 0)
 RETURNS int LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -57,13 +59,14 @@ DECLARE
 BEGIN
     IF rate_limit IS NULL THEN
         -- Holds only: nothing to count, so nothing to lock or make.
-        SELECT * INTO w FROM job.rate_windows r WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+        SELECT * INTO w FROM job.rate_windows r
+         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key AND r.shard = 0;
         IF NOT FOUND OR w.held_until IS NULL OR w.held_until <= now() THEN
             RETURN wanted;
         END IF;
         RETURN 0;  -- rate_limit_pause set the scheduler's wake-up
     END IF;
-    w := job._rate_window(queue, key);
+    w := job._rate_window(queue, key, shard);
     IF w.held_until > now() THEN
         RETURN 0;
     END IF;
@@ -72,16 +75,52 @@ BEGIN
     granted := t.granted;
     IF record AND granted > 0 THEN
         UPDATE job.rate_windows r SET base = t.base, counts = t.counts
-         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key AND r.shard = _rate_room.shard;
     ELSIF granted = 0 THEN
         wake := to_timestamp(t.next_at_ms / 1000.0);
         IF w.wake_at IS NULL OR w.wake_at > wake THEN
             UPDATE job.rate_windows r SET wake_at = wake
-             WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+             WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key AND r.shard = _rate_room.shard;
             PERFORM job._due_on_commit(wake);
         END IF;
     END IF;
     RETURN granted;
+END $$;
+
+-- For a claim of queue `q` with a rate limit: one of the queue's windows (its `shard`, with
+-- `shard_limit`, its share of the limit) and how many of `wanted` jobs it lets start now
+-- (`room`), the window locked until this transaction ends.  Windows another claim holds are
+-- skipped, so claims in different transactions count side by side; the sum of the shares is
+-- the limit, so no window of one period ever holds more starts in all.  A claim waits for a
+-- window only when other claims hold every one.
+CREATE FUNCTION job._queue_rate_room(q job.queues, wanted int, OUT shard smallint, OUT shard_limit int, OUT room int)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shards int := least(8, q.rate_limit);
+    s smallint;
+BEGIN
+    room := 0;
+    IF NOT EXISTS (SELECT 1 FROM job.rate_windows r WHERE r.queue = q.name AND r.key = '' AND r.shard = shards - 1) THEN
+        INSERT INTO job.rate_windows (queue, key, shard)
+        SELECT q.name, '', g FROM generate_series(0, shards - 1) g
+        ON CONFLICT DO NOTHING;
+    END IF;
+    FOR s IN SELECT r.shard FROM job.rate_windows r
+              WHERE r.queue = q.name AND r.key = '' AND r.shard < shards ORDER BY random() LOOP
+        PERFORM FROM job.rate_windows r
+          WHERE r.queue = q.name AND r.key = '' AND r.shard = s FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        shard := s;
+        shard_limit := q.rate_limit / shards + (s < q.rate_limit % shards)::int;
+        room := job._rate_room(q.name, '', shard_limit, q.rate_period, wanted, false, s);
+        EXIT WHEN room > 0;
+    END LOOP;
+    IF shard IS NULL THEN
+        shard := floor(random() * shards)::smallint;  -- every window is held: wait for one
+        shard_limit := q.rate_limit / shards + (shard < q.rate_limit % shards)::int;
+        room := job._rate_room(q.name, '', shard_limit, q.rate_period, wanted, false, shard);
+    END IF;
 END $$;
 
 -- Up to `wanted` of queue `q`'s concurrency slots that are free (their job no longer holds a
@@ -205,6 +244,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     wanted int := batch;
     slots int[];
+    rate record;
     picked bigint[] := '{}';
     admitted text[] := '{}';   -- the concurrency key of each keyed job picked
     refused jsonb := '{}';     -- 'c:', 'o:', 's:' and the key: held back for this claim
@@ -221,8 +261,12 @@ BEGIN
         slots := job._take_slots(q, wanted);
         wanted := cardinality(slots);
     END IF;
-    IF wanted > 0 AND (q.rate_limit IS NOT NULL OR q.holds) THEN
-        wanted := job._rate_room(q.name, '', q.rate_limit, q.rate_period, wanted, false);
+    IF wanted > 0 AND q.holds THEN
+        wanted := job._rate_room(q.name, '', NULL, NULL, wanted, false);  -- a hold of the queue
+    END IF;
+    IF wanted > 0 AND q.rate_limit IS NOT NULL THEN
+        rate := job._queue_rate_room(q, wanted);
+        wanted := least(wanted, rate.room);
     END IF;
     IF wanted <= 0 THEN
         RETURN picked;  -- woken when a job finishes, or by the scheduler when the window allows
@@ -370,7 +414,7 @@ BEGIN
          WHERE cs.queue = q.name AND cs.slot = ANY (slots[1:cardinality(picked)]);
     END IF;
     IF q.rate_limit IS NOT NULL AND cardinality(picked) > 0 THEN
-        PERFORM job._rate_room(q.name, '', q.rate_limit, q.rate_period, cardinality(picked), true);
+        PERFORM job._rate_room(q.name, '', rate.shard_limit, q.rate_period, cardinality(picked), true, rate.shard);
     END IF;
     RETURN picked;
 END $$;
@@ -384,7 +428,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queue_wake timestamptz;
 BEGIN
-    SELECT r.wake_at INTO queue_wake FROM job.rate_windows r
+    SELECT min(r.wake_at) INTO queue_wake FROM job.rate_windows r
      WHERE r.queue = q.name AND r.key = '' AND r.wake_at > now();
     IF queue_wake IS NULL
        AND (q.concurrency IS NULL
@@ -439,7 +483,7 @@ BEGIN
     UPDATE job.rate_windows r
        SET held_until = CASE WHEN rate_limit_pause.until > now() THEN rate_limit_pause.until END,
            wake_at = CASE WHEN rate_limit_pause.until > now() THEN least(r.wake_at, rate_limit_pause.until) ELSE now() END
-     WHERE r.queue = q.name AND r.key = coalesce(rate_limit_pause.key, '');
+     WHERE r.queue = q.name AND r.key = coalesce(rate_limit_pause.key, '') AND r.shard = 0;
     IF NOT q.holds THEN
         UPDATE job.queues qs SET holds = true WHERE qs.name = q.name;
     END IF;
@@ -499,7 +543,7 @@ SELECT q.name AS queue, q.max_retries, q.backoff_base, q.backoff_max, q.jitter, 
        q.idempotency_window, q.retention, q.max_payload_bytes, q.paused,
        q.concurrency, q.key_concurrency, q.rate_limit, q.rate_period, q.key_rate_limit, q.key_rate_period, q.fair,
        (SELECT r.held_until FROM job.rate_windows r
-         WHERE r.queue = q.name AND r.key = '' AND r.held_until > pg_catalog.now()) AS held_until,
+         WHERE r.queue = q.name AND r.key = '' AND r.shard = 0 AND r.held_until > pg_catalog.now()) AS held_until,
        (SELECT pg_catalog.count(*) FROM job.rate_windows r
          WHERE r.queue = q.name AND r.key <> '' AND r.held_until > pg_catalog.now()) AS keys_held,
        q.created_at, q.updated_at

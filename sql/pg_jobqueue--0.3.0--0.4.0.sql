@@ -116,15 +116,19 @@ CREATE INDEX live_jobs_debounce_key_idx ON job.live_jobs (queue, debounce_key, i
 -- Flow control's state per queue (key '') and per concurrency key: the rate window (starts
 -- per slot, see src/flow.rs), a hold set by job.rate_limit_pause, and when the scheduler must
 -- wake the queue's consumers because the window or the hold lets a job start again.  A claim
--- holds its row until it commits, so the starts it counts stay exact.
+-- holds the row it counts in until it commits, so the starts it counts stay exact.
 CREATE TABLE job.rate_windows (
     queue      text NOT NULL REFERENCES job.queues (name) ON DELETE CASCADE,
     key        text NOT NULL,             -- '': the queue's own window and hold
+    -- A queue's rate limit is split over up to 8 windows (shards), each with its share of the
+    -- limit, so that claims in different transactions count in different rows instead of
+    -- queueing for one row until each commits.  Keys and holds use shard 0.
+    shard      smallint NOT NULL DEFAULT 0,
     base       bigint NOT NULL DEFAULT 0, -- the slot counts[1] counts
     counts     int[] NOT NULL DEFAULT '{}',
     held_until timestamptz,
     wake_at    timestamptz,
-    PRIMARY KEY (queue, key)
+    PRIMARY KEY (queue, key, shard)
 );
 
 COMMENT ON TABLE job.rate_windows IS 'Rate windows and holds of rate-limited queues and concurrency keys (read through job.queue_settings and job.rate_limit_holds).';
@@ -1783,8 +1787,9 @@ BEGIN
     RETURN replaced.id;
 END $$;
 
--- The flow-control row of (queue, key), locked until this transaction ends; made on first use.
-CREATE OR REPLACE FUNCTION job._rate_window(queue text, key text)
+-- The flow-control row of (queue, key, shard), locked until this transaction ends; made on
+-- first use.
+CREATE OR REPLACE FUNCTION job._rate_window(queue text, key text, shard smallint DEFAULT 0)
 RETURNS job.rate_windows LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -1792,22 +1797,23 @@ DECLARE
     w job.rate_windows;
 BEGIN
     SELECT * INTO w FROM job.rate_windows r
-     WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+     WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key AND r.shard = _rate_window.shard FOR UPDATE;
     IF NOT FOUND THEN
-        INSERT INTO job.rate_windows AS r (queue, key) VALUES (_rate_window.queue, _rate_window.key)
+        INSERT INTO job.rate_windows AS r (queue, key, shard)
+        VALUES (_rate_window.queue, _rate_window.key, _rate_window.shard)
         ON CONFLICT DO NOTHING;
         SELECT * INTO w FROM job.rate_windows r
-         WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key FOR UPDATE;
+         WHERE r.queue = _rate_window.queue AND r.key = _rate_window.key AND r.shard = _rate_window.shard FOR UPDATE;
     END IF;
     RETURN w;
 END $$;
 
--- How many of `wanted` jobs may start now under the window of (queue, key) ('': the queue's
--- own) for a limit of `rate_limit` starts per `rate_period` (NULL: no limit, only a hold), and
--- 0 while a hold lasts.  With `record`, they are counted as started.  When none may start,
--- the scheduler wakes the queue's consumers once one may.
+-- How many of `wanted` jobs may start now under the window of (queue, key, shard) ('': the
+-- queue's own) for a limit of `rate_limit` starts per `rate_period` (NULL: no limit, only a
+-- hold), and 0 while a hold lasts.  With `record`, they are counted as started.  When none may
+-- start, the scheduler wakes the queue's consumers once one may.
 CREATE OR REPLACE FUNCTION job._rate_room(queue text, key text, rate_limit int, rate_period interval,
-                               wanted int, record boolean)
+                               wanted int, record boolean, shard smallint DEFAULT 0)
 RETURNS int LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_column
@@ -1819,13 +1825,14 @@ DECLARE
 BEGIN
     IF rate_limit IS NULL THEN
         -- Holds only: nothing to count, so nothing to lock or make.
-        SELECT * INTO w FROM job.rate_windows r WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+        SELECT * INTO w FROM job.rate_windows r
+         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key AND r.shard = 0;
         IF NOT FOUND OR w.held_until IS NULL OR w.held_until <= now() THEN
             RETURN wanted;
         END IF;
         RETURN 0;  -- rate_limit_pause set the scheduler's wake-up
     END IF;
-    w := job._rate_window(queue, key);
+    w := job._rate_window(queue, key, shard);
     IF w.held_until > now() THEN
         RETURN 0;
     END IF;
@@ -1834,16 +1841,52 @@ BEGIN
     granted := t.granted;
     IF record AND granted > 0 THEN
         UPDATE job.rate_windows r SET base = t.base, counts = t.counts
-         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+         WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key AND r.shard = _rate_room.shard;
     ELSIF granted = 0 THEN
         wake := to_timestamp(t.next_at_ms / 1000.0);
         IF w.wake_at IS NULL OR w.wake_at > wake THEN
             UPDATE job.rate_windows r SET wake_at = wake
-             WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key;
+             WHERE r.queue = _rate_room.queue AND r.key = _rate_room.key AND r.shard = _rate_room.shard;
             PERFORM job._due_on_commit(wake);
         END IF;
     END IF;
     RETURN granted;
+END $$;
+
+-- For a claim of queue `q` with a rate limit: one of the queue's windows (its `shard`, with
+-- `shard_limit`, its share of the limit) and how many of `wanted` jobs it lets start now
+-- (`room`), the window locked until this transaction ends.  Windows another claim holds are
+-- skipped, so claims in different transactions count side by side; the sum of the shares is
+-- the limit, so no window of one period ever holds more starts in all.  A claim waits for a
+-- window only when other claims hold every one.
+CREATE OR REPLACE FUNCTION job._queue_rate_room(q job.queues, wanted int, OUT shard smallint, OUT shard_limit int, OUT room int)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shards int := least(8, q.rate_limit);
+    s smallint;
+BEGIN
+    room := 0;
+    IF NOT EXISTS (SELECT 1 FROM job.rate_windows r WHERE r.queue = q.name AND r.key = '' AND r.shard = shards - 1) THEN
+        INSERT INTO job.rate_windows (queue, key, shard)
+        SELECT q.name, '', g FROM generate_series(0, shards - 1) g
+        ON CONFLICT DO NOTHING;
+    END IF;
+    FOR s IN SELECT r.shard FROM job.rate_windows r
+              WHERE r.queue = q.name AND r.key = '' AND r.shard < shards ORDER BY random() LOOP
+        PERFORM FROM job.rate_windows r
+          WHERE r.queue = q.name AND r.key = '' AND r.shard = s FOR UPDATE SKIP LOCKED;
+        CONTINUE WHEN NOT FOUND;
+        shard := s;
+        shard_limit := q.rate_limit / shards + (s < q.rate_limit % shards)::int;
+        room := job._rate_room(q.name, '', shard_limit, q.rate_period, wanted, false, s);
+        EXIT WHEN room > 0;
+    END LOOP;
+    IF shard IS NULL THEN
+        shard := floor(random() * shards)::smallint;  -- every window is held: wait for one
+        shard_limit := q.rate_limit / shards + (shard < q.rate_limit % shards)::int;
+        room := job._rate_room(q.name, '', shard_limit, q.rate_period, wanted, false, shard);
+    END IF;
 END $$;
 
 -- Up to `wanted` of queue `q`'s concurrency slots that are free (their job no longer holds a
@@ -1952,21 +1995,30 @@ $$;
 
 -- Up to `batch` waiting jobs of queue `q` that its limits let start now, locked for the caller
 -- to claim: in claim order, or, in a fair queue, one per concurrency key in turn.  A job whose
--- key is at its limit is stepped over, so a saturated key never holds back the others (a key
--- refused is remembered, so it costs one look per claim); stepping over still reads those
--- jobs' index entries, which a fair queue does not (see docs/design.md).
+-- key is at its limit is stepped over, so a saturated key never holds back the others:
+-- - the keys at their key_concurrency are read first, in one range of the running-key index,
+--   and their jobs are stepped over without a test; a key refused during the claim joins them
+--   (a jsonb object used as a set: a lookup is a binary search, where an array's was a scan);
+-- - a claim in claim order reads at most 1,000 + 10 × batch candidates.  Past that (a front
+--   made of saturated keys' backlogs, or keys other claims took meanwhile) it goes key by key
+--   as a fair claim does, once round: each concurrency key's best job, then each order or
+--   singleton key's oldest, so a job behind a long saturated backlog is still found, at a
+--   cost that grows with the number of keys, not of jobs.
 CREATE OR REPLACE FUNCTION job._pick_limited(q job.queues, batch int)
 RETURNS bigint[] LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     wanted int := batch;
     slots int[];
+    rate record;
     picked bigint[] := '{}';
-    admitted text[] := '{}';  -- the concurrency key of each keyed job picked
-    refused text[] := '{}';   -- 'c:', 'o:', 's:' and the key
+    admitted text[] := '{}';   -- the concurrency key of each keyed job picked
+    refused jsonb := '{}';     -- 'c:', 'o:', 's:' and the key: held back for this claim
     candidates refcursor;
     c record;
     refusal text;
+    examined int := 0;
+    key_by_key boolean;
     fair_key text;
     idle_rounds int := 0;
     picked_before int := 0;
@@ -1975,8 +2027,12 @@ BEGIN
         slots := job._take_slots(q, wanted);
         wanted := cardinality(slots);
     END IF;
-    IF wanted > 0 AND (q.rate_limit IS NOT NULL OR q.holds) THEN
-        wanted := job._rate_room(q.name, '', q.rate_limit, q.rate_period, wanted, false);
+    IF wanted > 0 AND q.holds THEN
+        wanted := job._rate_room(q.name, '', NULL, NULL, wanted, false);  -- a hold of the queue
+    END IF;
+    IF wanted > 0 AND q.rate_limit IS NOT NULL THEN
+        rate := job._queue_rate_room(q, wanted);
+        wanted := least(wanted, rate.room);
     END IF;
     IF wanted <= 0 THEN
         RETURN picked;  -- woken when a job finishes, or by the scheduler when the window allows
@@ -1989,75 +2045,142 @@ BEGIN
                  ORDER BY n.priority DESC, n.run_at, n.id
                  LIMIT wanted
                  FOR UPDATE SKIP LOCKED) n;
-    ELSIF NOT q.fair THEN
-        -- Read without locking; each job is locked once admitted.
-        OPEN candidates NO SCROLL FOR
-            SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
-             WHERE n.queue = q.name AND n.state = 'waiting'
-             ORDER BY n.priority DESC, n.run_at, n.id;
-        LOOP
-            FETCH candidates INTO c;
-            EXIT WHEN NOT FOUND;
-            CONTINUE WHEN ARRAY['c:' || c.concurrency_key, 'o:' || c.order_key, 's:' || c.singleton_key] && refused;
-            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-            IF refusal IS NOT NULL THEN
-                refused := refused || refusal;
-                CONTINUE;
-            END IF;
-            picked := picked || c.id;
-            admitted := admitted || c.concurrency_key;
-            EXIT WHEN cardinality(picked) >= wanted;
-        END LOOP;
-        CLOSE candidates;
     ELSE
-        -- Fair: from the key after the one this session served last, each key's first job in
-        -- claim order; past the last key, one job without a key, then from the first key.
-        fair_key := job._fair_cursor(q.id);
-        LOOP
-            IF fair_key IS NULL THEN
-                -- Round the keys again while the last round took a job (and once more after a
-                -- round begun after the cursor).
-                idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
-                EXIT WHEN idle_rounds >= 2;
-                picked_before := cardinality(picked);
+        IF q.key_concurrency IS NOT NULL THEN
+            SELECT coalesce(jsonb_object_agg('c:' || r.concurrency_key, true), '{}') INTO refused
+              FROM (SELECT r.concurrency_key FROM job.live_jobs r
+                     WHERE r.queue = q.name AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                       AND r.lease_expires_at > now()
+                     GROUP BY r.concurrency_key
+                    HAVING count(*) >= q.key_concurrency) r;
+        END IF;
+        key_by_key := q.fair;
+        IF NOT q.fair THEN
+            -- Read without locking; each job is locked once admitted.
+            OPEN candidates NO SCROLL FOR
+                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting'
+                 ORDER BY n.priority DESC, n.run_at, n.id;
+            LOOP
+                FETCH candidates INTO c;
+                EXIT WHEN NOT FOUND;
+                examined := examined + 1;
+                IF examined > 1000 + 10 * wanted THEN
+                    key_by_key := true;
+                    EXIT;
+                END IF;
+                CONTINUE WHEN (c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key))
+                           OR (c.order_key IS NOT NULL AND refused ? ('o:' || c.order_key))
+                           OR (c.singleton_key IS NOT NULL AND refused ? ('s:' || c.singleton_key));
+                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                IF refusal IS NOT NULL THEN
+                    IF refusal <> '' THEN
+                        refused := refused || jsonb_build_object(refusal, true);
+                    END IF;
+                    CONTINUE;
+                END IF;
+                picked := picked || c.id;
+                admitted := admitted || c.concurrency_key;
+                EXIT WHEN cardinality(picked) >= wanted;
+            END LOOP;
+            CLOSE candidates;
+        END IF;
+        IF key_by_key AND cardinality(picked) < wanted THEN
+            -- From the key after the one this session served last (a fair queue; else from
+            -- the first), each key's first job in claim order; past the last key, one job
+            -- without a key, then from the first key.
+            fair_key := CASE WHEN q.fair THEN job._fair_cursor(q.id) END;
+            LOOP
+                IF fair_key IS NULL THEN
+                    -- Round the keys again while the last round took a job (and once more
+                    -- after a round begun after the cursor).
+                    idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
+                    EXIT WHEN idle_rounds >= 2;
+                    picked_before := cardinality(picked);
+                END IF;
+                SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
+                   AND n.concurrency_key > coalesce(fair_key, '')
+                 ORDER BY n.concurrency_key LIMIT 1;
+                IF NOT FOUND THEN
+                    fair_key := NULL;
+                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
+                       AND n.id <> ALL (picked)
+                     ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
+                     FOR UPDATE SKIP LOCKED;
+                    CONTINUE WHEN NOT FOUND;
+                ELSE
+                    CONTINUE WHEN refused ? ('c:' || fair_key);
+                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
+                       AND n.id <> ALL (picked)
+                     ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
+                    CONTINUE WHEN NOT FOUND;
+                END IF;
+                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                IF refusal IS NOT NULL THEN
+                    IF refusal <> '' THEN
+                        refused := refused || jsonb_build_object(refusal, true);
+                    END IF;
+                    CONTINUE;
+                END IF;
+                picked := picked || c.id;
+                admitted := admitted || c.concurrency_key;
+                EXIT WHEN cardinality(picked) >= wanted;
+            END LOOP;
+            IF q.fair THEN
+                PERFORM job._move_fair_cursor(q.id, fair_key);
             END IF;
-            SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
-             WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
-               AND n.concurrency_key > coalesce(fair_key, '')
-             ORDER BY n.concurrency_key LIMIT 1;
-            IF NOT FOUND THEN
-                fair_key := NULL;
-                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
-                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
-                   AND n.id <> ALL (picked)
-                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
-                 FOR UPDATE SKIP LOCKED;
-                CONTINUE WHEN NOT FOUND;
-            ELSE
-                CONTINUE WHEN 'c:' || fair_key = ANY (refused);
-                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
-                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
-                   AND n.id <> ALL (picked)
-                 ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
-                CONTINUE WHEN NOT FOUND;
-            END IF;
-            refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-            IF refusal IS NOT NULL THEN
-                refused := refused || refusal;
-                CONTINUE;
-            END IF;
-            picked := picked || c.id;
-            admitted := admitted || c.concurrency_key;
-            EXIT WHEN cardinality(picked) >= wanted;
-        END LOOP;
-        PERFORM job._move_fair_cursor(q.id, fair_key);
+        END IF;
+        IF key_by_key AND q.serial_keys AND cardinality(picked) < wanted THEN
+            -- Each order or singleton key's oldest job, when it waits: a loose scan of each key
+            -- index (one probe per key), so a job behind another key's long backlog is found.
+            FOR c IN
+                WITH RECURSIVE order_keys AS (
+                    (SELECT o.order_key AS key FROM job.live_jobs o
+                      WHERE o.queue = q.name AND o.order_key IS NOT NULL ORDER BY o.order_key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT o.order_key FROM job.live_jobs o
+                             WHERE o.queue = q.name AND o.order_key > k.key ORDER BY o.order_key LIMIT 1)
+                      FROM order_keys k WHERE k.key IS NOT NULL
+                ), singleton_keys AS (
+                    (SELECT o.singleton_key AS key FROM job.live_jobs o
+                      WHERE o.queue = q.name AND o.singleton_key IS NOT NULL ORDER BY o.singleton_key LIMIT 1)
+                    UNION ALL
+                    SELECT (SELECT o.singleton_key FROM job.live_jobs o
+                             WHERE o.queue = q.name AND o.singleton_key > k.key ORDER BY o.singleton_key LIMIT 1)
+                      FROM singleton_keys k WHERE k.key IS NOT NULL
+                )
+                SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
+                  FROM order_keys k
+                 CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
+                                       FROM job.live_jobs o WHERE o.queue = q.name AND o.order_key = k.key
+                                      ORDER BY o.id LIMIT 1) h
+                 WHERE h.state = 'waiting' AND h.id <> ALL (picked)
+                UNION ALL
+                SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
+                  FROM singleton_keys k
+                 CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
+                                       FROM job.live_jobs o WHERE o.queue = q.name AND o.singleton_key = k.key
+                                      ORDER BY o.id LIMIT 1) h
+                 WHERE h.state = 'waiting' AND h.id <> ALL (picked)
+            LOOP
+                CONTINUE WHEN c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key);
+                IF job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted) IS NULL THEN
+                    picked := picked || c.id;
+                    admitted := admitted || c.concurrency_key;
+                    EXIT WHEN cardinality(picked) >= wanted;
+                END IF;
+            END LOOP;
+        END IF;
     END IF;
     IF q.concurrency IS NOT NULL AND cardinality(picked) > 0 THEN
         UPDATE job.concurrency_slots cs SET job_id = picked[array_position(slots, cs.slot)]
          WHERE cs.queue = q.name AND cs.slot = ANY (slots[1:cardinality(picked)]);
     END IF;
     IF q.rate_limit IS NOT NULL AND cardinality(picked) > 0 THEN
-        PERFORM job._rate_room(q.name, '', q.rate_limit, q.rate_period, cardinality(picked), true);
+        PERFORM job._rate_room(q.name, '', rate.shard_limit, q.rate_period, cardinality(picked), true, rate.shard);
     END IF;
     RETURN picked;
 END $$;
@@ -2071,7 +2194,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queue_wake timestamptz;
 BEGIN
-    SELECT r.wake_at INTO queue_wake FROM job.rate_windows r
+    SELECT min(r.wake_at) INTO queue_wake FROM job.rate_windows r
      WHERE r.queue = q.name AND r.key = '' AND r.wake_at > now();
     IF queue_wake IS NULL
        AND (q.concurrency IS NULL
@@ -2126,7 +2249,7 @@ BEGIN
     UPDATE job.rate_windows r
        SET held_until = CASE WHEN rate_limit_pause.until > now() THEN rate_limit_pause.until END,
            wake_at = CASE WHEN rate_limit_pause.until > now() THEN least(r.wake_at, rate_limit_pause.until) ELSE now() END
-     WHERE r.queue = q.name AND r.key = coalesce(rate_limit_pause.key, '');
+     WHERE r.queue = q.name AND r.key = coalesce(rate_limit_pause.key, '') AND r.shard = 0;
     IF NOT q.holds THEN
         UPDATE job.queues qs SET holds = true WHERE qs.name = q.name;
     END IF;
@@ -2186,7 +2309,7 @@ SELECT q.name AS queue, q.max_retries, q.backoff_base, q.backoff_max, q.jitter, 
        q.idempotency_window, q.retention, q.max_payload_bytes, q.paused,
        q.concurrency, q.key_concurrency, q.rate_limit, q.rate_period, q.key_rate_limit, q.key_rate_period, q.fair,
        (SELECT r.held_until FROM job.rate_windows r
-         WHERE r.queue = q.name AND r.key = '' AND r.held_until > pg_catalog.now()) AS held_until,
+         WHERE r.queue = q.name AND r.key = '' AND r.shard = 0 AND r.held_until > pg_catalog.now()) AS held_until,
        (SELECT pg_catalog.count(*) FROM job.rate_windows r
          WHERE r.queue = q.name AND r.key <> '' AND r.held_until > pg_catalog.now()) AS keys_held,
        q.created_at, q.updated_at

@@ -389,15 +389,19 @@ COMMENT ON TABLE job.handler_defs IS 'Queues whose jobs the background worker ru
 -- Flow control's state per queue (key '') and per concurrency key: the rate window (starts
 -- per slot, see src/flow.rs), a hold set by job.rate_limit_pause, and when the scheduler must
 -- wake the queue's consumers because the window or the hold lets a job start again.  A claim
--- holds its row until it commits, so the starts it counts stay exact.
+-- holds the row it counts in until it commits, so the starts it counts stay exact.
 CREATE TABLE job.rate_windows (
     queue      text NOT NULL REFERENCES job.queues (name) ON DELETE CASCADE,
     key        text NOT NULL,             -- '': the queue's own window and hold
+    -- A queue's rate limit is split over up to 8 windows (shards), each with its share of the
+    -- limit, so that claims in different transactions count in different rows instead of
+    -- queueing for one row until each commits.  Keys and holds use shard 0.
+    shard      smallint NOT NULL DEFAULT 0,
     base       bigint NOT NULL DEFAULT 0, -- the slot counts[1] counts
     counts     int[] NOT NULL DEFAULT '{}',
     held_until timestamptz,
     wake_at    timestamptz,
-    PRIMARY KEY (queue, key)
+    PRIMARY KEY (queue, key, shard)
 );
 
 COMMENT ON TABLE job.rate_windows IS 'Rate windows and holds of rate-limited queues and concurrency keys (read through job.queue_settings and job.rate_limit_holds).';

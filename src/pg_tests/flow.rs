@@ -102,14 +102,16 @@ mod tests {
         for _ in 0..5 {
             enqueue("r");
         }
-        assert_eq!(claim_ids("r", 10).len(), 3);
+        // Each claim counts in one of the queue's windows (here 3, with one start an hour each).
+        let started: usize = (0..3).map(|_| claim_ids("r", 10).len()).sum();
+        assert_eq!(started, 3);
         assert!(claim_ids("r", 10).is_empty());
         assert!(one::<bool>(
             "SELECT job.next_due('r') > now() + interval '59 minutes'"
         ));
         assert!(
             one::<bool>(
-                "SELECT wake_at > now() FROM job.rate_windows WHERE queue = 'r' AND key = ''"
+                "SELECT bool_and(wake_at > now()) FROM job.rate_windows WHERE queue = 'r' AND key = ''"
             ),
             "the scheduler wakes the queue when the window allows"
         );

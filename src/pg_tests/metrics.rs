@@ -51,7 +51,9 @@ mod tests {
         // 100 jobs claimed 1..100 seconds ago, completed now.
         run("SELECT job.enqueue_many('h', array_fill('{}'::jsonb, ARRAY[100]))");
         run("SELECT job.dequeue('h', 'w', 100)");
-        run("UPDATE job.live_jobs SET claimed_at = now() - make_interval(secs => id - (SELECT min(id) - 1 FROM job.live_jobs))");
+        // By rank, not id: tests running at the same time draw ids from the same sequence.
+        run("UPDATE job.live_jobs l SET claimed_at = now() - make_interval(secs => r.rank)
+               FROM (SELECT id, row_number() OVER (ORDER BY id) AS rank FROM job.live_jobs) r WHERE l.id = r.id");
         run("SELECT job.complete_many(array_agg(id)) FROM job.live_jobs");
         let (p50, p99) = Spi::get_two::<f64, f64>(
             "SELECT processing_p50, processing_p99 FROM job.metrics WHERE queue = 'h'",
