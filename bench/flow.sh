@@ -42,10 +42,10 @@
 # (synchronous_commit and fsync on: checked).  Each run is checked afterwards, and the script
 # fails if a check does: pgbench exits 0 with no failed transaction; nothing is left claimed;
 # every job that left the queue was completed, once; transactions x jobs per transaction jobs
-# left (no empty or short claim), except in keyed_batch, whose claims may come back short
-# (not empty: complete_many would fail): a claim passes over each key it found busy for the
-# rest of its scan, and during a long scan the other clients take and free many keys, so the
-# table counts the jobs moved and the runs show the mean claim; the backlog did not run dry;
+# left (no empty or short claim), except in keyed_batch, whose claims may come back short or
+# empty (8 clients holding 100 keys each leave about 200 of the 1,000 free, and a key another
+# client is claiming is passed over; an empty claim looks again 1 ms later), so the table
+# counts the jobs moved and the runs show the mean claim; the backlog did not run dry;
 # and the watcher (flow_watch.sql), sampling every 100 ms, never saw a key with more running
 # jobs than its limit.  Where the time goes, per variant and side: pgbench's latency per
 # statement (-r), the self time per transaction of the functions pgbench's sessions called
@@ -257,8 +257,8 @@ measure() { # measure QUEUE MODE ROUND
     [ "$done" -eq "$done_ids" ] || die "$queue/$mode: $((done - done_ids)) jobs completed more than once"
     [ "$done" -eq "$moved" ] || die "$queue/$mode: $moved jobs left the queue but $done were completed"
     if [ "$queue/$mode" = keyed/batch ]; then
-        [ "$moved" -le "$expected" ] && [ "$moved" -ge "$tx" ] ||
-            die "$queue/$mode: $tx claims of 1 to $per_tx jobs cannot move $moved jobs"
+        [ "$moved" -le "$expected" ] ||
+            die "$queue/$mode: $tx claims of 0 to $per_tx jobs cannot move $moved jobs"
     else
         [ "$moved" -eq "$expected" ] ||
             die "$queue/$mode: $tx transactions of $per_tx jobs should move $expected jobs, but $moved moved (short or empty claims?)"

@@ -17,11 +17,11 @@ SELECT job.create_queue('ballast');
 
 -- Every measured run starts from empty tables (restarted ids too) and fresh rate windows, as
 -- bench/setup.sql's bench_reset does for bench/run.sh; but job.finished_jobs keeps 10,000
--- completed jobs of queue `ballast`, as in any cluster that has run for a while.  Analyzed
--- empty, it makes the scheduler's retention statement (job.apply_retention, every maintenance
--- round) cache a generic plan for an empty table: a nested loop that scans finished_jobs
--- again for each of its rows.  Once a run has filled the table, that one statement runs for
--- hours, holding back vacuum, the next TRUNCATE and shutdown (seen while writing this).
+-- completed jobs of queue `ballast`, as in any cluster that has run for a while.  (Analyzed
+-- empty, the table once made the scheduler's retention statement cache a nested loop that
+-- read finished_jobs again for each of its rows, and run for hours once a run had filled it,
+-- holding back vacuum, the next TRUNCATE and shutdown; found while writing this benchmark and
+-- fixed in job.apply_retention, which now reads the ids once.)
 CREATE PROCEDURE flow_reset() LANGUAGE sql AS $$
     TRUNCATE job.live_jobs, job.finished_jobs, job.idempotency_keys, job.rate_windows RESTART IDENTITY;
     SELECT setval('job.job_id_seq', 1, false);

@@ -227,6 +227,80 @@ SET search_path = pg_catalog, pg_temp AS $$
         OR q.key_rate_limit IS NOT NULL OR q.holds OR q.serial_keys OR q.fair
 $$;
 
+-- The claim of a queue whose only limit per key is key_concurrency, in a few set-based
+-- statements instead of a test per job (a batch of 100 from 1,000 keys made about 780 tests
+-- and took 0.5 s under 8 claimers): the front of the queue in claim order (1,000 + 10 × wanted
+-- jobs at most) without the keys at their limit, and at most key_concurrency jobs of each
+-- other key, whose keys are tried in that order until `wanted` are taken (a key another
+-- claim holds is left to it); the room of each key counted in a statement of its own, after
+-- its lock; the candidates within their key's room locked SKIP LOCKED, up to `wanted`.
+-- `crowded`: every job of the front belongs to a key at its limit, and more lie beyond it
+-- (job._pick_limited then goes key by key).
+CREATE FUNCTION job._pick_by_key_sets(q job.queues, wanted int, OUT picked bigint[], OUT crowded boolean)
+LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    budget int := 1000 + 10 * wanted;
+    seen bigint;
+    open_count bigint;
+    cand_ids bigint[];
+    cand_keys text[];
+    locked text[];
+    rooms jsonb;
+BEGIN
+    picked := '{}';
+    WITH front AS (
+        SELECT n.id, n.concurrency_key, row_number() OVER (ORDER BY n.priority DESC, n.run_at, n.id) AS ord
+          FROM (SELECT n.id, n.concurrency_key, n.priority, n.run_at FROM job.live_jobs n
+                 WHERE n.queue = q.name AND n.state = 'waiting'
+                 ORDER BY n.priority DESC, n.run_at, n.id
+                 LIMIT budget) n
+    ), busy AS (
+        SELECT r.concurrency_key AS key FROM job.live_jobs r
+         WHERE r.queue = q.name AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+           AND r.lease_expires_at > now()
+         GROUP BY r.concurrency_key
+        HAVING count(*) >= q.key_concurrency
+    ), open AS (
+        SELECT f.id, f.concurrency_key, f.ord,
+               row_number() OVER (PARTITION BY f.concurrency_key ORDER BY f.ord) AS nth
+          FROM front f LEFT JOIN busy b ON b.key = f.concurrency_key
+         WHERE b.key IS NULL
+    )
+    SELECT (SELECT count(*) FROM front), (SELECT count(*) FROM open),
+           array_agg(o.id ORDER BY o.ord), array_agg(o.concurrency_key ORDER BY o.ord)
+      INTO seen, open_count, cand_ids, cand_keys
+      FROM (SELECT o.id, o.concurrency_key, o.ord
+              FROM (SELECT o.id, o.concurrency_key, o.ord FROM open o
+                     WHERE o.concurrency_key IS NULL OR o.nth <= q.key_concurrency
+                     ORDER BY o.ord) o
+             -- Tried in claim order, as the rows come, until enough are taken: a key another
+             -- claim holds is passed over, so claims running side by side spread over keys.
+             WHERE o.concurrency_key IS NULL OR job._try_lock_key(q.name, o.concurrency_key)
+             LIMIT wanted) o;
+    crowded := seen >= budget AND open_count = 0;
+    IF cand_ids IS NULL THEN
+        RETURN;
+    END IF;
+    SELECT coalesce(array_agg(DISTINCT k), '{}') INTO locked FROM unnest(cand_keys) k WHERE k IS NOT NULL;
+    SELECT coalesce(jsonb_object_agg(l.k, q.key_concurrency - r.n), '{}') INTO rooms
+      FROM unnest(locked) l(k)
+     CROSS JOIN LATERAL (SELECT count(*) AS n FROM job.live_jobs r
+                          WHERE r.queue = q.name AND r.concurrency_key = l.k AND r.state = 'running'
+                            AND r.concurrency_key IS NOT NULL AND r.lease_expires_at > now()) r;
+    SELECT coalesce(array_agg(n.id), '{}') INTO picked
+      FROM (SELECT n.id FROM job.live_jobs n
+             WHERE n.id = ANY (ARRAY(SELECT c.id
+                                       FROM (SELECT c.id, c.key, c.ord,
+                                                    row_number() OVER (PARTITION BY c.key ORDER BY c.ord) AS nth
+                                               FROM unnest(cand_ids, cand_keys) WITH ORDINALITY AS c(id, key, ord)) c
+                                      WHERE c.key IS NULL OR c.nth <= (rooms ->> c.key)::int))
+               AND n.state = 'waiting'
+             ORDER BY n.priority DESC, n.run_at, n.id
+             LIMIT wanted
+             FOR UPDATE SKIP LOCKED) n;
+END $$;
+
 -- Up to `batch` waiting jobs of queue `q` that its limits let start now, locked for the caller
 -- to claim: in claim order, or, in a fair queue, one per concurrency key in turn.  A job whose
 -- key is at its limit is stepped over, so a saturated key never holds back the others:
@@ -253,6 +327,7 @@ DECLARE
     refusal text;
     examined int := 0;
     key_by_key boolean;
+    general boolean;
     fair_key text;
     idle_rounds int := 0;
     picked_before int := 0;
@@ -280,133 +355,144 @@ BEGIN
                  LIMIT wanted
                  FOR UPDATE SKIP LOCKED) n;
     ELSE
-        IF q.key_concurrency IS NOT NULL THEN
-            SELECT coalesce(jsonb_object_agg('c:' || r.concurrency_key, true), '{}') INTO refused
-              FROM (SELECT r.concurrency_key FROM job.live_jobs r
-                     WHERE r.queue = q.name AND r.state = 'running' AND r.concurrency_key IS NOT NULL
-                       AND r.lease_expires_at > now()
-                     GROUP BY r.concurrency_key
-                    HAVING count(*) >= q.key_concurrency) r;
+        general := true;
+        IF q.key_concurrency IS NOT NULL AND NOT q.fair AND NOT q.serial_keys
+           AND q.key_rate_limit IS NULL AND NOT q.holds THEN
+            SELECT k.picked, k.crowded AND cardinality(k.picked) = 0 INTO picked, general
+              FROM job._pick_by_key_sets(q, wanted) k;
         END IF;
-        key_by_key := q.fair;
-        IF NOT q.fair THEN
-            -- Read without locking; each job is locked once admitted.
-            OPEN candidates NO SCROLL FOR
-                SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
-                 WHERE n.queue = q.name AND n.state = 'waiting'
-                 ORDER BY n.priority DESC, n.run_at, n.id;
-            LOOP
-                FETCH candidates INTO c;
-                EXIT WHEN NOT FOUND;
-                examined := examined + 1;
-                IF examined > 1000 + 10 * wanted THEN
-                    key_by_key := true;
-                    EXIT;
-                END IF;
-                CONTINUE WHEN (c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key))
-                           OR (c.order_key IS NOT NULL AND refused ? ('o:' || c.order_key))
-                           OR (c.singleton_key IS NOT NULL AND refused ? ('s:' || c.singleton_key));
-                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-                IF refusal IS NOT NULL THEN
-                    IF refusal <> '' THEN
-                        refused := refused || jsonb_build_object(refusal, true);
-                    END IF;
-                    CONTINUE;
-                END IF;
-                picked := picked || c.id;
-                admitted := admitted || c.concurrency_key;
-                EXIT WHEN cardinality(picked) >= wanted;
-            END LOOP;
-            CLOSE candidates;
-        END IF;
-        IF key_by_key AND cardinality(picked) < wanted THEN
-            -- From the key after the one this session served last (a fair queue; else from
-            -- the first), each key's first job in claim order; past the last key, one job
-            -- without a key, then from the first key.
-            fair_key := CASE WHEN q.fair THEN job._fair_cursor(q.id) END;
-            LOOP
-                IF fair_key IS NULL THEN
-                    -- Round the keys again while the last round took a job (and once more
-                    -- after a round begun after the cursor).
-                    idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
-                    EXIT WHEN idle_rounds >= 2;
-                    picked_before := cardinality(picked);
-                END IF;
-                SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
-                 WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
-                   AND n.concurrency_key > coalesce(fair_key, '')
-                 ORDER BY n.concurrency_key LIMIT 1;
-                IF NOT FOUND THEN
-                    fair_key := NULL;
-                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
-                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
-                       AND n.id <> ALL (picked)
-                     ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
-                     FOR UPDATE SKIP LOCKED;
-                    CONTINUE WHEN NOT FOUND;
-                ELSE
-                    CONTINUE WHEN refused ? ('c:' || fair_key);
-                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
-                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
-                       AND n.id <> ALL (picked)
-                     ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
-                    CONTINUE WHEN NOT FOUND;
-                END IF;
-                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-                IF refusal IS NOT NULL THEN
-                    IF refusal <> '' THEN
-                        refused := refused || jsonb_build_object(refusal, true);
-                    END IF;
-                    CONTINUE;
-                END IF;
-                picked := picked || c.id;
-                admitted := admitted || c.concurrency_key;
-                EXIT WHEN cardinality(picked) >= wanted;
-            END LOOP;
-            IF q.fair THEN
-                PERFORM job._move_fair_cursor(q.id, fair_key);
+        IF general THEN
+            IF q.key_concurrency IS NOT NULL THEN
+                SELECT coalesce(jsonb_object_agg('c:' || r.concurrency_key, true), '{}') INTO refused
+                  FROM (SELECT r.concurrency_key FROM job.live_jobs r
+                         WHERE r.queue = q.name AND r.state = 'running' AND r.concurrency_key IS NOT NULL
+                           AND r.lease_expires_at > now()
+                         GROUP BY r.concurrency_key
+                        HAVING count(*) >= q.key_concurrency) r;
             END IF;
-        END IF;
-        IF key_by_key AND q.serial_keys AND cardinality(picked) < wanted THEN
-            -- Each order or singleton key's oldest job, when it waits: a loose scan of each key
-            -- index (one probe per key), so a job behind another key's long backlog is found.
-            FOR c IN
-                WITH RECURSIVE order_keys AS (
-                    (SELECT o.order_key AS key FROM job.live_jobs o
-                      WHERE o.queue = q.name AND o.order_key IS NOT NULL ORDER BY o.order_key LIMIT 1)
-                    UNION ALL
-                    SELECT (SELECT o.order_key FROM job.live_jobs o
-                             WHERE o.queue = q.name AND o.order_key > k.key ORDER BY o.order_key LIMIT 1)
-                      FROM order_keys k WHERE k.key IS NOT NULL
-                ), singleton_keys AS (
-                    (SELECT o.singleton_key AS key FROM job.live_jobs o
-                      WHERE o.queue = q.name AND o.singleton_key IS NOT NULL ORDER BY o.singleton_key LIMIT 1)
-                    UNION ALL
-                    SELECT (SELECT o.singleton_key FROM job.live_jobs o
-                             WHERE o.queue = q.name AND o.singleton_key > k.key ORDER BY o.singleton_key LIMIT 1)
-                      FROM singleton_keys k WHERE k.key IS NOT NULL
-                )
-                SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
-                  FROM order_keys k
-                 CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
-                                       FROM job.live_jobs o WHERE o.queue = q.name AND o.order_key = k.key
-                                      ORDER BY o.id LIMIT 1) h
-                 WHERE h.state = 'waiting' AND h.id <> ALL (picked)
-                UNION ALL
-                SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
-                  FROM singleton_keys k
-                 CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
-                                       FROM job.live_jobs o WHERE o.queue = q.name AND o.singleton_key = k.key
-                                      ORDER BY o.id LIMIT 1) h
-                 WHERE h.state = 'waiting' AND h.id <> ALL (picked)
-            LOOP
-                CONTINUE WHEN c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key);
-                IF job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted) IS NULL THEN
+            key_by_key := q.fair;
+            IF NOT q.fair THEN
+                -- Read without locking; each job is locked once admitted.
+                -- The LIMIT also makes it a range of the claim index: a cursor without one is
+                -- planned for its first 10% (cursor_tuple_fraction), which for a large backlog is a
+                -- sort of the whole queue.
+                OPEN candidates NO SCROLL FOR
+                    SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting'
+                     ORDER BY n.priority DESC, n.run_at, n.id
+                     LIMIT 1000 + 10 * wanted;
+                LOOP
+                    FETCH candidates INTO c;
+                    IF NOT FOUND THEN
+                        key_by_key := examined >= 1000 + 10 * wanted;  -- more may lie beyond
+                        EXIT;
+                    END IF;
+                    examined := examined + 1;
+                    CONTINUE WHEN (c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key))
+                               OR (c.order_key IS NOT NULL AND refused ? ('o:' || c.order_key))
+                               OR (c.singleton_key IS NOT NULL AND refused ? ('s:' || c.singleton_key));
+                    refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                    IF refusal IS NOT NULL THEN
+                        IF refusal <> '' THEN
+                            refused := refused || jsonb_build_object(refusal, true);
+                        END IF;
+                        CONTINUE;
+                    END IF;
                     picked := picked || c.id;
                     admitted := admitted || c.concurrency_key;
                     EXIT WHEN cardinality(picked) >= wanted;
+                END LOOP;
+                CLOSE candidates;
+            END IF;
+            IF key_by_key AND cardinality(picked) < wanted THEN
+                -- From the key after the one this session served last (a fair queue; else from
+                -- the first), each key's first job in claim order; past the last key, one job
+                -- without a key, then from the first key.
+                fair_key := CASE WHEN q.fair THEN job._fair_cursor(q.id) END;
+                LOOP
+                    IF fair_key IS NULL THEN
+                        -- Round the keys again while the last round took a job (and once more
+                        -- after a round begun after the cursor).
+                        idle_rounds := CASE WHEN cardinality(picked) = picked_before THEN idle_rounds + 1 ELSE 0 END;
+                        EXIT WHEN idle_rounds >= 2;
+                        picked_before := cardinality(picked);
+                    END IF;
+                    SELECT n.concurrency_key INTO fair_key FROM job.live_jobs n
+                     WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NOT NULL
+                       AND n.concurrency_key > coalesce(fair_key, '')
+                     ORDER BY n.concurrency_key LIMIT 1;
+                    IF NOT FOUND THEN
+                        fair_key := NULL;
+                        SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                         WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key IS NULL
+                           AND n.id <> ALL (picked)
+                         ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1
+                         FOR UPDATE SKIP LOCKED;
+                        CONTINUE WHEN NOT FOUND;
+                    ELSE
+                        CONTINUE WHEN refused ? ('c:' || fair_key);
+                        SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key INTO c FROM job.live_jobs n
+                         WHERE n.queue = q.name AND n.state = 'waiting' AND n.concurrency_key = fair_key
+                           AND n.id <> ALL (picked)
+                         ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
+                        CONTINUE WHEN NOT FOUND;
+                    END IF;
+                    refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                    IF refusal IS NOT NULL THEN
+                        IF refusal <> '' THEN
+                            refused := refused || jsonb_build_object(refusal, true);
+                        END IF;
+                        CONTINUE;
+                    END IF;
+                    picked := picked || c.id;
+                    admitted := admitted || c.concurrency_key;
+                    EXIT WHEN cardinality(picked) >= wanted;
+                END LOOP;
+                IF q.fair THEN
+                    PERFORM job._move_fair_cursor(q.id, fair_key);
                 END IF;
-            END LOOP;
+            END IF;
+            IF key_by_key AND q.serial_keys AND cardinality(picked) < wanted THEN
+                -- Each order or singleton key's oldest job, when it waits: a loose scan of each key
+                -- index (one probe per key), so a job behind another key's long backlog is found.
+                FOR c IN
+                    WITH RECURSIVE order_keys AS (
+                        (SELECT o.order_key AS key FROM job.live_jobs o
+                          WHERE o.queue = q.name AND o.order_key IS NOT NULL ORDER BY o.order_key LIMIT 1)
+                        UNION ALL
+                        SELECT (SELECT o.order_key FROM job.live_jobs o
+                                 WHERE o.queue = q.name AND o.order_key > k.key ORDER BY o.order_key LIMIT 1)
+                          FROM order_keys k WHERE k.key IS NOT NULL
+                    ), singleton_keys AS (
+                        (SELECT o.singleton_key AS key FROM job.live_jobs o
+                          WHERE o.queue = q.name AND o.singleton_key IS NOT NULL ORDER BY o.singleton_key LIMIT 1)
+                        UNION ALL
+                        SELECT (SELECT o.singleton_key FROM job.live_jobs o
+                                 WHERE o.queue = q.name AND o.singleton_key > k.key ORDER BY o.singleton_key LIMIT 1)
+                          FROM singleton_keys k WHERE k.key IS NOT NULL
+                    )
+                    SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
+                      FROM order_keys k
+                     CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
+                                           FROM job.live_jobs o WHERE o.queue = q.name AND o.order_key = k.key
+                                          ORDER BY o.id LIMIT 1) h
+                     WHERE h.state = 'waiting' AND h.id <> ALL (picked)
+                    UNION ALL
+                    SELECT h.id, h.concurrency_key, h.order_key, h.singleton_key
+                      FROM singleton_keys k
+                     CROSS JOIN LATERAL (SELECT o.id, o.state, o.concurrency_key, o.order_key, o.singleton_key
+                                           FROM job.live_jobs o WHERE o.queue = q.name AND o.singleton_key = k.key
+                                          ORDER BY o.id LIMIT 1) h
+                     WHERE h.state = 'waiting' AND h.id <> ALL (picked)
+                LOOP
+                    CONTINUE WHEN c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key);
+                    IF job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted) IS NULL THEN
+                        picked := picked || c.id;
+                        admitted := admitted || c.concurrency_key;
+                        EXIT WHEN cardinality(picked) >= wanted;
+                    END IF;
+                END LOOP;
+            END IF;
         END IF;
     END IF;
     IF q.concurrency IS NOT NULL AND cardinality(picked) > 0 THEN

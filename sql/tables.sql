@@ -112,8 +112,11 @@ CREATE INDEX live_jobs_due_idx ON job.live_jobs (queue, run_at)
 CREATE INDEX live_jobs_lease_idx ON job.live_jobs (queue, lease_expires_at)
     WHERE state = 'running';
 
--- Running jobs of a concurrency key: what a claim counts against the queue's key_concurrency.
-CREATE INDEX live_jobs_running_key_idx ON job.live_jobs (queue, concurrency_key)
+-- Running jobs of a concurrency key: what a claim counts against the queue's key_concurrency
+-- (those whose lease has not run out).  With lease_expires_at in it, the count is one range of
+-- this index: without, the generic plan took the lease index and read every running job of the
+-- queue for each key it tested (800 per test with 1,000 keys busy).
+CREATE INDEX live_jobs_running_key_idx ON job.live_jobs (queue, concurrency_key, lease_expires_at)
     WHERE state = 'running' AND concurrency_key IS NOT NULL;
 
 -- A fair queue's claims go from key to key, taking each key's first job in claim order.

@@ -1673,3 +1673,53 @@ fn next_due_is_not_now_while_every_waiting_job_is_held_by_its_key() {
         );
     }
 }
+
+/// A worker told "limit reached" is woken when a slot frees: on a queue with concurrency 1,
+/// a LISTENing worker's claim comes back empty while another holds the slot; when that job
+/// completes (nobody enqueues anything), the worker is notified, and its next claim gets the
+/// waiting job.  The same for a key at its key_concurrency.
+#[test]
+fn a_worker_refused_by_a_limit_is_woken_when_a_slot_frees() {
+    let db = TestDb::create("flow_slot_wakeup");
+    let mut c = db.connect();
+    for (settings, key) in [
+        ("concurrency => 1", None),
+        ("key_concurrency => 1", Some("k")),
+    ] {
+        let queue = unique_queue("slotwake");
+        exec(
+            &mut c,
+            &format!("SELECT job.create_queue($1, {settings})"),
+            &[&queue],
+        );
+        for _ in 0..2 {
+            exec(
+                &mut c,
+                "SELECT job.enqueue($1, '{}', concurrency_key => $2)",
+                &[&queue, &key],
+            );
+        }
+        let held = claim(&mut c, &queue, "holder", 1, None);
+        assert_eq!(held.len(), 1, "{settings}");
+
+        let mut listener = db.connect();
+        listen(&mut listener);
+        assert!(
+            claim(&mut listener, &queue, "listener", 1, None).is_empty(),
+            "{settings}: the slot is taken"
+        );
+        drain_notifications(&mut listener);
+        assert!(complete(&mut c, &held[0]), "{settings}");
+        let woken = next_notification(&mut listener, Duration::from_secs(5));
+        assert_eq!(
+            woken.map(|n| n.payload().to_owned()),
+            Some(queue_id(&mut c, &queue)),
+            "{settings}: no wake-up when the slot freed"
+        );
+        assert_eq!(
+            claim(&mut listener, &queue, "listener", 1, None).len(),
+            1,
+            "{settings}: the woken worker gets the job"
+        );
+    }
+}
