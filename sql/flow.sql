@@ -374,46 +374,36 @@ BEGIN
                          GROUP BY r.concurrency_key
                         HAVING count(*) >= q.key_concurrency) r;
             END IF;
+            -- Candidates in claim order from the front of the queue (at most 1,000 + 10 × batch,
+            -- read without locking: each job is locked once admitted); past them, or in a fair
+            -- queue from the start, key by key: from the key after the one this session served
+            -- last (a fair queue; else from the first), each key's first job in claim order, and
+            -- past the last key one job without a key, then from the first key again.
             key_by_key := q.fair;
             IF NOT q.fair THEN
-                -- Read without locking; each job is locked once admitted.
                 -- The LIMIT also makes it a range of the claim index: a cursor without one is
-                -- planned for its first 10% (cursor_tuple_fraction), which for a large backlog is a
-                -- sort of the whole queue.
+                -- planned for its first 10% (cursor_tuple_fraction), which for a large backlog
+                -- is a sort of the whole queue.
                 OPEN candidates NO SCROLL FOR
                     SELECT n.id, n.concurrency_key, n.order_key, n.singleton_key FROM job.live_jobs n
                      WHERE n.queue = q.name AND n.state = 'waiting'
                      ORDER BY n.priority DESC, n.run_at, n.id
                      LIMIT 1000 + 10 * wanted;
-                LOOP
+            END IF;
+            fair_key := CASE WHEN q.fair THEN job._fair_cursor(q.id) END;
+            LOOP
+                IF NOT key_by_key THEN
                     FETCH candidates INTO c;
                     IF NOT FOUND THEN
-                        key_by_key := examined >= 1000 + 10 * wanted;  -- more may lie beyond
-                        EXIT;
+                        EXIT WHEN examined < 1000 + 10 * wanted;  -- that was the whole queue
+                        key_by_key := true;
+                        CONTINUE;
                     END IF;
                     examined := examined + 1;
                     CONTINUE WHEN (c.concurrency_key IS NOT NULL AND refused ? ('c:' || c.concurrency_key))
                                OR (c.order_key IS NOT NULL AND refused ? ('o:' || c.order_key))
                                OR (c.singleton_key IS NOT NULL AND refused ? ('s:' || c.singleton_key));
-                    refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-                    IF refusal IS NOT NULL THEN
-                        IF refusal <> '' THEN
-                            refused := refused || jsonb_build_object(refusal, true);
-                        END IF;
-                        CONTINUE;
-                    END IF;
-                    picked := picked || c.id;
-                    admitted := admitted || c.concurrency_key;
-                    EXIT WHEN cardinality(picked) >= wanted;
-                END LOOP;
-                CLOSE candidates;
-            END IF;
-            IF key_by_key AND cardinality(picked) < wanted THEN
-                -- From the key after the one this session served last (a fair queue; else from
-                -- the first), each key's first job in claim order; past the last key, one job
-                -- without a key, then from the first key.
-                fair_key := CASE WHEN q.fair THEN job._fair_cursor(q.id) END;
-                LOOP
+                ELSE
                     IF fair_key IS NULL THEN
                         -- Round the keys again while the last round took a job (and once more
                         -- after a round begun after the cursor).
@@ -441,20 +431,22 @@ BEGIN
                          ORDER BY n.priority DESC, n.run_at, n.id LIMIT 1;
                         CONTINUE WHEN NOT FOUND;
                     END IF;
-                    refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
-                    IF refusal IS NOT NULL THEN
-                        IF refusal <> '' THEN
-                            refused := refused || jsonb_build_object(refusal, true);
-                        END IF;
-                        CONTINUE;
-                    END IF;
-                    picked := picked || c.id;
-                    admitted := admitted || c.concurrency_key;
-                    EXIT WHEN cardinality(picked) >= wanted;
-                END LOOP;
-                IF q.fair THEN
-                    PERFORM job._move_fair_cursor(q.id, fair_key);
                 END IF;
+                refusal := job._admit(q, c.id, c.concurrency_key, c.order_key, c.singleton_key, admitted);
+                IF refusal IS NOT NULL THEN
+                    IF refusal <> '' THEN
+                        refused := refused || jsonb_build_object(refusal, true);
+                    END IF;
+                    CONTINUE;
+                END IF;
+                picked := picked || c.id;
+                admitted := admitted || c.concurrency_key;
+                EXIT WHEN cardinality(picked) >= wanted;
+            END LOOP;
+            IF NOT q.fair THEN
+                CLOSE candidates;
+            ELSE
+                PERFORM job._move_fair_cursor(q.id, fair_key);
             END IF;
             IF key_by_key AND q.serial_keys AND cardinality(picked) < wanted THEN
                 -- Each order or singleton key's oldest job, when it waits: a loose scan of each key

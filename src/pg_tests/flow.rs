@@ -97,6 +97,24 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_job_behind_a_saturated_keys_long_backlog_is_still_found() {
+        // More jobs of key a at the front than a claim reads in claim order (1,000 + 10 per
+        // job wanted): past them the claim goes key by key.
+        run("SELECT job.create_queue('hol', key_concurrency => 1)");
+        run("SELECT job.enqueue_many('hol', array_fill('{}'::jsonb, ARRAY[1200]), concurrency_key => 'a')");
+        let b = one::<i64>("SELECT job.enqueue('hol', concurrency_key => 'b')");
+        assert_eq!(claim_ids("hol", 1).len(), 1, "a's first job");
+        assert_eq!(claim_ids("hol", 1), vec![b]);
+        assert!(claim_ids("hol", 5).is_empty());
+
+        queue("hol_order");
+        run("SELECT job.enqueue_many('hol_order', array_fill('{}'::jsonb, ARRAY[1200]), order_key => 'a')");
+        let ob = one::<i64>("SELECT job.enqueue('hol_order', order_key => 'b')");
+        assert_eq!(claim_ids("hol_order", 1).len(), 1, "a's first job");
+        assert_eq!(claim_ids("hol_order", 1), vec![ob]);
+    }
+
+    #[pg_test]
     fn a_rate_limit_delays_starts_and_says_when_the_next_may_come() {
         run("SELECT job.create_queue('r', rate_limit => 3, rate_period => '1 hour')");
         for _ in 0..5 {
