@@ -127,8 +127,8 @@ SELECT endpoint, status_2xx, status_4xx, status_5xx, transient_failures, permane
        round(latency_p50::numeric, 4) AS latency_p50, round(latency_p99::numeric, 4) AS latency_p99
   FROM job.endpoint_metrics;
 
-\echo '== Flow control: one sync per customer at a time, at most 3 at once, 20 starts a second'
-SELECT job.create_queue('syncs', concurrency => 3, key_concurrency => 1, rate_limit => 20);
+\echo '== Flow control: one sync per customer at a time, and at most 3 at once'
+SELECT job.create_queue('syncs', concurrency => 3, key_concurrency => 1);
 SELECT count(job.enqueue('syncs', jsonb_build_object('customer', c, 'n', n), concurrency_key => 'customer-' || c))
        AS sync_jobs
   FROM generate_series(1, 4) c, generate_series(1, 2) n;
@@ -137,12 +137,18 @@ SELECT id, payload ->> 'customer' AS customer FROM job.dequeue('syncs', 'demo-wo
 \echo 'Another worker gets nothing until one of them finishes'
 SELECT count(*) AS claimed FROM job.dequeue('syncs', 'demo-worker-2', 10);
 
-\echo '== Singleton, debounce and per-key order'
+\echo '== Singleton and debounce: a second enqueue of the same key returns the same job'
 SELECT job.create_queue('reindex');
 SELECT job.enqueue('reindex', '{"since": "09:00"}', singleton_key => 'search') AS first_call,
        job.enqueue('reindex', '{"since": "09:05"}', singleton_key => 'search') AS second_call_same_job;
 SELECT job.enqueue('reindex', '{"unread": 1}', debounce_key => 'user-7', debounce => '5 seconds') AS debounced,
        job.enqueue('reindex', '{"unread": 2}', debounce_key => 'user-7', debounce => '5 seconds') AS same_job_later_start;
 SELECT id, state, payload, singleton_key, debounce_key FROM job.jobs WHERE queue = 'reindex' ORDER BY id;
+\echo '== A provider allows 2 calls a second: a claim of 10 gets 2, and the next waits for the window'
+SELECT job.create_queue('provider', rate_limit => 2);
+SELECT count(job.enqueue('provider', jsonb_build_object('call', n))) AS calls FROM generate_series(1, 5) n;
+SELECT count(*) AS started FROM job.dequeue('provider', 'demo-worker', 10);
+SELECT count(*) AS started_too_soon FROM job.dequeue('provider', 'demo-worker', 10);
+SELECT job.next_due('provider') > now() AS next_start_is_later;
 SELECT queue, concurrency, key_concurrency, rate_limit, rate_period, fair FROM job.queue_settings
  WHERE concurrency IS NOT NULL OR rate_limit IS NOT NULL;

@@ -1866,7 +1866,10 @@ CREATE OR REPLACE FUNCTION job._queue_rate_room(q job.queues, wanted int, OUT sh
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    shards int := least(8, q.rate_limit);
+    -- One window per 16 starts of the limit, 8 at most: a claim takes at most its window's
+    -- share at once, so small limits keep one window (claims of a queue limited to a few
+    -- starts a second need no parallel counting) and a share is never below 16.
+    shards int := greatest(1, least(8, q.rate_limit / 16));
     s smallint;
 BEGIN
     room := 0;
