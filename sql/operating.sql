@@ -66,9 +66,11 @@ BEGIN
         RETURNING f.*
     ), inserted AS (
         INSERT INTO job.live_jobs (id, run_at, enqueued_at, priority, attempt, max_retries, state,
-                                   queue, job_type, idempotency_key, payload, errors, concurrency_key)
+                                   queue, job_type, idempotency_key, payload, errors, concurrency_key,
+                                   order_key, singleton_key, debounce_key)
         SELECT b.id, now(), b.enqueued_at, b.priority, 0, b.max_retries, 'waiting',
-               b.queue, b.job_type, b.idempotency_key, b.payload, b.errors, b.concurrency_key
+               b.queue, b.job_type, b.idempotency_key, b.payload, b.errors, b.concurrency_key,
+               b.order_key, b.singleton_key, b.debounce_key
           FROM back b
         RETURNING 1
     )

@@ -83,14 +83,14 @@ BEGIN
     ), kept AS (
         INSERT INTO job.finished_jobs (id, run_at, enqueued_at, claimed_at, priority, attempt, max_retries,
                                        state, queue, job_type, claimed_by, idempotency_key, payload,
-                                       errors, result, concurrency_key)
+                                       errors, result, concurrency_key, order_key, singleton_key, debounce_key)
         SELECT m.id, m.run_at, m.enqueued_at, m.claimed_at, m.priority, m.attempt, m.max_retries,
                final_state, m.queue, m.job_type, m.claimed_by, m.idempotency_key, m.payload,
                CASE WHEN error IS NULL THEN m.errors
                     ELSE m.errors || jsonb_build_array(job._attempt_error(m.attempt, m.claimed_by, error)) END,
                CASE WHEN cardinality(job_results) = 1 THEN job_results[1]
                     ELSE job_results[array_position(ids, m.id)] END,
-               m.concurrency_key
+               m.concurrency_key, m.order_key, m.singleton_key, m.debounce_key
           FROM moved m
         RETURNING 1
     )
@@ -406,8 +406,8 @@ BEGIN
        SET state = new_state, run_at = now() + retry_in, lease_expires_at = NULL, lease_token = NULL,
            errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
      WHERE l.id = j.id;
-    IF new_state = 'waiting' OR q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL THEN
-        PERFORM job._wake_queue_on_commit(q.id);  -- ready again, or a concurrency slot freed
+    IF new_state = 'waiting' OR j.flow_claimed THEN
+        PERFORM job._wake_queue_on_commit(q.id);  -- ready again, or a slot or key's turn freed
     END IF;
     IF new_state = 'scheduled' THEN
         PERFORM job._due_on_commit(now() + retry_in);

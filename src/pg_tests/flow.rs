@@ -306,6 +306,18 @@ mod tests {
     }
 
     #[pg_test]
+    fn a_jobs_keys_stay_with_it_in_history_and_when_retried() {
+        run("SELECT job.create_queue('kept', max_retries => 0)");
+        let id = one::<i64>("SELECT job.enqueue('kept', order_key => 'o')");
+        claim_ids("kept", 1);
+        run(&format!("SELECT job.fail({id}, 'boom')"));
+        let keys = format!("SELECT concat_ws(',', state, order_key) FROM job.jobs WHERE id = {id}");
+        assert_eq!(one::<String>(&keys), "dead,o");
+        run(&format!("SELECT job.retry({id})"));
+        assert_eq!(one::<String>(&keys), "waiting,o");
+    }
+
+    #[pg_test]
     fn queue_settings_show_every_limit() {
         run("SELECT job.create_queue('v', concurrency => 4, key_concurrency => 2, rate_limit => 10, key_rate_limit => 3, key_rate_period => '1 minute', fair => true)");
         assert_eq!(
