@@ -221,15 +221,6 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Whether queue `q` has a limit, a hold or keyed jobs that claims must go through
--- job._pick_limited.
-CREATE FUNCTION job._flow_limited(q job.queues)
-RETURNS boolean LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp AS $$
-    SELECT q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
-        OR q.key_rate_limit IS NOT NULL OR q.holds OR q.serial_keys OR q.fair
-$$;
-
 -- A batch claim of a queue whose only limit per key is key_concurrency, in a few set-based
 -- statements instead of a test per job (a batch of 100 from 1,000 keys made about 780 tests
 -- and took 0.5 s under 8 claimers): the front of the queue in claim order (1,000 + 10 × wanted

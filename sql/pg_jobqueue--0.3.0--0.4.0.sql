@@ -82,7 +82,10 @@ ALTER TABLE job.queues
     ADD COLUMN holds              boolean NOT NULL DEFAULT false,
     ADD COLUMN serial_keys        boolean NOT NULL DEFAULT false,
     ADD CONSTRAINT queues_rate_check CHECK ((rate_limit IS NULL) = (rate_period IS NULL)),
-    ADD CONSTRAINT queues_key_rate_check CHECK ((key_rate_limit IS NULL) = (key_rate_period IS NULL));
+    ADD CONSTRAINT queues_key_rate_check CHECK ((key_rate_limit IS NULL) = (key_rate_period IS NULL)),
+    ADD COLUMN flow_limited       boolean GENERATED ALWAYS AS (
+                           concurrency IS NOT NULL OR key_concurrency IS NOT NULL OR rate_limit IS NOT NULL
+                           OR key_rate_limit IS NOT NULL OR holds OR serial_keys OR fair) STORED;
 
 COMMENT ON TABLE job.queues IS 'One row per queue: retry, lease, idempotency, retention and flow-control settings.';
 
@@ -489,7 +492,7 @@ BEGIN
     END IF;
 
     token := gen_random_uuid();
-    limited := job._flow_limited(q);
+    limited := q.flow_limited;
     -- Where this session's last claim on the queue left off, unless a claim from the front is
     -- due (see src/claim_cursor.rs): the dead index entries of every job claimed since vacuum
     -- last ran lie before it.  (Values the statements below compare with are read through
@@ -1546,10 +1549,10 @@ BEGIN
         ON CONFLICT DO NOTHING;
     END IF;
     IF before.name IS NULL THEN
-        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,created_at,updated_at}'::text[]);
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[]);
     ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
-        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[],
-                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[]));
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[]));
     END IF;
 END $$;
 
@@ -1990,15 +1993,6 @@ BEGIN
     RETURN NULL;
 END $$;
 
--- Whether queue `q` has a limit, a hold or keyed jobs that claims must go through
--- job._pick_limited.
-CREATE OR REPLACE FUNCTION job._flow_limited(q job.queues)
-RETURNS boolean LANGUAGE sql IMMUTABLE
-SET search_path = pg_catalog, pg_temp AS $$
-    SELECT q.concurrency IS NOT NULL OR q.key_concurrency IS NOT NULL OR q.rate_limit IS NOT NULL
-        OR q.key_rate_limit IS NOT NULL OR q.holds OR q.serial_keys OR q.fair
-$$;
-
 -- A batch claim of a queue whose only limit per key is key_concurrency, in a few set-based
 -- statements instead of a test per job (a batch of 100 from 1,000 keys made about 780 tests
 -- and took 0.5 s under 8 claimers): the front of the queue in claim order (1,000 + 10 × wanted
@@ -2429,7 +2423,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM job.live_jobs w WHERE w.queue = q.name AND w.state = 'waiting') THEN
-        IF job._flow_limited(q) THEN
+        IF q.flow_limited THEN
             RETURN coalesce(job._flow_next_start(q), now());
         END IF;
         RETURN now();

@@ -101,10 +101,10 @@ BEGIN
         ON CONFLICT DO NOTHING;
     END IF;
     IF before.name IS NULL THEN
-        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,created_at,updated_at}'::text[]);
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[]);
     ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
-        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[],
-                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,created_at,updated_at}'::text[]));
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[]));
     END IF;
 END $$;
 

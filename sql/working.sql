@@ -202,7 +202,7 @@ BEGIN
     END IF;
 
     token := gen_random_uuid();
-    limited := job._flow_limited(q);
+    limited := q.flow_limited;
     -- Where this session's last claim on the queue left off, unless a claim from the front is
     -- due (see src/claim_cursor.rs): the dead index entries of every job claimed since vacuum
     -- last ran lie before it.  (Values the statements below compare with are read through
@@ -289,7 +289,7 @@ BEGIN
         RETURN NULL;
     END IF;
     IF EXISTS (SELECT 1 FROM job.live_jobs w WHERE w.queue = q.name AND w.state = 'waiting') THEN
-        IF job._flow_limited(q) THEN
+        IF q.flow_limited THEN
             RETURN coalesce(job._flow_next_start(q), now());
         END IF;
         RETURN now();
