@@ -1,0 +1,2 @@
+-- pg_jobqueue 0.4.0 -> 0.5.0.  Written for the 0.5.0 release; never edited after it (see
+-- sql/README.md).  What changes and why: CHANGELOG.md.
