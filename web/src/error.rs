@@ -32,6 +32,8 @@ impl From<deadpool_postgres::PoolError> for AppError {
 #[template(path = "error.html")]
 struct ErrorPage {
     refresh: Option<u32>,
+    /// Error pages carry no form.
+    csrf: &'static str,
     status: u16,
     title: &'static str,
     message: String,
@@ -93,6 +95,7 @@ impl IntoResponse for AppError {
         let (status, title, message) = self.parts();
         let page = ErrorPage {
             refresh: None,
+            csrf: "",
             status: status.as_u16(),
             title,
             message,

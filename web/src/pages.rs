@@ -303,6 +303,7 @@ struct WorkerRow {
 #[template(path = "overview.html")]
 struct OverviewPage {
     refresh: Option<u32>,
+    csrf: String,
     queues: Vec<QueueRow>,
     metrics: Vec<MetricRow>,
     chart: String,
@@ -376,6 +377,7 @@ async fn overview(
     let chart = hour_chart(&metrics);
     render(OverviewPage {
         refresh,
+        csrf: state.guard.csrf_token().to_owned(),
         queues,
         metrics,
         chart,
@@ -1012,6 +1014,7 @@ struct AuditRow {
 #[template(path = "audit.html")]
 struct AuditPage {
     refresh: Option<u32>,
+    csrf: String,
     action: Option<String>,
     rows: Vec<AuditRow>,
     next: Option<String>,
@@ -1059,6 +1062,7 @@ async fn audit(
     };
     render(AuditPage {
         refresh,
+        csrf: state.guard.csrf_token().to_owned(),
         action,
         rows,
         next,
