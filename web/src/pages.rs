@@ -712,8 +712,10 @@ async fn job(
         .query(
             "SELECT n, e ->> 'at', e ->> 'error', e ->> 'worker', e ->> 'http_status',
                     e ->> 'latency_ms', e ->> 'permanent'
-               FROM job.jobs, jsonb_array_elements(errors) WITH ORDINALITY AS a(e, n)
-              WHERE id = $1 AND jsonb_typeof(errors) = 'array'
+               FROM job.jobs,
+                    jsonb_array_elements(CASE WHEN jsonb_typeof(errors) = 'array' THEN errors
+                                              ELSE '[]' END) WITH ORDINALITY AS a(e, n)
+              WHERE id = $1
               ORDER BY n",
             &[&id],
         )
@@ -850,7 +852,7 @@ async fn schedules(
                           date_trunc('second', n2 AT TIME ZONE s.timezone)::text,
                           date_trunc('second', CASE WHEN n2 IS NOT NULL THEN job.cron_next(s.cron, s.timezone, n2) END
                                      AT TIME ZONE s.timezone)::text],
-                    date_trunc('second', s.last_run)::text, s.last_job_id, s.last_job_state, s.last_error
+                    date_trunc('second', s.last_run)::text, s.last_job_id::int8, s.last_job_state, s.last_error
                FROM job.schedules s
                LEFT JOIN LATERAL (SELECT CASE WHEN s.next_run IS NOT NULL
                                           THEN job.cron_next(s.cron, s.timezone, s.next_run) END AS n2) n ON true
