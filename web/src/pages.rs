@@ -114,9 +114,16 @@ impl Params {
 
     /// A text filter: absent or empty is none.
     fn text(&self, name: &str) -> Result<Option<String>, AppError> {
-        match self.0.get(name).map(|v| v.trim()) {
+        // Checked before trimming: a control character is a mistake even at the ends.
+        match self
+            .0
+            .get(name)
+            .map(|v| check_text(name, v))
+            .transpose()?
+            .map(str::trim)
+        {
             None | Some("") => Ok(None),
-            Some(v) => check_text(name, v).map(|v| Some(v.to_owned())),
+            Some(v) => Ok(Some(v.to_owned())),
         }
     }
 
@@ -1008,6 +1015,9 @@ struct AuditRow {
     role: Option<String>,
     session_role: Option<String>,
     action: String,
+    /// An endpoint's URL (create_endpoint, alter_endpoint), shown as the endpoints page shows
+    /// it: a query string may hold a credential.
+    url: Option<String>,
     arguments: Option<String>,
     jobs_touched: Option<i64>,
 }
@@ -1034,7 +1044,7 @@ async fn audit(
     let mut rows: Vec<AuditRow> = client
         .query(
             "SELECT id, date_trunc('second', at)::text, role::text, session_role::text, action,
-                    arguments::text, jobs_touched::int8
+                    (arguments - 'url')::text, arguments ->> 'url', jobs_touched::int8
                FROM job.audit_log
               WHERE ($1::text IS NULL OR action = $1) AND ($2::int8 IS NULL OR id < $2)
               ORDER BY id DESC LIMIT $3",
@@ -1049,7 +1059,8 @@ async fn audit(
             session_role: r.get(3),
             action: r.get(4),
             arguments: r.get(5),
-            jobs_touched: r.get(6),
+            url: r.get::<_, Option<&str>>(6).map(redact_url),
+            jobs_touched: r.get(7),
         })
         .collect();
     let next = if rows.len() as i64 > PAGE_SIZE {
