@@ -675,8 +675,8 @@ async fn job(
     let Some(r) = client
         .query_opt(
             "SELECT id, queue, job_type, state, jsonb_pretty(payload), priority::int8, attempt::int8,
-                    max_retries::int8, run_at::text, enqueued_at::text, claimed_at::text, claimed_by,
-                    lease_expires_at::text, finished_at::text, jsonb_pretty(result),
+                    max_retries::int8, date_trunc('milliseconds', run_at)::text, date_trunc('milliseconds', enqueued_at)::text, date_trunc('milliseconds', claimed_at)::text, claimed_by,
+                    date_trunc('milliseconds', lease_expires_at)::text, date_trunc('milliseconds', finished_at)::text, jsonb_pretty(result),
                     idempotency_key, concurrency_key, order_key, singleton_key, debounce_key
                FROM job.jobs WHERE id = $1",
             &[&id],

@@ -245,8 +245,27 @@ pub fn http(addr: &str, method: &str, path: &str, headers: &[(&str, &str)], body
     req += "\r\n";
     req += body;
     s.write_all(req.as_bytes()).unwrap();
+    // Read to the end of the body that Content-Length announces (chromedriver keeps the
+    // connection open whatever the request asked), or else to the end of the connection.
     let mut raw = Vec::new();
-    s.read_to_end(&mut raw).unwrap();
+    let mut buf = [0u8; 16384];
+    loop {
+        let n = s.read(&mut buf).unwrap();
+        raw.extend_from_slice(&buf[..n]);
+        if n == 0 {
+            break;
+        }
+        if let Some(end) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&raw[..end]).to_ascii_lowercase();
+            let length = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse::<usize>().ok());
+            if length.is_some_and(|len| raw.len() >= end + 4 + len) {
+                break;
+            }
+        }
+    }
     let raw = String::from_utf8_lossy(&raw).into_owned();
     let (head, body) = raw.split_once("\r\n\r\n").expect("a complete answer");
     let mut lines = head.lines();
