@@ -14,6 +14,7 @@ BENCH_PORT ?= 55434
 NODE_BOUNCER_PORT ?= 55435
 PY_BOUNCER_PORT ?= 55436
 DEMO_RECEIVER_PORT ?= 55437
+DEMO_WEB_PORT ?= 55438
 CLUSTER    := bash scripts/cluster.sh
 # The secret of the demo's webhook endpoint, shared with its receiver: a DEMO VALUE, public
 # (the base64 of "pg_jobqueue demo secret, public!").  Never use it for anything real.
@@ -24,8 +25,14 @@ DEMO_RECEIVER_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
     if [ -n "$$pid" ] && grep -qs webhook_receiver /proc/$$pid/cmdline; then \
         kill $$pid; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
     fi; rm -f $$state/receiver.pid
+# Stops the demo's dashboard (web/, pg_jobqueue-web), if its pid file names one.
+DEMO_WEB_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
+    pid=$$(cat $$state/web.pid 2>/dev/null || true); \
+    if [ -n "$$pid" ] && grep -qs pg_jobqueue-web /proc/$$pid/cmdline; then \
+        kill $$pid; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
+    fi; rm -f $$state/web.pid
 
-.PHONY: test-all-versions test-version canary-start canary-check setup install install-private demo demo-stop test unit-test pg-test integration-test isolation-test \
+.PHONY: test-all-versions test-version canary-start canary-check setup install install-private demo demo-stop test unit-test pg-test integration-test web-test isolation-test \
         client-node-test client-python-test bench bench-deliveries bench-flow bench-soak bench-stop lint clean
 
 setup:
@@ -46,6 +53,8 @@ install-private: setup
 # directory, and demo-stop stops it.
 demo: install-private
 	@$(DEMO_RECEIVER_STOP)
+	@$(DEMO_WEB_STOP)
+	@cargo build --release -q -p pg_jobqueue-web
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 	@$(CLUSTER) start demo $(DEMO_PORT)
 	@state=$$(bash scripts/state-dir.sh)/demo; \
@@ -62,13 +71,23 @@ demo: install-private
 	@echo "== What the webhook receiver printed"
 	@cat $$(bash scripts/state-dir.sh)/demo/receiver.log
 	@echo
+	@state=$$(bash scripts/state-dir.sh)/demo; \
+	    nohup target/release/pg_jobqueue-web --listen 127.0.0.1:$(DEMO_WEB_PORT) \
+	        --database-url postgresql://postgres@127.0.0.1:$(DEMO_PORT)/demo \
+	        >$$state/web.log 2>&1 </dev/null & echo $$! >$$state/web.pid; \
+	    for i in $$(seq 50); do grep -qs listening $$state/web.log && break; sleep 0.1; done; \
+	    grep -qs listening $$state/web.log || \
+	        { echo "the dashboard did not start on port $(DEMO_WEB_PORT):"; cat $$state/web.log; exit 1; }
 	@echo "The demo cluster is running. Connect with:"
 	@echo "    psql -h 127.0.0.1 -p $(DEMO_PORT) -U postgres demo"
 	@echo "The webhook receiver listens on http://127.0.0.1:$(DEMO_RECEIVER_PORT)/hooks/{ok,flaky,missing}"
 	@echo "    (log: $$(bash scripts/state-dir.sh)/demo/receiver.log)"
-	@echo "Stop both with: make demo-stop"
+	@echo "The dashboard (as postgres, so with every action): http://127.0.0.1:$(DEMO_WEB_PORT)/"
+	@echo "    (log: $$(bash scripts/state-dir.sh)/demo/web.log)"
+	@echo "Stop them all with: make demo-stop"
 
 demo-stop:
+	@$(DEMO_WEB_STOP)
 	@$(DEMO_RECEIVER_STOP)
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 
@@ -133,6 +152,18 @@ integration-test: install-private
 	@$(CLUSTER) start test $(TEST_PORT)
 	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
 	    cargo test --release --no-fail-fast -p pg_jobqueue_integration -- --test-threads=4 ; \
+	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
+
+# The dashboard (web/): clippy, its unit tests, then web/tests against the test cluster as the
+# README's monitor and admin roles, and one walk through it in headless Chromium
+# (scripts/setup-browser.sh installs Chromium and chromedriver when missing).
+web-test: install-private
+	@bash scripts/setup-browser.sh
+	cargo clippy -p pg_jobqueue-web --tests -- -D warnings
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
+	    cargo test --no-fail-fast -p pg_jobqueue-web -- --test-threads=2 ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
 # The Node client (clients/node) against the test cluster, directly and through a PgBouncer in
@@ -219,6 +250,7 @@ bench-stop:
 	@$(CLUSTER) stop bench $(BENCH_PORT)
 
 clean:
+	-@$(DEMO_WEB_STOP)
 	-@$(DEMO_RECEIVER_STOP)
 	-@$(CLUSTER) stop demo $(DEMO_PORT)
 	-@$(CLUSTER) stop test $(TEST_PORT)

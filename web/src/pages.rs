@@ -50,6 +50,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/jobs/{id}", get(job))
         .route("/jobs/{id}/{action}", post(job_action))
         .route("/dead", get(dead))
+        .route("/dead/retry", post(dead_retry))
         .route("/schedules", get(schedules))
         .route("/schedules/{name}/{action}", post(schedule_action))
         .route("/endpoints", get(endpoints))
@@ -817,6 +818,48 @@ async fn dead(
         can,
         groups,
     })
+}
+
+/// Dead jobs a group's retry revives at most per request (each is one job.retry call, audited).
+const GROUP_RETRY_MAX: i64 = 1000;
+
+/// Retries the dead jobs of one group of the dead-letter page: a queue and a last error (as
+/// the page shows it: its first 300 characters; absent for jobs without one).
+async fn dead_retry(
+    State(state): Shared,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Page {
+    let fields: HashMap<String, String> = match &form {
+        Ok(Form(f)) => f.iter().cloned().collect(),
+        Err(_) => HashMap::new(),
+    };
+    check_form(&state, form)?;
+    let queue = match fields.get("queue") {
+        Some(q) if !q.is_empty() => check_text("queue", q)?.to_owned(),
+        _ => return Err(AppError::BadRequest("queue is required.".into())),
+    };
+    // The error is shown, and sent back, as stored: control characters (newlines) included.
+    let error = match fields.get("error") {
+        None => None,
+        Some(e) if e.chars().count() > 300 => {
+            return Err(AppError::BadRequest(
+                "error is longer than 300 characters.".into(),
+            ))
+        }
+        Some(e) => Some(e.clone()),
+    };
+    let client = state.pool.get().await?;
+    client
+        .execute(
+            "SELECT count(*) FILTER (WHERE job.retry(d.id))
+               FROM (SELECT id FROM job.jobs
+                      WHERE state = 'dead' AND queue = $1
+                        AND left(errors -> -1 ->> 'error', 300) IS NOT DISTINCT FROM $2
+                      ORDER BY id LIMIT $3) d",
+            &[&queue, &error, &GROUP_RETRY_MAX],
+        )
+        .await?;
+    Ok(Redirect::to("/dead").into_response())
 }
 
 // ---------------------------------------------------------------------------------------

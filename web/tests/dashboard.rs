@@ -461,3 +461,65 @@ fn bad_input_is_a_clear_400() {
     let mut c = f.connect();
     assert!(!queue_paused(&mut c, "emails"));
 }
+
+#[test]
+fn dead_letters_retry_by_group() {
+    let f = Fixture::new("web_deadgroup");
+    let mut c = f.connect();
+    let other: i64 = c
+        .query_one(
+            "SELECT d.id FROM job.dequeue('reports', 'worker-b') d
+              WHERE job.fail(d.id, 'report template missing', permanent => true) = 'dead'",
+            &[],
+        )
+        .unwrap_or_else(|e| panic!("fail: {}", error_text(&e)))
+        .get(0);
+    let d = f.dashboard(&f.roles.admin(), None);
+    let page = get(&d, "/dead");
+    assert!(page.body.contains("report template missing"));
+    assert!(
+        page.body.contains("Retry 2</button>"),
+        "the emails group holds two jobs"
+    );
+    let token = page.form_token().unwrap();
+    let origin = format!("http://{}", d.addr);
+    let post = |body: &str| {
+        request(
+            &d,
+            "POST",
+            "/dead/retry",
+            &[
+                ("Content-Type", "application/x-www-form-urlencoded"),
+                ("Origin", &origin),
+            ],
+            body,
+        )
+    };
+    // Without a queue, or with an over-long error: refused, nothing retried.
+    assert_eq!(post(&format!("csrf={token}")).status, 400);
+    assert_eq!(
+        post(&format!(
+            "csrf={token}&queue=emails&error={}",
+            "e".repeat(301)
+        ))
+        .status,
+        400
+    );
+    assert_eq!(
+        post("csrf=forged&queue=emails&error=smtp+said+550+mailbox+unavailable").status,
+        403
+    );
+    assert_eq!(job_state(&mut c, f.dead_ids[0]), "dead");
+
+    let a = post(&format!(
+        "csrf={token}&queue=emails&error=smtp+said+550+mailbox+unavailable"
+    ));
+    assert_eq!(a.status, 303, "{}", a.body);
+    assert_eq!(job_state(&mut c, f.dead_ids[0]), "waiting");
+    assert_eq!(job_state(&mut c, f.dead_ids[1]), "waiting");
+    assert_eq!(
+        job_state(&mut c, other),
+        "dead",
+        "another group is left alone"
+    );
+}
