@@ -107,9 +107,36 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin == format!("http://{host}") || origin == format!("https://{host}")
 }
 
-/// Authentication, the Origin check of actions, and the headers of every answer.
+/// Whether the request names this machine by a loopback name or address.  Without a token the
+/// dashboard listens on loopback only, but a web page can still reach it through DNS
+/// rebinding (a name of the attacker's that resolves to 127.0.0.1): the browser then sends
+/// that name as Host, and treats the dashboard's pages as the attacker's own, readable.
+fn loopback_host(headers: &HeaderMap) -> bool {
+    let Some(Ok(host)) = headers.get(header::HOST).map(|h| h.to_str()) else {
+        return false;
+    };
+    // Strip the port: "[::1]:8080", "127.0.0.1:8080", "localhost:8080", or no port.
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(n, _)| n)
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Authentication, the Host and Origin checks, and the headers of every answer.
 pub async fn layer(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let mut response = if !state.guard.authorized(request.headers()) {
+    let mut response = if state.guard.token.is_none() && !loopback_host(request.headers()) {
+        AppError::Forbidden(
+            "Without a token this dashboard answers only requests for a loopback host name \
+             (127.0.0.1, [::1], localhost)."
+                .into(),
+        )
+        .into_response()
+    } else if !state.guard.authorized(request.headers()) {
         let mut r = (StatusCode::UNAUTHORIZED, "a token is required\n").into_response();
         r.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -184,6 +211,36 @@ mod tests {
         assert!(!a.csrf_matches(Some(b.csrf_token())));
         assert!(!a.csrf_matches(None));
         assert!(!a.csrf_matches(Some("")));
+    }
+
+    #[test]
+    fn loopback_hosts() {
+        let with = |host: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+            loopback_host(&h)
+        };
+        for good in [
+            "127.0.0.1:8080",
+            "127.0.0.1",
+            "localhost:1",
+            "LOCALHOST",
+            "[::1]:8080",
+            "127.1.2.3:9",
+        ] {
+            assert!(with(good), "{good}");
+        }
+        for bad in [
+            "evil.example:8080",
+            "evil.example",
+            "10.0.0.1:8080",
+            "[::2]:80",
+            "localhost.evil.example",
+            "",
+        ] {
+            assert!(!with(bad), "{bad}");
+        }
+        assert!(!loopback_host(&HeaderMap::new()));
     }
 
     #[test]

@@ -267,11 +267,40 @@ fn actions_need_the_form_token_and_this_origin() {
     ] {
         assert_eq!(answer.status, 403, "{what}: {}", answer.body);
     }
+    // A page of a name that resolves to 127.0.0.1 (DNS rebinding) reads nothing and acts on
+    // nothing: without a token only loopback host names are answered.
+    let rebound = |method: &str, path: &str, body: &str| rebound_request(&d, method, path, body);
+    assert_eq!(rebound("GET", "/", "").status, 403);
+    assert_eq!(
+        rebound("POST", "/queues/emails/pause", &format!("csrf={token}")).status,
+        403
+    );
     // GET never acts.
     assert_eq!(get(&d, "/queues/emails/pause").status, 405);
     assert!(!queue_paused(&mut c, "emails"));
     assert_eq!(job_state(&mut c, f.dead_ids[0]), "dead");
     assert_eq!(audit_count(&mut c), audit_before);
+}
+
+/// A request as a browser sends it to a name of the attacker's that resolves to the dashboard.
+fn rebound_request(d: &Dashboard, method: &str, path: &str, body: &str) -> Answer {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(&d.addr).unwrap();
+    let port = d.addr.rsplit_once(':').unwrap().1;
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: rebind.example:{port}\r\nOrigin: http://rebind.example:{port}\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nConnection: close\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).unwrap();
+    let status = raw.split(' ').nth(1).unwrap().parse().unwrap();
+    Answer {
+        status,
+        headers: Vec::new(),
+        body: raw,
+    }
 }
 
 #[test]
