@@ -14,6 +14,8 @@ pub enum AppError {
     Forbidden(String),
     Db(tokio_postgres::Error),
     Pool(String),
+    /// A fault of the dashboard itself (a template that failed to render): logged.
+    Internal(String),
 }
 
 impl From<tokio_postgres::Error> for AppError {
@@ -45,6 +47,14 @@ impl AppError {
             AppError::BadRequest(m) => (StatusCode::BAD_REQUEST, "Bad request", m.clone()),
             AppError::NotFound(m) => (StatusCode::NOT_FOUND, "Not found", m.clone()),
             AppError::Forbidden(m) => (StatusCode::FORBIDDEN, "Forbidden", m.clone()),
+            AppError::Internal(m) => {
+                eprintln!("pg_jobqueue-web: {m}");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "Server error",
+                    "The dashboard failed; its log says why.".into(),
+                )
+            }
             AppError::Pool(m) => {
                 eprintln!("pg_jobqueue-web: database connection: {m}");
                 (

@@ -92,10 +92,9 @@ trait Helpers {
 impl<T> Helpers for T {}
 
 fn render(t: impl Template) -> Page {
-    let html = t.render().map_err(|e| {
-        eprintln!("pg_jobqueue-web: template: {e}");
-        AppError::Pool("a page failed to render".into())
-    })?;
+    let html = t
+        .render()
+        .map_err(|e| AppError::Internal(format!("a page failed to render: {e}")))?;
     Ok(Html(html).into_response())
 }
 
@@ -676,8 +675,11 @@ async fn job(
     let Some(r) = client
         .query_opt(
             "SELECT id, queue, job_type, state, jsonb_pretty(payload), priority::int8, attempt::int8,
-                    max_retries::int8, date_trunc('milliseconds', run_at)::text, date_trunc('milliseconds', enqueued_at)::text, date_trunc('milliseconds', claimed_at)::text, claimed_by,
-                    date_trunc('milliseconds', lease_expires_at)::text, date_trunc('milliseconds', finished_at)::text, jsonb_pretty(result),
+                    max_retries::int8, date_trunc('milliseconds', run_at)::text,
+                    date_trunc('milliseconds', enqueued_at)::text,
+                    date_trunc('milliseconds', claimed_at)::text, claimed_by,
+                    date_trunc('milliseconds', lease_expires_at)::text,
+                    date_trunc('milliseconds', finished_at)::text, jsonb_pretty(result),
                     idempotency_key, concurrency_key, order_key, singleton_key, debounce_key
                FROM job.jobs WHERE id = $1",
             &[&id],
