@@ -2,7 +2,7 @@
 //! `chromium-driver`, installed by scripts/setup-browser.sh), over the WebDriver protocol:
 //! open the overview, follow a queue, filter to its dead jobs, open one and retry it, as an
 //! operator would.  Screenshots of the pages it passes go to
-//! `target/tmp/web-screenshots/` (the README's come from there).
+//! `target/tmp/web-screenshots/`, to look at (docs/screenshots/ holds the demo's pages).
 
 mod common;
 
