@@ -32,7 +32,7 @@ DEMO_WEB_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
         kill $$pid; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
     fi; rm -f $$state/web.pid
 
-.PHONY: test-all-versions test-version canary-start canary-check setup install install-private demo demo-stop test unit-test pg-test integration-test web-test isolation-test \
+.PHONY: test-all-versions test-version canary-start canary-check package package-test setup install install-private demo demo-stop test unit-test pg-test integration-test web-test isolation-test \
         client-node-test client-python-test bench bench-deliveries bench-flow bench-soak bench-stop lint clean
 
 setup:
@@ -96,7 +96,19 @@ demo-stop:
 # libraries' suites against a scratch cluster (one after the other: they share it).
 # First and last, a check that none of it stops, restarts or writes to the machine's own
 # PostgreSQL cluster, PgBouncer service or installed extension (scripts/canary.sh).
-test: setup canary-start lint pg-test integration-test isolation-test client-node-test client-python-test canary-check
+test: setup canary-start lint pg-test integration-test isolation-test client-node-test client-python-test \
+      package-test canary-check
+
+# The release packages of PG_CONFIG's major in target/packages/ (scripts/package.sh): a
+# Debian package for Debian's postgresql-NN and the PGXN distribution (zip of HEAD).
+package: setup
+	@bash scripts/package.sh
+
+# The packages installed as a user would (tests/packages/run.sh): META.json against the PGXN
+# spec, the .deb onto Debian's PostgreSQL and removed again, the PGXN zip built with PGXS-style
+# `make install PG_CONFIG=…` into a private copy.
+package-test: package
+	@bash tests/packages/run.sh
 
 canary-start: setup
 	@bash scripts/canary.sh start
@@ -124,7 +136,8 @@ test-all-versions: setup
 	@for v in $(OTHER_VERSIONS); do \
 	    pg_config=$$(bash scripts/pg-binaries.sh $$v) || exit 1; \
 	    start=$$(date +%s); \
-	    $(MAKE) --no-print-directory test-version PG_CONFIG=$$pg_config || exit 1; \
+	    PGJQ_CARGO_PROFILE=release-quick \
+	        $(MAKE) --no-print-directory test-version PG_CONFIG=$$pg_config || exit 1; \
 	    echo "== PostgreSQL $$v: passed in $$(( $$(date +%s) - start )) s"; \
 	done
 
@@ -145,7 +158,8 @@ pg-test: setup
 	@state=$$(bash scripts/state-dir.sh); mkdir -p $$state/pgrx-test-data; \
 	    chown postgres: $$state/pgrx-test-data; \
 	    PGRX_HOME=$$(bash scripts/pgrx-home.sh) \
-	    cargo pgrx test pg$(PG_MAJOR) --runas postgres --pgdata $$state/pgrx-test-data
+	    cargo pgrx test pg$(PG_MAJOR) $(if $(PGJQ_CARGO_PROFILE),--profile $(PGJQ_CARGO_PROFILE)) \
+	        --runas postgres --pgdata $$state/pgrx-test-data
 
 integration-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
@@ -167,8 +181,10 @@ web-test: install-private
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
 # The Node client (clients/node) against the test cluster, directly and through a PgBouncer in
-# transaction pooling (PGJQ_BOUNCER_URL).  npm ci installs from clients/node/package-lock.json
-# and builds clients/node/dist; nothing is written outside clients/node.
+# transaction pooling (PGJQ_BOUNCER_URL); then its `npm pack` tarball installed into a new
+# project, running the README's example (clients/node/scripts/artifact-test.sh).  npm ci
+# installs from clients/node/package-lock.json and builds clients/node/dist; nothing is written
+# outside clients/node but a temporary directory.
 client-node-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
@@ -176,7 +192,7 @@ client-node-test: install-private
 	    bash scripts/pgbouncer.sh start node $(NODE_BOUNCER_PORT) $(TEST_PORT) && \
 	    (cd clients/node && npm ci --no-audit --no-fund && \
 	     PGJQ_PSQL=$(PRIVATE_BIN)/psql PGJQ_TEST_URL=$$url PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(NODE_BOUNCER_PORT)/postgres \
-	     npm test) ; \
+	     npm test && PGJQ_TEST_URL=$$url bash scripts/artifact-test.sh) ; \
 	    status=$$?; bash scripts/pgbouncer.sh stop node $(NODE_BOUNCER_PORT); \
 	    $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
@@ -190,7 +206,8 @@ isolation-test: install-private
 
 # The Python client (clients/python): ruff, mypy and pytest in its own virtualenv
 # (clients/python/scripts/venv.sh: installed only when missing or outdated), against the test
-# cluster and a PgBouncer in transaction pooling in front of it.  Every step runs; the target
+# cluster and a PgBouncer in transaction pooling in front of it; then its built wheel installed
+# into a new virtualenv, running the README's example (clients/python/scripts/artifact-test.sh).  Every step runs; the target
 # fails if any did, and stops PgBouncer and the cluster whatever the result.
 client-python-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
@@ -204,6 +221,7 @@ client-python-test: install-private
 	        (cd clients/python && PGJQ_TEST_URL=$$url \
 	            PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(PY_BOUNCER_PORT)/postgres \
 	            $$venv/bin/pytest --durations=10) || status=$$?; \
+	        PGJQ_TEST_URL=$$url bash clients/python/scripts/artifact-test.sh $$venv || status=1; \
 	    fi; \
 	    bash scripts/pgbouncer.sh stop py $(PY_BOUNCER_PORT); $(CLUSTER) stop test $(TEST_PORT); \
 	    exit $$status

@@ -16,7 +16,9 @@ out=$root/target/package
 cd "$root"
 mkdir -p target
 rm -rf "$out"
-if ! cargo pgrx package --pg-config "$build_config" --out-dir "$out" >"$out.log" 2>&1; then
+# PGJQ_CARGO_PROFILE: another cargo profile than release (make test-all-versions: release-quick).
+if ! cargo pgrx package --pg-config "$build_config" --out-dir "$out" \
+        ${PGJQ_CARGO_PROFILE:+--profile "$PGJQ_CARGO_PROFILE"} >"$out.log" 2>&1; then
     cat "$out.log" >&2
     exit 1
 fi

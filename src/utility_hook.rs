@@ -177,6 +177,10 @@ unsafe fn prepare_extension_drop() -> Option<pg_sys::Oid> {
     shmem::mark_dropping(db);
     shmem::signal_processes_of(db, libc::SIGINT);
     shmem::signal_processes_of(db, libc::SIGTERM);
+    // Let them finish before the drop takes its locks: an executor whose handler was just
+    // cancelled records the failure in its batch's transaction, which holds locks the drop
+    // needs and wants tables the drop would already hold (a deadlock that failed the drop).
+    wait_for_processes_to_leave(db, std::time::Duration::from_secs(10));
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
         shmem::unmark_dropping(db);
     });
@@ -185,6 +189,22 @@ unsafe fn prepare_extension_drop() -> Option<pg_sys::Oid> {
         shmem::request_service(db);
     });
     schema.filter(|_| schema_owner == Some(owner))
+}
+
+/// Waits until no worker process of `db` is left (they were asked to stop), at most
+/// `timeout`; the caller can cancel the wait.  Past the timeout the drop goes ahead anyway.
+unsafe fn wait_for_processes_to_leave(db: pg_sys::Oid, timeout: std::time::Duration) {
+    let deadline = std::time::Instant::now() + timeout;
+    while !shmem::processes_of(db).is_empty() && std::time::Instant::now() < deadline {
+        pg_sys::WaitLatch(
+            pg_sys::MyLatch,
+            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
+            10,
+            pg_sys::PG_WAIT_EXTENSION,
+        );
+        pg_sys::ResetLatch(pg_sys::MyLatch);
+        pg_sys::check_for_interrupts!();
+    }
 }
 
 /// Drops the extension's former schema when the drop left nothing in it (every object in a
