@@ -54,7 +54,7 @@ install-private: setup
 demo: install-private
 	@$(DEMO_RECEIVER_STOP)
 	@$(DEMO_WEB_STOP)
-	@cargo build --release -q -p pg_jobqueue-web
+	@cargo build --profile release-quick -q -p pg_jobqueue-web
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 	@$(CLUSTER) start demo $(DEMO_PORT)
 	@state=$$(bash scripts/state-dir.sh)/demo; \
@@ -72,7 +72,7 @@ demo: install-private
 	@cat $$(bash scripts/state-dir.sh)/demo/receiver.log
 	@echo
 	@state=$$(bash scripts/state-dir.sh)/demo; \
-	    nohup target/release/pg_jobqueue-web --listen 127.0.0.1:$(DEMO_WEB_PORT) \
+	    nohup target/release-quick/pg_jobqueue-web --listen 127.0.0.1:$(DEMO_WEB_PORT) \
 	        --database-url postgresql://postgres@127.0.0.1:$(DEMO_PORT)/demo \
 	        >$$state/web.log 2>&1 </dev/null & echo $$! >$$state/web.pid; \
 	    for i in $$(seq 50); do grep -qs listening $$state/web.log && break; sleep 0.1; done; \
@@ -96,7 +96,7 @@ demo-stop:
 # libraries' suites against a scratch cluster (one after the other: they share it).
 # First and last, a check that none of it stops, restarts or writes to the machine's own
 # PostgreSQL cluster, PgBouncer service or installed extension (scripts/canary.sh).
-test: setup canary-start lint pg-test integration-test isolation-test client-node-test client-python-test \
+test: setup canary-start lint pg-test integration-test web-test isolation-test client-node-test client-python-test \
       package-test canary-check
 
 # The release packages of PG_CONFIG's major in target/packages/ (scripts/package.sh): a
