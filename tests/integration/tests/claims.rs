@@ -402,6 +402,9 @@ fn rescue_stalled_reclaims_expired_leases() {
         .unwrap();
     let ids: HashSet<i64> = enqueue_many(&mut c, &queue, 0, 20).into_iter().collect();
 
+    // Leases long enough that none runs out before the four workers have claimed: a job
+    // taken back keeps its place at the front, so a loaded machine that took longer than a
+    // lease here would hand the last workers the first workers' jobs again.
     let mut claimed = HashSet::new();
     for w in 0..4 {
         let mut worker = db.connect();
@@ -410,7 +413,7 @@ fn rescue_stalled_reclaims_expired_leases() {
             &queue,
             &format!("w{w}"),
             5,
-            Some("200 milliseconds"),
+            Some("2 seconds"),
         ) {
             assert_eq!(job.attempt, 1);
             assert!(claimed.insert(job.id), "job {} claimed twice", job.id);
@@ -418,7 +421,7 @@ fn rescue_stalled_reclaims_expired_leases() {
         // The worker vanishes without completing anything.
     }
     assert_eq!(claimed, ids);
-    thread::sleep(Duration::from_millis(350));
+    thread::sleep(Duration::from_millis(2150));
 
     // The background worker takes them back as their leases run out; rescue_stalled takes
     // what it has not got to yet (nothing, usually).
