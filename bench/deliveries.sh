@@ -30,7 +30,7 @@ set -euo pipefail
 
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 db=bench_deliveries
 out=${BENCH_OUT:-$root/bench/last-run.md}
 logs=$root/target/bench-logs/deliveries-$(date +%Y%m%d-%H%M%S) # each latency sample

@@ -57,7 +57,7 @@ set -euo pipefail
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
 here=$root/bench
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 db=bench_flow
 
 seconds=${FLOW_SECONDS:-20}

@@ -10,7 +10,7 @@ set -euo pipefail
 
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 finished=${BENCH_METRICS_FINISHED:-10000000}
 out=${BENCH_OUT:-$root/bench/last-run.md}
 conn=(-h 127.0.0.1 -p "$port" -U postgres)

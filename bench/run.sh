@@ -49,7 +49,7 @@ set -euo pipefail
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
 here=$root/bench
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 
 run_seconds=${BENCH_SECONDS:-30}
 # The batched baseline can claim 1.5 M jobs in 30 s: its runs are shorter so the backlog lasts.

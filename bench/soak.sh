@@ -52,7 +52,7 @@ set -euo pipefail
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
 here=$root/bench
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 
 parts=${BENCH_SOAK_PARTS:-"depth longtx"}
 big=${BENCH_SOAK_BIG:-10000000}

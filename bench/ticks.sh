@@ -14,7 +14,7 @@ set -euo pipefail
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
 here=$root/bench
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 tick_seconds=${BENCH_TICK_SECONDS:-60}
 clients=${BENCH_CLIENTS:-8}
 out=${BENCH_OUT:-$here/last-run.md}

@@ -20,7 +20,7 @@ set -euo pipefail
 
 port=${1:-55434}
 root=$(cd "$(dirname "$0")/.." && pwd)
-bin=/usr/lib/postgresql/15/bin
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 jobs=${BENCH_EXECUTOR_JOBS:-50000}
 executor_counts=${BENCH_EXECUTOR_COUNTS:-"2 8"}
 tick_seconds=${BENCH_TICK_SECONDS:-60}

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# A private scratch cluster with pg_jobqueue preloaded.  PostgreSQL refuses to run as root,
-# so the cluster runs as the `postgres` user.
+# A private scratch cluster with pg_jobqueue preloaded, run by the private copy of PostgreSQL
+# that the demo and the tests install into (scripts/private-pg.sh clusters).  PostgreSQL
+# refuses to run as root, so the cluster runs as the `postgres` user.
 #   scripts/cluster.sh start|stop|status|url NAME PORT
 # NAME picks the directory (target/NAME, see scripts/state-dir.sh), so the demo, the tests and
 # the benchmark can each have their own cluster.
@@ -11,7 +12,7 @@ name=${2:?cluster name}
 port=${3:?port}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(bash "$root/scripts/state-dir.sh")/$name
-bin=$(/usr/lib/postgresql/15/bin/pg_config --bindir)
+bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)")
 # RUST_BACKTRACE in the server's environment would append Rust backtraces to the DETAIL of
 # errors that pass through the extension's Rust code.
 as_pg() { runuser -u postgres -- env -u RUST_BACKTRACE "$@"; }

@@ -1,31 +1,45 @@
 #!/usr/bin/env bash
-# Builds the extension (release) and installs it into the system PostgreSQL 15.
+# Builds the extension (release) against the PostgreSQL of scripts/pg-config.sh and installs it
+# into the PostgreSQL whose pg_config is $1: `make install` gives the user's, the demo and the
+# tests give their private copy (scripts/private-pg.sh clusters).
 # Each file is copied beside its destination and renamed into place: a running server keeps
 # the library it mapped instead of crashing on a file rewritten underneath it.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
-pg_config=/usr/lib/postgresql/15/bin/pg_config
+target_config=${1:?usage: install.sh PG_CONFIG_TO_INSTALL_INTO}
+build_config=$(bash "$root/scripts/pg-config.sh")
+if [ "$("$target_config" --version)" != "$("$build_config" --version)" ]; then
+    echo "install: built for $("$build_config" --version), cannot install into $("$target_config" --version)" >&2
+    exit 1
+fi
 out=$root/target/package
 cd "$root"
 mkdir -p target
 rm -rf "$out"
-if ! cargo pgrx package --pg-config "$pg_config" --out-dir "$out" >"$out.log" 2>&1; then
+if ! cargo pgrx package --pg-config "$build_config" --out-dir "$out" >"$out.log" 2>&1; then
     cat "$out.log" >&2
     exit 1
 fi
-(cd "$out" && find . -type f) | while read -r f; do
-    dest=/${f#./}
-    mkdir -p "$(dirname "$dest")"
-    cp "$out/$f" "$dest.tmp.$$"
-    mv -f "$dest.tmp.$$" "$dest"
-done
+# The package holds the build PostgreSQL's paths; each file goes to the same place in the
+# target's.
+put() { # put FROM_DIR TO_DIR: every file of the package under FROM_DIR, into TO_DIR
+    [ -d "$out$1" ] || return 0
+    (cd "$out$1" && find . -type f) | while read -r f; do
+        dest=$2/${f#./}
+        mkdir -p "$(dirname "$dest")"
+        cp "$out$1/$f" "$dest.tmp.$$"
+        mv -f "$dest.tmp.$$" "$dest"
+    done
+}
+put "$("$build_config" --pkglibdir)" "$("$target_config" --pkglibdir)"
+put "$("$build_config" --sharedir)" "$("$target_config" --sharedir)"
 # Earlier releases' install scripts, so that CREATE EXTENSION ... VERSION can start there (the
 # current version's is the one just generated, not a frozen copy).
-extdir=$($pg_config --sharedir)/extension
+extdir=$("$target_config" --sharedir)/extension
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 for f in "$root"/sql/released/*.sql; do
     [ "$(basename "$f")" = "pg_jobqueue--$version.sql" ] && continue
     cp "$f" "$extdir/$(basename "$f").tmp.$$"
     mv -f "$extdir/$(basename "$f").tmp.$$" "$extdir/$(basename "$f")"
 done
-echo "installed pg_jobqueue $version into $($pg_config --pkglibdir)"
+echo "installed pg_jobqueue $version into $("$target_config" --pkglibdir)"

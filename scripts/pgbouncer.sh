@@ -21,6 +21,7 @@ start)
     [ -x "$bin" ] || { echo "pgbouncer.sh: $bin missing: run scripts/setup.sh" >&2; exit 1; }
     : "${cluster_port:?CLUSTER_PORT is needed to start}"
     bash "$0" stop "$name" "$port"
+    pg_isready=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)")/pg_isready
     mkdir -p "$dir"
     echo '"postgres" ""' >"$dir/userlist.txt"
     cat >"$dir/pgbouncer.ini" <<INI
@@ -43,7 +44,7 @@ INI
     chown -R postgres: "$dir"
     as_pg "$bin" -d "$dir/pgbouncer.ini"
     for _ in $(seq 100); do
-        if /usr/lib/postgresql/15/bin/pg_isready -q -h 127.0.0.1 -p "$port" -d postgres; then
+        if "$pg_isready" -q -h 127.0.0.1 -p "$port" -d postgres; then
             echo "pgbouncer $name: postgresql://postgres@127.0.0.1:$port/ (transaction pooling, $pool server connections per database)"
             exit 0
         fi

@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # Installs what building and testing pg_jobqueue needs, idempotently: a no-op (a few
-# seconds) when everything is already there.  Runs as root on Debian 12.
+# seconds) when everything is already there.  Runs as root on Debian 12.  It only adds
+# packages and tools: it never stops, disables or reconfigures a cluster or service.
 set -euo pipefail
-
-PG_MAJOR=15
-PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
+root=$(cd "$(dirname "$0")/.." && pwd)
+PG_CONFIG=$(bash "$root/scripts/pg-config.sh")
 PGRX_VERSION=0.18.0
-packages=(postgresql-$PG_MAJOR postgresql-server-dev-$PG_MAJOR postgresql-client-$PG_MAJOR
-          libclang-dev clang pkg-config sudo pgbouncer)
+packages=(libclang-dev clang pkg-config sudo pgbouncer)
+# Debian's PostgreSQL, when that is the one to build against: the server, its headers and
+# PGXS, and the client programs (pg_isolation_regress among them).
+if [[ $PG_CONFIG =~ ^/usr/lib/postgresql/([0-9]+)/bin/pg_config$ ]]; then
+    major=${BASH_REMATCH[1]}
+    packages+=(postgresql-$major postgresql-server-dev-$major postgresql-client-$major)
+fi
 
 missing=()
 for p in "${packages[@]}"; do
@@ -18,21 +23,9 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
-# Debian starts a default cluster on 5432; this project runs its own clusters and needs none.
-if command -v pg_lsclusters >/dev/null && pg_lsclusters -h 2>/dev/null | grep -q online; then
-    pg_ctlcluster "$PG_MAJOR" main stop 2>/dev/null || true
-fi
-# Debian's pgbouncer package enables a system service on port 6432; the tests start their own
-# pgbouncer (tests/integration/tests/pgbouncer.rs) and need none.
-if [ -x /etc/init.d/pgbouncer ]; then
-    if [ -d /run/systemd/system ]; then
-        systemctl disable --now pgbouncer.service >/dev/null 2>&1 || true
-    else
-        if /etc/init.d/pgbouncer status >/dev/null 2>&1; then
-            /etc/init.d/pgbouncer stop >/dev/null 2>&1 || true
-        fi
-        update-rc.d pgbouncer disable >/dev/null 2>&1 || true
-    fi
+if [ ! -x "$PG_CONFIG" ]; then
+    echo "setup: $PG_CONFIG is not a pg_config: set PG_CONFIG to your PostgreSQL's" >&2
+    exit 1
 fi
 
 if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
@@ -40,7 +33,8 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
 
+major=$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
-if ! grep -q "pg$PG_MAJOR" "$PGRX_HOME/config.toml" 2>/dev/null; then
-    cargo pgrx init --pg$PG_MAJOR "$PG_CONFIG"
+if ! grep -qsF "\"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
+    cargo pgrx init --pg"$major" "$PG_CONFIG"
 fi

@@ -578,7 +578,9 @@ BEGIN
 END $$;
 
 -- Running jobs whose lease expired: the attempt counts as a transient failure; the job is
--- ready again at once, or dead when it has no retries left.  Returns how many were rescued.
+-- ready again at once in its old place (its run_at is kept, as release keeps it: a worker's
+-- death is no reason to wait behind everything enqueued since), or dead when it has no retries
+-- left.  Returns how many were rescued.
 CREATE FUNCTION job.rescue_stalled(queue text DEFAULT NULL, max_jobs int DEFAULT 1000)
 RETURNS int LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -632,7 +634,7 @@ BEGIN
     END IF;
     WITH revived_jobs AS (
         UPDATE job.live_jobs l
-           SET state = 'waiting', run_at = l.lease_expires_at, lease_expires_at = NULL, lease_token = NULL,
+           SET state = 'waiting', lease_expires_at = NULL, lease_token = NULL,
                errors = l.errors || jsonb_build_array(job._attempt_error(l.attempt, l.claimed_by, detail))
          WHERE l.id = ANY (stalled) AND l.state = 'running'
         RETURNING l.queue, l.job_type, l.claimed_at, l.run_at

@@ -107,8 +107,12 @@ fn _hist_quantile(hist: Option<Vec<Option<i64>>>, q: Option<f64>) -> Option<f64>
 /// concurrent writers of one queue land on different rows and never wait for each other.
 #[pg_extern(stable, parallel_safe)]
 fn _writer_shard() -> i16 {
-    // SAFETY: set once at backend start.
-    (unsafe { pg_sys::MyBackendId } % 32) as i16
+    // SAFETY: set once at backend start.  (PostgreSQL 17 renamed the backend's slot number.)
+    #[cfg(any(feature = "pg14", feature = "pg15", feature = "pg16"))]
+    let slot = unsafe { pg_sys::MyBackendId };
+    #[cfg(not(any(feature = "pg14", feature = "pg15", feature = "pg16")))]
+    let slot = unsafe { pg_sys::MyProcNumber };
+    (slot % 32) as i16
 }
 
 thread_local! {

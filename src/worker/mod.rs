@@ -80,6 +80,10 @@ fn work_error(caught: CaughtError) -> WorkError {
 
 /// Runs `body` in a transaction of its own and commits it.  An error (in the body or at
 /// commit) aborts the transaction and comes back as `Err`; the process goes on.
+///
+/// Should the extension this process started with be gone (dropped, or dropped and created
+/// again), the process exits before `body` touches anything: its work belonged to that
+/// extension's tables (see [`served_extension_is_gone`]).
 pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, WorkError> {
     let body = AssertUnwindSafe(body);
     // SAFETY: the standard sequence for a transaction in a background worker.
@@ -87,6 +91,15 @@ pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, WorkError> {
         pg_sys::SetCurrentStatementStartTimestamp();
         pg_sys::StartTransactionCommand();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    if served_extension_is_gone() {
+        // SAFETY: leaves the transaction just begun, then the process (its shared-memory
+        // entries are released by the exit callbacks, as at a normal stop).
+        unsafe {
+            pg_sys::AbortCurrentTransaction();
+            log!("pg_jobqueue: the extension this process served was dropped; stopping");
+            pg_sys::proc_exit(0);
+        }
     }
     let outcome = PgTryBuilder::new(move || {
         let result = body();
@@ -104,6 +117,29 @@ pub fn transaction<R>(body: impl FnOnce() -> R) -> Result<R, WorkError> {
         unsafe { pg_sys::AbortCurrentTransaction() };
     }
     outcome
+}
+
+thread_local! {
+    /// The oid of the extension this process serves, as its first transaction found it.
+    static SERVED_EXTENSION: std::cell::Cell<pg_sys::Oid> =
+        const { std::cell::Cell::new(pg_sys::InvalidOid) };
+}
+
+/// Whether the extension this process first saw in its database is no longer there (its
+/// oid is gone, or belongs to an extension created since).  A process that starts without
+/// the extension serves none, and is never told it is gone.  A catalog index probe, in the
+/// current transaction: one per unit of work.
+fn served_extension_is_gone() -> bool {
+    // SAFETY: a catalog look-up by name inside a transaction.
+    let now = unsafe { pg_sys::get_extension_oid(c"pg_jobqueue".as_ptr(), true) };
+    SERVED_EXTENSION.with(|served| {
+        if served.get() == pg_sys::InvalidOid {
+            served.set(now);
+            false
+        } else {
+            served.get() != now
+        }
+    })
 }
 
 /// Unwraps the result of an SPI call, raising its error as a PostgreSQL error.

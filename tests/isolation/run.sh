@@ -14,7 +14,7 @@ port=${1:?usage: tests/isolation/run.sh PORT [SPEC...]}
 shift
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/../.." && pwd)
-pg_config=/usr/lib/postgresql/15/bin/pg_config
+pg_config=$(bash "$root/scripts/private-pg.sh" clusters)
 bindir=$($pg_config --bindir)
 regress=$(dirname "$($pg_config --pgxs)")/../test/isolation/pg_isolation_regress
 db=pg_jobqueue_isolation
@@ -22,7 +22,7 @@ out=${ISOLATION_OUT:-$root/target/isolation}
 psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres)
 
 if [ ! -x "$regress" ]; then
-    echo "pg_isolation_regress not found at $regress (Debian: postgresql-client-15; make setup installs it)" >&2
+    echo "pg_isolation_regress not found at $regress (Debian: postgresql-client-NN; make setup installs it)" >&2
     exit 2
 fi
 

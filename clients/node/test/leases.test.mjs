@@ -4,7 +4,7 @@ import { test } from 'node:test';
 import { enqueue, enqueueMany, LeaseLostError, Worker } from 'pg-jobqueue';
 import { collectErrors, sleep, testDatabase, waitFor } from './helpers.mjs';
 
-const PSQL = process.env.PGJQ_PSQL ?? '/usr/lib/postgresql/15/bin/psql';
+const PSQL = process.env.PGJQ_PSQL ?? 'psql';
 
 test('a handler longer than its lease keeps the job through automatic renewal', { timeout: 60_000 }, async (t) => {
   const { url, db, onCleanup } = await testDatabase(t);

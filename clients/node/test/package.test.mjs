@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { readFileSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import { test } from 'node:test';
 import * as esm from 'pg-jobqueue';
@@ -10,7 +11,9 @@ test('the CommonJS build exports what the ES module build does', () => {
   assert.equal(typeof cjs.Worker, 'function');
   assert.equal(require.resolve('pg-jobqueue').endsWith('dist/cjs/index.js'), true);
   const version = require('pg-jobqueue/package.json').version;
-  assert.equal(version, '0.3.0', "the package's version is the extension's");
+  const cargo = readFileSync(new URL('../../../Cargo.toml', import.meta.url), 'utf8');
+  const extension = cargo.match(/^version = "(.+)"$/m)[1];
+  assert.equal(version, extension, "the package's version is the extension's");
 });
 
 test('worker options are checked', () => {

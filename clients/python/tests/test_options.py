@@ -51,3 +51,17 @@ def test_handler_kinds_and_connections() -> None:
     assert Worker("q", sync_handler, conninfo="").settings.batch == 4  # = concurrency
     assert len(worker.name) <= 128
     worker.close()  # never started: nothing to do
+
+
+def test_the_version_is_the_extensions() -> None:
+    import importlib.metadata
+    import pathlib
+    import re
+
+    import pg_jobqueue
+
+    cargo = (pathlib.Path(__file__).resolve().parents[3] / "Cargo.toml").read_text()
+    match = re.search(r'^version = "(.+)"$', cargo, re.M)
+    assert match is not None
+    assert pg_jobqueue.__version__ == match.group(1)
+    assert importlib.metadata.version("pg-jobqueue") == match.group(1)

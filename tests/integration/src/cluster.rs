@@ -3,7 +3,7 @@
 //! The worker tests stop, kill, restart, reconfigure and promote PostgreSQL, so each one runs
 //! its own cluster instead of the shared one at `PGJQ_TEST_URL`.  A [`Cluster`] lives in
 //! `<state>/it-<name>` (`scripts/state-dir.sh` prints `<state>`), listens on a port of its own
-//! from [`PORTS`], runs as the `postgres` OS user (PostgreSQL refuses root) and preloads
+//! from [`ports`], runs as the `postgres` OS user (PostgreSQL refuses root) and preloads
 //! pg_jobqueue with a fast scheduler tick and maintenance interval.  Dropping it stops it
 //! (immediate) and removes its directory; when the test failed, the server log is kept
 //! (the panic message of the drop says where).
@@ -20,12 +20,62 @@ use std::process::{Command, Output};
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-/// PostgreSQL 15's programs.
-pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// The pg_config of the private copy of PostgreSQL the test clusters run, where `make
+/// install-private` put the extension (`scripts/private-pg.sh clusters`; the PostgreSQL it
+/// copies is `$PG_CONFIG`'s, see `scripts/pg-config.sh`).
+pub fn pg_config() -> &'static Path {
+    static PATH: OnceLock<PathBuf> = OnceLock::new();
+    PATH.get_or_init(|| PathBuf::from(run_script("private-pg.sh", &["clusters"])))
+}
+
+/// The directory of PostgreSQL's programs (of [`pg_config`]).
+pub fn pg_bin() -> &'static Path {
+    pg_config()
+        .parent()
+        .expect("pg_config is in the bin directory")
+}
+
+/// What `pg_config OPTION` prints (`--pkglibdir`, say) for the test clusters' PostgreSQL.
+pub fn pg_config_value(option: &str) -> String {
+    let out = Command::new(pg_config())
+        .arg(option)
+        .output()
+        .expect("cannot run pg_config");
+    assert!(out.status.success(), "pg_config {option} failed");
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
 
 /// Ports the private clusters take, one each (below them: the demo, test and bench clusters
-/// of the Makefile and `scripts/cluster.sh`).
-pub const PORTS: std::ops::Range<u16> = 55460..55600;
+/// of the Makefile and `scripts/cluster.sh`).  `PGJQ_CLUSTER_PORTS=FIRST-LAST` moves them, so
+/// that two checkouts can run their suites at once.
+pub fn ports() -> std::ops::Range<u16> {
+    match std::env::var("PGJQ_CLUSTER_PORTS") {
+        Ok(range) => {
+            let (first, last) = range
+                .split_once('-')
+                .and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?)))
+                .unwrap_or_else(|| panic!("PGJQ_CLUSTER_PORTS={range}: expected FIRST-LAST"));
+            first..last
+        }
+        Err(_) => 55460..55600,
+    }
+}
+
+/// Runs `scripts/NAME ARGS` and returns what it printed, trimmed.
+fn run_script(name: &str, args: &[&str]) -> String {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let out = Command::new("bash")
+        .arg(root.join("scripts").join(name))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run scripts/{name}: {e}"));
+    assert!(
+        out.status.success(),
+        "scripts/{name} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
 
 /// Settings every private cluster gets, before those a test passes.
 const BASE_SETTINGS: &[(&str, &str)] = &[
@@ -42,26 +92,14 @@ const BASE_SETTINGS: &[(&str, &str)] = &[
 /// The directory for files the `postgres` user must reach (`scripts/state-dir.sh`).
 pub fn state_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
-        let out = Command::new("bash")
-            .arg(root.join("scripts/state-dir.sh"))
-            .output()
-            .expect("cannot run scripts/state-dir.sh");
-        assert!(
-            out.status.success(),
-            "scripts/state-dir.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
-    })
+    DIR.get_or_init(|| PathBuf::from(run_script("state-dir.sh", &[])))
 }
 
 /// Runs a PostgreSQL program as the `postgres` OS user.
 fn run_as_postgres(program: &str, args: &[&str]) -> Output {
     Command::new("runuser")
         .args(["-u", "postgres", "--"])
-        .arg(Path::new(PG_BIN).join(program))
+        .arg(pg_bin().join(program))
         .args(args)
         // Would append Rust backtraces to the DETAIL of errors raised through the extension.
         .env_remove("RUST_BACKTRACE")
@@ -103,9 +141,9 @@ pub struct PortLease {
 static PORTS_TAKEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
 
 impl PortLease {
-    /// A port of [`PORTS`], for a cluster.
+    /// A port of [`ports`], for a cluster.
     fn reserve() -> PortLease {
-        Self::reserve_in(PORTS)
+        Self::reserve_in(ports())
     }
 
     /// A free port of `ports`.

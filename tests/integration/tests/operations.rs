@@ -1,11 +1,9 @@
 //! Operations: upgrading from the previous release, pg_dump and pg_restore, and the Prometheus
 //! export read by a real parser.
 
-use pg_jobqueue_integration::{connect, current_version, error_text, Client, TestDb};
+use pg_jobqueue_integration::{cluster, connect, current_version, error_text, Client, TestDb};
 use std::collections::BTreeSet;
 use std::process::Command;
-
-const BIN: &str = "/usr/lib/postgresql/15/bin";
 
 fn strings(client: &mut Client, query: &str) -> Vec<String> {
     client
@@ -338,7 +336,7 @@ fn pg_tool(tool: &str, args: &[&str]) {
         .copied()
         .unwrap_or(5432)
         .to_string();
-    let output = Command::new(format!("{BIN}/{tool}"))
+    let output = Command::new(cluster::pg_bin().join(tool))
         .args(["-h", "127.0.0.1", "-p", &port, "-U", "postgres"])
         .args(args)
         .output()

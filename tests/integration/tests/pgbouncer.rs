@@ -47,7 +47,7 @@ use std::time::{Duration, Instant};
 
 const PGBOUNCER: &str = "/usr/sbin/pgbouncer";
 
-/// Ports the test pgbouncers take (apart from the clusters' `cluster::PORTS`).
+/// Ports the test pgbouncers take (apart from the clusters' `cluster::ports()`).
 const BOUNCER_PORTS: std::ops::Range<u16> = 56500..56600;
 
 /// The tests of this file run one at a time: the latency bound of the polling test should not

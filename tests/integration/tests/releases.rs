@@ -75,12 +75,15 @@ fn every_script_of_a_past_release_is_frozen() {
 
 /// Every C symbol a released script declares (`'<function>_wrapper'`) is still exported by the
 /// installed library: installing an older version, which the upgrade path does, must find
-/// them all.  (Reads the library `make install` put in place.)
+/// them all.  (Reads the library `make install-private` put in place.)
 #[test]
 fn the_library_still_exports_every_symbol_released_scripts_name() {
-    let library = "/usr/lib/postgresql/15/lib/pg_jobqueue.so";
+    let library = format!(
+        "{}/pg_jobqueue.so",
+        pg_jobqueue_integration::cluster::pg_config_value("--pkglibdir")
+    );
     let out = std::process::Command::new("nm")
-        .args(["-D", "--defined-only", library])
+        .args(["-D", "--defined-only", &library])
         .output()
         .expect("cannot run nm");
     assert!(

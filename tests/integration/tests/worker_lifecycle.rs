@@ -263,6 +263,109 @@ fn drop_extension_stops_the_worker_and_create_extension_restarts_it() {
     assert_each_tick_fired_once(&mut client, "tick", "q");
 }
 
+/// DROP EXTENSION while handlers run: it cancels them and stops every process of the
+/// database before it drops anything, so it neither waits for a handler nor leaves executors
+/// running against functions that are gone; the schema `job` goes with the extension; and an
+/// extension created again at once is served by new processes only (0.4.0's executors went on
+/// for seconds, then wrote against the new extension's tables: "job 2 does not exist").
+#[test]
+fn drop_extension_mid_handler_stops_every_process_before_the_drop() {
+    let (cluster, mut client) = served_cluster("life-drop-mid-handler", &[]);
+    exec(
+        &mut client,
+        "CREATE FUNCTION nap(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         BEGIN PERFORM pg_sleep(60); RETURN '{}'; END $$;
+         SELECT job.create_queue('naps');
+         SELECT job.set_handler('naps', 'nap(jsonb)', concurrency => 2);
+         SELECT job.enqueue('naps', '{}') FROM generate_series(1, 4);",
+    );
+    let napping = wait_until(Duration::from_secs(15), || {
+        one::<i64>(
+            &mut client,
+            "SELECT count(*) FROM pg_stat_activity
+              WHERE backend_type = 'pg_jobqueue executor' AND wait_event = 'PgSleep'",
+            &[],
+        ) == 2
+    });
+    assert!(
+        napping,
+        "two handlers never slept: {:?}",
+        jobqueue_backends(&mut client)
+    );
+    let log_before = cluster.log().len();
+
+    let dropping = Instant::now();
+    exec(&mut client, "DROP EXTENSION pg_jobqueue");
+    let took = dropping.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "DROP EXTENSION waited for the handlers: {took:?}"
+    );
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            jobqueue_backends_of(&mut client, "postgres").is_empty()
+        }),
+        "worker processes outlived DROP EXTENSION: {:?}",
+        jobqueue_backends_of(&mut client, "postgres")
+    );
+    assert!(
+        one::<bool>(&mut client, "SELECT to_regnamespace('job') IS NULL", &[]),
+        "an empty schema job survived DROP EXTENSION"
+    );
+
+    // Created again at once: only processes started for it touch it.
+    exec(
+        &mut client,
+        "CREATE EXTENSION pg_jobqueue;
+         SELECT job.create_queue('naps');
+         SELECT job.set_handler('naps', 'nap(jsonb)', concurrency => 2);
+         SELECT job.enqueue('naps', '{}');",
+    );
+    wait_for_executors(&mut client, 2, Duration::from_secs(15));
+    std::thread::sleep(Duration::from_secs(2));
+    let log = cluster.log()[log_before..].to_owned();
+    assert!(
+        !log.contains("does not exist"),
+        "a process of the dropped extension touched the new one:\n{log}"
+    );
+}
+
+/// A schema `job` the user keeps something of their own in survives DROP EXTENSION.
+#[test]
+fn drop_extension_keeps_a_schema_that_is_not_empty() {
+    let (_cluster, mut client) = served_cluster("life-drop-keeps-schema", &[]);
+    exec(
+        &mut client,
+        "CREATE TABLE job.mine (x int);
+         DROP EXTENSION pg_jobqueue;",
+    );
+    assert!(one::<bool>(
+        &mut client,
+        "SELECT to_regclass('job.mine') IS NOT NULL",
+        &[]
+    ));
+    // A rolled-back drop leaves the database served.
+    exec(
+        &mut client,
+        "DROP TABLE job.mine; CREATE EXTENSION pg_jobqueue",
+    );
+    let before = wait_for_scheduler(&mut client, Duration::from_secs(10));
+    exec(&mut client, "BEGIN; DROP EXTENSION pg_jobqueue; ROLLBACK;");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            let now = worker_pids(&mut client, "scheduler");
+            !now.is_empty() && !now.contains(&before)
+        }),
+        "no new scheduler after a rolled-back DROP EXTENSION: {:?}",
+        jobqueue_backends(&mut client)
+    );
+    assert!(one::<bool>(
+        &mut client,
+        "SELECT to_regnamespace('job') IS NOT NULL",
+        &[]
+    ));
+}
+
 /// The scheduler, terminated, is replaced within seconds and schedules go on firing.  An
 /// executor killed with SIGKILL makes the postmaster reset the whole cluster; afterwards
 /// the worker is back, schedules fire and handler jobs run.

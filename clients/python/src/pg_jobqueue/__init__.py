@@ -19,7 +19,7 @@ from .producer import (
 )
 from .worker import Worker
 
-__version__ = "0.3.0"
+__version__ = "0.5.0"
 
 __all__ = [
     "AsyncWorker",
