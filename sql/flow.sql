@@ -555,6 +555,24 @@ BEGIN
         RAISE EXCEPTION 'until must be a finite time, got %', rate_limit_pause.until
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF rate_limit_pause.until > now() THEN
+        -- A 429's Retry-After is seconds or minutes; a hold for years stops the queue for good.
+        PERFORM job._check_at_most('until - now()', rate_limit_pause.until - now(), 'pg_jobqueue.max_hold',
+                                   interval '1 day');
+    END IF;
+    -- The work duty holds only queues it may work, and never one the background worker serves
+    -- (a handler's or an endpoint's): those belong to their administrators, who hold every
+    -- queue (the admin duty is the one that may pause queues).
+    IF NOT has_function_privilege(job._calling_role(), 'job.pause_queue(text)', 'EXECUTE') THEN
+        IF EXISTS (SELECT 1 FROM job.handler_defs h WHERE h.queue = q.name)
+           OR EXISTS (SELECT 1 FROM job.endpoint_defs e WHERE e.queue = q.name) THEN
+            RAISE EXCEPTION 'permission denied: queue % is served by the background worker, so only an administrator may hold it',
+                quote_literal(q.name)
+                USING ERRCODE = 'insufficient_privilege';
+        ELSIF q.work_granted THEN
+            PERFORM job._require_may(q.name, 'work');
+        END IF;
+    END IF;
     PERFORM job._rate_window(q.name, coalesce(rate_limit_pause.key, ''));
     UPDATE job.rate_windows r
        SET held_until = CASE WHEN rate_limit_pause.until > now() THEN rate_limit_pause.until END,

@@ -11,12 +11,28 @@ SELECT h.queue, h.handler, h.run_as, h.concurrency, h.timeout, h.set_by,
             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = h.run_as) THEN 'run_as role dropped'
             WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = h.set_by)
               OR NOT pg_catalog.pg_has_role(h.set_by, h.run_as, 'MEMBER') THEN 'set_by no longer a member of run_as'
+            -- (job._may_run_as, inline: a view's readers would need EXECUTE on it.)
+            WHEN EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = h.run_as AND r.rolsuper)
+             AND NOT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = h.set_by AND r.rolsuper)
+              THEN 'run_as is a superuser, set_by is not'
             WHEN q.paused THEN 'paused'
             ELSE 'active' END AS state,
        h.created_at, h.updated_at
   FROM job.handler_defs h
   JOIN job.queues q ON q.name = h.queue;
 COMMENT ON VIEW job.handlers IS 'Queues whose jobs the background worker runs: handler, run_as, concurrency, timeout, who set it, and whether it runs (active) or why not.';
+
+-- Whether a handler set by `set_by` may run as `run_as`: a superuser `run_as` only when a
+-- superuser set it.  Whoever can enqueue into a handler queue (a producer, a schedule) chooses
+-- the handler's input; a superuser's handler given that input is a superuser's code path that
+-- non-superusers steer, which only a superuser may set up.  Checked again by the executors, so
+-- a role made superuser after a non-superuser named it stops its handlers.
+CREATE FUNCTION job._may_run_as(set_by oid, run_as oid)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NOT coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = run_as), false)
+        OR coalesce((SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid = set_by), false)
+$$;
 
 -- Records a handler (job.set_handler has checked who may name run_as).  `caller` is the role
 -- that called job.set_handler; only the extension's owner can call this.
@@ -45,6 +61,11 @@ BEGIN
             _set_handler.caller, _set_handler.run_as
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'A handler runs with the rights of run_as: name a role you belong to (yourself, by default).';
+    END IF;
+    IF NOT job._may_run_as(_set_handler.caller, _set_handler.run_as) THEN
+        RAISE EXCEPTION 'permission denied: run_as % is a superuser, and only a superuser may name one', _set_handler.run_as
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Whoever enqueues into the queue feeds the handler: give it a role with only the rights it needs.';
     END IF;
     IF NOT has_function_privilege(_set_handler.run_as, _set_handler.handler, 'EXECUTE') THEN
         RAISE EXCEPTION 'permission denied: role % may not execute handler %', _set_handler.run_as, _set_handler.handler
@@ -105,7 +126,8 @@ BEGIN
      WHERE hd.run_as = _runnable_handlers.run_as
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.run_as)
        AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.oid = hd.set_by)
-       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER');
+       AND pg_catalog.pg_has_role(hd.set_by, hd.run_as, 'MEMBER')
+       AND job._may_run_as(hd.set_by, hd.run_as);
 END $$;
 
 -- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its

@@ -37,13 +37,17 @@ DECLARE
     new_id bigint;
     existing_id bigint;
     keyed job.queues;
+    producer oid;
 BEGIN
     -- A drop of this queue in progress makes this fail at once instead of waiting for it.
     PERFORM job._guard_queue(enqueue.queue);
-    SELECT qs.id, qs.name, qs.max_retries, qs.idempotency_window, qs.max_payload_bytes INTO q
+    SELECT qs.id, qs.name, qs.max_retries, qs.idempotency_window, qs.max_payload_bytes, qs.produce_granted INTO q
       FROM job.queues qs WHERE qs.name = enqueue.queue;
     IF NOT FOUND THEN
         PERFORM job._require_queue(enqueue.queue);  -- raises
+    END IF;
+    IF q.produce_granted THEN
+        PERFORM job._require_may(q.name, 'produce');  -- the queue has per-queue grants
     END IF;
     IF enqueue.payload IS NULL OR jsonb_typeof(enqueue.payload) <> 'object' THEN
         PERFORM job._check_payload('payload', enqueue.payload);
@@ -56,18 +60,24 @@ BEGIN
             RAISE EXCEPTION 'give run_at or delay, not both' USING ERRCODE = 'invalid_parameter_value';
         END IF;
         PERFORM job._check_interval('delay', enqueue.delay, true);
+        PERFORM job._check_at_most('delay', enqueue.delay, 'pg_jobqueue.max_delay', interval '365 days');
         start_at := now() + enqueue.delay;
     ELSIF enqueue.run_at IS NOT NULL THEN
         IF NOT isfinite(enqueue.run_at) THEN
             RAISE EXCEPTION 'run_at must be a finite time, got %', enqueue.run_at USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF enqueue.run_at > now() THEN
+            -- (A job due years ahead holds its order key, or its singleton's place, as long.)
+            PERFORM job._check_at_most('run_at - now()', enqueue.run_at - now(), 'pg_jobqueue.max_delay',
+                                       interval '365 days');
         END IF;
         start_at := enqueue.run_at;
     END IF;
     IF enqueue.priority IS NULL THEN
         PERFORM job._check_not_null('priority', enqueue.priority);
     END IF;
-    IF enqueue.max_retries < 0 THEN
-        RAISE EXCEPTION 'max_retries must be 0 or more, got %', enqueue.max_retries USING ERRCODE = 'invalid_parameter_value';
+    IF enqueue.max_retries < 0 OR enqueue.max_retries > 1000 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 1000, got %', enqueue.max_retries USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF enqueue.job_type IS NOT NULL AND job._name_problem(enqueue.job_type, 128) IS NOT NULL THEN
         PERFORM job._check_name('job_type', enqueue.job_type);
@@ -86,8 +96,9 @@ BEGIN
             UPDATE job.queues qs SET serial_keys = true WHERE qs.name = q.name;  -- claims now look at keys
         END IF;
         IF enqueue.singleton_key IS NOT NULL OR enqueue.debounce_key IS NOT NULL THEN
+            producer := (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = job._calling_role());
             existing_id := job._replace_pending(q.name, enqueue.singleton_key, enqueue.debounce_key,
-                                                enqueue.payload, start_at, enqueue.debounce_max_wait);
+                                                enqueue.payload, start_at, enqueue.debounce_max_wait, producer);
             IF existing_id IS NOT NULL THEN
                 RETURN existing_id;
             END IF;
@@ -114,12 +125,13 @@ BEGIN
     END IF;
 
     INSERT INTO job.live_jobs (id, run_at, priority, max_retries, state, queue, job_type,
-                               idempotency_key, payload, concurrency_key, order_key, singleton_key, debounce_key)
+                               idempotency_key, payload, concurrency_key, order_key, singleton_key, debounce_key,
+                               enqueued_by)
     VALUES (coalesce(new_id, nextval('job.job_id_seq')), start_at, enqueue.priority,
             coalesce(enqueue.max_retries, q.max_retries),
             CASE WHEN start_at <= now() THEN 'waiting' ELSE 'scheduled' END,
             q.name, enqueue.job_type, enqueue.idempotency_key, enqueue.payload, enqueue.concurrency_key,
-            enqueue.order_key, enqueue.singleton_key, enqueue.debounce_key)
+            enqueue.order_key, enqueue.singleton_key, enqueue.debounce_key, producer)
     RETURNING id INTO new_id;
     IF start_at <= now() THEN
         PERFORM job._wake_queue_on_commit(q.id);
@@ -147,6 +159,9 @@ DECLARE
 BEGIN
     PERFORM job._guard_queue(enqueue_many.queue);
     q := job._require_queue(enqueue_many.queue);
+    IF q.produce_granted THEN
+        PERFORM job._require_may(q.name, 'produce');
+    END IF;
     PERFORM job._check_not_null('payloads', enqueue_many.payloads);
     IF array_ndims(enqueue_many.payloads) > 1 THEN
         RAISE EXCEPTION 'payloads must be a one-dimensional array, got % dimensions', array_ndims(enqueue_many.payloads)
@@ -198,39 +213,49 @@ BEGIN
     PERFORM job._wake_queue_on_commit(q.id);
 END $$;
 
--- For an enqueue with a singleton or debounce key: the job of that key that has not started
--- yet, given `payload` (the last one wins) and a new start (`start_at`; for a debounce, no
--- later than `max_wait` after the job's first enqueue), or NULL when there is none and the
--- caller adds one.  Enqueues of the key take turns until commit, so the later one sees the
--- job the earlier one added.  A job that is being claimed has started: it is left alone.
+-- For an enqueue by role `producer` with a singleton or debounce key: the job of that key
+-- that has not started yet, given `payload` (the last one wins) and a new start (`start_at`;
+-- for a debounce, no later than `max_wait` after the job's first enqueue), or NULL when there
+-- is none and the caller adds one.  A producer changes only a job it enqueued: when another
+-- role's job of the key waits, that job's id is returned and the job is left as it is (the
+-- key still has one job waiting; the enqueue merged into it).  Enqueues of the key take turns
+-- until commit, so the later one sees the job the earlier one added.  A job that is being
+-- claimed has started: it is left alone.
 CREATE FUNCTION job._replace_pending(queue text, singleton_key text, debounce_key text, payload jsonb,
-                                     start_at timestamptz, max_wait interval)
+                                     start_at timestamptz, max_wait interval, producer oid)
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
+    pending record;
     replaced record;
 BEGIN
     PERFORM job._lock_enqueue_key(queue, CASE WHEN singleton_key IS NULL THEN 'd' ELSE 's' END,
                                   coalesce(singleton_key, debounce_key));
+    -- The newest not-yet-started job of the key: a range of the key's index (one of the two
+    -- keys is NULL, and its branch reads nothing).  One statement with OR is planned as a walk
+    -- of the primary key.
+    SELECT p.id, p.enqueued_at, p.enqueued_by INTO pending
+      FROM ((SELECT p.id, p.enqueued_at, p.enqueued_by FROM job.live_jobs p
+              WHERE p.queue = _replace_pending.queue AND p.singleton_key = _replace_pending.singleton_key
+                AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
+              ORDER BY p.id DESC LIMIT 1)
+            UNION ALL
+            (SELECT p.id, p.enqueued_at, p.enqueued_by FROM job.live_jobs p
+              WHERE p.queue = _replace_pending.queue AND p.debounce_key = _replace_pending.debounce_key
+                AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
+              ORDER BY p.id DESC LIMIT 1)) p;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    ELSIF pending.enqueued_by IS DISTINCT FROM producer THEN
+        RETURN pending.id;  -- another producer's job: merged into, not changed
+    END IF;
     UPDATE job.live_jobs l
        SET payload = _replace_pending.payload, run_at = x.new_run_at,
            state = CASE WHEN x.new_run_at <= now() THEN 'waiting' ELSE 'scheduled' END
-      FROM (SELECT p.id,
-                   CASE WHEN max_wait IS NULL THEN start_at ELSE least(start_at, p.enqueued_at + max_wait) END AS new_run_at
-              -- The newest not-yet-started job of the key: a range of the key's index (one of
-              -- the two keys is NULL, and its branch reads nothing).  One statement with OR is
-              -- planned as a walk of the primary key.
-              FROM ((SELECT p.id, p.enqueued_at FROM job.live_jobs p
-                      WHERE p.queue = _replace_pending.queue AND p.singleton_key = _replace_pending.singleton_key
-                        AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
-                      ORDER BY p.id DESC LIMIT 1)
-                    UNION ALL
-                    (SELECT p.id, p.enqueued_at FROM job.live_jobs p
-                      WHERE p.queue = _replace_pending.queue AND p.debounce_key = _replace_pending.debounce_key
-                        AND p.state IN ('waiting', 'scheduled') AND p.attempt = 0
-                      ORDER BY p.id DESC LIMIT 1)) p) x
-     WHERE l.id = x.id AND l.state IN ('waiting', 'scheduled') AND l.attempt = 0
+      FROM (SELECT CASE WHEN max_wait IS NULL THEN start_at
+                        ELSE least(start_at, pending.enqueued_at + max_wait) END AS new_run_at) x
+     WHERE l.id = pending.id AND l.state IN ('waiting', 'scheduled') AND l.attempt = 0
     RETURNING l.id, l.state, l.run_at, (SELECT qs.id FROM job.queues qs WHERE qs.name = l.queue) AS queue_id
     INTO replaced;
     IF NOT FOUND THEN

@@ -31,8 +31,8 @@ DECLARE
 BEGIN
     PERFORM job._check_name('queue name', name);
     PERFORM job._check_not_null('max_retries', max_retries);
-    IF max_retries < 0 THEN
-        RAISE EXCEPTION 'max_retries must be 0 or more, got %', max_retries USING ERRCODE = 'invalid_parameter_value';
+    IF max_retries < 0 OR max_retries > 1000 THEN
+        RAISE EXCEPTION 'max_retries must be between 0 and 1000, got %', max_retries USING ERRCODE = 'invalid_parameter_value';
     END IF;
     PERFORM job._check_interval('backoff_base', backoff_base, false);
     PERFORM job._check_interval('backoff_max', backoff_max, false);
@@ -47,15 +47,12 @@ BEGIN
     PERFORM job._check_interval('lease', lease, false);
     PERFORM job._check_interval('idempotency_window', idempotency_window, true);
     PERFORM job._check_interval('retention', retention, true);
-    IF max_payload_bytes < 1 THEN
-        RAISE EXCEPTION 'max_payload_bytes must be 1 or more (or NULL for no limit), got %', max_payload_bytes
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    PERFORM job._check_limit('concurrency', concurrency);
-    PERFORM job._check_limit('key_concurrency', key_concurrency);
-    PERFORM job._check_limit('rate_limit', rate_limit);
-    PERFORM job._check_limit('key_rate_limit', key_rate_limit);
+    -- Bounds (the README's "Settings"): concurrency is one slot row per unit.
+    PERFORM job._check_limit('max_payload_bytes', max_payload_bytes, 100000000);
+    PERFORM job._check_limit('concurrency', concurrency, 10000);
+    PERFORM job._check_limit('key_concurrency', key_concurrency, 10000);
+    PERFORM job._check_limit('rate_limit', rate_limit, 1000000);
+    PERFORM job._check_limit('key_rate_limit', key_rate_limit, 1000000);
     IF rate_period IS NOT NULL AND rate_limit IS NULL THEN
         RAISE EXCEPTION 'rate_period needs a rate_limit' USING ERRCODE = 'invalid_parameter_value',
             HINT = 'Give rate_limit (starts per rate_period) too, or leave rate_period out.';
@@ -101,10 +98,10 @@ BEGIN
         ON CONFLICT DO NOTHING;
     END IF;
     IF before.name IS NULL THEN
-        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[]);
+        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}'::text[]);
     ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
-        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[],
-                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,flow_limited,created_at,updated_at}'::text[]));
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}'::text[],
+                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}'::text[]));
     END IF;
 END $$;
 
@@ -171,6 +168,119 @@ $$;
 -- "Wake-ups"): a worker LISTENs on pg_jobqueue and dequeues when a notification carries it.
 CREATE FUNCTION job.queue_id(queue text) RETURNS bigint LANGUAGE plpgsql STABLE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q job.queues := job._require_queue(queue);
 BEGIN
-    RETURN (job._require_queue(queue)).id;
+    IF q.work_granted THEN
+        PERFORM job._require_may(q.name, 'work');
+    END IF;
+    RETURN q.id;
 END $$;
+
+-- Per-queue grants of the produce and work duties.  The duty's functions (the README's Roles
+-- recipes) say what a role may do; a queue's grants say on which queues: once a queue has a
+-- grant of a duty, only members of its granted roles (and superusers) may do that duty on it.
+-- A queue without any grant of a duty stays open to every role holding the duty's functions,
+-- as in 0.4.0, so that existing databases and recipes keep working.
+
+-- Whether the calling role (job._calling_role: the session's role, not the owner these
+-- functions run as) may do `duty` on `queue`, a queue that has grants of it.
+CREATE FUNCTION job._may(queue text, duty text)
+RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_roles r WHERE r.rolname = job._calling_role() AND r.rolsuper)
+        OR EXISTS (SELECT 1 FROM job.queue_grant_defs g
+                    WHERE g.queue = _may.queue AND g.duty = _may.duty
+                      AND pg_catalog.pg_has_role(job._calling_role(), g.grantee, 'MEMBER'))
+$$;
+
+-- Raises (42501) unless the calling role may do `duty` on `queue`, which has grants of it.
+CREATE FUNCTION job._require_may(queue text, duty text)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT job._may(queue, duty) THEN
+        RAISE EXCEPTION 'permission denied: role % may not % queue %', job._calling_role(),
+            CASE duty WHEN 'produce' THEN 'produce into' ELSE duty END, quote_literal(queue)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('The queue has grants of the %s duty (job.queue_grants); an administrator adds one with job.grant_queue.', duty);
+    END IF;
+END $$;
+
+-- Raises unless the calling role may work every job of `ids` that is live (for the work
+-- duty's calls that name jobs without their claim's token: a token is proof enough, as only
+-- the dequeue that claimed the job hands it out).  One probe per id.
+CREATE FUNCTION job._require_work_on_jobs(ids bigint[])
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM job._require_may(q.name, 'work')
+       FROM job.queues q
+      WHERE q.work_granted AND q.name IN (SELECT l.queue FROM job.live_jobs l WHERE l.id = ANY (ids));
+END $$;
+
+CREATE FUNCTION job._check_duty(duty text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF duty IS NULL OR duty NOT IN ('produce', 'work') THEN
+        RAISE EXCEPTION 'duty must be ''produce'' or ''work'', got %', coalesce(quote_literal(duty), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END $$;
+
+-- Lets `role` (and its members) do `duty` ('produce' or 'work') on `queue`; from the queue's
+-- first grant of the duty on, only granted roles may.  True when the grant is new.  Audited.
+CREATE FUNCTION job.grant_queue(queue text, role regrole, duty text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q job.queues := job._require_queue(queue);
+    added boolean;
+BEGIN
+    PERFORM job._check_not_null('role', role);
+    PERFORM job._check_duty(duty);
+    INSERT INTO job.queue_grant_defs (queue, duty, grantee, granted_by)
+    VALUES (q.name, duty, role, (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname = job._calling_role()))
+    ON CONFLICT DO NOTHING;
+    added := FOUND;
+    UPDATE job.queues qs SET produce_granted = qs.produce_granted OR duty = 'produce',
+                             work_granted = qs.work_granted OR duty = 'work'
+     WHERE qs.name = q.name;
+    PERFORM job._audit('grant_queue', jsonb_build_object('queue', q.name, 'role', role::text, 'duty', duty));
+    RETURN added;
+END $$;
+
+-- Takes back a grant of job.grant_queue.  When it was the queue's last grant of the duty, the
+-- queue is open again to every role with the duty's functions.  False when there was no such
+-- grant.  Audited.
+CREATE FUNCTION job.revoke_queue(queue text, role regrole, duty text)
+RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    q job.queues := job._require_queue(queue);
+    removed boolean;
+BEGIN
+    PERFORM job._check_not_null('role', role);
+    PERFORM job._check_duty(duty);
+    DELETE FROM job.queue_grant_defs g WHERE g.queue = q.name AND g.duty = duty AND g.grantee = role;
+    removed := FOUND;
+    UPDATE job.queues qs
+       SET produce_granted = EXISTS (SELECT 1 FROM job.queue_grant_defs g WHERE g.queue = q.name AND g.duty = 'produce'),
+           work_granted = EXISTS (SELECT 1 FROM job.queue_grant_defs g WHERE g.queue = q.name AND g.duty = 'work')
+     WHERE qs.name = q.name;
+    PERFORM job._audit('revoke_queue', jsonb_build_object('queue', q.name, 'role', role::text, 'duty', duty));
+    RETURN removed;
+END $$;
+
+CREATE VIEW job.queue_grants AS
+SELECT g.queue, g.duty, g.grantee AS role, g.granted_by, g.granted_at
+  FROM job.queue_grant_defs g;
+
+COMMENT ON VIEW job.queue_grants IS 'Per-queue grants (job.grant_queue): which roles may produce into or work a queue; a queue without a grant of a duty is open to every role holding that duty''s functions.';
+
+COMMENT ON FUNCTION job.grant_queue(text, regrole, text) IS 'Lets a role produce into or work a queue; from a queue''s first grant of a duty on, only granted roles may do that duty on it (audited).';
+
+COMMENT ON FUNCTION job.revoke_queue(text, regrole, text) IS 'Takes back a per-queue grant; a queue without grants of a duty is open to every holder of the duty (audited).';

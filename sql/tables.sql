@@ -51,10 +51,19 @@ CREATE TABLE job.queues (
     -- a pinned search_path is never inlined).
     flow_limited       boolean GENERATED ALWAYS AS (
                            concurrency IS NOT NULL OR key_concurrency IS NOT NULL OR rate_limit IS NOT NULL
-                           OR key_rate_limit IS NOT NULL OR holds OR serial_keys OR fair) STORED
+                           OR key_rate_limit IS NOT NULL OR holds OR serial_keys OR fair) STORED,
+    -- The queue has per-queue grants (job.queue_grant_defs) of the produce or the work duty:
+    -- only their roles may then do that duty on it.  Read with the row enqueue and dequeue
+    -- read anyway, so a queue without grants costs nothing to check.
+    produce_granted    boolean NOT NULL DEFAULT false,
+    work_granted       boolean NOT NULL DEFAULT false
 );
 
 COMMENT ON TABLE job.queues IS 'One row per queue: retry, lease, idempotency, retention and flow-control settings.';
+
+COMMENT ON COLUMN job.queues.produce_granted IS 'The queue has per-queue grants of the produce duty (job.queue_grants): only their roles may enqueue into it.';
+
+COMMENT ON COLUMN job.queues.work_granted IS 'The queue has per-queue grants of the work duty (job.queue_grants): only their roles may work it.';
 
 COMMENT ON COLUMN job.queues.max_payload_bytes IS 'The largest payload (stored jsonb size) enqueue accepts; NULL: no limit.';
 
@@ -92,7 +101,10 @@ CREATE TABLE job.live_jobs (
     debounce_key     text,
     -- Claimed under flow control (job._pick_limited): finishing it frees a slot or its key's
     -- turn, so its queue's waiting consumers are woken.  NULL otherwise.
-    flow_claimed     boolean
+    flow_claimed     boolean,
+    -- The role that enqueued a job of a singleton or debounce key (NULL otherwise): only an
+    -- enqueue by that role replaces its payload and start (job._replace_pending).
+    enqueued_by      regrole
 ) WITH (
     -- Rows churn (insert, claim, delete): vacuum early and without throttling so that
     -- dead index entries at the head of the claim index are reclaimed quickly.
@@ -104,6 +116,8 @@ CREATE TABLE job.live_jobs (
 );
 
 COMMENT ON TABLE job.live_jobs IS 'Jobs that can still run: waiting, scheduled or running.';
+
+COMMENT ON COLUMN job.live_jobs.enqueued_by IS 'The role that enqueued a job of a singleton or debounce key: only its enqueues replace the job.';
 
 -- The claim index: exactly the rows a claim may take, in the order it takes them.
 CREATE INDEX live_jobs_claim_idx ON job.live_jobs (queue, priority DESC, run_at, id)
@@ -391,6 +405,20 @@ CREATE TABLE job.handler_defs (
     set_by      regrole NOT NULL
 );
 
+-- Per-queue grants (job.grant_queue): which roles may produce into, or work, a queue.  A
+-- queue without a grant of a duty is open to every role with that duty's functions (as
+-- before 0.5.0); its first grant closes it to the others.  Read through job.queue_grants.
+CREATE TABLE job.queue_grant_defs (
+    queue      text NOT NULL REFERENCES job.queues (name) ON DELETE CASCADE,
+    duty       text NOT NULL CHECK (duty IN ('produce', 'work')),
+    grantee    regrole NOT NULL,
+    granted_by regrole NOT NULL,
+    granted_at timestamptz NOT NULL DEFAULT pg_catalog.now(),
+    PRIMARY KEY (queue, duty, grantee)
+);
+
+COMMENT ON TABLE job.queue_grant_defs IS 'Which roles may produce into or work each queue that has grants (read through job.queue_grants).';
+
 COMMENT ON TABLE job.handler_defs IS 'Queues whose jobs the background worker runs itself: handler(payload jsonb), as run_as, under timeout.';
 
 -- Settings, jobs, history, keys, the audit log, metrics, schedules and handlers are user
@@ -452,3 +480,4 @@ SELECT pg_catalog.pg_extension_config_dump('job.endpoint_secrets', '');
 SELECT pg_catalog.pg_extension_config_dump('job.endpoint_stats', '');
 SELECT pg_catalog.pg_extension_config_dump('job.rate_windows', '');
 SELECT pg_catalog.pg_extension_config_dump('job.concurrency_slots', '');
+SELECT pg_catalog.pg_extension_config_dump('job.queue_grant_defs', '');

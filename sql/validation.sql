@@ -48,14 +48,39 @@ BEGIN
     END IF;
 END $$;
 
--- Raises unless `value` is a row count: not NULL and not negative.
+-- The setting `name` (a pg_jobqueue. duration, set by a superuser) as an interval, or
+-- `fallback` (its default) in a session that has not loaded the library.
+CREATE FUNCTION job._setting_interval(name text, fallback interval)
+RETURNS interval LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(current_setting(name, true)::interval, fallback)
+$$;
+
+-- Raises unless `value` (an interval argument named `what`) is at most the setting `setting`
+-- (default `fallback`): how far ahead a producer may start a job, debounce one, or a worker
+-- hold a queue back.  A job or hold out of reach for years blocks others' jobs for as long.
+CREATE FUNCTION job._check_at_most(what text, value interval, setting text, fallback interval)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    bound interval := job._setting_interval(setting, fallback);
+BEGIN
+    IF value > bound THEN
+        RAISE EXCEPTION '% must be at most % (%), got %', what, bound, setting, value
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('A superuser may raise %s.', setting);
+    END IF;
+END $$;
+
+-- Raises unless `value` is a row count for one call: not NULL, from 0 to 1,000,000 (one call
+-- should not hold its locks over more; call again for the rest).
 CREATE FUNCTION job._check_count(what text, value bigint)
 RETURNS void LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._check_not_null(what, value);
-    IF value < 0 THEN
-        RAISE EXCEPTION '% must be 0 or more, got %', what, value USING ERRCODE = 'invalid_parameter_value';
+    IF value < 0 OR value > 1000000 THEN
+        RAISE EXCEPTION '% must be between 0 and 1000000, got %', what, value USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $$;
 
@@ -152,8 +177,10 @@ BEGIN
                 HINT = 'For example debounce => ''5 seconds'': the job starts once no enqueue of its key came for that long.';
         END IF;
         PERFORM job._check_interval('debounce', debounce, false);
+        PERFORM job._check_at_most('debounce', debounce, 'pg_jobqueue.max_debounce', interval '1 day');
         IF debounce_max_wait IS NOT NULL THEN
             PERFORM job._check_interval('debounce_max_wait', debounce_max_wait, false);
+            PERFORM job._check_at_most('debounce_max_wait', debounce_max_wait, 'pg_jobqueue.max_debounce', interval '1 day');
             IF debounce_max_wait < debounce THEN
                 RAISE EXCEPTION 'debounce_max_wait (%) must not be less than debounce (%)', debounce_max_wait, debounce
                     USING ERRCODE = 'invalid_parameter_value';
@@ -171,13 +198,16 @@ BEGIN
     END IF;
 END $$;
 
--- Raises unless `value`, a limit named `what`, is NULL (no limit) or 1 or more.
-CREATE FUNCTION job._check_limit(what text, value int)
+-- Raises unless `value`, a limit named `what`, is NULL (no limit) or from 1 to `max`.  Every
+-- count the API takes has a bound (the README's "Settings" lists them): a limit sizes rows or
+-- work (a queue's concurrency is one slot row per unit), so an unbounded one lets one call
+-- fill the disk.
+CREATE FUNCTION job._check_limit(what text, value int, max int)
 RETURNS void LANGUAGE plpgsql IMMUTABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF value < 1 THEN
-        RAISE EXCEPTION '% must be 1 or more (or NULL for no limit), got %', what, value
+    IF value < 1 OR value > max THEN
+        RAISE EXCEPTION '% must be between 1 and % (or NULL for no limit), got %', what, max, value
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 END $$;

@@ -160,9 +160,12 @@ BEGIN
     IF NOT FOUND THEN
         PERFORM job._require_queue(dequeue.queue);
     END IF;
-    IF dequeue.batch IS NULL OR dequeue.batch < 1 THEN
+    IF q.work_granted THEN
+        PERFORM job._require_may(q.name, 'work');  -- the queue has per-queue grants
+    END IF;
+    IF dequeue.batch IS NULL OR dequeue.batch < 1 OR dequeue.batch > 10000 THEN
         PERFORM job._check_not_null('batch', dequeue.batch);
-        RAISE EXCEPTION 'batch must be 1 or more, got %', dequeue.batch USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'batch must be between 1 and 10000, got %', dequeue.batch USING ERRCODE = 'invalid_parameter_value';
     END IF;
     lease_for := coalesce(dequeue.lease, q.lease);
     IF lease_for <= interval '0' OR lease_for > interval '100 years' THEN
@@ -174,6 +177,9 @@ BEGIN
     PERFORM job._saw_worker(dequeue.worker);
     IF dequeue.complete IS NOT NULL THEN
         PERFORM job._check_finished(dequeue.complete, dequeue.results, dequeue.complete_tokens);
+        IF dequeue.complete_tokens IS NULL THEN
+            PERFORM job._require_work_on_jobs(dequeue.complete);
+        END IF;
         PERFORM job._finish(dequeue.complete, '{running}', 'completed', dequeue.results, NULL,
                             dequeue.complete_tokens);
     END IF;
@@ -285,6 +291,9 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q job.queues := job._require_queue(next_due.queue);
 BEGIN
+    IF q.work_granted THEN
+        PERFORM job._require_may(q.name, 'work');
+    END IF;
     IF q.paused THEN
         RETURN NULL;
     END IF;
@@ -321,6 +330,9 @@ BEGIN
     IF complete.id IS NULL THEN
         PERFORM job._check_not_null('id', complete.id);
     END IF;
+    IF complete.token IS NULL THEN
+        PERFORM job._require_work_on_jobs(ARRAY[complete.id]);  -- (a token proves the claim)
+    END IF;
     IF job._finish(ARRAY[complete.id], '{running}', 'completed', ARRAY[complete.result], NULL,
                    CASE WHEN complete.token IS NULL THEN NULL ELSE ARRAY[complete.token] END) = 1 THEN
         RETURN true;
@@ -340,6 +352,9 @@ BEGIN
         PERFORM job._check_not_null('ids', ids);
     END IF;
     PERFORM job._check_tokens(ids, tokens);
+    IF tokens IS NULL THEN
+        PERFORM job._require_work_on_jobs(ids);
+    END IF;
     RETURN job._finish(ids, '{running}', 'completed', NULL, NULL, tokens);
 END $$;
 
@@ -372,6 +387,9 @@ BEGIN
         PERFORM job._check_interval('retry_after', fail.retry_after, true);
     END IF;
     is_permanent := job.is_permanent_failure(fail.error, fail.permanent, fail.http_status);
+    IF fail.token IS NULL THEN
+        PERFORM job._require_work_on_jobs(ARRAY[fail.id]);
+    END IF;
 
     SELECT * INTO j FROM job.live_jobs l WHERE l.id = fail.id FOR UPDATE;
     IF NOT FOUND THEN
@@ -456,6 +474,9 @@ BEGIN
     IF heartbeat.extend IS NOT NULL THEN
         PERFORM job._check_interval('extend', heartbeat.extend, false);
     END IF;
+    IF heartbeat.token IS NULL THEN
+        PERFORM job._require_work_on_jobs(ARRAY[heartbeat.id]);
+    END IF;
     UPDATE job.live_jobs l
        SET lease_expires_at = now() + coalesce(heartbeat.extend,
                                                (SELECT q.lease FROM job.queues q WHERE q.name = l.queue))
@@ -497,6 +518,11 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM job._check_not_null('ids', heartbeat_many.ids);
     PERFORM job._check_not_null('tokens', heartbeat_many.tokens);
+    -- The shape complete_many and dequeue's complete take (a 2-D array was paired by position
+    -- over its flattened elements).
+    IF array_ndims(heartbeat_many.ids) > 1 OR array_ndims(heartbeat_many.tokens) > 1 THEN
+        RAISE EXCEPTION 'ids and tokens must be one-dimensional arrays' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     PERFORM job._check_tokens(heartbeat_many.ids, heartbeat_many.tokens);
     IF heartbeat_many.extend IS NOT NULL THEN
         PERFORM job._check_interval('extend', heartbeat_many.extend, false);

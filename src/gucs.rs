@@ -23,6 +23,13 @@ pub static AUDIT_RETENTION_DAYS: GucSetting<i32> = GucSetting::<i32>::new(90);
 /// How late a tick may fire under misfire = 'skip' (milliseconds); read by SQL.
 pub static MISFIRE_GRACE_MS: GucSetting<i32> = GucSetting::<i32>::new(60_000);
 
+/// How far ahead an enqueue may start a job (minutes); read by SQL (job._check_at_most).
+pub static MAX_DELAY_MIN: GucSetting<i32> = GucSetting::<i32>::new(365 * 24 * 60);
+/// The longest debounce and debounce_max_wait of an enqueue (seconds); read by SQL.
+pub static MAX_DEBOUNCE_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+/// The longest hold job.rate_limit_pause sets (seconds); read by SQL.
+pub static MAX_HOLD_S: GucSetting<i32> = GucSetting::<i32>::new(86_400);
+
 /// The most HTTP requests the sender of a database has in flight at once.
 pub static HTTP_MAX_IN_FLIGHT: GucSetting<i32> = GucSetting::<i32>::new(256);
 /// The most bytes of a 2xx answer's body kept in a delivery's result.
@@ -147,6 +154,36 @@ pub fn init() {
         GucContext::Sighup,
         GucFlags::UNIT_MS,
     );
+    // The three bounds below limit what one role's call does to others' jobs; only a
+    // superuser may change them (in postgresql.conf, or ALTER DATABASE/ROLE ... SET).
+    int(
+        c"pg_jobqueue.max_delay",
+        c"How far ahead an enqueue may start a job (run_at or delay).",
+        c"A job due later is refused (22023). A job due far ahead holds its order key, or its \
+          singleton's place, for as long. At most 100 years.",
+        &MAX_DELAY_MIN,
+        (1, 100 * 365 * 24 * 60),
+        GucContext::Suset,
+        GucFlags::UNIT_MIN,
+    );
+    int(
+        c"pg_jobqueue.max_debounce",
+        c"The longest debounce and debounce_max_wait an enqueue may give.",
+        c"A longer one is refused (22023). At most 30 days.",
+        &MAX_DEBOUNCE_S,
+        (1, 30 * 86_400),
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    int(
+        c"pg_jobqueue.max_hold",
+        c"The longest hold job.rate_limit_pause may set.",
+        c"A later until is refused (22023): a hold stops every claim of its queue or key. At most 30 days.",
+        &MAX_HOLD_S,
+        (1, 30 * 86_400),
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
     int(
         c"pg_jobqueue.audit_retention",
         c"Days job.audit_log keeps its rows before the worker deletes them.",
@@ -188,7 +225,7 @@ pub fn init() {
         c"Consecutive failed attempts after which an endpoint is disabled (audited).",
         c"A disabled endpoint sends nothing until job.resume_endpoint.",
         &HTTP_DISABLE_AFTER,
-        (1, i32::MAX),
+        (1, 1_000_000),
         GucContext::Sighup,
         GucFlags::default(),
     );

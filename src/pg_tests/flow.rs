@@ -25,9 +25,9 @@ mod tests {
         queue("plain");
         for (call, state, message) in [
             ("SELECT job.create_queue('plain', concurrency => 0)", "22023",
-             "concurrency must be 1 or more (or NULL for no limit), got 0"),
+             "concurrency must be between 1 and 10000 (or NULL for no limit), got 0"),
             ("SELECT job.create_queue('plain', key_concurrency => -1)", "22023",
-             "key_concurrency must be 1 or more (or NULL for no limit), got -1"),
+             "key_concurrency must be between 1 and 10000 (or NULL for no limit), got -1"),
             ("SELECT job.create_queue('plain', rate_period => '1 minute')", "22023",
              "rate_period needs a rate_limit"),
             ("SELECT job.create_queue('plain', key_rate_limit => 5, key_rate_period => '0 seconds')", "22023",

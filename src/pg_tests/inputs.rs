@@ -147,7 +147,7 @@ mod tests {
         for (call, message) in [
             (
                 "SELECT job.rescue_stalled('q', -1)",
-                "max_jobs must be 0 or more, got -1",
+                "max_jobs must be between 0 and 1000000, got -1",
             ),
             (
                 "SELECT job.rescue_stalled('q', NULL)",
@@ -155,7 +155,7 @@ mod tests {
             ),
             (
                 "SELECT job.apply_retention(-1)",
-                "max_rows must be 0 or more, got -1",
+                "max_rows must be between 0 and 1000000, got -1",
             ),
             (
                 "SELECT job.rescue_stalled('no-such-queue')",
@@ -229,6 +229,119 @@ mod tests {
                    FROM job.jobs WHERE id = {id}"
             )),
             "8192,20971520"
+        );
+    }
+
+    /// Issue 19, item 12: `create_queue(concurrency => 2147483647)` inserted 2^31 slot rows
+    /// (3 GB in 8 minutes before it was cancelled), and no count the API takes had an upper
+    /// bound.  Each is now refused past its documented bound (22023 naming the argument and
+    /// the bound), changing nothing, and works at it.
+    #[pg_test]
+    fn every_count_has_a_documented_bound() {
+        queue("q");
+        let big = i32::MAX;
+        for (call, message) in [
+            (format!("SELECT job.create_queue('q3', concurrency => {big})"),
+             format!("concurrency must be between 1 and 10000 (or NULL for no limit), got {big}")),
+            (format!("SELECT job.create_queue('q', key_concurrency => {big})"),
+             format!("key_concurrency must be between 1 and 10000 (or NULL for no limit), got {big}")),
+            (format!("SELECT job.create_queue('q', rate_limit => {big})"),
+             format!("rate_limit must be between 1 and 1000000 (or NULL for no limit), got {big}")),
+            (format!("SELECT job.create_queue('q', key_rate_limit => {big})"),
+             format!("key_rate_limit must be between 1 and 1000000 (or NULL for no limit), got {big}")),
+            (format!("SELECT job.create_queue('q', max_payload_bytes => {big})"),
+             format!("max_payload_bytes must be between 1 and 100000000 (or NULL for no limit), got {big}")),
+            (format!("SELECT job.create_queue('q', max_retries => {big})"),
+             format!("max_retries must be between 0 and 1000, got {big}")),
+            (format!("SELECT job.enqueue('q', max_retries => {big})"),
+             format!("max_retries must be between 0 and 1000, got {big}")),
+            (format!("SELECT * FROM job.dequeue('q', batch => {big})"),
+             format!("batch must be between 1 and 10000, got {big}")),
+            (format!("SELECT job.rescue_stalled('q', {big})"),
+             format!("max_jobs must be between 0 and 1000000, got {big}")),
+            (format!("SELECT job.apply_retention({big})"),
+             format!("max_rows must be between 0 and 1000000, got {big}")),
+        ] {
+            assert_rejected_with(&call, "22023", &message);
+        }
+        // At the bounds, everything works.
+        run(
+            "SELECT job.create_queue('wide', concurrency => 10000, key_concurrency => 10000,
+                                     rate_limit => 1000000, key_rate_limit => 1000000,
+                                     max_payload_bytes => 100000000, max_retries => 1000)",
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.concurrency_slots WHERE queue = 'wide'"),
+            10000
+        );
+        let id = one::<i64>("SELECT job.enqueue('wide', max_retries => 1000)");
+        assert_eq!(
+            one::<i64>("SELECT id FROM job.dequeue('wide', batch => 10000)"),
+            id
+        );
+    }
+
+    /// Issue 19, item 12: heartbeat_many paired a two-dimensional array's flattened elements
+    /// with tokens, where complete_many and dequeue(complete => ...) refuse one.
+    #[pg_test]
+    fn heartbeat_many_refuses_a_two_dimensional_array_as_complete_does() {
+        queue("q");
+        enqueue("q");
+        enqueue("q");
+        let token = one::<String>(
+            "SELECT (array_agg(lease_token))[1]::text FROM job.dequeue('q', batch => 2)",
+        );
+        let ids = one::<String>("SELECT string_agg(id::text, ',') FROM job.jobs");
+        for call in [
+            format!("SELECT * FROM job.heartbeat_many(ARRAY[ARRAY[{ids}]]::bigint[], ARRAY['{token}']::uuid[])"),
+            format!("SELECT * FROM job.heartbeat_many(ARRAY[{ids}]::bigint[], ARRAY[ARRAY['{token}']]::uuid[])"),
+        ] {
+            assert_rejected_with(&call, "22023", "ids and tokens must be one-dimensional arrays");
+        }
+        assert_eq!(
+            one::<i64>(&format!(
+                "SELECT count(*) FROM job.heartbeat_many(ARRAY[{ids}]::bigint[], ARRAY['{token}']::uuid[]) WHERE held"
+            )),
+            2
+        );
+    }
+
+    /// Issue 19, items 9 and 10: starts, delays, debounces and holds years ahead held keys and
+    /// queues for as long.  Each is bounded by its setting (22023 naming the argument, the
+    /// bound and the setting; nothing changed), which a superuser may lower or raise.
+    #[pg_test]
+    fn starts_debounces_and_holds_are_bounded_by_their_settings() {
+        queue("q");
+        for (call, message) in [
+            ("SELECT job.enqueue('q', delay => '366 days')",
+             "delay must be at most 365 days (pg_jobqueue.max_delay), got 366 days"),
+            ("SELECT job.enqueue('q', debounce_key => 'd', debounce => '2 days')",
+             "debounce must be at most 1 day (pg_jobqueue.max_debounce), got 2 days"),
+            ("SELECT job.enqueue('q', debounce_key => 'd', debounce => '1 hour', debounce_max_wait => '2 days')",
+             "debounce_max_wait must be at most 1 day (pg_jobqueue.max_debounce), got 2 days"),
+        ] {
+            assert_rejected_with(call, "22023", message);
+        }
+        for call in [
+            "SELECT job.enqueue('q', order_key => 'o', run_at => '9999-01-01')",
+            "SELECT job.rate_limit_pause('q', until => '200000-01-01')",
+            "SELECT job.rate_limit_pause('q', key => 'k', until => now() + interval '25 hours')",
+        ] {
+            let (state, message) = error_state_of(call);
+            assert_eq!(state, "22023", "{call}: {message}");
+            let before = fingerprint();
+            let _ = error_state_of(call);
+            assert_eq!(fingerprint(), before, "{call} changed something");
+        }
+        // Within the bounds, and past a bound a superuser raised.
+        run("SELECT job.enqueue('q', run_at => now() + interval '364 days')");
+        run("SELECT job.rate_limit_pause('q', until => now() + interval '23 hours')");
+        run("SET pg_jobqueue.max_hold = '2d'");
+        run("SELECT job.rate_limit_pause('q', until => now() + interval '47 hours')");
+        run("SET pg_jobqueue.max_delay = '1h'");
+        assert_eq!(
+            error_state_of("SELECT job.enqueue('q', delay => '2 hours')").0,
+            "22023"
         );
     }
 }

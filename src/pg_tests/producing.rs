@@ -93,7 +93,7 @@ mod tests {
             ),
             (
                 "SELECT job.enqueue('q', max_retries => -2)",
-                "max_retries must be 0 or more, got -2".to_string(),
+                "max_retries must be between 0 and 1000, got -2".to_string(),
             ),
             (
                 "SELECT job.enqueue('q', job_type => '')",

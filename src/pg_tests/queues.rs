@@ -43,7 +43,7 @@ mod tests {
             ),
             (
                 "SELECT job.create_queue('q', max_retries => -1)",
-                "max_retries must be 0 or more, got -1".to_string(),
+                "max_retries must be between 0 and 1000, got -1".to_string(),
             ),
             (
                 "SELECT job.create_queue('q', max_retries => NULL)",
@@ -167,7 +167,7 @@ mod tests {
         );
         assert_rejected(
             "SELECT job.create_queue('small', max_payload_bytes => 0)",
-            "max_payload_bytes must be 1 or more (or NULL for no limit), got 0",
+            "max_payload_bytes must be between 1 and 100000000 (or NULL for no limit), got 0",
         );
         run("SELECT job.create_queue('small')"); // lifts the limit
         assert!(one::<i64>(&format!("SELECT job.enqueue('small', '{big}')")) > fits);

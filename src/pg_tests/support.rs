@@ -76,6 +76,7 @@ pub fn fingerprint() -> String {
                  (SELECT string_agg(t::text, ',' ORDER BY endpoint) FROM job.endpoint_stats t),
                  (SELECT string_agg(w::text, ',' ORDER BY queue, key) FROM job.rate_windows w),
                  (SELECT string_agg(c::text, ',' ORDER BY queue, slot) FROM job.concurrency_slots c),
+                 (SELECT string_agg(g::text, ',' ORDER BY queue, duty, grantee) FROM job.queue_grant_defs g),
                  (SELECT string_agg(a::text, ',' ORDER BY id) FROM job.audit_entries a)))
              $$;
            END IF; END $do$");
