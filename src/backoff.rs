@@ -53,8 +53,12 @@ fn retry_delay(
     if !(0.0..=1.0).contains(&jitter) {
         invalid(format!("jitter must be between 0 and 1, got {jitter}"));
     }
-    // SAFETY: the backend-global PRNG, seeded by PostgreSQL at backend start.
+    // SAFETY: the backend-global PRNG, seeded by PostgreSQL at backend start (14 has no
+    // pg_prng: it seeds the C library's random() per backend instead).
+    #[cfg(not(feature = "pg14"))]
     let unit = unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) };
+    #[cfg(feature = "pg14")]
+    let unit = unsafe { libc::random() } as f64 / (i32::MAX as f64 + 1.0);
     Interval::from_micros(retry_delay_micros(attempt, base, max, jitter, unit))
 }
 
