@@ -162,6 +162,7 @@ BEGIN
     PERFORM job._audit('read_endpoint_url', jsonb_build_object('name', e.name));
     RETURN e.url;
 END $$;
+COMMENT ON FUNCTION job.endpoint_url(text) IS 'The endpoint''s full URL, path and query included (job.endpoints shows them redacted); audited.';
 
 -- Drops the endpoint (its queue stays).  Refuses while the queue has unfinished deliveries
 -- unless forced, which cancels them.
