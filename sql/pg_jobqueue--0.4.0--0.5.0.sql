@@ -509,5 +509,6 @@ COMMENT ON VIEW job.endpoints IS 'HTTP endpoints: URL (its origin; path and quer
 -- helper is everyone's.
 REVOKE EXECUTE ON FUNCTION job._check_delivery_headers(text, jsonb, jsonb), job._check_webhook_key(text, text),
     job.endpoint_url(text), job._check_delivery(job.endpoint_defs, jsonb, text),
-    job._check_enqueued_delivery(text, jsonb, text), job._recent_delivery_starts(interval) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION job._redacted_url(text) TO PUBLIC;
+    job._check_enqueued_delivery(text, jsonb, text), job._recent_delivery_starts(interval),
+    job._redacted_url(text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION job._redacted_url(text) TO PUBLIC;  -- after the revoke, as a fresh install has it
