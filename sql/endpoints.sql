@@ -4,7 +4,9 @@
 -- An endpoint is administered by the admin duty (all audited); its secret and header values
 -- are read back only through job.endpoint_secret and job.endpoint_headers.  The produce duty
 -- delivers to endpoints that exist, and can add a path under the endpoint's URL and headers
--- of its own, never another host or a header pg_jobqueue sets (src/delivery/mod.rs).
+-- of its own, never another host, a step out of the URL, a header the endpoint or
+-- pg_jobqueue sets, or a webhook-id of another delivery (src/delivery/mod.rs).  The monitor
+-- sees an endpoint's URL redacted (its path and query can hold a token).
 
 -- Raises unless the endpoint exists; returns it.
 CREATE FUNCTION job._require_endpoint(endpoint_name text)
@@ -105,7 +107,8 @@ BEGIN
     PERFORM job._wake_sender();     -- or has it look now
     PERFORM job._audit(CASE WHEN before.name IS NULL THEN 'create_endpoint' ELSE 'alter_endpoint' END,
         to_jsonb(after) - '{paused,disabled_reason,disabled_at,created_at,updated_at}'::text[]
-        || jsonb_build_object('header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(headers) k),
+        || jsonb_build_object('url', job._redacted_url(after.url),
+                              'header_names', (SELECT coalesce(jsonb_agg(k ORDER BY k), '[]') FROM jsonb_object_keys(headers) k),
                               'secret_given', secret IS NOT NULL));
 END $$;
 
@@ -147,6 +150,19 @@ BEGIN
     PERFORM job._audit('read_endpoint_headers', jsonb_build_object('name', e.name));
     RETURN (SELECT s.headers FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
 END $$;
+
+-- The endpoint's full URL (audited): job.endpoints shows the monitor only its origin, since a
+-- path or query can hold a token (Slack-style URLs).
+CREATE FUNCTION job.endpoint_url(name text)
+RETURNS text LANGUAGE plpgsql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs := job._require_endpoint(name);
+BEGIN
+    PERFORM job._audit('read_endpoint_url', jsonb_build_object('name', e.name));
+    RETURN e.url;
+END $$;
+COMMENT ON FUNCTION job.endpoint_url(text) IS 'The endpoint''s full URL, path and query included (job.endpoints shows them redacted); audited.';
 
 -- Drops the endpoint (its queue stays).  Refuses while the queue has unfinished deliveries
 -- unless forced, which cancels them.
@@ -204,7 +220,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 CREATE VIEW job.endpoints AS
-SELECT d.name, d.url, d.method, d.queue,
+SELECT d.name, job._redacted_url(d.url) AS url, d.method, d.queue,
        ARRAY(SELECT k FROM jsonb_object_keys(s.headers) k ORDER BY k) AS header_names,
        d.timeout, d.concurrency, d.rate_limit,
        CASE WHEN d.disabled_reason IS NOT NULL THEN 'disabled'
@@ -219,7 +235,7 @@ SELECT d.name, d.url, d.method, d.queue,
   JOIN job.queues q ON q.name = d.queue
   JOIN job.endpoint_secrets s ON s.endpoint = d.name
   LEFT JOIN job.endpoint_stats st ON st.endpoint = d.name;
-COMMENT ON VIEW job.endpoints IS 'HTTP endpoints: URL, method, header names (never values or secrets), limits, state (active, paused, disabled and why), requests in flight, consecutive failures and the last answer.';
+COMMENT ON VIEW job.endpoints IS 'HTTP endpoints: URL (its origin; path and query redacted: job.endpoint_url reads it whole), method, header names (never values or secrets), limits, state (active, paused, disabled and why), requests in flight, consecutive failures and the last answer.';
 
 CREATE VIEW job.endpoint_metrics AS
 SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
@@ -233,10 +249,54 @@ SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
   JOIN job.endpoint_defs d ON d.name = st.endpoint;
 COMMENT ON VIEW job.endpoint_metrics IS 'Per endpoint since it was created: requests by status class, transport errors, transient and permanent failures, latency quantiles (seconds), requests in flight, disabled.';
 
+-- Raises 22023 unless a delivery payload (as job.deliver writes it: a "body" with "path",
+-- "headers", "webhook_id") is fit for endpoint `e`: a path that stays under its URL, headers
+-- that repeat none of the endpoint's nor name a reserved one, a webhook_id of the allowed
+-- characters.  `what` prefixes the argument names ('' for job.deliver's own, 'payload.' for
+-- a job.enqueue).  The sender checks them again before sending.
+CREATE FUNCTION job._check_delivery(e job.endpoint_defs, payload jsonb, what text)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF payload ? 'path' THEN
+        IF jsonb_typeof(payload -> 'path') <> 'string' THEN
+            RAISE EXCEPTION '%path must be a string', what USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM job._check_delivery_path(payload ->> 'path');
+    END IF;
+    IF payload ? 'headers' THEN
+        PERFORM job._check_delivery_headers(what || 'headers', payload -> 'headers',
+                                            (SELECT s.headers FROM job.endpoint_secrets s WHERE s.endpoint = e.name));
+    END IF;
+    IF payload ? 'webhook_id' THEN
+        IF jsonb_typeof(payload -> 'webhook_id') <> 'string' THEN
+            RAISE EXCEPTION '%webhook_id must be a string', what USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM job._check_webhook_key(CASE what WHEN '' THEN 'idempotency_key' ELSE what || 'webhook_id' END,
+                                       payload ->> 'webhook_id');
+    END IF;
+END $$;
+
+-- Called by job.enqueue and job.enqueue_many for a payload that job.deliver could have
+-- written (an object with "body" and any of "path", "headers", "webhook_id"): on an
+-- endpoint's queue it is checked as job.deliver checks its arguments.
+CREATE FUNCTION job._check_enqueued_delivery(queue_name text, payload jsonb, what text)
+RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    e job.endpoint_defs;
+BEGIN
+    SELECT * INTO e FROM job.endpoint_defs d WHERE d.queue = queue_name;
+    IF FOUND THEN
+        PERFORM job._check_delivery(e, payload, what);
+    END IF;
+END $$;
+
 -- Enqueues one delivery to an existing endpoint, as a job of its queue (idempotency key,
 -- delay, priority and the job views work as for any job).  The job's payload is
 -- {"body": …} with the path, headers and webhook id it was given; its job_type is
--- event_type.  The request's webhook-id is the idempotency key, or "msg_<job id>".  A
+-- event_type.  The request's webhook-id is "key_<idempotency key>", or "msg_<job id>": a
+-- producer's key can never name the id another delivery is given.  A
 -- `concurrency_key` or `order_key` puts the delivery under its queue's flow control (see
 -- flow.sql): per-key limits, or one at a time in order per key.
 CREATE FUNCTION job.deliver(
@@ -255,25 +315,40 @@ CREATE FUNCTION job.deliver(
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     e job.endpoint_defs := job._require_endpoint(endpoint);
+    payload jsonb;
 BEGIN
     PERFORM job._check_not_null('body', body);
-    IF path IS NOT NULL THEN
-        PERFORM job._check_delivery_path(path);
-    END IF;
-    IF headers IS NOT NULL THEN
-        PERFORM job._check_http_headers('headers', headers);
-    END IF;
-    IF idempotency_key IS NOT NULL THEN
-        PERFORM job._check_header_value('idempotency_key', idempotency_key);
-    END IF;
-    RETURN job.enqueue(e.queue,
-                       jsonb_build_object('body', body)
-                       || jsonb_strip_nulls(jsonb_build_object('path', path, 'headers', headers,
-                                                               'webhook_id', idempotency_key)),
+    payload := jsonb_build_object('body', body)
+               || jsonb_strip_nulls(jsonb_build_object('path', path, 'headers', headers,
+                                                       'webhook_id', idempotency_key));
+    PERFORM job._check_delivery(e, payload, '');
+    RETURN job.enqueue(e.queue, payload,
                        run_at => run_at, delay => delay, priority => priority,
                        idempotency_key => idempotency_key, job_type => event_type,
                        concurrency_key => concurrency_key, order_key => order_key);
 END $$;
+
+-- The claims of the last `within` on the queues of rate-limited endpoints, oldest first, as
+-- seconds ago: a starting sender counts them into its rate windows, so that a restart cannot
+-- start a second full window's worth of requests inside one second.  (A job's claimed_at is
+-- its last attempt's claim, kept when it fails and moved to finished_jobs when it ends.)
+CREATE FUNCTION job._recent_delivery_starts(within interval)
+RETURNS TABLE (endpoint text, rate_limit int, started_ago float8)
+LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT d.name, d.rate_limit, extract(epoch FROM clock_timestamp() - c.claimed_at)::float8
+      FROM job.endpoint_defs d
+     CROSS JOIN LATERAL (
+           SELECT l.claimed_at FROM job.live_jobs l
+            WHERE l.queue = d.queue AND l.claimed_at > clock_timestamp() - within
+           UNION ALL
+           SELECT f.claimed_at FROM job.finished_jobs f
+            WHERE f.queue = d.queue AND f.state IN ('completed', 'dead', 'cancelled')
+              AND f.finished_at > clock_timestamp() - within AND f.claimed_at > clock_timestamp() - within
+           ) c
+     WHERE d.rate_limit IS NOT NULL
+     ORDER BY d.name, c.claimed_at
+$$;
 
 -- Whether the database needs a sender: it has an endpoint.
 CREATE FUNCTION job._sender_wanted()
@@ -286,7 +361,8 @@ $$;
 -- each within its concurrency (job._free_slots, as handler claims count it) and its rate
 -- limit (the sender passes how many requests each
 -- endpoint started in the last second: `recent_starts`, paired with `endpoints`).  Each row
--- is one request to make, with its endpoint's settings.  A job enqueued on an endpoint's queue
+-- is one request to make, with its endpoint's settings; `webhook_id` is the key the producer
+-- chose, if any (the sender makes the id of it: src/delivery/mod.rs).  A job enqueued on an endpoint's queue
 -- without job.deliver is posted with its payload as the body (unless that payload is an
 -- object with a "body" key: then it is read as job.deliver writes it).
 CREATE FUNCTION job._claim_deliveries(worker text, max_jobs int, endpoints text[], recent_starts int[])
@@ -324,7 +400,7 @@ BEGIN
                (CASE WHEN envelope THEN c.payload -> 'body' ELSE c.payload END)::text,
                CASE WHEN envelope THEN c.payload ->> 'path' END,
                CASE WHEN envelope AND jsonb_typeof(c.payload -> 'headers') = 'object' THEN c.payload -> 'headers' END,
-               coalesce(CASE WHEN envelope THEN c.payload ->> 'webhook_id' END, 'msg_' || c.id),
+               CASE WHEN envelope THEN c.payload ->> 'webhook_id' END,
                e.url, e.method, e.headers, e.secrets,
                (extract(epoch FROM e.timeout) * 1000)::bigint, e.rate_limit
           FROM job.dequeue(e.queue, worker, wanted, e.timeout + interval '30 seconds') c

@@ -17,8 +17,9 @@ REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA job FROM PUBLIC;
 
 -- Pure helpers the views call (a view's caller needs EXECUTE on the functions it uses); they
 -- read no table.  cron_next previews a schedule expression; verify_webhook checks a
--- signature for a receiver.
+-- signature for a receiver; _redacted_url hides the path and query of job.endpoints' URLs.
 GRANT EXECUTE ON FUNCTION job._hist_of(float8), job._hist_add(bigint[], bigint[]),
                           job._hist_quantile(bigint[], float8), job._hist_sum(bigint[]),
+                          job._redacted_url(text),
                           job.cron_next(text, text, timestamptz),
                           job.verify_webhook(text, text, text, text, text, interval) TO PUBLIC;

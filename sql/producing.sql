@@ -55,6 +55,10 @@ BEGIN
     IF pg_column_size(enqueue.payload) > q.max_payload_bytes THEN
         PERFORM job._check_payload_size(job._require_queue(q.name), 'payload', enqueue.payload);
     END IF;
+    IF enqueue.payload ? 'body' AND enqueue.payload ?| '{path,headers,webhook_id}' THEN
+        -- What the sender would read as a delivery's path, headers or webhook id.
+        PERFORM job._check_enqueued_delivery(q.name, enqueue.payload, 'payload.');
+    END IF;
     IF enqueue.delay IS NOT NULL THEN
         IF enqueue.run_at IS NOT NULL THEN
             RAISE EXCEPTION 'give run_at or delay, not both' USING ERRCODE = 'invalid_parameter_value';
@@ -194,6 +198,11 @@ BEGIN
             PERFORM job._check_payload_size(q, format('payloads[%s]', bad.ord), bad.payload);
         END IF;
     END IF;
+    FOR bad IN SELECT p.payload, p.ord FROM unnest(enqueue_many.payloads) WITH ORDINALITY AS p(payload, ord)
+                WHERE p.payload ? 'body' AND p.payload ?| '{path,headers,webhook_id}' ORDER BY p.ord
+    LOOP
+        PERFORM job._check_enqueued_delivery(q.name, bad.payload, format('payloads[%s].', bad.ord));
+    END LOOP;
     IF cardinality(enqueue_many.payloads) = 0 THEN
         RETURN;
     END IF;

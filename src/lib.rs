@@ -137,6 +137,9 @@ extension_sql_file!(
         delivery::_check_delivery_path,
         delivery::_check_http_headers,
         delivery::_check_header_value,
+        delivery::_check_delivery_headers,
+        delivery::_check_webhook_key,
+        delivery::_redacted_url,
         delivery::_check_webhook_secret,
         delivery::_new_webhook_secret,
         wakeup::_wake_sender

@@ -26,7 +26,7 @@ mod tests {
                                   coalesce(rate_limit::text, '-'), state, in_flight)
                    FROM job.endpoints"
             ),
-            "billing,https://hooks.example.com/in,POST,billing,{authorization},00:00:30,16,-,active,0"
+            "billing,https://hooks.example.com/…,POST,billing,{authorization},00:00:30,16,-,active,0"
         );
         assert!(one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM job.queues WHERE name = 'billing')"
@@ -73,7 +73,7 @@ mod tests {
         assert_eq!(one::<String>("SELECT job.endpoint_secret('a')"), a);
         assert_eq!(
             one::<String>("SELECT url || ' ' || concurrency FROM job.endpoints WHERE name = 'a'"),
-            "https://a.example.com/v2 4"
+            "https://a.example.com/… 4"
         );
         // A rotation keeps the old secret for the overlap, and the view says so.
         let new = one::<String>("SELECT job.rotate_endpoint_secret('a', '1 hour')");
@@ -107,7 +107,7 @@ mod tests {
             ("SELECT job.create_endpoint('x', 'https://example.com', headers => '[1]')", "22023",
              "headers must be a JSON object of header names and string values"),
             ("SELECT job.create_endpoint('x', 'https://example.com', headers => '{\"webhook-id\": \"1\"}')", "22023",
-             "headers: header \"webhook-id\" is set by pg_jobqueue itself"),
+             "headers: header \"webhook-id\" is reserved (set by pg_jobqueue itself, hop-by-hop, or read by proxies as the request's route)"),
             ("SELECT job.create_endpoint('x', 'https://example.com', headers => '{\"a\": 1}')", "22023",
              "headers: the value of header \"a\" must be a string"),
             ("SELECT job.create_endpoint('x', 'https://example.com', secret => 'hunter2')", "22023",
@@ -152,13 +152,13 @@ mod tests {
             ("SELECT job.deliver('hooks', '{}', path => '/a b')",
              "path must not contain whitespace, control characters, \"\\\" or \"#\""),
             ("SELECT job.deliver('hooks', '{}', headers => '{\"Host\": \"evil\"}')",
-             "headers: header \"Host\" is set by pg_jobqueue itself"),
+             "headers: header \"Host\" is reserved (set by pg_jobqueue itself, hop-by-hop, or read by proxies as the request's route)"),
             ("SELECT job.deliver('hooks', '{}', headers => '{\"webhook-signature\": \"v1,x\"}')",
-             "headers: header \"webhook-signature\" is set by pg_jobqueue itself"),
+             "headers: header \"webhook-signature\" is reserved (set by pg_jobqueue itself, hop-by-hop, or read by proxies as the request's route)"),
             ("SELECT job.deliver('hooks', '{}', headers => '{\"x\": \"a\\nb\"}')",
              "headers: the value of header \"x\" must be visible ASCII text without line breaks"),
             ("SELECT job.deliver('hooks', '{}', idempotency_key => E'k\\n2')",
-             "idempotency_key is sent as a header, so it must be visible ASCII text without line breaks"),
+             "idempotency_key may hold only letters, digits, \"-\", \"_\", \".\", \":\" and \"~\""),
         ] {
             assert_rejected_with(call, "22023", message);
         }
@@ -174,6 +174,124 @@ mod tests {
         );
     }
 
+    /// Issue 19, items 1, 4 and 5: what a producer gives job.deliver, or job.enqueue on the
+    /// endpoint's queue, cannot leave the endpoint's URL, repeat or add sensitive headers, or
+    /// take another delivery's webhook-id; nothing is enqueued.
+    #[pg_test]
+    fn deliveries_stay_under_the_endpoints_url_headers_and_id_namespace() {
+        run(
+            "SELECT job.create_endpoint('hooks-a', 'http://127.0.0.1:9/tenant-a/hooks',
+                    headers => '{\"authorization\": \"Bearer tok-a\", \"x-api-key\": \"key-a\"}')",
+        );
+        let before = fingerprint();
+        let reserved = "is reserved (set by pg_jobqueue itself, hop-by-hop, or read by proxies as the request's route)";
+        let dots =
+            "path must not have \".\" or \"..\" segments (it must stay under the endpoint's URL)";
+        let encoded = "path must not percent-encode \".\", \"/\", \"\\\" or \"%\" (a server may decode them into a step out of the endpoint's URL)";
+        let cases: Vec<(&str, String)> = vec![
+            ("SELECT job.deliver('hooks-a', '{}', path => '/../../admin/secret-api')", dots.into()),
+            ("SELECT job.deliver('hooks-a', '{}', path => '/%2e%2e/%2E%2e/admin/pct')", encoded.into()),
+            ("SELECT job.deliver('hooks-a', '{}', path => '/..;/admin')", dots.into()),
+            ("SELECT job.deliver('hooks-a', '{}', path => '/x%2F..%2Fadmin')", encoded.into()),
+            ("SELECT job.deliver('hooks-a', '{}', path => '/%252e%252e/admin')", encoded.into()),
+            ("SELECT job.enqueue('hooks-a', '{\"body\": {}, \"path\": \"/../../admin/secret-api\"}')", dots.into()),
+            ("SELECT job.enqueue_many('hooks-a', ARRAY['{\"body\": {}, \"path\": \"/%2e%2e/admin\"}'::jsonb])", encoded.into()),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"Authorization\": \"Bearer ATTACKER\"}')",
+             "headers: header \"Authorization\" is set by the endpoint".into()),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"X-API-Key\": \"mine\"}')",
+             "headers: header \"X-API-Key\" is set by the endpoint".into()),
+            ("SELECT job.enqueue('hooks-a', '{\"body\": {}, \"headers\": {\"authorization\": \"x\"}}')",
+             "payload.headers: header \"authorization\" is set by the endpoint".into()),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"x-a\": \"1\", \"X-A\": \"2\"}')",
+             "headers: header \"x-a\" is given twice".into()),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"X-HTTP-Method-Override\": \"DELETE\"}')",
+             format!("headers: header \"X-HTTP-Method-Override\" {reserved}")),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"Forwarded\": \"host=evil\"}')",
+             format!("headers: header \"Forwarded\" {reserved}")),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"X-Forwarded-Host\": \"evil\"}')",
+             format!("headers: header \"X-Forwarded-Host\" {reserved}")),
+            ("SELECT job.deliver('hooks-a', '{}', headers => '{\"Content-Encoding\": \"gzip\"}')",
+             format!("headers: header \"Content-Encoding\" {reserved}")),
+            ("SELECT job.deliver('hooks-a', '{}', idempotency_key => 'a b')",
+             "idempotency_key may hold only letters, digits, \"-\", \"_\", \".\", \":\" and \"~\"".into()),
+            ("SELECT job.enqueue('hooks-a', '{\"body\": {}, \"webhook_id\": \"msg 1\"}')",
+             "payload.webhook_id may hold only letters, digits, \"-\", \"_\", \".\", \":\" and \"~\"".into()),
+            ("SELECT job.enqueue('hooks-a', '{\"body\": {}, \"webhook_id\": 7}')",
+             "payload.webhook_id must be a string".into()),
+        ];
+        for (call, message) in &cases {
+            assert_rejected_with(call, "22023", message);
+        }
+        assert_eq!(
+            fingerprint(),
+            before,
+            "a refused delivery changed something"
+        );
+        // A path under the URL, and a key that spells a generated id: the key gets a
+        // namespace of its own at the sender (the claim hands out the key as chosen).
+        run("SELECT job.deliver('hooks-a', '{}', path => '/orders/a.b..c?next=/../x', idempotency_key => 'msg_999999')");
+        assert_eq!(
+            one::<String>(
+                "SELECT path || ' ' || webhook_id FROM job._claim_deliveries('t', 1, '{}', '{}')"
+            ),
+            "/orders/a.b..c?next=/../x msg_999999"
+        );
+        // The same payload on a queue that is no endpoint's is just a payload.
+        queue("plain");
+        run("SELECT job.enqueue('plain', '{\"body\": {}, \"path\": \"/../x\"}')");
+    }
+
+    /// Issue 19, item 7 and the URL bounds: the monitor sees an endpoint's origin, never its
+    /// path or query (a token); the admin reads the URL through an audited function.
+    #[pg_test]
+    fn the_monitor_sees_a_redacted_url_and_the_admin_reads_it_audited() {
+        run("SELECT job.create_endpoint('slack', 'https://hooks.slack.com/services/T000/B000/SECRETTOKEN?token=QUERYTOKEN')");
+        assert_eq!(
+            one::<String>("SELECT url FROM job.endpoints WHERE name = 'slack'"),
+            "https://hooks.slack.com/…?token=…"
+        );
+        for view in ["job.endpoints", "job.audit_log", "job.endpoint_metrics"] {
+            let text = one::<String>(&format!(
+                "SELECT coalesce(string_agg(v::text, ' '), '') FROM {view} v"
+            ));
+            assert!(
+                !text.contains("SECRETTOKEN") && !text.contains("QUERYTOKEN"),
+                "{view}: {text}"
+            );
+        }
+        assert_eq!(
+            one::<String>("SELECT job.endpoint_url('slack')"),
+            "https://hooks.slack.com/services/T000/B000/SECRETTOKEN?token=QUERYTOKEN"
+        );
+        assert_eq!(
+            one::<i64>("SELECT count(*) FROM job.audit_log WHERE action = 'read_endpoint_url'"),
+            1
+        );
+        let before = fingerprint();
+        let long = format!("https://example.com/{}", "a".repeat(2048));
+        assert_rejected_with(
+            &format!("SELECT job.create_endpoint('x', '{long}')"),
+            "22023",
+            "url must be at most 2048 bytes long, got 2068",
+        );
+        assert_rejected_with(
+            "SELECT job.create_endpoint('x', E'https://example.com/a\\nb')",
+            "22023",
+            "url must not contain whitespace or control characters",
+        );
+        assert_eq!(fingerprint(), before);
+        assert_rejected_with(
+            "SELECT job.verify_webhook('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_1', '0', '{}', 'v1,x', '4000000 years')",
+            "22023",
+            "tolerance must be at most 1 day (86400 seconds)",
+        );
+        assert_rejected_with(
+            "SELECT job.verify_webhook('whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw', 'msg_1', '0', '{}', 'v1,x', '-1 second')",
+            "22023",
+            "tolerance must not be negative",
+        );
+    }
+
     #[pg_test]
     fn the_claim_respects_concurrency_rate_limits_pauses_and_reads_plain_payloads() {
         run("SELECT job.create_endpoint('e', 'https://e.example.com/in', concurrency => 2, rate_limit => 3)");
@@ -185,7 +303,7 @@ mod tests {
         run("SELECT job.enqueue('e', '{\"plain\": true}')");
         let claimed = || {
             Spi::connect_mut(|c| {
-                c.update("SELECT body || ' ' || coalesce(path, '-') || ' ' || webhook_id FROM job._claim_deliveries('t', 10, '{e}', '{1}')", None, &[])
+                c.update("SELECT body || ' ' || coalesce(path, '-') || ' ' || coalesce(webhook_id, '-') FROM job._claim_deliveries('t', 10, '{e}', '{1}')", None, &[])
                     .unwrap()
                     .map(|r| r.get::<String>(1).unwrap().unwrap())
                     .collect::<Vec<_>>()
@@ -194,7 +312,7 @@ mod tests {
         // Concurrency 2 (rate allows 3 - 1 = 2 as well).
         let first = claimed();
         assert_eq!(first.len(), 2, "{first:?}");
-        assert!(first[0].starts_with("{\"n\": 0} /p0 msg_"), "{first:?}");
+        assert_eq!(first[0], "{\"n\": 0} /p0 -", "{first:?}");
         // Both slots taken: nothing more until one finishes.
         assert!(claimed().is_empty());
         run("UPDATE job.live_jobs SET state = 'waiting', lease_token = NULL WHERE queue = 'e' AND state = 'running'");
@@ -294,7 +412,7 @@ mod tests {
             Spi::connect_mut(|c| {
                 c.update("SELECT job_id, token::text, webhook_id FROM job._claim_deliveries('t', 10, '{}', '{}') ORDER BY job_id", None, &[])
                     .unwrap()
-                    .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap(), r.get::<String>(3).unwrap().unwrap()))
+                    .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap(), r.get::<String>(3).unwrap()))
                     .collect::<Vec<_>>()
             })
         };
@@ -304,7 +422,8 @@ mod tests {
                 .iter()
                 .map(|(id, _, w)| (*id, w.clone()))
                 .collect::<Vec<_>>(),
-            vec![(plain, format!("msg_{plain}")), (keyed, "evt-1".to_owned())]
+            // The key as chosen; none for the plain one (the sender makes msg_<id> and key_<key>).
+            vec![(plain, None), (keyed, Some("evt-1".to_owned()))]
         );
         let outcomes = first
             .iter()

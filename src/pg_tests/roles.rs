@@ -186,7 +186,7 @@ mod tests {
                    FROM pg_proc p, aclexplode(p.proacl) a
                   WHERE p.pronamespace = 'job'::regnamespace AND a.grantee = 0"
             ),
-            "_hist_add,_hist_of,_hist_quantile,_hist_sum,cron_next,verify_webhook"
+            "_hist_add,_hist_of,_hist_quantile,_hist_sum,_redacted_url,cron_next,verify_webhook"
         );
     }
 

@@ -21,7 +21,7 @@
 use super::{spi, transaction};
 use crate::delivery::address::AddressPolicy;
 use crate::delivery::outcome::{self, TransportError, Verdict};
-use crate::delivery::{delivery_url, header_problem, signature};
+use crate::delivery::{delivery_headers_problem, delivery_url, signature, webhook_id};
 use crate::gucs;
 use crate::metrics;
 use crate::shmem::{self, Kind};
@@ -67,8 +67,53 @@ struct Delivery {
     headers: Vec<(String, String)>,
     body: String,
     keys: Vec<Vec<u8>>,
+    /// What no recorded answer may repeat (an echoing receiver would hand it to the monitor).
+    hidden: Redactions,
     webhook_id: String,
     timeout: Duration,
+}
+
+/// The endpoint's header values and signing secrets, replaced by "[redacted]" wherever an
+/// answer's kept headers or body excerpt repeat them.  A value with a scheme
+/// (`Bearer <token>`) also hides its token alone; values shorter than MIN_REDACTED_BYTES
+/// are no secret and are left alone (hiding "1" would garble every answer).
+#[derive(Default)]
+struct Redactions(Vec<String>);
+
+const MIN_REDACTED_BYTES: usize = 6;
+
+impl Redactions {
+    fn of(endpoint_headers: &[(String, String)], secrets: &[String]) -> Redactions {
+        let mut hidden: Vec<String> = Vec::new();
+        for value in endpoint_headers
+            .iter()
+            .map(|(_, v)| v.as_str())
+            .chain(secrets.iter().map(String::as_str))
+        {
+            hidden.push(value.to_owned());
+            if let Some((_, token)) = value.split_once(' ') {
+                hidden.push(token.trim().to_owned());
+            }
+            if let Some(key) = value.strip_prefix("whsec_") {
+                hidden.push(key.to_owned());
+            }
+        }
+        hidden.retain(|v| v.len() >= MIN_REDACTED_BYTES);
+        // Longest first, so that a value is hidden whole before a part of it is.
+        hidden.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        hidden.dedup();
+        Redactions(hidden)
+    }
+
+    fn longest(&self) -> usize {
+        self.0.first().map_or(0, String::len)
+    }
+
+    fn apply(&self, text: &str) -> String {
+        self.0.iter().fold(text.to_owned(), |text, value| {
+            text.replace(value.as_str(), "[redacted]")
+        })
+    }
 }
 
 /// What a request came to, sent back to the main thread.
@@ -133,6 +178,7 @@ pub extern "C-unwind" fn pg_jobqueue_sender_main(arg: pg_sys::Datum) {
         unrecorded: Vec::new(),
         wanted_checked: None,
     };
+    me.restore_rate_windows();
     log!("pg_jobqueue sender started");
     loop {
         super::reload_config_if_asked();
@@ -199,6 +245,52 @@ struct Sender {
 }
 
 impl Sender {
+    /// Fills the rate windows with the claims of the last RATE_WINDOW, as recorded: a sender
+    /// that starts with empty windows (after a SIGTERM, a crash, a retirement) would start a
+    /// full limit's worth of requests in the second its predecessor already did.
+    fn restore_rate_windows(&mut self) {
+        let within = format!("{} milliseconds", RATE_WINDOW.as_millis());
+        let restored = transaction(|| {
+            if !super::extension_installed() {
+                return Vec::new();
+            }
+            spi(Spi::connect(|client| {
+                client
+                    .select(
+                        "SELECT endpoint, rate_limit, started_ago
+                           FROM job._recent_delivery_starts($1::pg_catalog.interval)",
+                        None,
+                        &[within.as_str().into()],
+                    )?
+                    .map(|row| {
+                        Ok((
+                            row.get::<String>(1)?.unwrap_or_default(),
+                            row.get::<i32>(2)?.unwrap_or(1),
+                            row.get::<f64>(3)?.unwrap_or(0.0),
+                        ))
+                    })
+                    .collect::<Result<Vec<_>, pgrx::spi::Error>>()
+            }))
+        });
+        let rows = match restored {
+            Ok(rows) => rows,
+            Err(e) => {
+                log!("pg_jobqueue sender: could not read the recent deliveries' starts ({e}); rate windows start empty");
+                return;
+            }
+        };
+        let now = Instant::now();
+        // Oldest first (the query's order), as the windows keep them.
+        for (endpoint, limit, ago) in rows {
+            let ago = Duration::from_secs_f64(ago.max(0.0));
+            let Some(started) = now.checked_sub(ago) else {
+                continue;
+            };
+            self.rate_limits.insert(endpoint.clone(), limit);
+            self.starts.entry(endpoint).or_default().push_back(started);
+        }
+    }
+
     fn collect_finished(&mut self) {
         self.bell.drain();
         while let Ok(attempt) = self.finished.1.try_recv() {
@@ -387,28 +479,41 @@ fn claim(
                 &[worker.into(), room.into(), endpoints.into(), recent.into()],
             )?
             .map(|row| {
+                let job_id: i64 = row.get(2)?.unwrap_or_default();
                 let endpoint: String = row.get(1)?.unwrap_or_default();
                 let url: String = row.get(8)?.unwrap_or_default();
                 let path: Option<String> = row.get(5)?;
                 let mut headers = header_list(row.get::<String>(10)?.as_deref());
                 let delivery_headers = header_list(row.get::<String>(6)?.as_deref());
+                // job.deliver and job.enqueue checked path, headers and key; a job that got
+                // in another way (an older release, a restore) is checked again here, and
+                // dies with the reason rather than being sent.
                 let mut url = delivery_url(&url, path.as_deref());
-                // A delivery's own headers were checked by job.deliver; a job enqueued on the
-                // queue directly was not, so they are checked again here.
-                for (name, value) in &delivery_headers {
-                    if let Some(problem) = header_problem(name, value) {
-                        url = Err(problem);
-                    }
+                let endpoint_header_names: Vec<String> =
+                    headers.iter().map(|(name, _)| name.clone()).collect();
+                if let Some(problem) = delivery_headers_problem(
+                    delivery_headers.iter().map(|(n, v)| (n.as_str(), v.as_str())),
+                    &endpoint_header_names,
+                ) {
+                    url = Err(format!("headers: {problem}"));
                 }
-                headers.extend(delivery_headers);
+                let webhook_id = match webhook_id(job_id, row.get::<String>(7)?.as_deref()) {
+                    Ok(id) => id,
+                    Err(problem) => {
+                        url = Err(problem);
+                        webhook_id(job_id, None).unwrap_or_default()
+                    }
+                };
                 let secrets: Vec<String> = row.get::<Vec<String>>(11)?.unwrap_or_default();
                 let keys = secrets
                     .iter()
                     .filter_map(|s| signature::secret_key(s).ok())
                     .collect();
+                let hidden = Redactions::of(&headers, &secrets);
+                headers.extend(delivery_headers);
                 Ok((
                     Delivery {
-                        job_id: row.get(2)?.unwrap_or_default(),
+                        job_id,
                         token: row.get(3)?.unwrap_or_default(),
                         endpoint,
                         url,
@@ -416,7 +521,8 @@ fn claim(
                         headers,
                         body: row.get(4)?.unwrap_or_else(|| "null".into()),
                         keys,
-                        webhook_id: row.get(7)?.unwrap_or_default(),
+                        hidden,
+                        webhook_id,
                         timeout: Duration::from_millis(row.get::<i64>(12)?.unwrap_or(30_000).max(1) as u64),
                     },
                     row.get::<i32>(13)?,
@@ -593,7 +699,7 @@ async fn attempt(
             headers
                 .get(name)
                 .and_then(|v| v.to_str().ok())
-                .map(|v| (name.to_owned(), Value::String(v.to_owned())))
+                .map(|v| (name.to_owned(), Value::String(delivery.hidden.apply(v))))
         })
         .collect();
     let retry_after = headers
@@ -605,10 +711,13 @@ async fn attempt(
     } else {
         ERROR_BODY_BYTES.min(max_bytes)
     };
+    // Read past the limit by the longest hidden value, hide, then cut: a cut made before
+    // hiding could leave the start of a secret.
+    let read_limit = limit + delivery.hidden.longest();
     let mut body = Vec::new();
     let mut body_truncated = false;
     while let Some(chunk) = response.chunk().await.map_err(transport_error)? {
-        let room = limit.saturating_sub(body.len());
+        let room = read_limit.saturating_sub(body.len());
         if chunk.len() > room {
             body.extend_from_slice(&chunk[..room]);
             body_truncated = true;
@@ -616,12 +725,22 @@ async fn attempt(
         }
         body.extend_from_slice(&chunk);
     }
+    let read = body.len();
+    let mut body = delivery.hidden.apply(&String::from_utf8_lossy(&body));
+    if read > limit && body.len() > limit {
+        let mut cut = limit;
+        while !body.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        body.truncate(cut);
+        body_truncated = true;
+    }
     Ok(Answer {
         status: status.as_u16(),
         reason: status.canonical_reason().map(str::to_owned),
         retry_after,
         headers: kept,
-        body: String::from_utf8_lossy(&body).into_owned(),
+        body,
         body_truncated,
     })
 }

@@ -508,8 +508,9 @@ fn create_endpoint_keeps_an_existing_queue() {
     assert_eq!(actions, vec!["create_queue", "create_endpoint"]);
 }
 
-/// A delivery with an idempotency key: the webhook-id and idempotency-key headers are the key
-/// (and the result's webhook_id); delivering again with the key is the same job, sent once.
+/// A delivery with an idempotency key: the webhook-id and idempotency-key headers are
+/// "key_<key>" (and the result's webhook_id); delivering again with the key is the same job,
+/// sent once.
 #[test]
 fn idempotency_key_is_the_webhook_id() {
     let db = TestDb::create("deliv_idem");
@@ -524,11 +525,11 @@ fn idempotency_key_is_the_webhook_id() {
     assert_eq!(id, again, "the same key is the same delivery");
     expect_finished(&mut client, id, "completed");
     let request = expect_requests(&receiver, 1).remove(0);
-    assert_eq!(request.header("webhook-id"), Some("order-42-paid"));
-    assert_eq!(request.header("idempotency-key"), Some("order-42-paid"));
+    assert_eq!(request.header("webhook-id"), Some("key_order-42-paid"));
+    assert_eq!(request.header("idempotency-key"), Some("key_order-42-paid"));
     assert_eq!(
         result_field(&mut client, id, "webhook_id").as_deref(),
-        Some("order-42-paid")
+        Some("key_order-42-paid")
     );
     verify_with(&endpoint_secret(&mut client, &endpoint), &request).unwrap();
     // A marker delivery shows the sender has moved on; the keyed one was sent once.
@@ -1018,6 +1019,10 @@ fn metadata_address_is_refused_by_default() {
         "http://169.254.169.254/latest/meta-data/",
         "http://[::ffff:169.254.169.254]/latest/meta-data/",
         "http://[fe80::1]:8080/",
+        // Issue 19, item 3: IPv6 forms that carry the metadata address.
+        "http://[::169.254.169.254]/latest/meta-data/",
+        "http://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+        "http://[2002:a9fe:a9fe::1]/latest/meta-data/",
     ] {
         // A short timeout, so that an address wrongly let through fails fast.
         let endpoint = create_endpoint(&mut client, url, 5, ", timeout => '2 seconds'");
@@ -1500,4 +1505,356 @@ fn schedule_on_an_endpoint_queue_delivers_its_payload() {
         let jobs = queue_jobs(&mut client, &endpoint);
         jobs.len() >= 3 && jobs.iter().all(|j| j.state == "completed")
     }));
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 19: what 0.4.0 let through
+// ---------------------------------------------------------------------------------------
+
+/// Item 1, 4 and 5, as the README's producer recipe: a path cannot step out of the endpoint's
+/// URL (which would carry its credentials elsewhere on the host), a delivery's headers cannot
+/// repeat the endpoint's or reroute the request, and an idempotency key cannot take another
+/// delivery's webhook-id.  Refused at deliver/enqueue (22023, nothing enqueued); a job that got
+/// in another way (here written into the table by the superuser) is dead, never sent.
+#[test]
+fn deliveries_stay_under_their_endpoint() {
+    let db = TestDb::create("deliv_escape");
+    let mut client = db.connect();
+    let role = format!("deliv_recipe_producer_{}", std::process::id());
+    exec(&mut client, &format!("DROP ROLE IF EXISTS {role}"));
+    exec(
+        &mut client,
+        &format!(
+            "CREATE ROLE {role} NOLOGIN;
+             GRANT USAGE ON SCHEMA job TO {role};
+             GRANT EXECUTE ON FUNCTION job.enqueue, job.enqueue_many, job.deliver TO {role};"
+        ),
+    );
+    let _guard = RoleGuard {
+        db: db.name().to_owned(),
+        role: role.clone(),
+    };
+    let receiver = Receiver::start();
+    let endpoint = create_endpoint(
+        &mut client,
+        &receiver.url("/tenant-a/hooks"),
+        0,
+        r#", headers => '{"authorization": "Bearer tenant-a-token", "x-api-key": "tenant-a-key"}'"#,
+    );
+    wait_for_sender(&mut client);
+    let mut producer = db.connect();
+    exec(&mut producer, &format!("SET ROLE {role}"));
+    let refused = [
+        "SELECT job.deliver($1, '{}', path => '/../../admin/secret-api')",
+        "SELECT job.deliver($1, '{}', path => '/%2e%2e/%2E%2e/admin/pct')",
+        "SELECT job.deliver($1, '{}', path => '/..;/admin/semi')",
+        "SELECT job.enqueue($1, '{\"body\": {}, \"path\": \"/../../admin/secret-api\"}')",
+        "SELECT job.enqueue($1, '{\"body\": {}, \"path\": \"/%2e%2e/%2E%2e/admin/pct\"}')",
+        r#"SELECT job.deliver($1, '{}', headers => '{"Authorization": "Bearer ATTACKER"}')"#,
+        r#"SELECT job.deliver($1, '{}', headers => '{"X-Api-Key": "attacker"}')"#,
+        r#"SELECT job.deliver($1, '{}', headers => '{"X-HTTP-Method-Override": "DELETE"}')"#,
+        r#"SELECT job.deliver($1, '{}', headers => '{"Forwarded": "host=evil.example"}')"#,
+        r#"SELECT job.deliver($1, '{}', headers => '{"X-Forwarded-Host": "evil.example"}')"#,
+        r#"SELECT job.deliver($1, '{}', headers => '{"Content-Encoding": "gzip"}')"#,
+        r#"SELECT job.enqueue($1, '{"body": {}, "headers": {"authorization": "Bearer ATTACKER"}}')"#,
+        "SELECT job.enqueue($1, '{\"body\": {}, \"webhook_id\": \"msg 1\"}')",
+        "SELECT job.deliver($1, '{}', idempotency_key => 'a/b')",
+    ];
+    for sql in refused {
+        assert_eq!(
+            sqlstate_of(&mut producer, sql, &[&endpoint]),
+            SqlState::INVALID_PARAMETER_VALUE.code(),
+            "{sql}"
+        );
+    }
+    assert_eq!(job_count(&mut client, &endpoint), 0, "nothing was enqueued");
+
+    // A producer's key is sent as key_<key>: it can never be the msg_<id> of another job.
+    let keyed: i64 = one(
+        &mut producer,
+        "SELECT job.deliver($1, '{}', idempotency_key => 'msg_999999', path => '/ok')",
+        &[&endpoint],
+    );
+    expect_finished(&mut client, keyed, "completed");
+    let request = expect_requests(&receiver, 1).remove(0);
+    assert_eq!(request.target, "/tenant-a/hooks/ok");
+    assert_eq!(request.header("webhook-id"), Some("key_msg_999999"));
+
+    // Jobs that got in without the checks: dead with the reason, never sent.
+    exec(
+        &mut client,
+        &format!("SELECT job.pause_endpoint('{endpoint}')"),
+    );
+    let forged = [
+        (r#"{"body": {}, "path": "/../../admin/secret-api"}"#, "path"),
+        (
+            r#"{"body": {}, "path": "/%2e%2e/%2E%2e/admin/pct"}"#,
+            "path",
+        ),
+        (
+            r#"{"body": {}, "headers": {"Authorization": "Bearer ATTACKER"}}"#,
+            "set by the endpoint",
+        ),
+        (r#"{"body": {}, "webhook_id": "msg 7"}"#, "webhook_id"),
+    ];
+    let mut ids = Vec::new();
+    for (payload, reason) in forged {
+        let id = deliver(&mut client, &endpoint, "{}");
+        client
+            .execute(
+                "UPDATE job.live_jobs SET payload = $2::text::jsonb WHERE id = $1",
+                &[&id, &payload],
+            )
+            .unwrap();
+        ids.push((id, payload, reason));
+    }
+    exec(
+        &mut client,
+        &format!("SELECT job.resume_endpoint('{endpoint}')"),
+    );
+    for (id, payload, reason) in ids {
+        let row = expect_finished(&mut client, id, "dead");
+        assert_eq!(row.attempt, 1, "{payload}");
+        let errors = delivery_errors(&mut client, id);
+        assert!(errors[0].error.contains(reason), "{payload}: {errors:#?}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let requests = receiver.requests();
+    assert_eq!(
+        requests.len(),
+        1,
+        "only the valid delivery was sent: {requests:#?}"
+    );
+    assert!(requests
+        .iter()
+        .all(|r| r.target.starts_with("/tenant-a/hooks/") && r.header_count("authorization") == 1));
+}
+
+/// Item 2: with loopback denied (a private cluster), the unspecified addresses, which reach
+/// this host, are refused too: 0.0.0.0, 0, ::ffff:0.0.0.0 and ::.  Nothing connects.
+#[test]
+fn unspecified_addresses_are_refused_with_loopback() {
+    let (cluster, mut client) = served_cluster(
+        &private_name("deliv-unspec"),
+        &[(
+            "pg_jobqueue.http_deny",
+            "'169.254.0.0/16, fe80::/10, 127.0.0.0/8, ::1/128'",
+        )],
+    );
+    let receiver = Receiver::start();
+    let port = receiver.port();
+    let mut ids = Vec::new();
+    for url in [
+        format!("http://0.0.0.0:{port}/"),
+        format!("http://0:{port}/"),
+        format!("http://[::ffff:0.0.0.0]:{port}/"),
+        format!("http://[::]:{port}/"),
+    ] {
+        let endpoint = create_endpoint(&mut client, &url, 5, ", timeout => '2 seconds'");
+        ids.push((url, deliver(&mut client, &endpoint, r#"{"n": 1}"#)));
+    }
+    wait_for_sender(&mut client);
+    for (url, id) in ids {
+        let row = wait_finished(&mut client, id, PATIENCE);
+        let errors = delivery_errors(&mut client, id);
+        assert_eq!(
+            row.state,
+            "dead",
+            "{url}: {errors:#?}\n{}",
+            cluster.log_tail(20)
+        );
+        assert_eq!(errors[0].class.as_deref(), Some("address_refused"), "{url}");
+        assert!(
+            errors[0].error.contains("unspecified"),
+            "{url}: {errors:#?}"
+        );
+    }
+    assert_eq!(receiver.connections(), 0, "no connection may be made");
+}
+
+/// Item 7: an echoing receiver (the endpoint's header values and signing secret in its
+/// answer's headers and body, on success and on failure) puts none of them into job.jobs.
+#[test]
+fn echoed_credentials_are_redacted_from_recorded_answers() {
+    let db = TestDb::create("deliv_echo");
+    let mut client = db.connect();
+    let receiver = Receiver::start();
+    let token = "Bearer tok-Echo4711zz";
+    let api_key = "key-Echo0815yy";
+    let endpoint = create_endpoint(
+        &mut client,
+        &receiver.url("/"),
+        3,
+        &format!(r#", headers => '{{"authorization": "{token}", "x-api-key": "{api_key}"}}'"#),
+    );
+    let secret = endpoint_secret(&mut client, &endpoint);
+    let echo = format!("auth={token} bare=tok-Echo4711zz key={api_key} secret={secret}");
+    receiver.push(Reply::status(500).body(echo.clone()));
+    receiver.push(
+        Reply::status(200)
+            .header("location", &format!("/done?key={api_key}"))
+            .header("x-request-id", "tok-Echo4711zz")
+            .header("x-echo", api_key)
+            .body(echo.clone()),
+    );
+    wait_for_sender(&mut client);
+    let id = deliver(&mut client, &endpoint, "{}");
+    expect_finished(&mut client, id, "completed");
+    let recorded: String = one(
+        &mut client,
+        "SELECT concat(result::text, errors::text) FROM job.jobs WHERE id = $1",
+        &[&id],
+    );
+    let key = secret.strip_prefix("whsec_").unwrap();
+    for needle in [token, "tok-Echo4711zz", api_key, secret.as_str(), key] {
+        assert!(
+            !recorded.contains(needle),
+            "job.jobs holds {needle:?}: {recorded}"
+        );
+    }
+    assert!(recorded.contains("[redacted]"), "{recorded}");
+    assert!(
+        !recorded.contains("x-echo"),
+        "only allow-listed headers are kept: {recorded}"
+    );
+}
+
+/// Item 8: a sender restarted (SIGTERM) in the middle of a rate-limited run restores its rate
+/// windows from the recorded claims: no second of arrivals holds more than the limit.
+#[test]
+fn a_restarted_sender_keeps_the_rate_limit() {
+    let db = TestDb::create("deliv_rate_restart");
+    let mut client = db.connect();
+    let receiver = Receiver::start();
+    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, ", rate_limit => 20");
+    let first = wait_for_sender(&mut client);
+    deliver_many(&mut client, &endpoint, 100);
+    // Mid-second, right after a window's requests started.
+    receiver
+        .wait_for_requests(30, Duration::from_secs(30))
+        .expect("30 requests");
+    assert!(kill_process(first, "TERM"));
+    let second = wait_for(PATIENCE, || {
+        worker_pids(&mut client, "sender")
+            .into_iter()
+            .find(|&pid| pid != first)
+    })
+    .expect("a new sender");
+    assert_ne!(first, second);
+    // Sent again after the lease, the in-flight requests of the stopped sender may arrive
+    // twice: count arrivals, not jobs.
+    assert!(wait_until(Duration::from_secs(120), || finished_count(
+        &mut client,
+        &endpoint
+    ) == 100));
+    let mut arrivals: Vec<Instant> = receiver.requests().iter().map(|r| r.arrived).collect();
+    arrivals.sort();
+    let mut worst = 0;
+    for (i, &start) in arrivals.iter().enumerate() {
+        let in_window = arrivals[i..]
+            .iter()
+            .take_while(|&&t| t.duration_since(start) < Duration::from_secs(1))
+            .count();
+        worst = worst.max(in_window);
+    }
+    assert!(
+        worst <= 20,
+        "{worst} requests arrived within one second across the restart; the rate limit is 20"
+    );
+}
+
+/// Item 6: with every statement logged (a private cluster, log_statement = 'all') and the
+/// settings the README names, the header values, URL token and signing secrets an
+/// administrator passes as bind parameters (and those the extension makes and hands back)
+/// reach no line of the server log, errors included.  Without log_parameter_max_length = 0
+/// they do: the first phase shows the grep finds them.
+#[test]
+fn secrets_stay_out_of_a_log_of_every_statement() {
+    let (cluster, mut client) = served_cluster(
+        &private_name("deliv-logall"),
+        &[
+            ("log_statement", "'all'"),
+            ("log_min_duration_statement", "0"),
+            ("log_min_error_statement", "'error'"),
+        ],
+    );
+    let receiver = Receiver::start();
+    let create =
+        |client: &mut Client, name: &str, url: &str, headers: &str, secret: Option<&str>| {
+            create_fast_queue(client, name, 3);
+            client
+                .execute(
+                    "SELECT job.create_endpoint($1, $2, headers => $3::text::jsonb, secret => $4)",
+                    &[&name, &url, &headers, &secret],
+                )
+                .unwrap_or_else(|e| panic!("create_endpoint: {}", error_text(&e)));
+        };
+    // Phase 1: PostgreSQL's defaults log bind parameters.
+    let leaky = r#"{"x-api-key": "leaky-Key-31337"}"#;
+    create(&mut client, "leaky", &receiver.url("/leaky"), leaky, None);
+    assert!(
+        wait_until(PATIENCE, || cluster.log().contains("leaky-Key-31337")),
+        "the grep would see a parameter in the log"
+    );
+
+    // Phase 2: the README's settings.
+    cluster.configure(&[
+        ("log_parameter_max_length", "0"),
+        ("log_parameter_max_length_on_error", "0"),
+    ]);
+    cluster.reload();
+    std::thread::sleep(Duration::from_millis(500));
+    let before = cluster.log().len();
+    let api_key = "api-Key-Qx81Lm20";
+    let token_url = receiver.url("/services/T000/B000/urlTOKENz9");
+    let secret = "whsec_c2VjcmV0LWtleS1ieXRlcy1mb3ItdGhlLXRlc3QtMDEyMzQ1Njc4OQ==";
+    create(
+        &mut client,
+        "quiet",
+        &token_url,
+        &format!(r#"{{"x-api-key": "{api_key}"}}"#),
+        Some(secret),
+    );
+    create(&mut client, "made", &receiver.url("/made"), "{}", None);
+    let made: String = one(&mut client, "SELECT job.endpoint_secret('made')", &[]);
+    let rotated: String = one(
+        &mut client,
+        "SELECT job.rotate_endpoint_secret('made')",
+        &[],
+    );
+    let _: String = one(
+        &mut client,
+        "SELECT job.endpoint_headers('quiet')::text",
+        &[],
+    );
+    let _: String = one(&mut client, "SELECT job.endpoint_url('quiet')", &[]);
+    // A failing call with the secrets as parameters: its STATEMENT line.
+    let failed = client.execute(
+        "SELECT job.create_endpoint('quiet', $1, method => 'GET', headers => $2::text::jsonb, secret => $3)",
+        &[&token_url, &format!(r#"{{"x-api-key": "{api_key}"}}"#), &secret],
+    );
+    assert!(failed.is_err());
+    let id = deliver(&mut client, "quiet", "{}");
+    wait_for_sender(&mut client);
+    expect_finished(&mut client, id, "completed");
+    std::thread::sleep(Duration::from_millis(500));
+    let log = cluster.log();
+    let tail = &log[before..];
+    assert!(
+        tail.contains("job.create_endpoint"),
+        "statements are logged: {tail}"
+    );
+    for needle in [
+        api_key,
+        "urlTOKENz9",
+        secret,
+        &secret[6..],
+        made.as_str(),
+        rotated.as_str(),
+    ] {
+        assert!(
+            !tail.contains(needle),
+            "the server log holds {needle:?}:\n{tail}"
+        );
+    }
 }
