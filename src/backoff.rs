@@ -58,7 +58,12 @@ fn retry_delay(
     #[cfg(not(feature = "pg14"))]
     let unit = unsafe { pg_sys::pg_prng_double(&raw mut pg_sys::pg_global_prng_state) };
     #[cfg(feature = "pg14")]
-    let unit = unsafe { libc::random() } as f64 / (i32::MAX as f64 + 1.0);
+    let unit = {
+        extern "C" {
+            fn random() -> libc::c_long; // POSIX; 0 to 2^31 - 1
+        }
+        unsafe { random() } as f64 / (i32::MAX as f64 + 1.0)
+    };
     Interval::from_micros(retry_delay_micros(attempt, base, max, jitter, unit))
 }
 

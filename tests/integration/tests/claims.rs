@@ -408,13 +408,7 @@ fn rescue_stalled_reclaims_expired_leases() {
     let mut claimed = HashSet::new();
     for w in 0..4 {
         let mut worker = db.connect();
-        for job in dequeue(
-            &mut worker,
-            &queue,
-            &format!("w{w}"),
-            5,
-            Some("2 seconds"),
-        ) {
+        for job in dequeue(&mut worker, &queue, &format!("w{w}"), 5, Some("2 seconds")) {
             assert_eq!(job.attempt, 1);
             assert!(claimed.insert(job.id), "job {} claimed twice", job.id);
         }
