@@ -62,7 +62,7 @@ fn retry_delay(
         extern "C" {
             fn random() -> libc::c_long; // POSIX; 0 to 2^31 - 1
         }
-        unsafe { random() } as f64 / (i32::MAX as f64 + 1.0)
+        (unsafe { random() }) as f64 / (i32::MAX as f64 + 1.0)
     };
     Interval::from_micros(retry_delay_micros(attempt, base, max, jitter, unit))
 }

@@ -249,7 +249,11 @@ pub fn init() {
     // SAFETY: a constant C string; reserves the prefix so typos in settings are reported
     // (14 only warns of them).
     #[cfg(not(feature = "pg14"))]
-    unsafe { pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_jobqueue".as_ptr()) };
+    unsafe {
+        pgrx::pg_sys::MarkGUCPrefixReserved(c"pg_jobqueue".as_ptr())
+    };
     #[cfg(feature = "pg14")]
-    unsafe { pgrx::pg_sys::EmitWarningsOnPlaceholders(c"pg_jobqueue".as_ptr()) };
+    unsafe {
+        pgrx::pg_sys::EmitWarningsOnPlaceholders(c"pg_jobqueue".as_ptr())
+    };
 }
