@@ -60,7 +60,9 @@ pub fn quantile(hist: &[i64], q: f64) -> Option<f64> {
                 return Some(lower);
             }
             let fraction = (rank - seen) / count;
-            return Some(lower * (upper / lower).powf(fraction));
+            // Clamped: lower · (upper / lower)^1 can round one ulp past the bucket's bound
+            // (it did in an optimized build).
+            return Some((lower * (upper / lower).powf(fraction)).clamp(lower, upper));
         }
         seen += count;
     }
