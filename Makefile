@@ -188,10 +188,10 @@ web-test: install-private
 client-node-test: install-private
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
-	url=$$($(CLUSTER) url test $(TEST_PORT)); \
+	url=$$($(CLUSTER) url test $(TEST_PORT)); psql=$(PRIVATE_BIN)/psql; \
 	    bash scripts/pgbouncer.sh start node $(NODE_BOUNCER_PORT) $(TEST_PORT) && \
 	    (cd clients/node && npm ci --no-audit --no-fund && \
-	     PGJQ_PSQL=$(PRIVATE_BIN)/psql PGJQ_TEST_URL=$$url PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(NODE_BOUNCER_PORT)/postgres \
+	     PGJQ_PSQL=$$psql PGJQ_TEST_URL=$$url PGJQ_BOUNCER_URL=postgresql://postgres@127.0.0.1:$(NODE_BOUNCER_PORT)/postgres \
 	     npm test && PGJQ_TEST_URL=$$url bash scripts/artifact-test.sh) ; \
 	    status=$$?; bash scripts/pgbouncer.sh stop node $(NODE_BOUNCER_PORT); \
 	    $(CLUSTER) stop test $(TEST_PORT); exit $$status
