@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # SQLAlchemy is optional: only its types are needed here
 #: Where ``enqueue`` and ``rate_limit_pause`` run: the application's own transaction.
 Transaction: TypeAlias = (
     "psycopg.Connection[Any] | psycopg.Cursor[Any] | sqlalchemy.orm.Session"
-    " | sqlalchemy.orm.scoped_session[Any] | sqlalchemy.Connection"
+    " | sqlalchemy.orm.scoped_session[Any] | sqlalchemy.engine.Connection"
 )
 #: The same for ``aenqueue`` and ``arate_limit_pause``.
 AsyncTransaction: TypeAlias = (
