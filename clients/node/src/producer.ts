@@ -79,7 +79,7 @@ export async function enqueue<P extends JsonPayload<P> = JsonObject>(
   payload?: NotArray<P>,
   opts: EnqueueOptions = {},
 ): Promise<string> {
-  const values: unknown[] = [queue, payloadJson(payload ?? {}, 'payload')];
+  const values: unknown[] = [queue, payloadJson(payload === undefined ? {} : payload, 'payload')];
   const named: string[] = [];
   const add = (name: string, cast: string, value: unknown) => {
     values.push(value);
