@@ -1,7 +1,8 @@
 // Types, checked by the compiler: `tsc --strict --noEmit` on every TypeScript example of the
 // README (each ```ts block becomes a file; what a fragment takes from the application around
-// it comes from types/stubs.ts) and on types/payloads.ts (typed payloads, and `@ts-expect-error`
+// it comes from stubs.ts) and on payloads.ts (typed payloads, and `@ts-expect-error`
 // lines that must stay errors).  Needs dist/ (its declarations are what users compile against).
+// npm test runs it after the build and before the database tests, which it would slow down.
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -10,7 +11,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
-const root = fileURLToPath(new URL('..', import.meta.url));
+const root = fileURLToPath(new URL('../..', import.meta.url));
 const types = join(root, 'test/types');
 const generated = join(types, 'readme');
 
@@ -48,7 +49,7 @@ function asModule(code) {
   return `${head.join('\n')}\n${code}\nexport {};\n`;
 }
 
-test('the README examples and types/payloads.ts compile with tsc --strict', () => {
+test('the README examples and test/types/payloads.ts compile with tsc --strict', () => {
   const blocks = readmeBlocks();
   assert.ok(blocks.length >= 8, `expected the README's examples, found ${blocks.length} ts blocks`);
   rmSync(generated, { recursive: true, force: true });
