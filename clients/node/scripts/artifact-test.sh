@@ -7,7 +7,17 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 url=${PGJQ_TEST_URL:?PGJQ_TEST_URL names the test cluster}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+db=pgjq_artifact_node_$$
+# The example runs in a database of its own, with the extension (the cluster's default
+# database has none), dropped at exit; through the installed pg.
+admin() {
+    (cd "$tmp/app" && node -e 'const pg = require("pg");
+const u = new URL(process.env.PGJQ_TEST_URL); u.pathname = `/${process.argv[1]}`;
+const c = new pg.Client(u.toString());
+c.connect().then(() => c.query(process.argv[2])).finally(() => c.end()).catch((e) => { console.error(e.message); process.exit(1); });' "$@")
+}
+db_url() { node -e 'const u = new URL(process.argv[1]); u.pathname = `/${process.argv[2]}`; console.log(u.toString())' "$url" "$db"; }
+trap '[ -d "$tmp/app/node_modules/pg" ] && admin postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)"; rm -rf "$tmp"' EXIT
 version=$(node -p "require('$here/package.json').version")
 (cd "$here" && npm pack --silent --pack-destination "$tmp" >/dev/null)
 tarball=$tmp/pg-jobqueue-$version.tgz
@@ -56,5 +66,7 @@ const { Worker, enqueue } = require('pg-jobqueue');
 if (typeof Worker !== 'function' || typeof enqueue !== 'function') process.exit(1);
 console.log('artifact-test: require() works');
 JS
-DATABASE_URL=$url timeout 60 node example.mjs
+admin postgres "CREATE DATABASE $db"
+admin "$db" "CREATE EXTENSION pg_jobqueue"
+DATABASE_URL=$(db_url) timeout 60 node example.mjs
 node example.cjs

@@ -7,12 +7,12 @@ export {
   parseRetryAfter,
   WorkerClosingError,
 } from './errors.js';
+export type { JsonObject, JsonPayload, JsonSafe, NotArray } from './json.js';
 export {
   type EnqueueManyOptions,
   type EnqueueOptions,
   enqueue,
   enqueueMany,
-  type JsonObject,
   type RateLimitPauseOptions,
   rateLimitPause,
 } from './producer.js';

@@ -1,7 +1,5 @@
+import type { JsonObject, JsonPayload, NotArray } from './json.js';
 import { intervalParam, type Queryable, rowsOf } from './sql.js';
-
-/** A job's payload: a JSON object (the extension refuses anything else). */
-export type JsonObject = { [key: string]: unknown };
 
 /** Options of {@link enqueue}; each maps to the `job.enqueue` argument of the same name. */
 export interface EnqueueOptions {
@@ -71,15 +69,17 @@ function payloadJson(payload: unknown, what: string): string {
 /**
  * Enqueues one job with `client`, which may be inside the application's own transaction:
  * the job then becomes visible when that transaction commits, and never if it rolls back.
- * Resolves to the job's id (a string: see the README, "Ids").
+ * Resolves to the job's id (a string: see the README, "Ids").  `payload` is checked to be
+ * JSON-safe (no `Date`, `undefined`, functions, bigints); `enqueue<Payload>(...)` checks it
+ * against the type a `Worker<Payload>` expects.
  */
-export async function enqueue(
+export async function enqueue<P extends JsonPayload<P> = JsonObject>(
   client: Queryable,
   queue: string,
-  payload: JsonObject = {},
+  payload?: NotArray<P>,
   opts: EnqueueOptions = {},
 ): Promise<string> {
-  const values: unknown[] = [queue, payloadJson(payload, 'payload')];
+  const values: unknown[] = [queue, payloadJson(payload === undefined ? {} : payload, 'payload')];
   const named: string[] = [];
   const add = (name: string, cast: string, value: unknown) => {
     values.push(value);
@@ -108,12 +108,13 @@ export async function enqueue(
 
 /**
  * Enqueues many jobs in one statement (`job.enqueue_many`); resolves to their ids in payload
- * order.  Like {@link enqueue}, it joins `client`'s transaction if there is one.
+ * order.  Like {@link enqueue}, it joins `client`'s transaction if there is one, and checks
+ * the payloads' type.
  */
-export async function enqueueMany(
+export async function enqueueMany<P extends JsonPayload<P> = JsonObject>(
   client: Queryable,
   queue: string,
-  payloads: readonly JsonObject[],
+  payloads: readonly NotArray<P>[],
   opts: EnqueueManyOptions = {},
 ): Promise<string[]> {
   if (!Array.isArray(payloads)) throw new TypeError('payloads must be an array of JSON objects');

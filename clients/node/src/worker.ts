@@ -3,7 +3,7 @@ import { EventEmitter } from 'node:events';
 import { hostname } from 'node:os';
 import pg from 'pg';
 import { failureDetails, LeaseLostError, WorkerClosingError } from './errors.js';
-import type { JsonObject } from './producer.js';
+import type { JsonObject, JsonPayload } from './json.js';
 import { msInterval } from './sql.js';
 
 /** The channel pg_jobqueue notifies on; the payload is `job.queue_id(queue)` as text. */
@@ -306,7 +306,7 @@ interface Pending {
  * handlers run, completes with the handler's result or fails with its error, always with the
  * claim's lease token.  `await worker.close()` stops it gracefully.
  */
-export class Worker<P = JsonObject, R = unknown> extends EventEmitter<WorkerEvents<P, R>> {
+export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends EventEmitter<WorkerEvents<P, R>> {
   readonly queue: string;
   readonly name: string;
   readonly concurrency: number;

@@ -9,7 +9,15 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:?usage: artifact-test.sh VENV}
 url=${PGJQ_TEST_URL:?PGJQ_TEST_URL names the test cluster}
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+db=pgjq_artifact_py_$$
+# The example runs in a database of its own, with the extension (the cluster's default
+# database has none), dropped at exit; through the installed psycopg.
+admin() {
+    "$tmp/app/bin/python" -c 'import os, sys, psycopg
+with psycopg.connect(os.environ["PGJQ_TEST_URL"], autocommit=True, dbname=sys.argv[1]) as c:
+    c.execute(sys.argv[2])' "$@"
+}
+trap '[ -x "$tmp/app/bin/python" ] && admin postgres "DROP DATABASE IF EXISTS $db WITH (FORCE)"; rm -rf "$tmp"' EXIT
 "$venv/bin/python" -m build --outdir "$tmp/dist" "$here" >"$tmp/build.log" 2>&1 ||
     { cat "$tmp/build.log" >&2; exit 1; }
 version=$("$venv/bin/python" -c 'import tomllib,sys; print(tomllib.load(open(sys.argv[1],"rb"))["project"]["version"])' "$here/pyproject.toml")
@@ -54,4 +62,7 @@ with psycopg.connect(url, autocommit=True) as admin:
 assert (state, result) == ("completed", {"message_id": "m-7"}), (state, result)
 print(f"artifact-test: job {job_id} completed from the built wheel")
 PY
-DATABASE_URL=$url timeout 60 "$tmp/app/bin/python" "$tmp/example.py"
+admin postgres "CREATE DATABASE $db"
+admin "$db" "CREATE EXTENSION pg_jobqueue"
+db_url=$("$tmp/app/bin/python" -c 'import sys; from psycopg.conninfo import make_conninfo; print(make_conninfo(sys.argv[1], dbname=sys.argv[2]))' "$url" "$db")
+DATABASE_URL=$db_url timeout 60 "$tmp/app/bin/python" "$tmp/example.py"

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.metadata
+import pathlib
+import re
 from typing import Any
 
 import pytest
 
+import pg_jobqueue
 from pg_jobqueue import AsyncWorker, Job, Worker
 
 
@@ -54,12 +58,6 @@ def test_handler_kinds_and_connections() -> None:
 
 
 def test_the_version_is_the_extensions() -> None:
-    import importlib.metadata
-    import pathlib
-    import re
-
-    import pg_jobqueue
-
     cargo = (pathlib.Path(__file__).resolve().parents[3] / "Cargo.toml").read_text()
     match = re.search(r'^version = "(.+)"$', cargo, re.M)
     assert match is not None

@@ -6,7 +6,7 @@
 >>> Worker("emails", send_email, conninfo="postgresql:///app").run()  # doctest: +SKIP
 """
 
-from ._core import Job
+from ._core import Job, JsonObject
 from .aio import AsyncWorker
 from .errors import Failure, PermanentError, describe_failure
 from .producer import (
@@ -25,6 +25,7 @@ __all__ = [
     "AsyncWorker",
     "Failure",
     "Job",
+    "JsonObject",
     "PermanentError",
     "Worker",
     "__version__",

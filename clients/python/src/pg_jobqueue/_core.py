@@ -12,13 +12,24 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic
+
+from typing_extensions import TypeVar
 
 from .errors import Failure
 
 logger = logging.getLogger("pg_jobqueue")
 
 Seconds = float | int | dt.timedelta
+
+#: A payload as it comes out of ``jsonb`` when no type is given: a JSON object.
+JsonObject = dict[str, Any]
+
+#: The payload type of a ``Job``, ``Worker`` or ``AsyncWorker``: what the producers enqueue,
+#: typically a ``TypedDict``.  It is a promise between producer and handler, not a
+#: conversion: the handler gets the decoded JSON object.  Without one it is ``JsonObject``, so
+#: code written before ``Job`` was generic type-checks as it did.
+PayloadT = TypeVar("PayloadT", default=JsonObject)
 
 CHANNEL = "pg_jobqueue"
 
@@ -84,13 +95,14 @@ def check_worker_name(name: str) -> str:
 
 
 @dataclass(eq=False)
-class Job:
-    """A claimed job, as the handler sees it."""
+class Job(Generic[PayloadT]):
+    """A claimed job, as the handler sees it: ``Job[Email]`` for a payload of type ``Email``."""
 
+    #: The job's id: a ``bigint`` in PostgreSQL, an ``int`` here (a decimal string in Node).
     id: int
     queue: str
     job_type: str | None
-    payload: Any
+    payload: PayloadT
     attempt: int
     max_retries: int
     enqueued_at: dt.datetime
@@ -103,7 +115,7 @@ class Job:
     lost: bool = False
 
     @classmethod
-    def from_row(cls, row: tuple[Any, ...], worker: str) -> Job:
+    def from_row(cls, row: tuple[Any, ...], worker: str) -> Job[Any]:
         return cls(
             id=row[0],
             queue=row[1],
@@ -120,17 +132,17 @@ class Job:
 
 # Hooks.  They run on the worker's own thread (Worker) or event loop (AsyncWorker), must be
 # quick, and may raise: their exceptions are logged and otherwise ignored.
-OnCompleted = Callable[[Job, Any], Any]
-OnFailed = Callable[[Job, BaseException, str], Any]
-OnLost = Callable[[Job, str], Any]
-OnError = Callable[[BaseException, str], Any]
+OnCompleted = Callable[[Job[PayloadT], Any], object]
+OnFailed = Callable[[Job[PayloadT], BaseException, str], object]
+OnLost = Callable[[Job[PayloadT], str], object]
+OnError = Callable[[BaseException, str], object]
 
 
-def log_completed(job: Job, result: Any) -> None:
+def log_completed(job: Job[Any], result: Any) -> None:
     logger.debug("job %s (%s) completed", job.id, job.queue)
 
 
-def log_failed(job: Job, exc: BaseException, state: str) -> None:
+def log_failed(job: Job[Any], exc: BaseException, state: str) -> None:
     logger.warning(
         "job %s (%s) attempt %s failed (now %s): %s: %s",
         job.id,
@@ -142,7 +154,7 @@ def log_failed(job: Job, exc: BaseException, state: str) -> None:
     )
 
 
-def log_lost(job: Job, reason: str) -> None:
+def log_lost(job: Job[Any], reason: str) -> None:
     logger.warning("job %s (%s) attempt %s lost: %s", job.id, job.queue, job.attempt, reason)
 
 
@@ -169,7 +181,7 @@ class Outcome:
 class Entry:
     """A claim the worker holds: its job, the lease it was claimed with, when to renew it."""
 
-    job: Job
+    job: Job[Any]
     lease: float
     renew_at: float
     state: str = QUEUED
@@ -247,7 +259,7 @@ def now() -> float:
     return time.monotonic()
 
 
-def new_entry(job: Job, lease: float, settings: Settings) -> Entry:
+def new_entry(job: Job[Any], lease: float, settings: Settings) -> Entry:
     return Entry(job=job, lease=lease, renew_at=now() + settings.renew_every(lease))
 
 

@@ -9,12 +9,13 @@ import datetime as dt
 import inspect
 import signal
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Generic
 
 import psycopg
+from typing_extensions import Self
 
 from . import _core as core
-from ._core import DONE, QUEUED, RUNNING, Entry, Job, Outcome, Seconds, logger, now
+from ._core import DONE, QUEUED, RUNNING, Entry, Job, Outcome, PayloadT, Seconds, logger, now
 from .errors import Failure, describe_failure
 
 __all__ = ["AsyncWorker"]
@@ -37,7 +38,7 @@ async def _open(
     return await psycopg.AsyncConnection.connect(conninfo, autocommit=True, prepare_threshold=None)
 
 
-class AsyncWorker:
+class AsyncWorker(Generic[PayloadT]):
     """Runs ``await handler(job)`` for the jobs of ``queue``, up to ``concurrency`` tasks at
     once, on the running event loop.  Same options as :class:`pg_jobqueue.Worker`, but
     ``connect`` and ``listen_connect`` are async factories; ``await worker.start()``,
@@ -46,7 +47,7 @@ class AsyncWorker:
     def __init__(
         self,
         queue: str,
-        handler: Callable[[Job], Awaitable[Any]],
+        handler: Callable[[Job[PayloadT]], Awaitable[Any]],
         *,
         conninfo: str | None = None,
         connect: AsyncConnectionFactory | None = None,
@@ -61,9 +62,9 @@ class AsyncWorker:
         worker_name: str | None = None,
         grace_period: Seconds | None = 30.0,
         json_dumps: Callable[[Any], str] = core.default_dumps,
-        on_completed: core.OnCompleted | None = None,
-        on_failed: core.OnFailed | None = None,
-        on_lost: core.OnLost | None = None,
+        on_completed: core.OnCompleted[PayloadT] | None = None,
+        on_failed: core.OnFailed[PayloadT] | None = None,
+        on_lost: core.OnLost[PayloadT] | None = None,
         on_error: core.OnError | None = None,
     ) -> None:
         if not (
@@ -227,7 +228,7 @@ class AsyncWorker:
             logger.info("%s again: ending the grace period now", signal.Signals(signum).name)
             self.stop(0)
 
-    async def __aenter__(self) -> AsyncWorker:
+    async def __aenter__(self) -> Self:
         await self.start()
         return self
 

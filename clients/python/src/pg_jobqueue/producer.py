@@ -7,11 +7,30 @@ from __future__ import annotations
 import datetime as dt
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 import psycopg
 
 from ._core import Seconds
+
+if TYPE_CHECKING:  # SQLAlchemy is optional: only its types are needed here
+    import sqlalchemy
+    import sqlalchemy.ext.asyncio
+    import sqlalchemy.orm
+
+#: Where ``enqueue`` and ``rate_limit_pause`` run: the application's own transaction.
+Transaction: TypeAlias = (
+    "psycopg.Connection[Any] | psycopg.Cursor[Any] | sqlalchemy.orm.Session"
+    " | sqlalchemy.orm.scoped_session[Any] | sqlalchemy.engine.Connection"
+)
+#: The same for ``aenqueue`` and ``arate_limit_pause``.
+AsyncTransaction: TypeAlias = (
+    "psycopg.AsyncConnection[Any] | psycopg.AsyncCursor[Any]"
+    " | sqlalchemy.ext.asyncio.AsyncSession | sqlalchemy.ext.asyncio.async_scoped_session[Any]"
+    " | sqlalchemy.ext.asyncio.AsyncConnection"
+)
+#: A payload as ``enqueue`` takes it: a ``dict``, a ``TypedDict``, any mapping to JSON values.
+Payload: TypeAlias = Mapping[str, Any]
 
 __all__ = [
     "aenqueue",
@@ -193,9 +212,9 @@ async def _arun(target: Any, sql: str, params: dict[str, Any], what: str = "aenq
 
 
 def enqueue(
-    conn: Any,
+    conn: Transaction,
     queue: str,
-    payload: dict[str, Any] | None = None,
+    payload: Payload | None = None,
     *,
     run_at: dt.datetime | None = None,
     delay: Seconds | None = None,
@@ -246,9 +265,9 @@ def enqueue(
 
 
 def enqueue_many(
-    conn: Any,
+    conn: Transaction,
     queue: str,
-    payloads: Iterable[dict[str, Any]],
+    payloads: Iterable[Payload],
     *,
     priority: int | None = None,
     job_type: str | None = None,
@@ -274,9 +293,9 @@ def enqueue_many(
 
 
 async def aenqueue(
-    conn: Any,
+    conn: AsyncTransaction,
     queue: str,
-    payload: dict[str, Any] | None = None,
+    payload: Payload | None = None,
     *,
     run_at: dt.datetime | None = None,
     delay: Seconds | None = None,
@@ -317,9 +336,9 @@ async def aenqueue(
 
 
 async def aenqueue_many(
-    conn: Any,
+    conn: AsyncTransaction,
     queue: str,
-    payloads: Iterable[dict[str, Any]],
+    payloads: Iterable[Payload],
     *,
     priority: int | None = None,
     job_type: str | None = None,
@@ -343,7 +362,7 @@ async def aenqueue_many(
 
 
 def rate_limit_pause(
-    conn: Any,
+    conn: Transaction,
     queue: str,
     key: str | None = None,
     until: dt.datetime | None = None,
@@ -359,7 +378,7 @@ def rate_limit_pause(
 
 
 async def arate_limit_pause(
-    conn: Any,
+    conn: AsyncTransaction,
     queue: str,
     key: str | None = None,
     until: dt.datetime | None = None,

@@ -9,12 +9,13 @@ import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Generic
 
 import psycopg
+from typing_extensions import Self
 
 from . import _core as core
-from ._core import DONE, QUEUED, RUNNING, Entry, Job, Outcome, Seconds, logger, now
+from ._core import DONE, QUEUED, RUNNING, Entry, Job, Outcome, PayloadT, Seconds, logger, now
 from .errors import Failure, describe_failure
 
 __all__ = ["Worker"]
@@ -35,7 +36,7 @@ def _open(conninfo: str | None, factory: ConnectionFactory | None) -> psycopg.Co
     return psycopg.connect(conninfo, autocommit=True, prepare_threshold=None)
 
 
-class Worker:
+class Worker(Generic[PayloadT]):
     """Runs ``handler(job)`` for the jobs of ``queue``, up to ``concurrency`` at once on threads.
 
     ``worker.start()`` returns at once; ``worker.close(grace_period=...)`` stops it;
@@ -46,7 +47,7 @@ class Worker:
     def __init__(
         self,
         queue: str,
-        handler: Callable[[Job], Any],
+        handler: Callable[[Job[PayloadT]], Any],
         *,
         conninfo: str | None = None,
         connect: ConnectionFactory | None = None,
@@ -61,9 +62,9 @@ class Worker:
         worker_name: str | None = None,
         grace_period: Seconds | None = 30.0,
         json_dumps: Callable[[Any], str] = core.default_dumps,
-        on_completed: core.OnCompleted | None = None,
-        on_failed: core.OnFailed | None = None,
-        on_lost: core.OnLost | None = None,
+        on_completed: core.OnCompleted[PayloadT] | None = None,
+        on_failed: core.OnFailed[PayloadT] | None = None,
+        on_lost: core.OnLost[PayloadT] | None = None,
         on_error: core.OnError | None = None,
     ) -> None:
         if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
@@ -238,7 +239,7 @@ class Worker:
             logger.info("%s again: ending the grace period now", signal.Signals(signum).name)
             self.stop(0)
 
-    def __enter__(self) -> Worker:
+    def __enter__(self) -> Self:
         self.start()
         return self
 
@@ -271,7 +272,7 @@ class Worker:
                 self._done.append(entry)
             self._wake.set()
 
-    def _call(self, job: Job) -> Outcome:
+    def _call(self, job: Job[Any]) -> Outcome:
         try:
             result = self.handler(job)
             return Outcome(
