@@ -1092,10 +1092,11 @@ fn a_fair_queue_serves_a_small_key_behind_a_large_one() {
 }
 
 /// key_concurrency => 1: a worker claims a job of key k with a 1 s lease and vanishes (its
-/// session closes).  Another worker's claims meanwhile hand out a job of another key but not
-/// k's second job; once the lease has run out, k's second job is handed out (never before the
-/// expiry), the vanished worker's job is taken back and, once the second completes, runs
-/// again.
+/// session closes).  Another worker's claims meanwhile hand out a job of another key but no
+/// job of k; once the lease has run out (never before), k is free again and one job of k is
+/// handed out: k's second job, or the vanished worker's job if the scheduler took it back
+/// first (a job taken back keeps its place, ahead of k's second).  The other one runs once
+/// that one completes, and the lost job runs again as its second attempt.
 #[test]
 fn a_lost_lease_frees_its_key_only_when_it_expires() {
     let db = TestDb::create("flow_lease");
@@ -1150,26 +1151,31 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
         thread::sleep(Duration::from_millis(20));
     };
     assert!(empty_polls > 0, "the first poll already got a job of k");
-    assert_eq!(ids(&second), [k2], "the claim after the lease ran out");
+    assert_eq!(second.len(), 1, "one job of k at a time: {second:?}");
+    let (first_of_k, then) = match (second[0].id, second[0].attempt) {
+        (id, 1) if id == k2 => (k2, k1),
+        (id, 2) if id == k1 => (k1, k2),
+        other => panic!("the claim after the lease ran out handed out {other:?}"),
+    };
     let claimed_at = one_f64(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
-        &[&k2],
+        &[&first_of_k],
     );
     assert!(
         claimed_at >= expires,
-        "job {k2} started {:.3} s before job {k1}'s lease ran out",
+        "job {first_of_k} started {:.3} s before job {k1}'s lease ran out",
         expires - claimed_at
     );
     assert!(
         claimed_at < expires + 5.0,
-        "job {k2} started {:.1} s after the lease ran out",
+        "job {first_of_k} started {:.1} s after the lease ran out",
         claimed_at - expires
     );
 
-    // The lost job comes back (the scheduler takes it back), behind the key's running job.
+    // The lost job is taken back (by the scheduler) if it was not already.
     let started = Instant::now();
-    while job_state(&mut c, k1).as_deref() == Some("running") {
+    while job_state(&mut c, k1).as_deref() == Some("running") && first_of_k != k1 {
         assert!(
             started.elapsed() < Duration::from_secs(5),
             "job {k1} was never taken back"
@@ -1182,9 +1188,10 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
     );
     assert!(complete(&mut w, &second[0]));
     let again = claim(&mut w, &queue, "w", 5, None);
+    let attempt_of_then = if then == k1 { 2 } else { 1 };
     assert_eq!(
         again.iter().map(|j| (j.id, j.attempt)).collect::<Vec<_>>(),
-        [(k1, 2)]
+        [(then, attempt_of_then)]
     );
     assert!(complete(&mut w, &again[0]));
     assert_eq!(live(&mut c, &queue), 0);
