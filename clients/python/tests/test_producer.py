@@ -135,7 +135,8 @@ def test_async_producers(db: Database) -> None:
 
 def test_options_map_by_name(db: Database) -> None:
     db.create_queue("opts")
-    at = dt.datetime(2031, 1, 2, 3, 4, 5, tzinfo=dt.timezone.utc)
+    # Within pg_jobqueue.max_delay (365 days by default) of now.
+    at = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=100)).replace(microsecond=0)
     with psycopg.connect(db.url, autocommit=True) as conn:
         a = enqueue(
             conn,
