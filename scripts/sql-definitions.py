@@ -39,7 +39,8 @@ def definition(kind: str, name: str) -> str:
     sys.exit(f"sql-definitions: {name} is not defined in sql/*.sql")
 
 
-for arg in sys.argv[1:]:
-    kind, name = ("view", arg[5:]) if arg.startswith("view:") else ("function", arg)
-    print(definition(kind, name))
-    print()
+if __name__ == "__main__":
+    for arg in sys.argv[1:]:
+        kind, name = ("view", arg[5:]) if arg.startswith("view:") else ("function", arg)
+        print(definition(kind, name))
+        print()

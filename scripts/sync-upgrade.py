@@ -8,12 +8,16 @@ they are.
 
     python3 scripts/sync-upgrade.py sql/pg_jobqueue--0.4.0--0.5.0.sql
 """
+import importlib.util
 import pathlib
 import re
-import subprocess
 import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
+# The definitions as scripts/sql-definitions.py reads them (one reading of sql/*.sql).
+_spec = importlib.util.spec_from_file_location("sql_definitions", HERE / "sql-definitions.py")
+sql_definitions = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sql_definitions)
 HEAD = re.compile(r"^CREATE OR REPLACE (FUNCTION|VIEW) (job\.[a-z_0-9]+)\b", re.M)
 
 
@@ -36,10 +40,7 @@ def block(text: str, m: re.Match) -> tuple[int, int]:
 
 
 def current(kind: str, name: str) -> str:
-    arg = name if kind == "FUNCTION" else "view:" + name
-    out = subprocess.run([sys.executable, str(HERE / "sql-definitions.py"), arg],
-                         capture_output=True, text=True, check=True).stdout
-    return out.rstrip("\n")
+    return sql_definitions.definition(kind.lower(), name).rstrip("\n")
 
 
 path = pathlib.Path(sys.argv[1])
