@@ -22,6 +22,8 @@ if ! cargo pgrx package --pg-config "$build_config" --out-dir "$out" \
     cat "$out.log" >&2
     exit 1
 fi
+# Earlier releases' install scripts and every upgrade script, beside the one just generated.
+bash "$root/scripts/release-scripts.sh" "$out$("$build_config" --sharedir)/extension"
 # The package holds the build PostgreSQL's paths; each file goes to the same place in the
 # target's.
 put() { # put FROM_DIR TO_DIR: every file of the package under FROM_DIR, into TO_DIR
@@ -35,13 +37,5 @@ put() { # put FROM_DIR TO_DIR: every file of the package under FROM_DIR, into TO
 }
 put "$("$build_config" --pkglibdir)" "$("$target_config" --pkglibdir)"
 put "$("$build_config" --sharedir)" "$("$target_config" --sharedir)"
-# Earlier releases' install scripts, so that CREATE EXTENSION ... VERSION can start there (the
-# current version's is the one just generated, not a frozen copy).
-extdir=$("$target_config" --sharedir)/extension
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
-for f in "$root"/sql/released/*.sql; do
-    [ "$(basename "$f")" = "pg_jobqueue--$version.sql" ] && continue
-    cp "$f" "$extdir/$(basename "$f").tmp.$$"
-    mv -f "$extdir/$(basename "$f").tmp.$$" "$extdir/$(basename "$f")"
-done
 echo "installed pg_jobqueue $version into $("$target_config" --pkglibdir)"

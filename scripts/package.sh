@@ -36,11 +36,9 @@ ext=$deb/usr/share/postgresql/$major/extension
 doc=$deb/usr/share/doc/$name
 mkdir -p "$lib" "$ext" "$doc" "$deb/DEBIAN"
 install -m 0644 "$raw$("$pg_config" --pkglibdir)/pg_jobqueue.so" "$lib/"
+# Earlier releases' install scripts and every upgrade script, beside the one just generated.
+bash scripts/release-scripts.sh "$raw$("$pg_config" --sharedir)/extension"
 install -m 0644 "$raw$("$pg_config" --sharedir)"/extension/pg_jobqueue* "$ext/"
-# Earlier releases' install scripts, so that CREATE EXTENSION ... VERSION can start there.
-for f in sql/released/pg_jobqueue--*.sql; do
-    [ "$(basename "$f")" = "pg_jobqueue--$version.sql" ] || install -m 0644 "$f" "$ext/"
-done
 install -m 0644 README.md CHANGELOG.md "$doc/"
 install -m 0644 LICENSE "$doc/copyright"
 size=$(du -sk "$deb" | cut -f1)

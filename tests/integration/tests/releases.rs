@@ -46,14 +46,21 @@ fn every_script_of_a_past_release_is_frozen() {
     let sums = recorded();
     let current = current_version();
     let mut scripts: Vec<String> = Vec::new();
-    for entry in fs::read_dir(sql_dir()).unwrap().flatten() {
-        scripts.push(entry.file_name().into_string().unwrap());
+    for folder in ["released", "upgrades"] {
+        for entry in fs::read_dir(sql_dir().join(folder)).unwrap().flatten() {
+            scripts.push(format!(
+                "{folder}/{}",
+                entry.file_name().into_string().unwrap()
+            ));
+        }
     }
-    for entry in fs::read_dir(sql_dir().join("released")).unwrap().flatten() {
-        scripts.push(format!(
-            "released/{}",
-            entry.file_name().into_string().unwrap()
-        ));
+    // Upgrade scripts live in sql/upgrades/ only: pgrx would ship one in sql/ as it stands.
+    for entry in fs::read_dir(sql_dir()).unwrap().flatten() {
+        let name = entry.file_name().into_string().unwrap();
+        assert!(
+            !(name.starts_with("pg_jobqueue--") && name.ends_with(".sql")),
+            "sql/{name}: upgrade scripts belong in sql/upgrades/ (see sql/README.md)"
+        );
     }
     for script in scripts
         .iter()
@@ -62,8 +69,8 @@ fn every_script_of_a_past_release_is_frozen() {
         // pg_jobqueue--A--B.sql upgrades to B; released/pg_jobqueue--A.sql installs A.
         let stem = script.trim_end_matches(".sql");
         let target = stem.rsplit("--").next().unwrap();
-        if target == current && !script.starts_with("released/") {
-            continue; // the upgrade script of the version in development
+        if target == current && script.starts_with("upgrades/") {
+            continue; // the hand-written part of the version in development
         }
         assert!(
             sums.contains_key(script),
@@ -111,4 +118,80 @@ fn the_library_still_exports_every_symbol_released_scripts_name() {
         checked > 19,
         "found only {checked} symbols in the released scripts"
     );
+}
+
+/// The upgrade script of the version under way is only its hand-written part: every
+/// definition is generated from the concept files at build time (scripts/upgrade-script.py),
+/// which refuses a part that repeats one.
+#[test]
+fn the_unreleased_upgrade_holds_no_definition() {
+    let current = current_version();
+    let dir = sql_dir().join("upgrades");
+    let part = fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(&format!("--{current}.sql")))
+        .expect("the upgrade script of the version under way");
+    let text = fs::read_to_string(&part).unwrap();
+    for line in text.lines().filter(|l| !l.starts_with("--")) {
+        let upper = line.to_ascii_uppercase();
+        assert!(
+            !(upper.starts_with("CREATE OR REPLACE")
+                || upper.starts_with("CREATE FUNCTION")
+                || upper.starts_with("CREATE VIEW")
+                || upper.starts_with("COMMENT ON")),
+            "{}: `{line}` is generated from sql/*.sql at build time; keep only the \
+             hand-written part here",
+            part.display()
+        );
+    }
+    // The generator refuses a part that repeats a definition of the install script it is
+    // given, naming it.
+    let scratch = std::env::temp_dir().join(format!("pgjq-upgrade-{}", std::process::id()));
+    fs::create_dir_all(&scratch).unwrap();
+    let install = scratch.join("install.sql");
+    let definition =
+        "CREATE FUNCTION job.brand_new(a int) RETURNS int LANGUAGE sql AS $$ SELECT a $$;";
+    fs::write(&install, format!("{definition}\n")).unwrap();
+    let repeated = scratch.join(part.file_name().unwrap());
+    fs::write(
+        &repeated,
+        format!(
+            "{text}\n{}\n",
+            definition.replace("CREATE", "CREATE OR REPLACE")
+        ),
+    )
+    .unwrap();
+    let run = |part: &Path| {
+        std::process::Command::new("python3")
+            .arg(sql_dir().join("../scripts/upgrade-script.py"))
+            .args([part, install.as_path()])
+            .output()
+            .expect("cannot run python3")
+    };
+    let refused = run(&repeated);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("job.brand_new"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    // Without the repetition it writes the part, then the new function and its revoke.
+    let written = run(&part);
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let out = String::from_utf8(written.stdout).unwrap();
+    assert!(out.starts_with(text.trim_end()));
+    let created = out
+        .find("CREATE OR REPLACE FUNCTION job.brand_new(a int)")
+        .expect(&out);
+    let revoked = out
+        .find("REVOKE EXECUTE ON ROUTINE job.brand_new(a int) FROM PUBLIC;")
+        .expect(&out);
+    assert!(created < revoked);
+    fs::remove_dir_all(&scratch).unwrap();
 }
