@@ -33,7 +33,7 @@ DEMO_WEB_STOP = state=$$(bash scripts/state-dir.sh)/demo; \
     fi; rm -f $$state/web.pid
 
 .PHONY: test-all-versions test-version canary-start canary-check package package-test setup install install-private demo demo-stop test unit-test pg-test integration-test web-test isolation-test \
-        client-node-test client-python-test bench bench-deliveries bench-flow bench-soak bench-stop lint clean
+        client-node-test client-python-test bench bench-deliveries bench-flow bench-soak bench-stop check clean
 
 setup:
 	@bash scripts/setup.sh
@@ -91,12 +91,12 @@ demo-stop:
 	@$(DEMO_RECEIVER_STOP)
 	@$(CLUSTER) stop demo $(DEMO_PORT)
 
-# Everything the project tests: formatting, Rust unit tests and #[pg_test]s (cargo pgrx test),
+# Everything the project tests: `make check`, the #[pg_test]s (cargo pgrx test),
 # then the multi-session integration tests, the isolation specs and the Node and Python client
 # libraries' suites against a scratch cluster (one after the other: they share it).
 # First and last, a check that none of it stops, restarts or writes to the machine's own
 # PostgreSQL cluster, PgBouncer service or installed extension (scripts/canary.sh).
-test: setup canary-start lint pg-test integration-test web-test isolation-test client-node-test client-python-test \
+test: setup canary-start check pg-test integration-test web-test isolation-test client-node-test client-python-test \
       package-test canary-check
 
 # The release packages of PG_CONFIG's major in target/packages/ (scripts/package.sh): a
@@ -116,8 +116,14 @@ canary-start: setup
 canary-check:
 	@bash scripts/canary.sh check
 
-lint:
+# Fast, and without root or a cluster: formatting, clippy on every crate and test with warnings
+# as errors, and the pure rules' unit tests (rules/; what needs PostgreSQL is pg-test's).
+# pgrx finds the headers to build against through PG_CONFIG.
+check:
 	cargo fmt --all --check
+	PGRX_PG_CONFIG_PATH="$(PG_CONFIG)" cargo clippy -q --workspace --all-targets --no-default-features \
+	    --features pg_jobqueue/pg$(PG_MAJOR) -- -D warnings
+	cargo test -q -p pg_jobqueue_rules
 
 # The PostgreSQL majors `make test-all-versions` runs on besides the one `make test` uses
 # (Debian's 15, the default PG_CONFIG): pinned in scripts/postgresql-versions.txt.

@@ -1,6 +1,6 @@
 //! SQL face of `cron.rs`: the functions `job.schedule` and the scheduler call.
 
-use crate::cron::{jitter_micros, time_zone, Schedule};
+use pg_jobqueue_rules::cron::{jitter_micros, time_zone, Schedule};
 use pgrx::prelude::*;
 
 /// Seconds between the Unix epoch and PostgreSQL's (2000-01-01).

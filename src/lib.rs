@@ -14,7 +14,6 @@ use pgrx::prelude::*;
 mod backoff;
 mod claim_cursor;
 mod classify;
-mod cron;
 mod cron_sql;
 mod delivery;
 mod flow;
@@ -170,10 +169,7 @@ pub(crate) fn raise(code: PgSqlErrorCode, message: String, hint: &str) -> ! {
     unreachable!("ERROR does not return")
 }
 
-/// `text` as a SQL string literal, for messages (as SQL's quote_literal).
-pub(crate) fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
+pub(crate) use pg_jobqueue_rules::quote_literal;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
