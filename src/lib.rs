@@ -11,22 +11,11 @@
 
 use pgrx::prelude::*;
 
-mod backoff;
-mod claim_cursor;
 mod classify;
-mod cron_sql;
+mod functions;
 mod delivery;
-mod flow;
-mod gucs;
-mod handlers;
-mod locks;
-mod metrics;
-mod rescue;
-mod security;
-mod shmem;
-mod utility_hook;
-mod validation;
-mod wakeup;
+mod server;
+mod session;
 mod worker;
 
 ::pgrx::pg_module_magic!(name, version);
@@ -38,24 +27,24 @@ extension_sql_file!("../sql/tables.sql", name = "tables", bootstrap);
 extension_sql_file!(
     "../sql/validation.sql",
     name = "validation",
-    requires = ["tables", validation::_name_problem]
+    requires = ["tables", functions::names::_name_problem]
 );
 extension_sql_file!(
     "../sql/audit.sql",
     name = "audit",
-    requires = ["validation", security::_calling_role]
+    requires = ["validation", server::security::_calling_role]
 );
 extension_sql_file!(
     "../sql/metrics.sql",
     name = "metrics",
     requires = [
         "audit",
-        metrics::_hist_of,
-        metrics::_hist_bucket,
-        metrics::_hist_add,
-        metrics::_hist_quantile,
-        metrics::_writer_shard,
-        metrics::_worker_seen_due,
+        session::metrics::_hist_of,
+        session::metrics::_hist_bucket,
+        session::metrics::_hist_add,
+        session::metrics::_hist_quantile,
+        session::metrics::_writer_shard,
+        session::metrics::_worker_seen_due,
         worker::worker_processes
     ]
 );
@@ -64,26 +53,26 @@ extension_sql_file!(
     name = "queues",
     requires = [
         "metrics",
-        locks::_lock_queue_for_drop,
-        wakeup::_wake_queue_on_commit
+        server::locks::_lock_queue_for_drop,
+        server::wakeup::_wake_queue_on_commit
     ]
 );
 extension_sql_file!(
     "../sql/producing.sql",
     name = "producing",
-    requires = ["queues", locks::_guard_queue, wakeup::_due_on_commit]
+    requires = ["queues", server::locks::_guard_queue, server::wakeup::_due_on_commit]
 );
 extension_sql_file!(
     "../sql/flow.sql",
     name = "flow",
     requires = [
         "producing",
-        flow::_rate_take,
-        flow::_try_lock_key,
-        flow::_lock_enqueue_key,
-        flow::_fair_cursor,
-        flow::_move_fair_cursor,
-        locks::_lock_handler_queue
+        session::flow::_rate_take,
+        session::flow::_try_lock_key,
+        session::flow::_lock_enqueue_key,
+        session::flow::_fair_cursor,
+        session::flow::_move_fair_cursor,
+        server::locks::_lock_handler_queue
     ]
 );
 extension_sql_file!(
@@ -91,12 +80,12 @@ extension_sql_file!(
     name = "working",
     requires = [
         "flow",
-        claim_cursor::_claim_cursor,
-        claim_cursor::_move_claim_cursor,
-        backoff::retry_delay,
+        session::claim_cursor::_claim_cursor,
+        session::claim_cursor::_move_claim_cursor,
+        functions::backoff::retry_delay,
         classify::is_permanent_failure,
-        rescue::_rescue_due,
-        wakeup::_consumer_waits
+        session::rescue::_rescue_due,
+        server::wakeup::_consumer_waits
     ]
 );
 extension_sql_file!(
@@ -109,10 +98,10 @@ extension_sql_file!(
     name = "schedules",
     requires = [
         "operating",
-        cron_sql::cron_next,
-        cron_sql::_cron_latest,
-        cron_sql::_check_cron,
-        cron_sql::_jitter_offset,
+        functions::cron::cron_next,
+        functions::cron::_cron_latest,
+        functions::cron::_check_cron,
+        functions::cron::_jitter_offset,
         worker::_require_worker,
         worker::_wake_scheduler
     ]
@@ -122,8 +111,8 @@ extension_sql_file!(
     name = "handlers",
     requires = [
         "schedules",
-        handlers::set_handler,
-        locks::_lock_handler_queue
+        server::handlers::set_handler,
+        server::locks::_lock_handler_queue
     ]
 );
 extension_sql_file!(
@@ -141,7 +130,7 @@ extension_sql_file!(
         delivery::_redacted_url,
         delivery::_check_webhook_secret,
         delivery::_new_webhook_secret,
-        wakeup::_wake_sender
+        server::wakeup::_wake_sender
     ]
 );
 extension_sql_file!(
@@ -173,9 +162,9 @@ pub(crate) use pg_jobqueue_rules::quote_literal;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
-    shmem::init();
-    utility_hook::init();
+    server::gucs::init();
+    server::shmem::init();
+    server::utility_hook::init();
     worker::init();
 }
 

@@ -31,9 +31,9 @@
 
 use super::{sleep, spi, tick, transaction, WorkError};
 use crate::classify::{classify_sqlstate, Failure};
-use crate::gucs;
-use crate::security::as_role;
-use crate::shmem::{self, Kind};
+use crate::server::gucs;
+use crate::server::security::as_role;
+use crate::server::shmem::{self, Kind};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;

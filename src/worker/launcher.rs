@@ -7,8 +7,8 @@
 //! without declining is restarted.
 
 use super::{sleep, start_database_worker};
-use crate::gucs;
-use crate::shmem;
+use crate::server::gucs;
+use crate::server::shmem;
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };

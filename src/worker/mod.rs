@@ -16,8 +16,8 @@ mod launcher;
 mod scheduler;
 mod sender;
 
-use crate::gucs;
-use crate::shmem;
+use crate::server::gucs;
+use crate::server::shmem;
 use pgrx::bgworkers::{BackgroundWorker, BackgroundWorkerBuilder, BgWorkerStartTime};
 use pgrx::pg_sys::panic::CaughtError;
 use pgrx::prelude::*;
@@ -300,13 +300,13 @@ fn _require_worker(what: &str) {
 /// SQL (internal): the launcher should serve this database once this transaction commits.
 #[pg_extern(volatile)]
 fn _request_service() {
-    crate::wakeup::request_service_on_commit();
+    crate::server::wakeup::request_service_on_commit();
 }
 
 /// SQL (internal): schedules or handlers changed; the scheduler should look at commit.
 #[pg_extern(volatile)]
 fn _wake_scheduler() {
-    crate::wakeup::wake_scheduler_on_commit();
+    crate::server::wakeup::wake_scheduler_on_commit();
 }
 
 /// SQL: the worker processes serving this database.

@@ -9,8 +9,8 @@
 
 use super::executor;
 use super::{sleep, spi, start_database_worker, transaction};
-use crate::gucs;
-use crate::shmem::{self, Kind};
+use crate::server::gucs;
+use crate::server::shmem::{self, Kind};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };

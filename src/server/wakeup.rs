@@ -31,8 +31,8 @@
 //! The idle marks live in shared memory, so they need `shared_preload_libraries`; without it
 //! every transaction that makes a job ready notifies (still once per queue per transaction).
 
-use crate::locks::{self, Class};
-use crate::shmem::{self, Kind, WAKEUP_SLOTS};
+use crate::server::locks::{self, Class};
+use crate::server::shmem::{self, Kind, WAKEUP_SLOTS};
 use pgrx::pg_sys::Oid;
 use pgrx::prelude::*;
 use std::cell::{Cell, RefCell};
@@ -272,7 +272,7 @@ fn notify(payload: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::{legacy_slot_of, slot_of};
-    use crate::shmem::WAKEUP_SLOTS;
+    use crate::server::shmem::WAKEUP_SLOTS;
 
     #[test]
     fn each_queue_id_has_a_slot_of_its_own_or_none() {

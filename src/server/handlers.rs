@@ -7,7 +7,7 @@
 //! which runs as the caller, reads the caller, and then records the handler through the
 //! internal `job._set_handler` as the extension's owner; nobody else may call that one.
 
-use crate::security::{as_owner, owner_of};
+use crate::server::security::{as_owner, owner_of};
 use pgrx::callconv::{Arg, ArgAbi};
 use pgrx::datum::Interval;
 use pgrx::nullable::Nullable;

@@ -10,7 +10,7 @@
 //! A token bucket (GCRA with a burst) was not taken: after a quiet spell it admits a whole
 //! burst and then the steady rate, up to `2 * limit - 1` starts in one period.
 
-use crate::locks::{self, Class};
+use crate::server::locks::{self, Class};
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;

@@ -9,7 +9,7 @@
 //! transaction open, the entries cannot be removed, and eight workers each looking once a
 //! second read every one of them eight times a second.
 
-use crate::gucs::RESCUE_INTERVAL_MS;
+use crate::server::gucs::RESCUE_INTERVAL_MS;
 use pgrx::prelude::*;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ pub fn look_due(last: Option<Instant>, now: Instant, interval: Duration) -> bool
 fn _rescue_due(queue: &str) -> bool {
     let interval = Duration::from_millis(RESCUE_INTERVAL_MS.get().max(0) as u64);
     // SAFETY: MyDatabaseId is set at backend start.
-    if !interval.is_zero() && crate::shmem::scheduler_of(unsafe { pg_sys::MyDatabaseId }).is_some()
+    if !interval.is_zero() && crate::server::shmem::scheduler_of(unsafe { pg_sys::MyDatabaseId }).is_some()
     {
         return false;
     }

@@ -13,7 +13,7 @@
 //! The schema `job`, which `CREATE EXTENSION` made but which is not a member of the extension,
 //! goes with it when nothing else is left in it.
 
-use crate::shmem;
+use crate::server::shmem;
 use crate::worker::spi;
 use pgrx::prelude::*;
 use pgrx::PgList;
