@@ -135,7 +135,7 @@ mod tests {
     fn prometheus_text_escapes_labels_and_names_each_family_once() {
         run("SELECT job.create_queue(E'we\"ird\\\\q')");
         let id = one::<i64>("SELECT job.enqueue(E'we\"ird\\\\q')");
-        run(&format!("SELECT job.dequeue(E'we\"ird\\\\q', 'w')"));
+        run("SELECT job.dequeue(E'we\"ird\\\\q', 'w')");
         run(&format!("SELECT job.complete({id})"));
         run("SELECT job._count_queue_depth()");
         let text = one::<String>("SELECT job.prometheus_metrics()");

@@ -372,7 +372,7 @@ fn delivery_arrives_signed_with_its_body_and_headers() {
             .unwrap();
         (r.get(0), r.get(1), r.get(2))
     };
-    assert!(latency >= 0.0 && latency < 10_000.0, "latency_ms {latency}");
+    assert!((0.0..10_000.0).contains(&latency), "latency_ms {latency}");
     assert_eq!(request_id.as_deref(), Some("req-7"));
     assert_eq!(job_type.as_deref(), Some("order.created"));
     let (status_2xx, last_status): (i64, Option<i32>) = {
