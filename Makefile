@@ -174,12 +174,11 @@ integration-test: install-private
 	    cargo test --release --no-fail-fast -p pg_jobqueue_integration -- --test-threads=4 ; \
 	    status=$$?; $(CLUSTER) stop test $(TEST_PORT); exit $$status
 
-# The dashboard (web/): clippy, its unit tests, then web/tests against the test cluster as the
+# The dashboard (web/; make check runs its clippy): its unit tests, then web/tests against the test cluster as the
 # README's monitor and admin roles, and one walk through it in headless Chromium
 # (scripts/setup-browser.sh installs Chromium and chromedriver when missing).
 web-test: install-private
 	@bash scripts/setup-browser.sh
-	cargo clippy -p pg_jobqueue-web --tests -- -D warnings
 	@$(CLUSTER) stop test $(TEST_PORT)
 	@$(CLUSTER) start test $(TEST_PORT)
 	PGJQ_TEST_URL=$$($(CLUSTER) url test $(TEST_PORT)) \
