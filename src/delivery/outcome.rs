@@ -1,5 +1,6 @@
 //! What an attempt's answer means: delivered, retried later, or dead.
 
+use crate::classify::{http_status_verdict, HttpStatusVerdict};
 use std::time::{Duration, SystemTime};
 
 /// How an attempt ended, as the sender decides it (pure: no database, no clock but `now`).
@@ -13,17 +14,16 @@ pub enum Verdict {
     Permanent { disable: bool },
 }
 
-/// The verdict on an HTTP status.  3xx is permanent: redirects are not followed (a redirect
-/// could lead anywhere, past the endpoint's own address and the address checks).
+/// The verdict on an HTTP status: [`http_status_verdict`]'s, the table `job.fail` reads too,
+/// with the answer's `Retry-After` for a status worth retrying.
 pub fn verdict_of_status(status: u16, retry_after: Option<&str>, now: SystemTime) -> Verdict {
-    match status {
-        200..=299 => Verdict::Delivered,
-        410 => Verdict::Permanent { disable: true },
-        408 | 429 | 500..=599 => Verdict::Transient {
+    match http_status_verdict(status) {
+        HttpStatusVerdict::Success => Verdict::Delivered,
+        HttpStatusVerdict::Gone => Verdict::Permanent { disable: true },
+        HttpStatusVerdict::Retry => Verdict::Transient {
             retry_after: retry_after.and_then(|value| parse_retry_after(value, now)),
         },
-        // 1xx never ends a request; anything else (3xx, other 4xx) will not change by itself.
-        _ => Verdict::Permanent { disable: false },
+        HttpStatusVerdict::Permanent => Verdict::Permanent { disable: false },
     }
 }
 
@@ -108,7 +108,7 @@ mod tests {
         for s in [200, 201, 204, 299] {
             assert_eq!(verdict_of_status(s, None, now), Verdict::Delivered, "{s}");
         }
-        for s in [301, 302, 307, 400, 401, 403, 404, 422] {
+        for s in [301, 302, 307, 400, 401, 403, 404, 422, 405] {
             assert_eq!(
                 verdict_of_status(s, None, now),
                 Verdict::Permanent { disable: false },
@@ -119,7 +119,7 @@ mod tests {
             verdict_of_status(410, None, now),
             Verdict::Permanent { disable: true }
         );
-        for s in [408, 429, 500, 502, 503, 504, 599] {
+        for s in [408, 409, 425, 429, 500, 502, 503, 504, 599] {
             assert_eq!(
                 verdict_of_status(s, None, now),
                 Verdict::Transient { retry_after: None },
