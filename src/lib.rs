@@ -124,7 +124,8 @@ extension_sql_file!(
     requires = [
         "schedules",
         handlers::set_handler,
-        locks::_lock_handler_queue
+        locks::_lock_handler_queue,
+        worker::claimer::_claimer_pid
     ]
 );
 extension_sql_file!(

@@ -29,6 +29,7 @@
 //! back at once (their `claimed_by` names a process that is gone), as it does for any stalled
 //! job.
 
+use super::claimer::{claimed_by, Claimer};
 use super::{sleep, spi, tick, transaction, WorkError};
 use crate::classify::{classify_sqlstate, Failure};
 use crate::gucs;
@@ -82,14 +83,6 @@ pub fn extra(run_as: pg_sys::Oid, index: usize) -> String {
     format!("{}:{index}", run_as.to_u32())
 }
 
-/// The name an executor claims jobs under (their `claimed_by`).
-pub fn worker_name(run_as: pg_sys::Oid, index: usize, pid: i32) -> String {
-    format!(
-        "pg_jobqueue executor {}/{index} (pid {pid})",
-        run_as.to_u32()
-    )
-}
-
 fn parse_extra(extra: &str) -> Option<(pg_sys::Oid, usize)> {
     let (role, index) = extra.split_once(':')?;
     Some((
@@ -110,7 +103,13 @@ pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     shmem::register_process(db, Kind::Executor);
     // SAFETY: MyProcPid is set at process start.
-    let worker = worker_name(run_as, index, unsafe { pg_sys::MyProcPid });
+    let worker = claimed_by(
+        Claimer::Executor {
+            run_as: run_as.to_u32(),
+            index,
+        },
+        unsafe { pg_sys::MyProcPid },
+    );
     if let Err(e) = transaction(super::pin_search_path) {
         log!("pg_jobqueue executor: {e}");
         return;

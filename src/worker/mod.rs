@@ -11,6 +11,7 @@
 //! Every unit of work runs in its own transaction ([`transaction`]); an error in one is
 //! logged and aborted, and the loop goes on.
 
+pub mod claimer;
 mod executor;
 mod launcher;
 mod scheduler;

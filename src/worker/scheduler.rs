@@ -7,6 +7,7 @@
 //! commit that makes something due sooner than that wakes it (`wakeup.rs`).  Each step is a
 //! transaction of its own, bounded in rows.
 
+use super::claimer::{claimed_by, Claimer};
 use super::executor;
 use super::{sleep, spi, start_database_worker, transaction};
 use crate::gucs;
@@ -402,10 +403,14 @@ enum Runner {
 
 impl Runner {
     fn worker_name(self, pid: i32) -> String {
-        match self {
-            Runner::Executor(role, index) => executor::worker_name(role, index, pid),
-            Runner::Sender => super::sender::worker_name(pid),
-        }
+        let claimer = match self {
+            Runner::Executor(role, index) => Claimer::Executor {
+                run_as: role.to_u32(),
+                index,
+            },
+            Runner::Sender => Claimer::Sender,
+        };
+        claimed_by(claimer, pid)
     }
 
     fn start(self, db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {

@@ -18,6 +18,7 @@
 //! mid-request, the scheduler takes its jobs back at once and they are sent again, with the
 //! same `webhook-id`.
 
+use super::claimer::{claimed_by, Claimer};
 use super::{spi, transaction};
 use crate::delivery::address::AddressPolicy;
 use crate::delivery::outcome::{self, TransportError, Verdict};
@@ -33,11 +34,6 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant, SystemTime};
-
-/// The name the sender claims jobs under (their `claimed_by`).
-pub fn worker_name(pid: i32) -> String {
-    format!("pg_jobqueue sender (pid {pid})")
-}
 
 /// The window a rate limit counts starts in: a second, and a margin so that the jitter of
 /// the network cannot put one request more into a second as the receiver sees them.
@@ -143,7 +139,7 @@ pub extern "C-unwind" fn pg_jobqueue_sender_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     shmem::register_process(db, Kind::Sender);
     // SAFETY: MyProcPid is set at process start.
-    let worker = worker_name(unsafe { pg_sys::MyProcPid });
+    let worker = claimed_by(Claimer::Sender, unsafe { pg_sys::MyProcPid });
     if let Err(e) = transaction(super::pin_search_path) {
         log!("pg_jobqueue sender: {e}");
         return;
