@@ -2,6 +2,76 @@
 -- sql/README.md).  What changes and why: CHANGELOG.md.
 
 ---------------------------------------------------------------------------------------------
+-- issue 20: typed seams
+---------------------------------------------------------------------------------------------
+
+-- The rows the sender (src/delivery/rows.rs) and SQL exchange, read and written by field
+-- name on both sides, never by position or as loose JSON keys: a field renamed on one side
+-- only fails at once instead of reading a wrong value or a NULL.
+-- A claimed delivery, one request to make (job._claim_deliveries).
+CREATE TYPE job._delivery_claim AS (
+    endpoint         text,
+    job_id           bigint,
+    token            uuid,
+    body             text,
+    path             text,
+    headers          jsonb,
+    webhook_id       text,
+    url              text,
+    method           text,
+    endpoint_headers jsonb,
+    secrets          text[],
+    timeout_ms       bigint,
+    rate_limit       int
+);
+-- What one attempt came to (job._record_deliveries): `result` (delivered), or `error`,
+-- `permanent`, `http_status`, `retry_after_ms` and `detail` (failed).
+CREATE TYPE job._delivery_outcome AS (
+    job_id         bigint,
+    token          uuid,
+    result         jsonb,
+    error          text,
+    permanent      boolean,
+    http_status    int,
+    retry_after_ms bigint,
+    detail         jsonb
+);
+-- What a batch of attempts adds to one endpoint's counters (job._record_deliveries).
+CREATE TYPE job._delivery_tally AS (
+    endpoint               text,
+    status_2xx             bigint,
+    status_3xx             bigint,
+    status_4xx             bigint,
+    status_5xx             bigint,
+    transport_errors       bigint,
+    transient_failures     bigint,
+    permanent_failures     bigint,
+    latency                bigint[],
+    latency_sum            float8,
+    succeeded              boolean,
+    failures_since_success int,
+    last_status            int,
+    last_error             text,
+    gone                   boolean
+);
+
+-- job._claim_deliveries now returns job._delivery_claim rows, and job._record_deliveries takes
+-- arrays of job._delivery_outcome and job._delivery_tally instead of JSON: new signatures,
+-- created again below (and their EXECUTE revoked from PUBLIC at the end of this script).
+DROP FUNCTION job._claim_deliveries(text, int, text[], int[]);
+DROP FUNCTION job._record_deliveries(jsonb, jsonb, int);
+
+-- The process id in a worker's claimed_by, read by job._expire_executor_leases (and written
+-- by the same Rust module, src/worker/claimer.rs) instead of a regular expression.
+CREATE FUNCTION "_claimer_pid"(
+	"claimed_by" TEXT /* & str */
+) RETURNS INT /* core::option::Option<i32> */
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', '_claimer_pid_wrapper';
+REVOKE EXECUTE ON FUNCTION job._claimer_pid(text) FROM PUBLIC;
+
+---------------------------------------------------------------------------------------------
 -- A job taken back keeps its place (issue 19, item 14)
 ---------------------------------------------------------------------------------------------
 
@@ -1513,12 +1583,9 @@ $$;
 -- without job.deliver is posted with its payload as the body (unless that payload is an
 -- object with a "body" key: then it is read as job.deliver writes it).
 CREATE OR REPLACE FUNCTION job._claim_deliveries(worker text, max_jobs int, endpoints text[], recent_starts int[])
-RETURNS TABLE (endpoint text, job_id bigint, token uuid, body text, path text, headers jsonb,
-               webhook_id text, url text, method text, endpoint_headers jsonb, secrets text[],
-               timeout_ms bigint, rate_limit int)
+RETURNS SETOF job._delivery_claim
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
     e record;
     remaining int := max_jobs;
@@ -1543,13 +1610,13 @@ BEGIN
         wanted := least(wanted, job._free_slots(e.queue, e.concurrency));
         CONTINUE WHEN wanted <= 0;
         RETURN QUERY
-        SELECT e.name, c.id, c.lease_token,
-               (CASE WHEN envelope THEN c.payload -> 'body' ELSE c.payload END)::text,
-               CASE WHEN envelope THEN c.payload ->> 'path' END,
-               CASE WHEN envelope AND jsonb_typeof(c.payload -> 'headers') = 'object' THEN c.payload -> 'headers' END,
-               CASE WHEN envelope THEN c.payload ->> 'webhook_id' END,
-               e.url, e.method, e.headers, e.secrets,
-               (extract(epoch FROM e.timeout) * 1000)::bigint, e.rate_limit
+        SELECT e.name AS endpoint, c.id AS job_id, c.lease_token AS token,
+               (CASE WHEN envelope THEN c.payload -> 'body' ELSE c.payload END)::text AS body,
+               CASE WHEN envelope THEN c.payload ->> 'path' END AS path,
+               CASE WHEN envelope AND jsonb_typeof(c.payload -> 'headers') = 'object' THEN c.payload -> 'headers' END AS headers,
+               CASE WHEN envelope THEN c.payload ->> 'webhook_id' END AS webhook_id,
+               e.url, e.method, e.headers AS endpoint_headers, e.secrets,
+               (extract(epoch FROM e.timeout) * 1000)::bigint AS timeout_ms, e.rate_limit
           FROM job.dequeue(e.queue, worker, wanted, e.timeout + interval '30 seconds') c
          CROSS JOIN LATERAL (SELECT jsonb_typeof(c.payload) = 'object' AND c.payload ? 'body' AS envelope) x;
         GET DIAGNOSTICS claimed = ROW_COUNT;
@@ -1583,3 +1650,96 @@ REVOKE EXECUTE ON FUNCTION job._check_delivery_headers(text, jsonb, jsonb), job.
     job._check_enqueued_delivery(text, jsonb, text), job._recent_delivery_starts(interval),
     job._redacted_url(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION job._redacted_url(text) TO PUBLIC;  -- after the revoke, as a fresh install has it
+
+-- ---------------------------------------------------------------------------------------
+-- issue 20: typed seams (the functions dropped at the top of this script, created again
+-- with their new signatures, and the executors' leases read through job._claimer_pid)
+-- ---------------------------------------------------------------------------------------
+
+-- Records what the sender's finished requests came to, in one transaction:
+-- * `outcomes`, one per attempt: job_id, token, and either `result` (delivered: the job
+--   completes with it) or `error`, `permanent`, `http_status`, `retry_after_ms` and `detail`
+--   (the attempt's class, latency and webhook id, kept in the job's errors entry): the job
+--   fails through job.fail's rules.  An attempt whose claim is no longer current changes
+--   nothing.
+-- * `stats`, one per endpoint: what to add to its counters, and whether it answered 410
+--   Gone.  An endpoint that did, or that has failed `disable_after` times in a row, is
+--   disabled (audited).
+CREATE OR REPLACE FUNCTION job._record_deliveries(outcomes job._delivery_outcome[], stats job._delivery_tally[], disable_after int)
+RETURNS void LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ids bigint[];
+    tokens uuid[];
+    results jsonb[];
+    f record;
+    gone record;
+BEGIN
+    SELECT array_agg(o.job_id), array_agg(o.token), array_agg(o.result)
+      INTO ids, tokens, results
+      FROM unnest(outcomes) o
+     WHERE o.result IS NOT NULL;
+    IF ids IS NOT NULL THEN
+        PERFORM job._finish(ids, '{running}', 'completed', results, NULL, tokens);
+    END IF;
+    FOR f IN SELECT * FROM unnest(outcomes) o WHERE o.result IS NULL
+    LOOP
+        PERFORM job._fail_attempt(f.job_id, f.token, f.error, f.permanent, f.http_status,
+                                  f.retry_after_ms * interval '1 millisecond', f.detail);
+    END LOOP;
+
+    UPDATE job.endpoint_stats st
+       SET status_2xx = st.status_2xx + x.status_2xx, status_3xx = st.status_3xx + x.status_3xx,
+           status_4xx = st.status_4xx + x.status_4xx, status_5xx = st.status_5xx + x.status_5xx,
+           transport_errors = st.transport_errors + x.transport_errors,
+           transient_failures = st.transient_failures + x.transient_failures,
+           permanent_failures = st.permanent_failures + x.permanent_failures,
+           latency = job._hist_add(st.latency, x.latency),
+           latency_sum = st.latency_sum + x.latency_sum,
+           consecutive_failures = CASE WHEN x.succeeded THEN x.failures_since_success
+                                       ELSE st.consecutive_failures + x.failures_since_success END,
+           last_status = coalesce(x.last_status, st.last_status),
+           last_error = CASE WHEN x.failures_since_success > 0 THEN x.last_error ELSE NULL END,
+           last_attempt_at = now()
+      FROM unnest(stats) x
+     WHERE st.endpoint = x.endpoint;
+
+    FOR gone IN
+        SELECT d.name, CASE WHEN x.gone THEN 'the endpoint answered 410 Gone'
+                            ELSE format('%s consecutive failed attempts (pg_jobqueue.http_disable_after)', st.consecutive_failures)
+                       END AS reason
+          FROM unnest(stats) x
+          JOIN job.endpoint_defs d ON d.name = x.endpoint AND d.disabled_reason IS NULL
+          JOIN job.endpoint_stats st ON st.endpoint = d.name
+         WHERE x.gone OR st.consecutive_failures >= disable_after
+    LOOP
+        UPDATE job.endpoint_defs d SET disabled_reason = gone.reason, disabled_at = now()
+         WHERE d.name = gone.name;
+        PERFORM job._audit('disable_endpoint', jsonb_build_object('name', gone.name, 'reason', gone.reason));
+    END LOOP;
+END $$;
+
+-- Expires the leases of running jobs held by executors (or the sender) that are gone, so that the scheduler
+-- takes them back at once instead of a handler's timeout plus 30 seconds later: those
+-- claimed by `gone` (executors the scheduler saw stop, named as in their claims), and, when
+-- `alive` is given (the process ids of this database's running executors and sender), those
+-- of every other executor or sender (the scheduler passes it as it starts, before it starts executors: their
+-- jobs are of executors that died with the server, or with a scheduler before it).  The
+-- process id in a claim is read by job._claimer_pid (src/worker/claimer.rs, which writes
+-- it too).  Returns how many.
+CREATE OR REPLACE FUNCTION job._expire_executor_leases(gone text[], alive int[])
+RETURNS bigint LANGUAGE plpgsql
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    expired bigint;
+BEGIN
+    UPDATE job.live_jobs l SET lease_expires_at = now()
+     WHERE l.state = 'running' AND l.lease_expires_at > now()
+       AND (l.claimed_by = ANY (gone)
+            OR alive IS NOT NULL AND job._claimer_pid(l.claimed_by) <> ALL (alive));
+    GET DIAGNOSTICS expired = ROW_COUNT;
+    RETURN expired;
+END $$;
+
+REVOKE EXECUTE ON FUNCTION job._claim_deliveries(text, int, text[], int[]),
+    job._record_deliveries(job._delivery_outcome[], job._delivery_tally[], int) FROM PUBLIC;

@@ -1,12 +1,16 @@
 //! HTTP delivery: the checks and signatures behind `job.create_endpoint`, `job.deliver` and
-//! `job.verify_webhook`.  The sender that makes the requests is `worker/sender.rs`.
+//! `job.verify_webhook`, and the requests the sender (`worker/sender.rs`, which runs the loop,
+//! claims and records) makes.
 //!
-//! Pure logic lives in the submodules: signatures ([`signature`]), what an answer means
-//! ([`outcome`]), which addresses may be connected to ([`address`]) and what a URL, path or
-//! header may be (here).
+//! Pure logic lives in the submodules: signatures ([`signature`]), what an answer means and
+//! what is recorded of it ([`outcome`]), which addresses may be connected to ([`address`])
+//! and what a URL, path or header may be (here).  The HTTP client and its requests are in
+//! [`http`]; the rows the sender and SQL exchange, read and written by name, in [`rows`].
 
 pub mod address;
+pub mod http;
 pub mod outcome;
+pub mod rows;
 pub mod signature;
 
 use pgrx::prelude::*;

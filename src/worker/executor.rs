@@ -198,22 +198,25 @@ impl Executor {
         let claimed = Spi::connect_mut(|client| {
             client
                 .update(
-                    "SELECT job_id, token, payload::pg_catalog.text,
-                            pg_catalog.format('%I.%I', handler_schema, handler_name), returns_jsonb, timeout_ms
+                    "SELECT job_id, token, payload::pg_catalog.text AS payload,
+                            pg_catalog.format('%I.%I', handler_schema, handler_name) AS handler_call,
+                            returns_jsonb, timeout_ms
                        FROM job._claim_handler_jobs($1, $2::pg_catalog.regrole, $3)",
                     None,
                     &[self.worker.as_str().into(), self.run_as.into(), batch.into()],
                 )?
+                // By name, as the claim's columns are called: a column renamed or moved
+                // fails here instead of filling another field.
                 .map(|row| {
                     Ok(Claimed {
-                        job_id: row.get(1)?.unwrap_or_default(),
+                        job_id: row.get_by_name("job_id")?.unwrap_or_default(),
                         token: row
-                            .get(2)?
+                            .get_by_name("token")?
                             .unwrap_or_else(|| pgrx::datum::Uuid::from_bytes([0; 16])),
-                        payload: row.get(3)?.unwrap_or_default(),
-                        handler_call: row.get(4)?.unwrap_or_default(),
-                        returns_jsonb: row.get(5)?.unwrap_or_default(),
-                        timeout_ms: row.get(6)?.unwrap_or(0),
+                        payload: row.get_by_name("payload")?.unwrap_or_default(),
+                        handler_call: row.get_by_name("handler_call")?.unwrap_or_default(),
+                        returns_jsonb: row.get_by_name("returns_jsonb")?.unwrap_or_default(),
+                        timeout_ms: row.get_by_name("timeout_ms")?.unwrap_or(0),
                     })
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()

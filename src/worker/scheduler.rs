@@ -465,12 +465,14 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<Runner, Executor
         Spi::connect(|client| {
             let mut wanted = Vec::new();
             for row in client.select(
-                "SELECT run_as::pg_catalog.oid, executors FROM job._executors_wanted($1)",
+                "SELECT run_as::pg_catalog.oid AS run_as, executors FROM job._executors_wanted($1)",
                 None,
                 &[gucs::EXECUTORS.get().max(0).into()],
             )? {
-                if let (Some(role), Some(count)) = (row.get::<pg_sys::Oid>(1)?, row.get::<i32>(2)?)
-                {
+                if let (Some(role), Some(count)) = (
+                    row.get_by_name::<pg_sys::Oid, _>("run_as")?,
+                    row.get_by_name::<i32, _>("executors")?,
+                ) {
                     wanted.extend((0..count.max(0) as usize).map(|i| Runner::Executor(role, i)));
                 }
             }
