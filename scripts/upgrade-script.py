@@ -7,10 +7,13 @@ definition that release's install script holds and the previous release's does n
 
 INSTALL_B.sql is the install script pgrx generates for B (`cargo pgrx package` or `cargo pgrx
 schema`); the previous release's is sql/released/pg_jobqueue--A.sql.  The hand-written part
-(sql/upgrades/, see sql/README.md) holds what cannot be re-run: table, index and type changes,
-data moves, DROPs of functions whose arguments or result change.  The generated part, in the
+(sql/upgrades/, see sql/README.md) holds what the definitions cannot do: changes to tables,
+indexes and types that exist already, data moves, DROPs of functions whose arguments or result
+change.  The generated part, in the
 install script's order so that everything comes after what it uses:
 
+  * each table, type, index, sequence and statistics object A lacks, as B's install script
+    creates it (and marks it for pg_dump);
   * CREATE OR REPLACE of each function, aggregate and view B defines otherwise than A (compared
     without comments and blank space), or that A lacks;
   * for each function B has with arguments A's did not, REVOKE EXECUTE FROM PUBLIC, as the
@@ -19,8 +22,8 @@ install script's order so that everything comes after what it uses:
   * every COMMENT and GRANT of B (re-running them changes nothing that was right), and each
     REVOKE that A's install script lacks.
 
---unhandled lists B's other statements that A's install script lacks (tables, indexes, types,
-...): each needs its counterpart in the hand-written part, which the upgrade test checks.
+--unhandled lists B's other statements that A's install script lacks (changed tables, ...):
+each needs its counterpart in the hand-written part, which the upgrade test checks.
 Freezing the release (scripts/freeze-release.sh) writes the whole script in place of its
 hand-written part, once.
 """
@@ -30,6 +33,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPLACEABLE = re.compile(r"CREATE\s+(FUNCTION|VIEW|AGGREGATE)\s+((?:\w+\.)?\"?\w+\"?)", re.I)
+# Objects a statement brings into being that cannot be replaced: new ones are created as the
+# install script creates them.
+CREATED = re.compile(r"CREATE\s+(?:UNIQUE\s+)?(TABLE|TYPE|INDEX|SEQUENCE|STATISTICS)\s+(?:IF\s+NOT\s+EXISTS\s+)?([\w.]+)", re.I)
+DUMPED = re.compile(r"SELECT\s+pg_catalog\.pg_extension_config_dump\('([\w.]+)'", re.I)
 
 
 def statements(text: str) -> list[tuple[str, str]]:
@@ -131,12 +138,21 @@ def replaceable(statement: str) -> tuple[str, str] | None:
     return (m.group(1).upper(), m.group(2)) if m else None
 
 
+def created(statement: str) -> str | None:
+    """The table, type, index, sequence or statistics a statement creates, or a table it
+    marks for pg_dump (created with it)."""
+    m = CREATED.match(key(statement)) or DUMPED.match(key(statement))
+    return m.group(m.lastindex).lower() if m else None
+
+
 def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str:
     old = [s for _, s in statements(old_install)]
     old_keys = {key(s) for s in old}
+    old_objects = {c for s in old if (c := created(s))}
     old_signatures = {signature(s, r[0]) for s in old if (r := replaceable(s)) and r[0] != "VIEW"}
     part = part_path.read_text()
     part_keys = [key(s) for _, s in statements(part)]
+    part_objects = {c for _, s in statements(part) if (c := created(s))}
     generated, unhandled = [], []
     for comment, statement in statements(new_install):
         k = key(statement)
@@ -156,6 +172,11 @@ def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str
                 generated.append(("", "REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC;" % signature(statement, kind)))
         elif verb in ("COMMENT", "GRANT") or (verb == "REVOKE" and k not in old_keys):
             generated.append(("", statement))
+        elif (c := created(statement)) and c not in old_objects:
+            if c in part_objects:
+                sys.exit(f"upgrade-script: {part_path} creates {c}, which the previous release "
+                         f"lacks: the generated part creates it; remove it from the hand-written part")
+            generated.append((comment, statement))
         elif k not in old_keys and verb != "REVOKE":
             unhandled.append(" ".join(k.split()[:6]))
     return part, generated, unhandled

@@ -366,12 +366,9 @@ $$;
 -- without job.deliver is posted with its payload as the body (unless that payload is an
 -- object with a "body" key: then it is read as job.deliver writes it).
 CREATE FUNCTION job._claim_deliveries(worker text, max_jobs int, endpoints text[], recent_starts int[])
-RETURNS TABLE (endpoint text, job_id bigint, token uuid, body text, path text, headers jsonb,
-               webhook_id text, url text, method text, endpoint_headers jsonb, secrets text[],
-               timeout_ms bigint, rate_limit int)
+RETURNS SETOF job._delivery_claim
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_column
 DECLARE
     e record;
     remaining int := max_jobs;
@@ -396,13 +393,13 @@ BEGIN
         wanted := least(wanted, job._free_slots(e.queue, e.concurrency));
         CONTINUE WHEN wanted <= 0;
         RETURN QUERY
-        SELECT e.name, c.id, c.lease_token,
-               (CASE WHEN envelope THEN c.payload -> 'body' ELSE c.payload END)::text,
-               CASE WHEN envelope THEN c.payload ->> 'path' END,
-               CASE WHEN envelope AND jsonb_typeof(c.payload -> 'headers') = 'object' THEN c.payload -> 'headers' END,
-               CASE WHEN envelope THEN c.payload ->> 'webhook_id' END,
-               e.url, e.method, e.headers, e.secrets,
-               (extract(epoch FROM e.timeout) * 1000)::bigint, e.rate_limit
+        SELECT e.name AS endpoint, c.id AS job_id, c.lease_token AS token,
+               (CASE WHEN envelope THEN c.payload -> 'body' ELSE c.payload END)::text AS body,
+               CASE WHEN envelope THEN c.payload ->> 'path' END AS path,
+               CASE WHEN envelope AND jsonb_typeof(c.payload -> 'headers') = 'object' THEN c.payload -> 'headers' END AS headers,
+               CASE WHEN envelope THEN c.payload ->> 'webhook_id' END AS webhook_id,
+               e.url, e.method, e.headers AS endpoint_headers, e.secrets,
+               (extract(epoch FROM e.timeout) * 1000)::bigint AS timeout_ms, e.rate_limit
           FROM job.dequeue(e.queue, worker, wanted, e.timeout + interval '30 seconds') c
          CROSS JOIN LATERAL (SELECT jsonb_typeof(c.payload) = 'object' AND c.payload ? 'body' AS envelope) x;
         GET DIAGNOSTICS claimed = ROW_COUNT;
@@ -411,15 +408,15 @@ BEGIN
 END $$;
 
 -- Records what the sender's finished requests came to, in one transaction:
--- * `outcomes`, one object per attempt: job_id, token, and either `result` (delivered: the job
+-- * `outcomes`, one per attempt: job_id, token, and either `result` (delivered: the job
 --   completes with it) or `error`, `permanent`, `http_status`, `retry_after_ms` and `detail`
 --   (the attempt's class, latency and webhook id, kept in the job's errors entry): the job
 --   fails through job.fail's rules.  An attempt whose claim is no longer current changes
 --   nothing.
--- * `stats`, one object per endpoint: what to add to its counters, and whether it answered
---   410 Gone.  An endpoint that did, or that has failed `disable_after` times in a row, is
+-- * `stats`, one per endpoint: what to add to its counters, and whether it answered 410
+--   Gone.  An endpoint that did, or that has failed `disable_after` times in a row, is
 --   disabled (audited).
-CREATE FUNCTION job._record_deliveries(outcomes jsonb, stats jsonb, disable_after int)
+CREATE FUNCTION job._record_deliveries(outcomes job._delivery_outcome[], stats job._delivery_tally[], disable_after int)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -431,15 +428,12 @@ DECLARE
 BEGIN
     SELECT array_agg(o.job_id), array_agg(o.token), array_agg(o.result)
       INTO ids, tokens, results
-      FROM jsonb_to_recordset(outcomes) AS o(job_id bigint, token uuid, result jsonb)
+      FROM unnest(outcomes) o
      WHERE o.result IS NOT NULL;
     IF ids IS NOT NULL THEN
         PERFORM job._finish(ids, '{running}', 'completed', results, NULL, tokens);
     END IF;
-    FOR f IN SELECT * FROM jsonb_to_recordset(outcomes)
-                 AS o(job_id bigint, token uuid, result jsonb, error text, permanent boolean,
-                      http_status int, retry_after_ms bigint, detail jsonb)
-              WHERE o.result IS NULL
+    FOR f IN SELECT * FROM unnest(outcomes) o WHERE o.result IS NULL
     LOOP
         PERFORM job._fail_attempt(f.job_id, f.token, f.error, f.permanent, f.http_status,
                                   f.retry_after_ms * interval '1 millisecond', f.detail);
@@ -458,18 +452,14 @@ BEGIN
            last_status = coalesce(x.last_status, st.last_status),
            last_error = CASE WHEN x.failures_since_success > 0 THEN x.last_error ELSE NULL END,
            last_attempt_at = now()
-      FROM jsonb_to_recordset(stats)
-        AS x(endpoint text, status_2xx bigint, status_3xx bigint, status_4xx bigint, status_5xx bigint,
-             transport_errors bigint, transient_failures bigint, permanent_failures bigint,
-             latency bigint[], latency_sum float8, succeeded boolean, failures_since_success int, last_status int,
-             last_error text, gone boolean)
+      FROM unnest(stats) x
      WHERE st.endpoint = x.endpoint;
 
     FOR gone IN
         SELECT d.name, CASE WHEN x.gone THEN 'the endpoint answered 410 Gone'
                             ELSE format('%s consecutive failed attempts (pg_jobqueue.http_disable_after)', st.consecutive_failures)
                        END AS reason
-          FROM jsonb_to_recordset(stats) AS x(endpoint text, gone boolean)
+          FROM unnest(stats) x
           JOIN job.endpoint_defs d ON d.name = x.endpoint AND d.disabled_reason IS NULL
           JOIN job.endpoint_stats st ON st.endpoint = d.name
          WHERE x.gone OR st.consecutive_failures >= disable_after

@@ -190,8 +190,9 @@ END $$;
 -- claimed by `gone` (executors the scheduler saw stop, named as in their claims), and, when
 -- `alive` is given (the process ids of this database's running executors and sender), those
 -- of every other executor or sender (the scheduler passes it as it starts, before it starts executors: their
--- jobs are of executors that died with the server, or with a scheduler before it).  Returns
--- how many.
+-- jobs are of executors that died with the server, or with a scheduler before it).  The
+-- process id in a claim is read by job._claimer_pid (src/worker/claimer.rs, which writes
+-- it too).  Returns how many.
 CREATE FUNCTION job._expire_executor_leases(gone text[], alive int[])
 RETURNS bigint LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -201,8 +202,7 @@ BEGIN
     UPDATE job.live_jobs l SET lease_expires_at = now()
      WHERE l.state = 'running' AND l.lease_expires_at > now()
        AND (l.claimed_by = ANY (gone)
-            OR alive IS NOT NULL AND l.claimed_by ~ '^pg_jobqueue (executor|sender) '
-               AND substring(l.claimed_by FROM '\(pid ([0-9]+)\)$')::int <> ALL (alive));
+            OR alive IS NOT NULL AND job._claimer_pid(l.claimed_by) <> ALL (alive));
     GET DIAGNOSTICS expired = ROW_COUNT;
     RETURN expired;
 END $$;

@@ -266,6 +266,56 @@ CREATE TABLE job.endpoint_stats (
 
 COMMENT ON TABLE job.endpoint_stats IS 'Per endpoint: requests by status class, failures, a latency histogram, consecutive failures and the last answer.';
 
+-- The rows the sender (src/delivery/rows.rs) and SQL exchange, read and written by field
+-- name on both sides, never by position or as loose JSON keys: a field renamed on one side
+-- only fails at once instead of reading a wrong value or a NULL.
+-- A claimed delivery, one request to make (job._claim_deliveries).
+CREATE TYPE job._delivery_claim AS (
+    endpoint         text,
+    job_id           bigint,
+    token            uuid,
+    body             text,
+    path             text,
+    headers          jsonb,
+    webhook_id       text,
+    url              text,
+    method           text,
+    endpoint_headers jsonb,
+    secrets          text[],
+    timeout_ms       bigint,
+    rate_limit       int
+);
+-- What one attempt came to (job._record_deliveries): `result` (delivered), or `error`,
+-- `permanent`, `http_status`, `retry_after_ms` and `detail` (failed).
+CREATE TYPE job._delivery_outcome AS (
+    job_id         bigint,
+    token          uuid,
+    result         jsonb,
+    error          text,
+    permanent      boolean,
+    http_status    int,
+    retry_after_ms bigint,
+    detail         jsonb
+);
+-- What a batch of attempts adds to one endpoint's counters (job._record_deliveries).
+CREATE TYPE job._delivery_tally AS (
+    endpoint               text,
+    status_2xx             bigint,
+    status_3xx             bigint,
+    status_4xx             bigint,
+    status_5xx             bigint,
+    transport_errors       bigint,
+    transient_failures     bigint,
+    permanent_failures     bigint,
+    latency                bigint[],
+    latency_sum            float8,
+    succeeded              boolean,
+    failures_since_success int,
+    last_status            int,
+    last_error             text,
+    gone                   boolean
+);
+
 -- One row per manual intervention: retry, retry_dead, cancel, pause_queue, resume_queue,
 -- create_queue (new queue or changed settings), drop_queue, purge, and every schedule and
 -- handler change.  Written only by those functions, in the intervention's own transaction: a

@@ -11,9 +11,8 @@
 
 use pgrx::prelude::*;
 
-mod classify;
-mod functions;
 mod delivery;
+mod functions;
 mod server;
 mod session;
 mod worker;
@@ -60,7 +59,11 @@ extension_sql_file!(
 extension_sql_file!(
     "../sql/producing.sql",
     name = "producing",
-    requires = ["queues", server::locks::_guard_queue, server::wakeup::_due_on_commit]
+    requires = [
+        "queues",
+        server::locks::_guard_queue,
+        server::wakeup::_due_on_commit
+    ]
 );
 extension_sql_file!(
     "../sql/flow.sql",
@@ -83,7 +86,7 @@ extension_sql_file!(
         session::claim_cursor::_claim_cursor,
         session::claim_cursor::_move_claim_cursor,
         functions::backoff::retry_delay,
-        classify::is_permanent_failure,
+        functions::classify::is_permanent_failure,
         session::rescue::_rescue_due,
         server::wakeup::_consumer_waits
     ]
@@ -112,7 +115,8 @@ extension_sql_file!(
     requires = [
         "schedules",
         server::handlers::set_handler,
-        server::locks::_lock_handler_queue
+        server::locks::_lock_handler_queue,
+        functions::claimer::_claimer_pid
     ]
 );
 extension_sql_file!(
@@ -120,23 +124,23 @@ extension_sql_file!(
     name = "endpoints",
     requires = [
         "handlers",
-        delivery::_check_endpoint_url,
-        delivery::_check_http_method,
-        delivery::_check_delivery_path,
-        delivery::_check_http_headers,
-        delivery::_check_header_value,
-        delivery::_check_delivery_headers,
-        delivery::_check_webhook_key,
-        delivery::_redacted_url,
-        delivery::_check_webhook_secret,
-        delivery::_new_webhook_secret,
+        functions::delivery::_check_endpoint_url,
+        functions::delivery::_check_http_method,
+        functions::delivery::_check_delivery_path,
+        functions::delivery::_check_http_headers,
+        functions::delivery::_check_header_value,
+        functions::delivery::_check_delivery_headers,
+        functions::delivery::_check_webhook_key,
+        functions::delivery::_redacted_url,
+        functions::delivery::_check_webhook_secret,
+        functions::delivery::_new_webhook_secret,
         server::wakeup::_wake_sender
     ]
 );
 extension_sql_file!(
     "../sql/privileges.sql",
     name = "privileges",
-    requires = ["endpoints", delivery::verify_webhook]
+    requires = ["endpoints", functions::delivery::verify_webhook]
 );
 extension_sql_file!(
     "../sql/service.sql",

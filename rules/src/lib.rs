@@ -6,11 +6,15 @@
 //! | module | rule |
 //! |---|---|
 //! | [`backoff`] | the delay before a retry: exponential, capped, jittered |
+//! | [`claimer`] | the `claimed_by` of the worker's processes, written and read back |
+//! | [`classify`] | which failures are permanent: HTTP statuses, SQLSTATEs, the marker |
 //! | [`cron`] | cron and interval schedules: parsing, next fire times across DST |
 //! | [`delivery`] | endpoint URLs, delivery paths, headers, webhook ids, addresses, signatures |
 //! | [`names`] | which queue, job type, worker and key names are accepted |
 
 pub mod backoff;
+pub mod claimer;
+pub mod classify;
 pub mod cron;
 pub mod delivery;
 pub mod names;

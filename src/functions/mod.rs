@@ -2,5 +2,8 @@
 //! SQL values, apply a rule and raise its problem with a SQLSTATE.
 
 pub mod backoff;
+pub mod claimer;
+pub mod classify;
 pub mod cron;
+pub mod delivery;
 pub mod names;

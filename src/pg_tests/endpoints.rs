@@ -5,6 +5,8 @@
 
 #[pgrx::pg_schema]
 mod tests {
+    use crate::delivery::outcome::{DeliveryOutcome, EndpointTally};
+    use crate::delivery::rows::{claim_deliveries, record_deliveries, DeliveryClaim};
     use crate::pg_tests::support::*;
     use pgrx::prelude::*;
 
@@ -344,6 +346,79 @@ mod tests {
         );
     }
 
+    /// An outcome of the sender's, as it would record it: delivered with `result`, or failed.
+    fn outcome(claim: &DeliveryClaim, result: Option<serde_json::Value>) -> DeliveryOutcome {
+        DeliveryOutcome {
+            job_id: claim.job_id,
+            token: claim.token,
+            result,
+            error: None,
+            permanent: None,
+            http_status: None,
+            retry_after_ms: None,
+            detail: None,
+        }
+    }
+
+    fn failed(claim: &DeliveryClaim, status: i32, permanent: bool) -> DeliveryOutcome {
+        DeliveryOutcome {
+            error: Some(format!("HTTP {status}")),
+            permanent: Some(permanent),
+            http_status: Some(status),
+            ..outcome(claim, None)
+        }
+    }
+
+    fn claim_all() -> Vec<DeliveryClaim> {
+        let mut claims = claim_deliveries("t", 10, vec![], vec![]).unwrap();
+        claims.sort_by_key(|c| c.job_id);
+        claims
+    }
+
+    /// Issue 20: the sender reads a claim's fields by name (job._delivery_claim); each one
+    /// arrives where its name says, so a field renamed, dropped or moved on either side fails
+    /// here.
+    #[pg_test]
+    fn a_claimed_delivery_reaches_the_sender_field_by_field() {
+        run("SELECT job.create_endpoint('e', 'https://e.example.com/in', method => 'PUT',
+                    headers => '{\"authorization\": \"Bearer tok-123\"}', secret => 'whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw',
+                    timeout => '5 seconds', rate_limit => 7)");
+        let id = one::<i64>(
+            "SELECT job.deliver('e', '{\"n\": 1}', path => '/p', headers => '{\"x-tenant\": \"42\"}',
+                                idempotency_key => 'evt-1')",
+        );
+        let claims = claim_deliveries("t", 10, vec!["e".into()], vec![1]).unwrap();
+        assert_eq!(
+            claims,
+            vec![DeliveryClaim {
+                endpoint: "e".into(),
+                job_id: id,
+                token: one::<pgrx::datum::Uuid>(&format!(
+                    "SELECT lease_token FROM job.live_jobs WHERE id = {id}"
+                )),
+                body: Some(r#"{"n": 1}"#.into()),
+                path: Some("/p".into()),
+                headers: Some(serde_json::json!({"x-tenant": "42"})),
+                webhook_id: Some("evt-1".into()),
+                url: "https://e.example.com/in".into(),
+                method: Some("PUT".into()),
+                endpoint_headers: Some(serde_json::json!({"authorization": "Bearer tok-123"})),
+                secrets: vec!["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw".into()],
+                timeout_ms: Some(5000),
+                rate_limit: Some(7),
+            }]
+        );
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT claimed_by FROM job.live_jobs WHERE id = {id}"
+            )),
+            "t"
+        );
+    }
+
+    /// Issue 20: the sender's outcomes and tallies reach SQL field by field
+    /// (job._delivery_outcome, job._delivery_tally, set by name): each one shows where its
+    /// name says.
     #[pg_test]
     fn recorded_outcomes_complete_fail_and_disable() {
         run("SELECT job.create_queue('e', backoff_base => '1 second', jitter => 0)");
@@ -351,37 +426,66 @@ mod tests {
         for i in 0..3 {
             run(&format!("SELECT job.deliver('e', '{{\"n\": {i}}}')"));
         }
-        let rows: Vec<(i64, String)> = Spi::connect_mut(|c| {
-            c.update("SELECT job_id, token::text FROM job._claim_deliveries('t', 10, '{}', '{}') ORDER BY job_id", None, &[])
-                .unwrap()
-                .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap()))
-                .collect()
-        });
-        assert_eq!(rows.len(), 3);
-        let outcomes = format!(
-            r#"[{{"job_id": {}, "token": "{}", "result": {{"status": 200}}}},
-                {{"job_id": {}, "token": "{}", "error": "HTTP 503", "permanent": false, "http_status": 503,
-                  "retry_after_ms": 7000, "detail": {{"class": "5xx", "latency_ms": 3.5}}}},
-                {{"job_id": {}, "token": "{}", "error": "HTTP 410", "permanent": true, "http_status": 410,
-                  "detail": {{"class": "4xx"}}}}]"#,
-            rows[0].0, rows[0].1, rows[1].0, rows[1].1, rows[2].0, rows[2].1
-        );
-        let stats = r#"[{"endpoint": "e", "status_2xx": 1, "status_3xx": 0, "status_4xx": 1, "status_5xx": 1,
-                         "transport_errors": 0, "transient_failures": 1, "permanent_failures": 1,
-                         "latency": null, "latency_sum": 0.01, "succeeded": true, "failures_since_success": 2,
-                         "last_status": 410, "last_error": "HTTP 410", "gone": true}]"#;
-        run(&format!(
-            "SELECT job._record_deliveries('{outcomes}', '{stats}', 100)"
-        ));
-        assert_eq!(state(rows[0].0), "completed");
+        let claims = claim_all();
+        assert_eq!(claims.len(), 3);
+        let outcomes = [
+            outcome(&claims[0], Some(serde_json::json!({"status": 200}))),
+            DeliveryOutcome {
+                retry_after_ms: Some(7000),
+                detail: Some(serde_json::json!({"class": "5xx", "latency_ms": 3.5})),
+                ..failed(&claims[1], 503, false)
+            },
+            DeliveryOutcome {
+                detail: Some(serde_json::json!({"class": "4xx"})),
+                ..failed(&claims[2], 410, true)
+            },
+        ];
+        let mut latency = vec![0; crate::session::metrics::BUCKETS];
+        latency[0] = 3;
+        let tally = EndpointTally {
+            endpoint: "e".into(),
+            status_2xx: 1,
+            status_3xx: 2,
+            status_4xx: 3,
+            status_5xx: 4,
+            transport_errors: 5,
+            transient_failures: 6,
+            permanent_failures: 7,
+            latency,
+            latency_sum: 0.25,
+            succeeded: true,
+            failures_since_success: 2,
+            last_status: Some(410),
+            last_error: Some("HTTP 410".into()),
+            gone: true,
+        };
+        record_deliveries(&outcomes, &[tally], 100).unwrap();
         assert_eq!(
             one::<String>(&format!(
-                "SELECT concat_ws(' ', state, round(extract(epoch FROM run_at - now())), errors -> -1 ->> 'class', errors -> -1 ->> 'latency_ms')
-                   FROM job.jobs WHERE id = {}", rows[1].0
+                "SELECT concat_ws(' ', state, result::text) FROM job.jobs WHERE id = {}",
+                claims[0].job_id
             )),
-            "scheduled 7 5xx 3.5"
+            r#"completed {"status": 200}"#
         );
-        assert_eq!(state(rows[2].0), "dead");
+        assert_eq!(
+            one::<String>(&format!(
+                "SELECT concat_ws(' ', state, round(extract(epoch FROM run_at - now())), errors -> -1 ->> 'error',
+                                  errors -> -1 ->> 'permanent', errors -> -1 ->> 'http_status',
+                                  errors -> -1 ->> 'class', errors -> -1 ->> 'latency_ms')
+                   FROM job.jobs WHERE id = {}", claims[1].job_id
+            )),
+            "scheduled 7 HTTP 503 false 503 5xx 3.5"
+        );
+        assert_eq!(state(claims[2].job_id), "dead");
+        assert_eq!(
+            one::<String>(
+                "SELECT concat_ws(' ', status_2xx, status_3xx, status_4xx, status_5xx, transport_errors,
+                                  transient_failures, permanent_failures, (SELECT sum(n) FROM unnest(latency) n), latency_sum,
+                                  consecutive_failures, last_status, last_error)
+                   FROM job.endpoint_stats WHERE endpoint = 'e'"
+            ),
+            "1 2 3 4 5 6 7 3 0.25 2 410 HTTP 410"
+        );
         assert_eq!(
             one::<String>("SELECT concat_ws(' ', state, disabled_reason, consecutive_failures, last_status) FROM job.endpoints"),
             "disabled the endpoint answered 410 Gone 2 410"
@@ -393,13 +497,16 @@ mod tests {
         // An outcome whose claim is no longer current records nothing.
         run("SELECT job.resume_endpoint('e')");
         let id = one::<i64>("SELECT job.deliver('e', '{}')");
-        assert_eq!(
-            one::<i64>("SELECT job_id FROM job._claim_deliveries('t', 10, '{}', '{}')"),
-            id
-        );
-        run(&format!(
-            "SELECT job._record_deliveries('[{{\"job_id\": {id}, \"token\": \"00000000-0000-0000-0000-000000000001\", \"result\": {{}}}}]', '[]', 100)"
-        ));
+        let mut claims = claim_all();
+        assert_eq!(claims.len(), 1);
+        assert_eq!(claims[0].job_id, id);
+        claims[0].token = pgrx::datum::Uuid::from_bytes([1; 16]);
+        record_deliveries(
+            &[outcome(&claims[0], Some(serde_json::json!({})))],
+            &[],
+            100,
+        )
+        .unwrap();
         assert_eq!(state(id), "running");
     }
 
@@ -408,47 +515,26 @@ mod tests {
         endpoint("r");
         let plain = one::<i64>("SELECT job.deliver('r', '{}')");
         let keyed = one::<i64>("SELECT job.deliver('r', '{}', idempotency_key => 'evt-1')");
-        let claim = || {
-            Spi::connect_mut(|c| {
-                c.update("SELECT job_id, token::text, webhook_id FROM job._claim_deliveries('t', 10, '{}', '{}') ORDER BY job_id", None, &[])
-                    .unwrap()
-                    .map(|r| (r.get::<i64>(1).unwrap().unwrap(), r.get::<String>(2).unwrap().unwrap(), r.get::<String>(3).unwrap()))
-                    .collect::<Vec<_>>()
-            })
-        };
-        let first = claim();
-        assert_eq!(
-            first
+        let ids_and_keys = |claims: &[DeliveryClaim]| {
+            claims
                 .iter()
-                .map(|(id, _, w)| (*id, w.clone()))
-                .collect::<Vec<_>>(),
+                .map(|c| (c.job_id, c.webhook_id.clone()))
+                .collect::<Vec<_>>()
+        };
+        let first = claim_all();
+        assert_eq!(
+            ids_and_keys(&first),
             // The key as chosen; none for the plain one (the sender makes msg_<id> and key_<key>).
             vec![(plain, None), (keyed, Some("evt-1".to_owned()))]
         );
-        let outcomes = first
-            .iter()
-            .map(|(id, token, _)| format!(r#"{{"job_id": {id}, "token": "{token}", "error": "HTTP 404", "permanent": true, "http_status": 404}}"#))
-            .collect::<Vec<_>>()
-            .join(",");
-        run(&format!(
-            "SELECT job._record_deliveries('[{outcomes}]', '[]', 100)"
-        ));
+        let outcomes: Vec<_> = first.iter().map(|c| failed(c, 404, true)).collect();
+        record_deliveries(&outcomes, &[], 100).unwrap();
         assert_eq!(
             (state(plain), state(keyed)),
             ("dead".to_owned(), "dead".to_owned())
         );
         run("SELECT job.retry_dead('r')");
-        let again = claim();
-        assert_eq!(
-            again
-                .iter()
-                .map(|(id, _, w)| (*id, w.clone()))
-                .collect::<Vec<_>>(),
-            first
-                .iter()
-                .map(|(id, _, w)| (*id, w.clone()))
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(ids_and_keys(&claim_all()), ids_and_keys(&first));
     }
 
     #[pg_test]
@@ -475,8 +561,8 @@ mod tests {
         let now = one::<i64>("SELECT extract(epoch FROM now())::bigint");
         // Signed here with the same code the sender uses; the integration tests verify what
         // the sender sends with an independent implementation.
-        let key = crate::delivery::signature::secret_key(SECRET).unwrap();
-        let sig = crate::delivery::signature::sign(&key, "msg_1", now, b"{\"a\": 1}");
+        let key = pg_jobqueue_rules::delivery::signature::secret_key(SECRET).unwrap();
+        let sig = pg_jobqueue_rules::delivery::signature::sign(&key, "msg_1", now, b"{\"a\": 1}");
         let call = |ts: i64, body: &str, tolerance: &str| {
             one::<bool>(&format!(
                 "SELECT job.verify_webhook('{SECRET}', 'msg_1', '{ts}', '{body}', 'v1,bogus {sig}', '{tolerance}')"

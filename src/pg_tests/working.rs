@@ -234,8 +234,11 @@ mod tests {
             ("'bad card', permanent => true", "dead"),
             ("'not found', http_status => 404", "dead"),
             ("'unprocessable', http_status => 422", "dead"),
+            ("'gone', http_status => 410", "dead"),
+            ("'moved', http_status => 301", "dead"),
             ("'PERMANENT: account closed'", "dead"),
             ("'slow down', http_status => 429", "scheduled"),
+            ("'in flight', http_status => 409", "scheduled"),
             ("'timeout', http_status => 408", "scheduled"),
             ("'bad gateway', http_status => 502", "scheduled"),
         ] {
@@ -249,7 +252,7 @@ mod tests {
             assert_eq!(state(id), expected);
         }
         let dead: String = one("SELECT string_agg((errors -> 0 ->> 'permanent') || '/' || coalesce(errors -> 0 ->> 'http_status', '-'), ',' ORDER BY id) FROM job.jobs WHERE state = 'dead'");
-        assert_eq!(dead, "true/-,true/404,true/422,true/-");
+        assert_eq!(dead, "true/-,true/404,true/422,true/410,true/301,true/-");
     }
 
     #[pg_test]

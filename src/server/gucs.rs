@@ -40,7 +40,9 @@ pub static HTTP_MAX_RETRY_AFTER_S: GucSetting<i32> = GucSetting::<i32>::new(86_4
 pub static HTTP_DISABLE_AFTER: GucSetting<i32> = GucSetting::<i32>::new(100);
 /// Addresses the sender never connects to (CIDR blocks, comma-separated).
 pub static HTTP_DENY: GucSetting<Option<std::ffi::CString>> =
-    GucSetting::<Option<std::ffi::CString>>::new(Some(crate::delivery::address::DEFAULT_DENY));
+    GucSetting::<Option<std::ffi::CString>>::new(Some(
+        pg_jobqueue_rules::delivery::address::DEFAULT_DENY,
+    ));
 /// When set, the only addresses the sender connects to.
 pub static HTTP_ALLOW: GucSetting<Option<std::ffi::CString>> =
     GucSetting::<Option<std::ffi::CString>>::new(None);

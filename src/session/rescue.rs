@@ -29,7 +29,8 @@ pub fn look_due(last: Option<Instant>, now: Instant, interval: Duration) -> bool
 fn _rescue_due(queue: &str) -> bool {
     let interval = Duration::from_millis(RESCUE_INTERVAL_MS.get().max(0) as u64);
     // SAFETY: MyDatabaseId is set at backend start.
-    if !interval.is_zero() && crate::server::shmem::scheduler_of(unsafe { pg_sys::MyDatabaseId }).is_some()
+    if !interval.is_zero()
+        && crate::server::shmem::scheduler_of(unsafe { pg_sys::MyDatabaseId }).is_some()
     {
         return false;
     }

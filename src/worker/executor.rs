@@ -30,10 +30,11 @@
 //! job.
 
 use super::{sleep, spi, tick, transaction, WorkError};
-use crate::classify::{classify_sqlstate, Failure};
 use crate::server::gucs;
 use crate::server::security::as_role;
 use crate::server::shmem::{self, Kind};
+use pg_jobqueue_rules::claimer::{claimed_by, Claimer};
+use pg_jobqueue_rules::classify::{classify_sqlstate, Failure};
 use pgrx::bgworkers::{BackgroundWorker, SignalWakeFlags};
 use pgrx::prelude::*;
 use std::panic::AssertUnwindSafe;
@@ -82,14 +83,6 @@ pub fn extra(run_as: pg_sys::Oid, index: usize) -> String {
     format!("{}:{index}", run_as.to_u32())
 }
 
-/// The name an executor claims jobs under (their `claimed_by`).
-pub fn worker_name(run_as: pg_sys::Oid, index: usize, pid: i32) -> String {
-    format!(
-        "pg_jobqueue executor {}/{index} (pid {pid})",
-        run_as.to_u32()
-    )
-}
-
 fn parse_extra(extra: &str) -> Option<(pg_sys::Oid, usize)> {
     let (role, index) = extra.split_once(':')?;
     Some((
@@ -110,7 +103,13 @@ pub extern "C-unwind" fn pg_jobqueue_executor_main(arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
     shmem::register_process(db, Kind::Executor);
     // SAFETY: MyProcPid is set at process start.
-    let worker = worker_name(run_as, index, unsafe { pg_sys::MyProcPid });
+    let worker = claimed_by(
+        Claimer::Executor {
+            run_as: run_as.to_u32(),
+            index,
+        },
+        unsafe { pg_sys::MyProcPid },
+    );
     if let Err(e) = transaction(super::pin_search_path) {
         log!("pg_jobqueue executor: {e}");
         return;
@@ -199,22 +198,25 @@ impl Executor {
         let claimed = Spi::connect_mut(|client| {
             client
                 .update(
-                    "SELECT job_id, token, payload::pg_catalog.text,
-                            pg_catalog.format('%I.%I', handler_schema, handler_name), returns_jsonb, timeout_ms
+                    "SELECT job_id, token, payload::pg_catalog.text AS payload,
+                            pg_catalog.format('%I.%I', handler_schema, handler_name) AS handler_call,
+                            returns_jsonb, timeout_ms
                        FROM job._claim_handler_jobs($1, $2::pg_catalog.regrole, $3)",
                     None,
                     &[self.worker.as_str().into(), self.run_as.into(), batch.into()],
                 )?
+                // By name, as the claim's columns are called: a column renamed or moved
+                // fails here instead of filling another field.
                 .map(|row| {
                     Ok(Claimed {
-                        job_id: row.get(1)?.unwrap_or_default(),
+                        job_id: row.get_by_name("job_id")?.unwrap_or_default(),
                         token: row
-                            .get(2)?
+                            .get_by_name("token")?
                             .unwrap_or_else(|| pgrx::datum::Uuid::from_bytes([0; 16])),
-                        payload: row.get(3)?.unwrap_or_default(),
-                        handler_call: row.get(4)?.unwrap_or_default(),
-                        returns_jsonb: row.get(5)?.unwrap_or_default(),
-                        timeout_ms: row.get(6)?.unwrap_or(0),
+                        payload: row.get_by_name("payload")?.unwrap_or_default(),
+                        handler_call: row.get_by_name("handler_call")?.unwrap_or_default(),
+                        returns_jsonb: row.get_by_name("returns_jsonb")?.unwrap_or_default(),
+                        timeout_ms: row.get_by_name("timeout_ms")?.unwrap_or(0),
                     })
                 })
                 .collect::<Result<Vec<_>, pgrx::spi::Error>>()

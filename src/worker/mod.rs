@@ -15,6 +15,9 @@ mod executor;
 mod launcher;
 mod scheduler;
 mod sender;
+mod wait;
+
+pub use wait::sleep;
 
 use crate::server::gucs;
 use crate::server::shmem;
@@ -179,33 +182,6 @@ pub fn pin_search_path() {
     spi(Spi::run(
         "SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)",
     ));
-}
-
-/// Sleeps on the latch for at most `timeout`; false when the worker must stop (SIGTERM).
-/// The process exits at once should the postmaster die.
-pub fn sleep(timeout: Duration) -> bool {
-    // Rounded up: waking a fraction of a millisecond before a tick finds nothing due yet.
-    let millis = timeout
-        .as_micros()
-        .div_ceil(1000)
-        .clamp(1, i32::MAX as u128) as std::ffi::c_long;
-    // SAFETY: the standard latch wait of a background worker.
-    unsafe {
-        pg_sys::WaitLatch(
-            pg_sys::MyLatch,
-            (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            millis,
-            pg_sys::PG_WAIT_EXTENSION,
-        );
-        pg_sys::ResetLatch(pg_sys::MyLatch);
-        // A cancel that arrives between units of work (DROP DATABASE sends one) has nothing
-        // left to cancel; left pending it would fail the next, unrelated, statement.
-        pg_sys::QueryCancelPending = 0;
-        // Other interrupts must be served while idle: DROP DATABASE waits for every process
-        // to absorb its ProcSignalBarrier.
-        pg_sys::check_for_interrupts!();
-    }
-    !BackgroundWorker::sigterm_received()
 }
 
 /// The scheduler's tick: the longest it sleeps without looking at its tables.

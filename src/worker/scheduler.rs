@@ -11,6 +11,7 @@ use super::executor;
 use super::{sleep, spi, start_database_worker, transaction};
 use crate::server::gucs;
 use crate::server::shmem::{self, Kind};
+use pg_jobqueue_rules::claimer::{claimed_by, Claimer};
 use pgrx::bgworkers::{
     BackgroundWorker, BackgroundWorkerStatus, DynamicBackgroundWorker, SignalWakeFlags,
 };
@@ -402,10 +403,14 @@ enum Runner {
 
 impl Runner {
     fn worker_name(self, pid: i32) -> String {
-        match self {
-            Runner::Executor(role, index) => executor::worker_name(role, index, pid),
-            Runner::Sender => super::sender::worker_name(pid),
-        }
+        let claimer = match self {
+            Runner::Executor(role, index) => Claimer::Executor {
+                run_as: role.to_u32(),
+                index,
+            },
+            Runner::Sender => Claimer::Sender,
+        };
+        claimed_by(claimer, pid)
     }
 
     fn start(self, db: pg_sys::Oid) -> Option<DynamicBackgroundWorker> {
@@ -460,12 +465,14 @@ fn supervise_executors(db: pg_sys::Oid, executors: &mut HashMap<Runner, Executor
         Spi::connect(|client| {
             let mut wanted = Vec::new();
             for row in client.select(
-                "SELECT run_as::pg_catalog.oid, executors FROM job._executors_wanted($1)",
+                "SELECT run_as::pg_catalog.oid AS run_as, executors FROM job._executors_wanted($1)",
                 None,
                 &[gucs::EXECUTORS.get().max(0).into()],
             )? {
-                if let (Some(role), Some(count)) = (row.get::<pg_sys::Oid>(1)?, row.get::<i32>(2)?)
-                {
+                if let (Some(role), Some(count)) = (
+                    row.get_by_name::<pg_sys::Oid, _>("run_as")?,
+                    row.get_by_name::<i32, _>("executors")?,
+                ) {
                     wanted.extend((0..count.max(0) as usize).map(|i| Runner::Executor(role, i)));
                 }
             }

@@ -56,7 +56,6 @@ pub const MAX_TOLERANCE_SECS: i64 = 86_400;
 /// The methods an endpoint may use (each sends the JSON body).
 pub const METHODS: &[&str] = &["POST", "PUT", "PATCH", "DELETE"];
 
-
 /// What is wrong with an endpoint URL, if anything: http or https, a host, no credentials
 /// (they would show in `job.endpoints`; send them as a header), no fragment.
 pub fn url_problem(text: &str) -> Option<String> {
