@@ -16,9 +16,11 @@ install script's order so that everything comes after what it uses:
     creates it (and marks it for pg_dump);
   * CREATE OR REPLACE of each function, aggregate and view B defines otherwise than A (compared
     without comments and blank space), or that A lacks;
-  * for each function B has with arguments A's did not, REVOKE EXECUTE FROM PUBLIC, as the
-    install script's REVOKE ... ON ALL FUNCTIONS does on a fresh install (that statement is not
-    re-run: it would also take back what an administrator granted to PUBLIC since);
+  * what the hand-written part drops, created anew even where its text is A's;
+  * for each function B has with arguments A's did not (or dropped and created anew), REVOKE
+    EXECUTE FROM PUBLIC, as the install script's REVOKE ... ON ALL FUNCTIONS does on a fresh
+    install (that statement is not re-run: it would also take back what an administrator
+    granted to PUBLIC since);
   * every COMMENT and GRANT of B (re-running them changes nothing that was right), and each
     REVOKE that A's install script lacks.
 
@@ -153,14 +155,19 @@ def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str
     part = part_path.read_text()
     part_keys = [key(s) for _, s in statements(part)]
     part_objects = {c for _, s in statements(part) if (c := created(s))}
+    # What the hand-written part drops is created anew, with a new function's privileges.
+    dropped = {qualified(m.group(1).replace('"', "")).lower() for _, s in statements(part)
+               if (m := re.match(r"DROP\s+(?:FUNCTION|ROUTINE|AGGREGATE|VIEW)\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)",
+                                 key(s), re.I))}
     generated, unhandled = [], []
     for comment, statement in statements(new_install):
         k = key(statement)
         found = replaceable(statement)
         verb = k.split(" ", 1)[0].upper()
         if found:
-            kind, _ = found
-            if k in old_keys:
+            kind, name = found
+            anew = qualified(name.replace('"', "")).lower() in dropped
+            if k in old_keys and not anew:
                 continue
             text = re.sub(r"^CREATE\s+", "CREATE OR REPLACE ", statement, count=1, flags=re.I)
             for hand in part_keys:
@@ -168,7 +175,7 @@ def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str
                     sys.exit(f"upgrade-script: {part_path} repeats a definition the generated part "
                              f"writes ({' '.join(k.split()[:4])} ...): remove it from the hand-written part")
             generated.append((comment, text))
-            if kind != "VIEW" and signature(statement, kind) not in old_signatures:
+            if kind != "VIEW" and (anew or signature(statement, kind) not in old_signatures):
                 generated.append(("", "REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC;" % signature(statement, kind)))
         elif verb in ("COMMENT", "GRANT") or (verb == "REVOKE" and k not in old_keys):
             generated.append(("", statement))
