@@ -4,7 +4,7 @@
 -- the queue has a limit.
 --
 -- Limits are exact: each count is taken under a lock its claim holds until it commits (the
--- queue's claim lock, the window's row, the key's internal lock: src/flow.rs), in a snapshot
+-- queue's claim lock, the window's row, the key's internal lock: src/session/flow.rs), in a snapshot
 -- taken after the lock, so two claims never both take the last slot.  Claims of different
 -- keys never wait for each other; claims of a queue with a queue-wide limit take turns.
 
@@ -169,7 +169,7 @@ END $$;
 -- rest of its claim: 'o:' or 's:' and the key, when the oldest job of its order or singleton
 -- key runs or waits out a retry (it holds the key's place); 'c:' and the key,
 -- when another transaction is claiming the concurrency key (this one then holds it until it
--- ends: src/flow.rs), key_concurrency of its jobs hold a lease, or its window is full or held;
+-- ends: src/session/flow.rs), key_concurrency of its jobs hold a lease, or its window is full or held;
 -- '' when another claim has the job, or an older job of its order or singleton key waits (the
 -- claim takes that one when it gets to it).  Each count is a statement of its own, after the key's
 -- lock, so it sees every claim of the key that committed.

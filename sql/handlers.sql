@@ -1,7 +1,7 @@
 -- pg_jobqueue handlers: jobs the worker's executors run inside the database by calling a SQL
 -- function, with the rights of the handler's run_as role for the whole transaction.
 --
--- job.set_handler itself is in Rust (src/handlers.rs): it must know which role called it,
+-- job.set_handler itself is in Rust (src/server/handlers.rs): it must know which role called it,
 -- which a SECURITY DEFINER function cannot tell, and it then records the handler through
 -- job._set_handler as the extension's owner.
 

@@ -10,7 +10,7 @@
 --   job.queue_counters   the dead-letter queue's size, kept exact as jobs die and leave it;
 --   job.workers_seen     every worker name dequeue and heartbeat saw.
 
--- Histograms, the writer shard and the worker-seen throttle are in Rust (src/metrics.rs).
+-- Histograms, the writer shard and the worker-seen throttle are in Rust (src/session/metrics.rs).
 CREATE AGGREGATE job._hist_sum(bigint[]) (SFUNC = job._hist_add, STYPE = bigint[]);
 
 ---------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 -- pg_jobqueue schedules: cron and interval schedules, fired by the worker's scheduler.
 
--- Schedule expressions are parsed and computed in Rust (src/cron.rs; job.cron_next,
--- job._cron_latest, job._check_cron and job._jitter_offset are declared from src/cron_sql.rs).
+-- Schedule expressions are parsed and computed in Rust (rules/src/cron.rs; job.cron_next,
+-- job._cron_latest, job._check_cron and job._jitter_offset are declared from src/functions/cron.rs).
 COMMENT ON FUNCTION job.cron_next(text, text, timestamptz) IS
     'When a schedule expression fires next after a given time, in a given time zone.';
 

@@ -474,7 +474,7 @@ COMMENT ON TABLE job.handler_defs IS 'Queues whose jobs the background worker ru
 -- Settings, jobs, history, keys, the audit log, metrics, schedules and handlers are user
 -- data: pg_dump keeps them.
 -- Flow control's state per queue (key '') and per concurrency key: the rate window (starts
--- per slot, see src/flow.rs), a hold set by job.rate_limit_pause, and when the scheduler must
+-- per slot, see src/session/flow.rs), a hold set by job.rate_limit_pause, and when the scheduler must
 -- wake the queue's consumers because the window or the hold lets a job start again.  A claim
 -- holds the row it counts in until it commits, so the starts it counts stay exact.
 CREATE TABLE job.rate_windows (

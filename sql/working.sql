@@ -202,7 +202,7 @@ BEGIN
     END IF;
     -- Jobs whose worker vanished go back to waiting (or dead) before anything else is claimed;
     -- looked for at most every pg_jobqueue.rescue_interval per session, and only where no
-    -- background worker does it (see src/rescue.rs).
+    -- background worker does it (see src/session/rescue.rs).
     IF job._rescue_due(q.name) THEN
         PERFORM job._rescue_stalled(q.name, 1000, NULL);
     END IF;
@@ -210,7 +210,7 @@ BEGIN
     token := gen_random_uuid();
     limited := q.flow_limited;
     -- Where this session's last claim on the queue left off, unless a claim from the front is
-    -- due (see src/claim_cursor.rs): the dead index entries of every job claimed since vacuum
+    -- due (see src/session/claim_cursor.rs): the dead index entries of every job claimed since vacuum
     -- last ran lie before it.  (Values the statements below compare with are read through
     -- sub-selects, so that one generic plan serves every call: see producing.sql.)
     SELECT c.priority, c.run_at, c.id INTO resume_priority, resume_run_at, resume_id FROM job._claim_cursor(q.id) c;
@@ -266,7 +266,7 @@ BEGIN
                                            picked[cardinality(picked)], front_took);
         END IF;
         -- Found nothing: mark this consumer as waiting for a wake-up, then look once more
-        -- for jobs whose producers committed while we looked (see src/wakeup.rs).
+        -- for jobs whose producers committed while we looked (see src/server/wakeup.rs).
         EXIT WHEN claimed > 0 OR pass = 2 OR NOT job._consumer_waits(q.id);
         resume_id := NULL;
     END LOOP;
