@@ -8,8 +8,8 @@
 //! (immediate) and removes its directory; when the test failed, the server log is kept
 //! (the panic message of the drop says where).
 
+use crate::sql::{exec, one};
 use crate::{error_text, Client, Config, Error, NoTls};
-use postgres::types::{FromSqlOwned, ToSql};
 use postgres::GenericClient;
 use std::collections::HashSet;
 use std::fs;
@@ -533,21 +533,6 @@ pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> O
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// Runs SQL statements (no parameters, no rows), panicking with the server's error.
-pub fn exec(client: &mut Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)));
-}
-
-/// The single value of a one-row, one-column query, panicking with the server's error.
-pub fn one<T: FromSqlOwned>(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T {
-    client
-        .query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)))
-        .get(0)
 }
 
 /// A started cluster (see [`Cluster::start_new`]) with pg_jobqueue installed in database

@@ -10,81 +10,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A job as `job.dequeue` handed it out, with what its payload says.
-#[derive(Debug, Clone)]
-struct Job {
-    id: i64,
-    attempt: i32,
-    token: String,
-    /// The payload's "key" ('' when none): the test's record of the job's concurrency or
-    /// order key.
-    key: String,
-    /// The payload's "n" (-1 when none).
-    n: i64,
-    /// The payload's "fail": the worker fails the first attempt.
-    fail: bool,
-}
-
-/// `job.dequeue(queue, worker, batch, lease)`, panicking on error.
-fn claim(c: &mut Client, queue: &str, worker: &str, batch: i32, lease: Option<&str>) -> Vec<Job> {
-    let rows = c
-        .query(
-            "SELECT id, attempt, lease_token::text, coalesce(payload->>'key', ''),
-                    coalesce((payload->>'n')::bigint, -1), coalesce((payload->>'fail')::boolean, false)
-               FROM job.dequeue($1, $2, $3, $4::text::interval)",
-            &[&queue, &worker, &batch, &lease],
-        )
-        .unwrap_or_else(|e| panic!("dequeue from {queue} by {worker}: {}", error_text(&e)));
-    rows.iter()
-        .map(|r| Job {
-            id: r.get(0),
-            attempt: r.get(1),
-            token: r.get(2),
-            key: r.get(3),
-            n: r.get(4),
-            fail: r.get(5),
-        })
-        .collect()
-}
-
-/// The ids of a claim.
-fn ids(jobs: &[Job]) -> Vec<i64> {
-    jobs.iter().map(|j| j.id).collect()
-}
-
-/// `job.complete(id, NULL, token)`: whether the claim completed the job.
-fn complete(c: &mut Client, job: &Job) -> bool {
-    c.query_one(
-        "SELECT job.complete($1, NULL, $2::text::uuid)",
-        &[&job.id, &job.token],
-    )
-    .unwrap_or_else(|e| panic!("complete({}): {}", job.id, error_text(&e)))
-    .get(0)
-}
-
-/// Runs `sql` (one statement) and panics on error, naming it.
-fn exec(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) {
-    c.execute(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
-}
-
-/// A query of one bigint.
-fn one_i64(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> i64 {
-    c.query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
-        .get(0)
-}
-
-/// A query of one float8.
-fn one_f64(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> f64 {
-    c.query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
-        .get(0)
-}
-
 /// How many jobs of `queue` are still live (waiting, scheduled or running).
 fn live(c: &mut Client, queue: &str) -> i64 {
-    one_i64(
+    one::<i64>(
         c,
         "SELECT count(*) FROM job.live_jobs WHERE queue = $1",
         &[&queue],
@@ -111,31 +39,11 @@ fn live_summary(c: &mut Client, queue: &str) -> String {
 
 /// The server's clock, in seconds since the epoch.
 fn server_clock(c: &mut Client) -> f64 {
-    one_f64(
+    one::<f64>(
         c,
         "SELECT extract(epoch FROM clock_timestamp())::float8",
         &[],
     )
-}
-
-/// The SQLSTATE of a failed call, panicking if it succeeded.
-fn sqlstate<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> SqlState {
-    match result {
-        Ok(v) => panic!("{what} succeeded ({v:?}); it should have been refused"),
-        Err(e) => {
-            let code = e
-                .code()
-                .unwrap_or_else(|| panic!("{what}: not a server error: {}", error_text(&e)))
-                .clone();
-            assert_ne!(
-                code,
-                SqlState::INTERNAL_ERROR,
-                "{what}: internal error (XX000): {}",
-                error_text(&e)
-            );
-            code
-        }
-    }
 }
 
 /// Runs `f` on every client at once, each on its own thread, released together by a barrier;
@@ -194,7 +102,7 @@ END $$;
 fn install_probes(c: &mut Client, keys: &[String]) {
     c.batch_execute(PROBES)
         .unwrap_or_else(|e| panic!("installing the probes: {}", error_text(&e)));
-    exec(
+    execute(
         c,
         "INSERT INTO probe_counter (key) SELECT unnest($1::text[]) UNION SELECT ''",
         &[&keys],
@@ -250,7 +158,7 @@ fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Ve
                     }
                     assert!(jobs.len() <= batch as usize, "{worker}: batch {batch} gave {jobs:?}");
                     for j in &jobs {
-                        exec(
+                        execute(
                             &mut c,
                             "SELECT probe_start($1, $2, $3, $4)",
                             &[&j.id, &j.attempt, &j.key, &worker],
@@ -258,7 +166,7 @@ fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Ve
                     }
                     thread::sleep(Duration::from_millis(rng.range(2, 8)));
                     for j in &jobs {
-                        exec(
+                        execute(
                             &mut c,
                             "SELECT probe_end($1, $2, $3)",
                             &[&j.id, &j.attempt, &j.key],
@@ -299,7 +207,7 @@ fn queue_and_key_concurrency_are_never_exceeded() {
     let db = TestDb::create("flow_conc");
     let queue = unique_queue("conc");
     let mut c = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, concurrency => 3, key_concurrency => 1)",
         &[&queue],
@@ -351,7 +259,7 @@ fn queue_and_key_concurrency_are_never_exceeded() {
         assert!(seen.insert(*id), "job {id} was handed out twice");
     }
     assert_eq!(seen, enqueued, "the jobs run differ from the jobs enqueued");
-    let probed = one_i64(&mut c, "SELECT count(DISTINCT job_id) FROM probe", &[]);
+    let probed = one::<i64>(&mut c, "SELECT count(DISTINCT job_id) FROM probe", &[]);
     assert_eq!(probed, JOBS);
     let stats = queue_stats(&mut c, &queue);
     assert_eq!(
@@ -359,7 +267,7 @@ fn queue_and_key_concurrency_are_never_exceeded() {
         (JOBS, 0, 0)
     );
     // The probes and the database agree on each job's key.
-    let mismatched = one_i64(
+    let mismatched = one::<i64>(
         &mut c,
         "SELECT count(*) FROM probe p JOIN job.jobs j ON j.id = p.job_id
           WHERE j.concurrency_key IS DISTINCT FROM p.key",
@@ -397,7 +305,7 @@ fn a_rate_limit_is_never_exceeded_in_any_window() {
     let db = TestDb::create("flow_rate");
     let queue = unique_queue("rate");
     let mut c = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, rate_limit => 50)",
         &[&queue],
@@ -454,16 +362,12 @@ fn a_rate_limit_is_never_exceeded_in_any_window() {
     }
     assert_eq!(seen, enqueued);
 
-    let starts: Vec<i64> = c
-        .query(
-            "SELECT (extract(epoch FROM claimed_at) * 1000000)::bigint FROM job.jobs
+    let starts: Vec<i64> = column(
+        &mut c,
+        "SELECT (extract(epoch FROM claimed_at) * 1000000)::bigint FROM job.jobs
               WHERE queue = $1 AND state = 'completed' ORDER BY 1",
-            &[&queue],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[&queue],
+    );
     assert_eq!(starts.len(), JOBS as usize);
     let (most, at) = busiest_window(&starts, 1_000_000);
     let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
@@ -564,7 +468,7 @@ fn debounce_merges_enqueues_until_the_job_starts() {
     };
     assert_eq!(ids(&claimed), [id]);
     assert_eq!(claimed[0].n, 3);
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&id],
@@ -630,7 +534,7 @@ fn concurrent_debounced_enqueues_make_one_job_and_never_touch_a_started_one() {
             1,
             "round {round}: the enqueues returned {distinct:?}"
         );
-        let jobs = one_i64(
+        let jobs = one::<i64>(
             &mut c,
             "SELECT count(*) FROM job.live_jobs WHERE queue = $1 AND debounce_key = $2",
             &[&queue, &key],
@@ -749,7 +653,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
     let queue = unique_queue("single");
     let mut c = db.connect();
     let mut w = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, backoff_base => '1 second', backoff_max => '1 second', jitter => 0)",
         &[&queue],
@@ -763,7 +667,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
         .get(0)
     };
     let payload_n = |c: &mut Client, id: i64| -> i64 {
-        one_i64(
+        one::<i64>(
             c,
             "SELECT (payload->>'n')::bigint FROM job.jobs WHERE id = $1",
             &[&id],
@@ -823,7 +727,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
         .unwrap()
         .get(0);
     assert_eq!(state, "scheduled");
-    let retry_at = one_f64(
+    let retry_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = $1",
         &[&r1],
@@ -856,7 +760,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
         [(r1, 2)],
         "the first claim after the failure (job {r2} must wait for {r1}'s retry)"
     );
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&r1],
@@ -909,7 +813,7 @@ fn concurrent_singleton_enqueues_make_one_waiting_job() {
         .collect()
     };
     let count_key = |c: &mut Client, key: &str| -> i64 {
-        one_i64(
+        one::<i64>(
             c,
             "SELECT count(*) FROM job.live_jobs WHERE queue = $1 AND singleton_key = $2",
             &[&queue, &key],
@@ -960,7 +864,7 @@ fn order_keys_run_one_at_a_time_in_order_and_a_retry_holds_its_place() {
     let db = TestDb::create("flow_order");
     let queue = unique_queue("order");
     let mut c = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, backoff_base => '100 milliseconds', backoff_max => '100 milliseconds', jitter => 0)",
         &[&queue],
@@ -1032,7 +936,7 @@ fn a_fair_queue_serves_a_small_key_behind_a_large_one() {
     let db = TestDb::create("flow_fair");
     let queue = unique_queue("fair");
     let mut c = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, fair => true)",
         &[&queue],
@@ -1102,7 +1006,7 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
     let db = TestDb::create("flow_lease");
     let queue = unique_queue("keylease");
     let mut c = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, key_concurrency => 1)",
         &[&queue],
@@ -1123,7 +1027,7 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
     let held = claim(&mut vanishing, &queue, "vanishing", 1, Some("1 second"));
     assert_eq!(ids(&held), [k1]);
     drop(vanishing);
-    let expires = one_f64(
+    let expires = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM lease_expires_at)::float8 FROM job.jobs WHERE id = $1",
         &[&k1],
@@ -1157,7 +1061,7 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
         (id, 2) if id == k1 => (k1, k2),
         other => panic!("the claim after the lease ran out handed out {other:?}"),
     };
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&first_of_k],
@@ -1239,7 +1143,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
     let db = TestDb::create("flow_key_hold");
     let queue = unique_queue("keyhold");
     let mut c = db.connect();
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, key_concurrency => 10)",
         &[&queue],
@@ -1270,15 +1174,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
             .collect::<Vec<(Option<String>, bool)>>(),
         [(Some("A".to_owned()), true)]
     );
-    let (held_until, keys_held): (Option<f64>, i64) = {
-        let r = c
-            .query_one(
-                "SELECT extract(epoch FROM held_until)::float8, keys_held FROM job.queue_settings WHERE queue = $1",
-                &[&queue],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (held_until, keys_held): (Option<f64>, i64) = one_row(&mut c, "SELECT extract(epoch FROM held_until)::float8, keys_held FROM job.queue_settings WHERE queue = $1", &[&queue]);
     assert_eq!((held_until, keys_held), (None, 1));
 
     let mut w = db.connect();
@@ -1300,7 +1196,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
 
     hold(&mut c, &queue, Some("A"), None);
     assert_eq!(
-        one_i64(
+        one::<i64>(
             &mut c,
             "SELECT count(*) FROM job.rate_limit_holds WHERE queue = $1",
             &[&queue]
@@ -1340,7 +1236,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
         Duration::from_secs(6),
     );
     assert_eq!(ids(&got), [a]);
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&a],
@@ -1364,7 +1260,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
 
     // The LISTENing worker.
     let queue = unique_queue("qhold");
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, key_concurrency => 2)",
         &[&queue],
@@ -1424,15 +1320,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
                 claim(&mut p, &polled, "poller", 1, None).is_empty(),
                 "a claim during the hold"
             );
-            let (due, now): (f64, f64) = {
-                let r = p
-                    .query_one(
-                        "SELECT extract(epoch FROM job.next_due($1))::float8, extract(epoch FROM now())::float8",
-                        &[&polled],
-                    )
-                    .unwrap();
-                (r.get(0), r.get(1))
-            };
+            let (due, now): (f64, f64) = one_row(&mut p, "SELECT extract(epoch FROM job.next_due($1))::float8, extract(epoch FROM now())::float8", &[&polled]);
             thread::sleep(Duration::from_secs_f64((due - now).max(0.0) + 0.01));
             (due, claim(&mut p, &polled, "poller", 1, None))
         })
@@ -1465,7 +1353,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
         waited.elapsed(),
         at - until
     );
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM min(claimed_at))::float8 FROM job.jobs WHERE id = ANY ($1)",
         &[&jobs],
@@ -1559,7 +1447,7 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
 
     // Limits of 0 or less, and a period without its limit: refused, the queue unchanged.
     let limited = unique_queue("limits");
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, concurrency => 2, key_concurrency => 1, rate_limit => 10)",
         &[&limited],
@@ -1604,7 +1492,7 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
     );
     assert_eq!(got, SqlState::INVALID_PARAMETER_VALUE);
     assert_eq!(
-        one_i64(
+        one::<i64>(
             &mut c,
             "SELECT count(*) FROM job.queue_settings WHERE queue = $1",
             &[&never]
@@ -1612,12 +1500,12 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
         0
     );
     // The same concurrency_key is accepted once the queue has a per-key limit.
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, key_concurrency => 1)",
         &[&queue],
     );
-    exec(
+    execute(
         &mut c,
         "SELECT job.enqueue($1, '{}', concurrency_key => 'k')",
         &[&queue],
@@ -1640,7 +1528,7 @@ fn next_due_is_not_now_while_every_waiting_job_is_held_by_its_key() {
         ("max_retries => 5", "singleton_key"),
     ] {
         let queue = unique_queue("nextdue");
-        exec(
+        execute(
             &mut c,
             &format!("SELECT job.create_queue($1, {setup})"),
             &[&queue],
@@ -1694,13 +1582,13 @@ fn a_worker_refused_by_a_limit_is_woken_when_a_slot_frees() {
         ("key_concurrency => 1", Some("k")),
     ] {
         let queue = unique_queue("slotwake");
-        exec(
+        execute(
             &mut c,
             &format!("SELECT job.create_queue($1, {settings})"),
             &[&queue],
         );
         for _ in 0..2 {
-            exec(
+            execute(
                 &mut c,
                 "SELECT job.enqueue($1, '{}', concurrency_key => $2)",
                 &[&queue, &key],

@@ -87,15 +87,7 @@ fn a_worker_that_lost_its_lease_cannot_touch_the_next_attempt() {
         .unwrap()
         .get(0);
     assert!(done);
-    let (state, attempt, result, errors): (String, i32, String, i32) = {
-        let r = b
-            .query_one(
-                "SELECT state, attempt, result::text, jsonb_array_length(errors) FROM job.jobs WHERE id = $1",
-                &[&id],
-            )
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2), r.get(3))
-    };
+    let (state, attempt, result, errors): (String, i32, String, i32) = one_row(&mut b, "SELECT state, attempt, result::text, jsonb_array_length(errors) FROM job.jobs WHERE id = $1", &[&id]);
     assert_eq!(
         (state.as_str(), attempt, result.as_str(), errors),
         ("completed", 2, "{\"by\": \"b\"}", 1),

@@ -196,12 +196,11 @@ fn idempotency_key_race_after_rollback() {
         .expect("B's enqueue failed");
     assert_ne!(b_id, a_id, "A's job was rolled back; B must not return it");
 
-    let ids: Vec<i64> = observer
-        .query("SELECT id FROM job.jobs WHERE queue = $1", &[&queue])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: Vec<i64> = column(
+        &mut observer,
+        "SELECT id FROM job.jobs WHERE queue = $1",
+        &[&queue],
+    );
     assert_eq!(ids, vec![b_id], "exactly B's job should exist");
     assert_eq!(job_state(&mut observer, a_id), None);
     let key_owner: i64 = observer

@@ -7,6 +7,7 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::enqueue_many;
+use pg_jobqueue_integration::sql::*;
 use std::time::Duration;
 
 /// A handler that records its payload's `n` in `seen`, with the transaction it ran in (the

@@ -6,6 +6,7 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::enqueue_many;
+use pg_jobqueue_integration::sql::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -56,12 +57,11 @@ fn handler_queue_runs_every_job_once() {
             job.id
         );
     }
-    let counts: Vec<(i32, i64)> = client
-        .query("SELECT n, count(*) FROM seen GROUP BY n ORDER BY n", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let counts: Vec<(i32, i64)> = rows(
+        &mut client,
+        "SELECT n, count(*) FROM seen GROUP BY n ORDER BY n",
+        &[],
+    );
     assert_eq!(
         counts,
         (0..50).map(|n| (n, 1)).collect::<Vec<_>>(),
@@ -288,12 +288,11 @@ fn handler_runs_as_the_role_that_set_it_and_cannot_escape() {
          SELECT job.set_handler('escape_raw', 'escape_raw(jsonb)');
          RESET ROLE;"#,
     );
-    let run_as: Vec<String> = client
-        .query("SELECT run_as::text FROM job.handlers ORDER BY queue", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let run_as: Vec<String> = column(
+        &mut client,
+        "SELECT run_as::text FROM job.handlers ORDER BY queue",
+        &[],
+    );
     assert_eq!(run_as, ["alice", "alice", "alice"]);
 
     let whoami = enqueue_json(&mut client, "whoami", "{}");
@@ -312,15 +311,11 @@ fn handler_runs_as_the_role_that_set_it_and_cannot_escape() {
             job_errors(&mut client, id)
         );
     }
-    let log: Vec<(String, String, bool, Option<String>)> = client
-        .query(
-            "SELECT queue, who, superuser, note FROM alice_log ORDER BY queue, note",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+    let log: Vec<(String, String, bool, Option<String>)> = rows(
+        &mut client,
+        "SELECT queue, who, superuser, note FROM alice_log ORDER BY queue, note",
+        &[],
+    );
     for (queue, who, superuser, note) in &log {
         assert_eq!(
             (who.as_str(), *superuser),
@@ -461,16 +456,12 @@ fn executors_keep_a_queues_key_concurrency() {
            FROM generate_series(1, 12) g",
     );
     wait_for_finished(&cluster, &mut client, "keyed", 12, Duration::from_secs(60));
-    let spans: Vec<(String, f64, f64)> = client
-        .query(
-            "SELECT key, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
+    let spans: Vec<(String, f64, f64)> = rows(
+        &mut client,
+        "SELECT key, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
                FROM spans ORDER BY started",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+        &[],
+    );
     assert_eq!(spans.len(), 12, "{spans:?}");
     let mut across_keys = 0;
     for (i, a) in spans.iter().enumerate() {
@@ -552,15 +543,11 @@ fn handler_settings_cannot_hijack_the_executor() {
     let after = enqueue_json(&mut client, "after", "{}");
     wait_for_finished(&cluster, &mut client, "after", 1, Duration::from_secs(20));
 
-    let escalations: Vec<(String, bool, String)> = client
-        .query(
-            "SELECT who, superuser, note FROM alice_log WHERE who <> 'alice' OR superuser",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let escalations: Vec<(String, bool, String)> = rows(
+        &mut client,
+        "SELECT who, superuser, note FROM alice_log WHERE who <> 'alice' OR superuser",
+        &[],
+    );
     assert!(
         escalations.is_empty(),
         "alice's functions ran as another role after her handler changed search_path \

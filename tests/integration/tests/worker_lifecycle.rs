@@ -5,6 +5,7 @@
 //! every 500 ms.
 
 use pg_jobqueue_integration::cluster::*;
+use pg_jobqueue_integration::sql::*;
 use pg_jobqueue_integration::{complete_many, dequeue, enqueue_many, error_text, SqlState};
 use std::time::{Duration, Instant};
 
