@@ -12,17 +12,12 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-here=$root/bench
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 tick_seconds=${BENCH_TICK_SECONDS:-60}
 clients=${BENCH_CLIENTS:-8}
 out=${BENCH_OUT:-$here/last-run.md}
 aim=5
 
-die() { echo "bench: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
 
 sql -c 'CALL bench_reset()'
 # The executors' work: 5 ms per job, enough jobs for twice the run at 2 x 200 jobs/s.

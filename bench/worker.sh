@@ -19,8 +19,7 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 jobs=${BENCH_EXECUTOR_JOBS:-50000}
 executor_counts=${BENCH_EXECUTOR_COUNTS:-"2 8"}
 tick_seconds=${BENCH_TICK_SECONDS:-60}
@@ -28,9 +27,6 @@ out=${BENCH_OUT:-$root/bench/last-run.md}
 results=${BENCH_RESULTS:-$root/target/bench-logs/latest/results.txt}
 executor_aim=4
 
-die() { echo "bench: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
 wait_for() { # wait_for SECONDS SQL: until SQL returns t
     local deadline=$((SECONDS + $1))
     until [ "$(sql -c "$2")" = t ]; do
@@ -42,8 +38,7 @@ wait_for() { # wait_for SECONDS SQL: until SQL returns t
 # 8 executors, a launcher and a scheduler need more than the default 8 worker slots.
 if [ "$(sql -c 'SHOW max_worker_processes')" -lt 16 ]; then
     sql -c "ALTER SYSTEM SET max_worker_processes = 16"
-    bash "$root/scripts/cluster.sh" stop bench "$port"
-    bash "$root/scripts/cluster.sh" start bench "$port" >/dev/null
+    restart_cluster >/dev/null
 fi
 sql -c 'CALL bench_reset()'
 sql <<'SQL'
