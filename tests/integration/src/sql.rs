@@ -88,7 +88,7 @@ pub fn denied(client: &mut Client, sql: &str) {
     }
 }
 
-/// A row as a tuple of its columns' values: `(A,)` to `(A, B, C, D, E, F)`.
+/// A row as a tuple of its columns' values: `(A,)` to `(A, B, C, D, E, F, G)`.
 pub trait FromRow: Sized {
     fn from_row(row: &postgres::Row) -> Self;
 }
@@ -108,6 +108,7 @@ from_row_tuple!(A 0, B 1, C 2);
 from_row_tuple!(A 0, B 1, C 2, D 3);
 from_row_tuple!(A 0, B 1, C 2, D 3, E 4);
 from_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5);
+from_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 
 /// The one row of a query, as a tuple, panicking with the server's error.
 pub fn one_row<T: FromRow>(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T {

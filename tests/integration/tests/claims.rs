@@ -333,29 +333,31 @@ fn expired_lease_is_reclaimed_then_dies() {
         [(id, 2)],
         "w2 should reclaim the expired job"
     );
-    let row = w3
-        .query_one(
-            "SELECT state, attempt, jsonb_array_length(errors), errors -> 0 ->> 'error',
-                    (errors -> 0 ->> 'attempt')::int, errors -> 0 ->> 'worker', claimed_by
-               FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap();
-    assert_eq!(row.get::<_, String>(0), "running");
-    assert_eq!(row.get::<_, i32>(1), 2);
-    assert_eq!(
-        row.get::<_, i32>(2),
-        1,
-        "one error entry: the expired first attempt"
+    let (state, attempt, entries, error, error_attempt, error_worker, claimed_by): (
+        String,
+        i32,
+        i32,
+        String,
+        i32,
+        Option<String>,
+        Option<String>,
+    ) = one_row(
+        &mut w3,
+        "SELECT state, attempt, jsonb_array_length(errors), errors -> 0 ->> 'error',
+                (errors -> 0 ->> 'attempt')::int, errors -> 0 ->> 'worker', claimed_by
+           FROM job.jobs WHERE id = $1",
+        &[&id],
     );
-    let error: String = row.get(3);
+    assert_eq!(state, "running");
+    assert_eq!(attempt, 2);
+    assert_eq!(entries, 1, "one error entry: the expired first attempt");
     assert!(
         error.contains("lease expired"),
         "error entry should mention the lease expiry: {error}"
     );
-    assert_eq!(row.get::<_, i32>(4), 1, "the error belongs to attempt 1");
-    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("w1"));
-    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("w2"));
+    assert_eq!(error_attempt, 1, "the error belongs to attempt 1");
+    assert_eq!(error_worker.as_deref(), Some("w1"));
+    assert_eq!(claimed_by.as_deref(), Some("w2"));
 
     // Expires again: attempt 2 > max_retries 1, so the next dequeue's rescue kills it.
     thread::sleep(Duration::from_millis(350));
@@ -364,21 +366,15 @@ fn expired_lease_is_reclaimed_then_dies() {
         third.is_empty(),
         "a job out of retries must not be handed out again: {third:?}"
     );
-    let row = w3
-        .query_one(
-            "SELECT state, attempt, jsonb_array_length(errors), errors -> 1 ->> 'error'
-               FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap();
-    assert_eq!(row.get::<_, String>(0), "dead");
-    assert_eq!(row.get::<_, i32>(1), 2);
-    assert_eq!(
-        row.get::<_, i32>(2),
-        2,
-        "two error entries, one per expired attempt"
+    let (state, attempt, entries, error): (String, i32, i32, String) = one_row(
+        &mut w3,
+        "SELECT state, attempt, jsonb_array_length(errors), errors -> 1 ->> 'error'
+           FROM job.jobs WHERE id = $1",
+        &[&id],
     );
-    let error: String = row.get(3);
+    assert_eq!(state, "dead");
+    assert_eq!(attempt, 2);
+    assert_eq!(entries, 2, "two error entries, one per expired attempt");
     assert!(error.contains("lease expired"), "{error}");
     let stats = queue_stats(&mut w3, &queue);
     assert_eq!(

@@ -113,16 +113,20 @@ fn enqueue_in_thread(
     (pid, receive)
 }
 
-/// Session B enqueues the key session A holds in an open transaction: B waits for A, and
-/// returns A's job once A commits.
-#[test]
-fn idempotency_key_race_waits_for_commit() {
-    let db = TestDb::create("idem_commit");
-    let queue = unique_queue("idem");
-    let mut a = db.connect();
-    let mut observer = db.connect();
-    create_queue(&mut a, &queue);
-
+/// Creates `queue`; session `a` enqueues key 'K' in a transaction it leaves open, and session B
+/// (a new connection, in another thread) enqueues 'K' too and is seen waiting for A's
+/// transaction.  A's open transaction, A's job id and where B's result will come.
+fn race_for_a_key_held_open<'a>(
+    db: &TestDb,
+    queue: &str,
+    a: &'a mut Client,
+    observer: &mut Client,
+) -> (
+    postgres::Transaction<'a>,
+    i64,
+    mpsc::Receiver<Result<i64, String>>,
+) {
+    create_queue(a, queue);
     let mut tx = a.transaction().unwrap();
     let a_id: i64 = tx
         .query_one(
@@ -131,12 +135,23 @@ fn idempotency_key_race_waits_for_commit() {
         )
         .unwrap()
         .get(0);
-
-    let (b_pid, b_result) = enqueue_in_thread(&db, &queue, "K");
+    let (b_pid, b_result) = enqueue_in_thread(db, queue, "K");
     assert!(
-        wait_until_lock_waiting(&mut observer, b_pid, Duration::from_secs(5)),
+        wait_until_lock_waiting(observer, b_pid, Duration::from_secs(5)),
         "B's enqueue of the same key should wait for A's transaction"
     );
+    (tx, a_id, b_result)
+}
+
+/// Session B enqueues the key session A holds in an open transaction: B waits for A, and
+/// returns A's job once A commits.
+#[test]
+fn idempotency_key_race_waits_for_commit() {
+    let db = TestDb::create("idem_commit");
+    let queue = unique_queue("idem");
+    let mut a = db.connect();
+    let mut observer = db.connect();
+    let (tx, a_id, b_result) = race_for_a_key_held_open(&db, &queue, &mut a, &mut observer);
     assert!(
         b_result.recv_timeout(Duration::from_millis(300)).is_err(),
         "B's enqueue returned while A's transaction was still open"
@@ -173,22 +188,7 @@ fn idempotency_key_race_after_rollback() {
     let queue = unique_queue("idem_rb");
     let mut a = db.connect();
     let mut observer = db.connect();
-    create_queue(&mut a, &queue);
-
-    let mut tx = a.transaction().unwrap();
-    let a_id: i64 = tx
-        .query_one(
-            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
-
-    let (b_pid, b_result) = enqueue_in_thread(&db, &queue, "K");
-    assert!(
-        wait_until_lock_waiting(&mut observer, b_pid, Duration::from_secs(5)),
-        "B's enqueue of the same key should wait for A's transaction"
-    );
+    let (tx, a_id, b_result) = race_for_a_key_held_open(&db, &queue, &mut a, &mut observer);
     tx.rollback().unwrap();
     let b_id = b_result
         .recv_timeout(Duration::from_secs(10))

@@ -358,38 +358,45 @@ fn handler_runs_as_the_role_that_set_it_and_cannot_escape() {
 
 /// `concurrency => 1` lets one job of the queue run at a time although two executors are
 /// idle; `concurrency => 2` on another queue with the same handler does run two at once.
+/// SQL making table `spans` and handler function `name`, which sleeps `sleep` seconds and
+/// records the span it ran (start, end) under its payload's `field` (as `key`) and `n`.
+fn span_recorder(name: &str, sleep: &str, field: &str) -> String {
+    format!(
+        "CREATE TABLE spans (key text, n int, started timestamptz, ended timestamptz);
+         CREATE FUNCTION {name}(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         DECLARE
+             t0 timestamptz := clock_timestamp();
+         BEGIN
+             PERFORM pg_sleep({sleep});
+             INSERT INTO spans VALUES (payload->>'{field}', (payload->>'n')::int, t0, clock_timestamp());
+             RETURN '{{}}';
+         END $$;"
+    )
+}
+
 #[test]
 fn handler_concurrency_cap_is_respected() {
     let (cluster, mut client) = served_cluster("handlers-concurrency", &[]);
     exec(
         &mut client,
-        "CREATE TABLE spans (queue text, n int, started timestamptz, ended timestamptz);
-         CREATE FUNCTION slow(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
-         DECLARE
-             t0 timestamptz := clock_timestamp();
-         BEGIN
-             PERFORM pg_sleep(0.5);
-             INSERT INTO spans VALUES (payload->>'queue', (payload->>'n')::int, t0, clock_timestamp());
-             RETURN '{}';
-         END $$;
-         SELECT job.create_queue('one');
-         SELECT job.create_queue('two');
-         SELECT job.set_handler('one', 'slow(jsonb)', concurrency => 1);
-         SELECT job.set_handler('two', 'slow(jsonb)', concurrency => 2);",
+        &format!(
+            "{}
+             SELECT job.create_queue('one');
+             SELECT job.create_queue('two');
+             SELECT job.set_handler('one', 'slow(jsonb)', concurrency => 1);
+             SELECT job.set_handler('two', 'slow(jsonb)', concurrency => 2);",
+            span_recorder("slow", "0.5", "queue")
+        ),
     );
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
 
     let spans = |client: &mut postgres::Client, queue: &str| -> Vec<(f64, f64)> {
-        client
-            .query(
-                "SELECT extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
-                   FROM spans WHERE queue = $1 ORDER BY started",
-                &[&queue],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+        rows(
+            client,
+            "SELECT extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
+               FROM spans WHERE key = $1 ORDER BY started",
+            &[&queue],
+        )
     };
     let mut by_queue = HashMap::new();
     for queue in ["one", "two"] {
@@ -437,17 +444,12 @@ fn executors_keep_a_queues_key_concurrency() {
     let (cluster, mut client) = served_cluster("handlers-keys", &[]);
     exec(
         &mut client,
-        "CREATE TABLE spans (key text, n int, started timestamptz, ended timestamptz);
-         CREATE FUNCTION slow_key(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
-         DECLARE
-             t0 timestamptz := clock_timestamp();
-         BEGIN
-             PERFORM pg_sleep(0.2);
-             INSERT INTO spans VALUES (payload->>'key', (payload->>'n')::int, t0, clock_timestamp());
-             RETURN '{}';
-         END $$;
-         SELECT job.create_queue('keyed', key_concurrency => 1);
-         SELECT job.set_handler('keyed', 'slow_key(jsonb)', concurrency => 2);",
+        &format!(
+            "{}
+             SELECT job.create_queue('keyed', key_concurrency => 1);
+             SELECT job.set_handler('keyed', 'slow_key(jsonb)', concurrency => 2);",
+            span_recorder("slow_key", "0.2", "key")
+        ),
     );
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
     exec(

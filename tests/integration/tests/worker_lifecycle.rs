@@ -6,7 +6,7 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::sql::*;
-use pg_jobqueue_integration::{complete_many, dequeue, enqueue_many, error_text, SqlState};
+use pg_jobqueue_integration::{complete_many, dequeue, enqueue_many, error_text, Client, SqlState};
 use std::time::{Duration, Instant};
 
 /// A handler that returns its payload, for queues whose jobs only need to run.
@@ -16,6 +16,36 @@ const ECHO_HANDLER: &str = "CREATE FUNCTION echo(payload jsonb) RETURNS jsonb
 /// A job claimed by a client that then goes silent is rescued by the worker once its 1 s
 /// lease expires, with no client calling dequeue: waiting again, the attempt recorded as
 /// stalled; abandoned once more, it is dead (max_retries 1).
+/// A served cluster `name` whose queue 'h' runs the echo handler (concurrency 2), with
+/// schedule 'tick' firing into queue 'q' every second; waits for the two executors (their
+/// pids).
+fn served_handler_and_tick(name: &str) -> (Cluster, Client, Vec<i32>) {
+    let (cluster, mut client) = served_cluster(name, &[]);
+    exec(
+        &mut client,
+        &format!(
+            "{ECHO_HANDLER}
+             SELECT job.create_queue('h');
+             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
+             SELECT job.create_queue('q');
+             SELECT job.schedule('tick', '1 second', 'q');"
+        ),
+    );
+    let executors = wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    (cluster, client, executors)
+}
+
+/// Schedule 'tick' fires at least twice after `since` (`failure`: what it means if not), and
+/// fired each of its ticks once.
+fn assert_ticks_after(client: &mut Client, since: f64, failure: impl FnOnce() -> String) {
+    assert!(
+        wait_for_runs(client, "tick", 2, since, Duration::from_secs(10)),
+        "{}",
+        failure()
+    );
+    assert_each_tick_fired_once(client, "tick", "q");
+}
+
 #[test]
 fn stalled_job_is_rescued_without_any_dequeue() {
     let (cluster, mut client) = served_cluster("life-stalled", &[]);
@@ -256,12 +286,12 @@ fn drop_extension_stops_the_worker_and_create_extension_restarts_it() {
          SELECT job.schedule('tick', '1 second', 'q');",
     );
     wait_for_scheduler(&mut client, Duration::from_secs(10));
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, f64::MIN, Duration::from_secs(10)),
-        "schedules do not fire after CREATE EXTENSION again\n{}",
-        cluster.log_tail(20)
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, f64::MIN, || {
+        format!(
+            "schedules do not fire after CREATE EXTENSION again\n{}",
+            cluster.log_tail(20)
+        )
+    });
 }
 
 /// DROP EXTENSION while handlers run: it cancels them and stops every process of the
@@ -372,18 +402,7 @@ fn drop_extension_keeps_a_schema_that_is_not_empty() {
 /// the worker is back, schedules fire and handler jobs run.
 #[test]
 fn worker_recovers_from_terminated_and_killed_processes() {
-    let (cluster, mut client) = served_cluster("life-crash", &[]);
-    exec(
-        &mut client,
-        &format!(
-            "{ECHO_HANDLER}
-             SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
-             SELECT job.create_queue('q');
-             SELECT job.schedule('tick', '1 second', 'q');"
-        ),
-    );
-    let executors = wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    let (cluster, mut client, executors) = served_handler_and_tick("life-crash");
     let old = wait_for_scheduler(&mut client, Duration::from_secs(5));
 
     assert!(one::<bool>(
@@ -404,11 +423,9 @@ fn worker_recovers_from_terminated_and_killed_processes() {
         )
     });
     let replaced_at = server_now(&mut client);
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, replaced_at, Duration::from_secs(10)),
-        "the new scheduler {new} does not fire schedules"
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, replaced_at, || {
+        format!("the new scheduler {new} does not fire schedules")
+    });
 
     // SIGKILL: the postmaster treats it as a crash and restarts every process.
     let postmaster = cluster.postmaster_pid();
@@ -447,29 +464,16 @@ fn worker_recovers_from_terminated_and_killed_processes() {
         "{:?}",
         queue_jobs(&mut client, "h")
     );
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, back_at, Duration::from_secs(10)),
-        "schedules do not fire after the crash restart"
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, back_at, || {
+        format!("schedules do not fire after the crash restart")
+    });
 }
 
 /// `pg_jobqueue.enabled = off` and a reload stop the scheduler and executors: no schedule
 /// fires, no handler job runs.  `on` and a reload bring them back, and the waiting job runs.
 #[test]
 fn sighup_disables_and_reenables_the_worker() {
-    let (cluster, mut client) = served_cluster("life-sighup", &[]);
-    exec(
-        &mut client,
-        &format!(
-            "{ECHO_HANDLER}
-             SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
-             SELECT job.create_queue('q');
-             SELECT job.schedule('tick', '1 second', 'q');"
-        ),
-    );
-    wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    let (cluster, mut client, _) = served_handler_and_tick("life-sighup");
 
     // Two statements: ALTER SYSTEM refuses to run in a (multi-statement) transaction.
     exec(&mut client, "ALTER SYSTEM SET pg_jobqueue.enabled = off");
@@ -503,11 +507,9 @@ fn sighup_disables_and_reenables_the_worker() {
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
     wait_for_finished(&cluster, &mut client, "h", 1, Duration::from_secs(10));
     assert_eq!(job(&mut client, waiting).state, "completed");
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, on_at, Duration::from_secs(10)),
-        "schedules do not fire after re-enabling"
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, on_at, || {
+        format!("schedules do not fire after re-enabling")
+    });
 }
 
 /// A streaming standby runs no pg_jobqueue process and creates nothing: its schedule_runs

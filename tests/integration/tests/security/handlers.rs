@@ -2,6 +2,27 @@
 //! run a handler's code (its commit included) as that role and no other.
 
 use super::*;
+use pg_jobqueue_integration::cluster::Cluster;
+
+/// Job {"n": 1} of queue 'svcq' runs (its handler works); then `change`, run as the superuser,
+/// makes job.handlers show `state` for the queue, and a job {"n": 2} enqueued then is still
+/// waiting 3 s later (`ran`: what it means if it is not).
+fn stop_svcq_handler(cluster: &Cluster, su: &mut Client, change: &str, state: &str, ran: &str) {
+    exec(su, "SELECT job.enqueue('svcq', '{\"n\": 1}')");
+    wait_for_finished(cluster, su, "svcq", 1, Duration::from_secs(30));
+
+    exec(su, change);
+    let shown: String = one(
+        su,
+        "SELECT state FROM job.handlers WHERE queue = 'svcq'",
+        &[],
+    );
+    assert_eq!(shown, state);
+    let waiting: i64 = one(su, "SELECT job.enqueue('svcq', '{\"n\": 2}')", &[]);
+    std::thread::sleep(Duration::from_secs(3));
+    let job_state: String = one(su, "SELECT state FROM job.jobs WHERE id = $1", &[&waiting]);
+    assert_eq!(job_state, "waiting", "{ran}");
+}
 
 /// In 0.2.0 the admin duty wrote a handler row naming run_as => postgres, and the worker
 /// ran its function as the superuser.  Now it can write no handler row (job.handlers is a
@@ -166,8 +187,8 @@ fn a_caught_set_handler_refusal_leaves_the_caller_as_itself() {
     assert!(!is_superuser(&mut su, &roles.admin));
 }
 
-/// In 0.4.0 (issue 19, item 11) job.schedule fed an admin-chosen payload to a handler whose run_as is a superuser.
-/// Now only a superuser names a superuser run_as (42501 for a member of a superuser role), and
+/// In 0.4.0 (issue 19, item 11) job.schedule fed an admin-chosen payload to a handler whose
+/// run_as is a superuser.  Now only a superuser names a superuser run_as (42501 for a member of a superuser role), and
 /// the executors stop running a handler whose run_as became a superuser after a non-superuser
 /// set it (job.handlers says so; its jobs wait).
 #[test]
@@ -218,26 +239,12 @@ fn only_a_superuser_may_name_a_superuser_run_as_and_executors_stop_one_made_supe
         &mut d,
         &format!("SELECT job.set_handler('svcq', 'svc.h(jsonb)', run_as => '{service}')"),
     );
-    exec(&mut su, "SELECT job.enqueue('svcq', '{\"n\": 1}')");
-    wait_for_finished(&cluster, &mut su, "svcq", 1, Duration::from_secs(30));
-
-    exec(&mut su, &format!("ALTER ROLE {service} SUPERUSER"));
-    let state: String = one(
+    stop_svcq_handler(
+        &cluster,
         &mut su,
-        "SELECT state FROM job.handlers WHERE queue = 'svcq'",
-        &[],
-    );
-    assert_eq!(state, "run_as is a superuser, set_by is not");
-    let waiting: i64 = one(&mut su, "SELECT job.enqueue('svcq', '{\"n\": 2}')", &[]);
-    std::thread::sleep(Duration::from_secs(3));
-    let job_state: String = one(
-        &mut su,
-        "SELECT state FROM job.jobs WHERE id = $1",
-        &[&waiting],
-    );
-    assert_eq!(
-        job_state, "waiting",
-        "a handler made superuser after a non-superuser set it still ran"
+        &format!("ALTER ROLE {service} SUPERUSER"),
+        "run_as is a superuser, set_by is not",
+        "a handler made superuser after a non-superuser set it still ran",
     );
 
     // A superuser may name it.
@@ -442,26 +449,12 @@ fn revoking_the_setters_membership_in_run_as_stops_the_handler() {
              SELECT job.set_handler('svcq', 'svc.h(jsonb)', run_as => '{service}');"
         ),
     );
-    exec(&mut su, "SELECT job.enqueue('svcq', '{\"n\": 1}')");
-    wait_for_finished(&cluster, &mut su, "svcq", 1, Duration::from_secs(30));
-
-    exec(&mut su, &format!("REVOKE {service} FROM {deployer}"));
-    let state: String = one(
+    stop_svcq_handler(
+        &cluster,
         &mut su,
-        "SELECT state FROM job.handlers WHERE queue = 'svcq'",
-        &[],
-    );
-    assert_eq!(state, "set_by no longer a member of run_as");
-    let waiting: i64 = one(&mut su, "SELECT job.enqueue('svcq', '{\"n\": 2}')", &[]);
-    std::thread::sleep(Duration::from_secs(3));
-    let job_state: String = one(
-        &mut su,
-        "SELECT state FROM job.jobs WHERE id = $1",
-        &[&waiting],
-    );
-    assert_eq!(
-        job_state, "waiting",
-        "a handler whose setter left run_as still ran"
+        &format!("REVOKE {service} FROM {deployer}"),
+        "set_by no longer a member of run_as",
+        "a handler whose setter left run_as still ran",
     );
     assert_eq!(
         one::<i64>(&mut su, "SELECT count(*) FROM svc.calls WHERE n = 2", &[]),

@@ -6,51 +6,73 @@ use super::*;
 /// Decoys a hostile role plants where a careless function would find them: a function and
 /// operators in public that shadow pg_catalog's exactly (public first in its search_path),
 /// and functions in pg_temp.  Each records the call, and as whom, in public.decoy_calls.
-const DECOYS: &str = "
-    CREATE TABLE public.decoy_calls (decoy text, who text);
-    GRANT INSERT ON public.decoy_calls TO PUBLIC;
-    CREATE FUNCTION public.jsonb_typeof(jsonb) RETURNS text LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('jsonb_typeof', current_user);
-        RETURN pg_catalog.jsonb_typeof($1);
-    END $$;
-    CREATE FUNCTION public.now() RETURNS timestamptz LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('now', current_user);
-        RETURN pg_catalog.now();
-    END $$;
-    CREATE FUNCTION public.gen_random_uuid() RETURNS uuid LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('gen_random_uuid', current_user);
-        RETURN pg_catalog.gen_random_uuid();
-    END $$;
-    CREATE FUNCTION pg_temp.now() RETURNS timestamptz LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('pg_temp.now', current_user);
-        RETURN pg_catalog.now();
-    END $$;
-    CREATE FUNCTION public.text_eq(text, text) RETURNS boolean LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('text =', current_user);
-        RETURN $1 OPERATOR(pg_catalog.=) $2;
-    END $$;
-    CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.text_eq);
-    CREATE FUNCTION public.int8_eq(bigint, bigint) RETURNS boolean LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('bigint =', current_user);
-        RETURN $1 OPERATOR(pg_catalog.=) $2;
-    END $$;
-    CREATE OPERATOR public.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.int8_eq);
-    CREATE FUNCTION public.oid_regprocedure_eq(oid, regprocedure) RETURNS boolean LANGUAGE plpgsql AS $$
-    BEGIN
-        INSERT INTO public.decoy_calls VALUES ('oid = regprocedure', current_user);
-        RETURN $1 OPERATOR(pg_catalog.=) $2::oid;
-    END $$;
-    CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regprocedure, FUNCTION = public.oid_regprocedure_eq);
-    CREATE TEMP TABLE queues (name text);
-    CREATE TEMP TABLE live_jobs (id bigint);
-    SET search_path = public, pg_catalog, pg_temp;
-";
+fn decoys() -> String {
+    // (function, its arguments, its result type, what it records, what it returns)
+    let functions = [
+        (
+            "public.jsonb_typeof",
+            "jsonb",
+            "text",
+            "jsonb_typeof",
+            "pg_catalog.jsonb_typeof($1)",
+        ),
+        ("public.now", "", "timestamptz", "now", "pg_catalog.now()"),
+        (
+            "public.gen_random_uuid",
+            "",
+            "uuid",
+            "gen_random_uuid",
+            "pg_catalog.gen_random_uuid()",
+        ),
+        (
+            "pg_temp.now",
+            "",
+            "timestamptz",
+            "pg_temp.now",
+            "pg_catalog.now()",
+        ),
+        (
+            "public.text_eq",
+            "text, text",
+            "boolean",
+            "text =",
+            "$1 OPERATOR(pg_catalog.=) $2",
+        ),
+        (
+            "public.int8_eq",
+            "bigint, bigint",
+            "boolean",
+            "bigint =",
+            "$1 OPERATOR(pg_catalog.=) $2",
+        ),
+        (
+            "public.oid_regprocedure_eq",
+            "oid, regprocedure",
+            "boolean",
+            "oid = regprocedure",
+            "$1 OPERATOR(pg_catalog.=) $2::oid",
+        ),
+    ];
+    let mut sql = "CREATE TABLE public.decoy_calls (decoy text, who text);
+                   GRANT INSERT ON public.decoy_calls TO PUBLIC;\n"
+        .to_owned();
+    for (name, args, returns, records, result) in functions {
+        sql += &format!(
+            "CREATE FUNCTION {name}({args}) RETURNS {returns} LANGUAGE plpgsql AS $$
+             BEGIN
+                 INSERT INTO public.decoy_calls VALUES ('{records}', current_user);
+                 RETURN {result};
+             END $$;\n"
+        );
+    }
+    sql + "CREATE OPERATOR public.= (LEFTARG = text, RIGHTARG = text, FUNCTION = public.text_eq);
+           CREATE OPERATOR public.= (LEFTARG = bigint, RIGHTARG = bigint, FUNCTION = public.int8_eq);
+           CREATE OPERATOR public.= (LEFTARG = oid, RIGHTARG = regprocedure,
+                                     FUNCTION = public.oid_regprocedure_eq);
+           CREATE TEMP TABLE queues (name text);
+           CREATE TEMP TABLE live_jobs (id bigint);
+           SET search_path = public, pg_catalog, pg_temp;"
+}
 
 /// A role that plants decoys (public.jsonb_typeof, public.now, an operator
 /// public.= on text and on bigint, pg_temp.now, temp tables named like the extension's) and
@@ -71,7 +93,7 @@ fn definer_functions_use_nothing_of_a_hostile_search_path() {
         ),
     );
     let mut e = connect_as(&db, &evil);
-    exec(&mut e, DECOYS);
+    exec(&mut e, &decoys());
     // The decoys do work for the role's own statements (so they would be found).
     exec(
         &mut e,
@@ -140,7 +162,7 @@ fn set_handler_uses_nothing_of_a_hostile_search_path() {
         ),
     );
     let mut e = connect_as(&db, &evil);
-    exec(&mut e, DECOYS);
+    exec(&mut e, &decoys());
     exec(
         &mut e,
         "CREATE FUNCTION public.h(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT payload $$;
