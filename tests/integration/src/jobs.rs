@@ -221,3 +221,17 @@ pub fn complete(c: &mut Client, job: &Job) -> bool {
     .unwrap_or_else(|e| panic!("complete({}): {}", job.id, error_text(&e)))
     .get(0)
 }
+
+/// A scratch database `test` ([`crate::TestDb::create`]), a queue in it named after `prefix`
+/// ([`crate::unique_queue`]) made by `job.create_queue(<name><options>)` (`options`: further
+/// named arguments, e.g. `", max_retries => 1"`, or `""`), and a connection to the database.
+pub fn queue_db(test: &str, prefix: &str, options: &str) -> (crate::TestDb, String, Client) {
+    let db = crate::TestDb::create(test);
+    let queue = crate::unique_queue(prefix);
+    let mut client = db.connect();
+    let sql = format!("SELECT job.create_queue($1{options})");
+    client
+        .execute(&sql, &[&queue])
+        .unwrap_or_else(|e| panic!("{sql} ({queue}) failed: {err}", err = error_text(&e)));
+    (db, queue, client)
+}

@@ -17,7 +17,8 @@ pub use sql::*;
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Barrier, Mutex};
+use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 pub use postgres::error::SqlState;
@@ -278,6 +279,41 @@ pub fn wait_until_lock_waiting(observer: &mut Client, pid: i32, timeout: Duratio
         std::thread::sleep(Duration::from_millis(20));
     }
     false
+}
+
+/// Runs `f` on every client at once, each on its own thread, released together by a barrier;
+/// returns what each returned, in client order.
+pub fn race<T: Send>(clients: &mut [Client], f: impl Fn(usize, &mut Client) -> T + Sync) -> Vec<T> {
+    let barrier = Barrier::new(clients.len());
+    thread::scope(|s| {
+        let handles: Vec<_> = clients
+            .iter_mut()
+            .enumerate()
+            .map(|(i, c)| {
+                let (barrier, f) = (&barrier, &f);
+                s.spawn(move || {
+                    barrier.wait();
+                    f(i, c)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("a racing session panicked"))
+            .collect()
+    })
+}
+
+/// Runs `work(w, client)` for each worker `w` in `0..workers` at once, each on a thread of its
+/// own with a new connection to `db`, released together by a barrier; returns what each
+/// returned, in worker order.
+pub fn on_workers<T: Send>(
+    db: &TestDb,
+    workers: usize,
+    work: impl Fn(usize, &mut Client) -> T + Sync,
+) -> Vec<T> {
+    let mut clients: Vec<Client> = (0..workers).map(|_| db.connect()).collect();
+    race(&mut clients, work)
 }
 
 /// A small deterministic pseudo-random generator (xorshift64*); the tests need no more.

@@ -65,6 +65,17 @@ pub fn sqlstate<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> Sql
     }
 }
 
+/// The call must fail with SQLSTATE `code`; `what` says what it was (its failure message).
+pub fn assert_refused<T: std::fmt::Debug>(result: Result<T, Error>, code: &SqlState, what: &str) {
+    match result {
+        Ok(v) => panic!(
+            "{what} succeeded ({v:?}); it must fail with {}",
+            code.code()
+        ),
+        Err(e) => assert_eq!(e.code(), Some(code), "{what}: {}", error_text(&e)),
+    }
+}
+
 /// The SQLSTATE of statements that must fail (see [`sqlstate`]), as text.
 pub fn error_code(client: &mut Client, sql: &str) -> String {
     sqlstate(client.batch_execute(sql), sql).code().to_owned()

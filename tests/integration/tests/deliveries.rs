@@ -90,6 +90,15 @@ fn deliver(client: &mut Client, endpoint: &str, body: &str) -> i64 {
     )
 }
 
+/// `job.deliver(endpoint, {"n": 1})`, waited for until it is finished: in `state`, after
+/// `attempts` attempts; the job id.
+fn deliver_one(client: &mut Client, endpoint: &str, state: &str, attempts: i32) -> i64 {
+    let id = deliver(client, endpoint, r#"{"n": 1}"#);
+    let row = expect_finished(client, id, state);
+    assert_eq!(row.attempt, attempts);
+    id
+}
+
 /// `count` deliveries to `endpoint` in one statement, bodies {"n": 1} … {"n": count}; the ids.
 fn deliver_many(client: &mut Client, endpoint: &str, count: i32) -> Vec<i64> {
     client
@@ -591,9 +600,7 @@ fn not_found_is_dead_after_one_attempt() {
     let (_db, mut client, receiver, endpoint) = delivering("deliv_404", "/", 5, "");
     receiver.set_default(Reply::status(404).body("no such hook"));
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "dead");
-    assert_eq!(row.attempt, 1);
+    let id = deliver_one(&mut client, &endpoint, "dead", 1);
     let errors = delivery_errors(&mut client, id);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     let e = &errors[0];
@@ -621,9 +628,7 @@ fn redirect_is_not_followed() {
         Reply::status(301).header("location", &receiver.url("/elsewhere")),
     );
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "dead");
-    assert_eq!(row.attempt, 1);
+    let id = deliver_one(&mut client, &endpoint, "dead", 1);
     let errors = delivery_errors(&mut client, id);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
@@ -644,9 +649,7 @@ fn gone_disables_the_endpoint_until_resumed() {
     let (_db, mut client, receiver, endpoint) = delivering("deliv_410", "/", 5, "");
     receiver.push(Reply::status(410));
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "dead");
-    assert_eq!(row.attempt, 1);
+    deliver_one(&mut client, &endpoint, "dead", 1);
     let (state, reason): (String, Option<String>) = one_row(
         &mut client,
         "SELECT state, disabled_reason FROM job.endpoints WHERE name = $1",
@@ -692,9 +695,7 @@ fn server_error_is_retried_with_the_same_webhook_id() {
     let (_db, mut client, receiver, endpoint) = delivering("deliv_503", "/", 5, "");
     receiver.push(Reply::status(503).body("busy"));
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "completed");
-    assert_eq!(row.attempt, 2);
+    let id = deliver_one(&mut client, &endpoint, "completed", 2);
     let requests = expect_requests(&receiver, 2);
     assert_eq!(requests.len(), 2);
     let expected = format!("msg_{id}");
@@ -720,9 +721,7 @@ fn retry_after_seconds_delays_the_retry() {
     let (_db, mut client, receiver, endpoint) = delivering("deliv_retry_after", "/", 5, "");
     receiver.push(Reply::status(429).header("retry-after", "2"));
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "completed");
-    assert_eq!(row.attempt, 2);
+    let id = deliver_one(&mut client, &endpoint, "completed", 2);
     let requests = expect_requests(&receiver, 2);
     let gap = requests[1].arrived.duration_since(requests[0].arrived);
     assert!(
@@ -747,9 +746,7 @@ fn retry_after_date_delays_the_retry() {
     let date_text = httpdate::fmt_http_date(date);
     let date_unix = unix_of(httpdate::parse_http_date(&date_text).unwrap());
     receiver.push(Reply::status(429).header("retry-after", &date_text));
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "completed");
-    assert_eq!(row.attempt, 2);
+    deliver_one(&mut client, &endpoint, "completed", 2);
     let requests = expect_requests(&receiver, 2);
     assert!(
         requests[1].arrived_unix >= date_unix - 0.05,

@@ -46,29 +46,6 @@ fn server_clock(c: &mut Client) -> f64 {
     )
 }
 
-/// Runs `f` on every client at once, each on its own thread, released together by a barrier;
-/// returns what each returned, in client order.
-fn race<T: Send>(clients: &mut [Client], f: impl Fn(usize, &mut Client) -> T + Sync) -> Vec<T> {
-    let barrier = Barrier::new(clients.len());
-    thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter_mut()
-            .enumerate()
-            .map(|(i, c)| {
-                let (barrier, f) = (&barrier, &f);
-                s.spawn(move || {
-                    barrier.wait();
-                    f(i, c)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a racing session panicked"))
-            .collect()
-    })
-}
-
 /// The probes workers run while they hold a job (installed in the test database).
 /// `probe_start` runs after the claim committed and `probe_end` before the job is completed
 /// or failed, each in a transaction of its own, so a probe's span lies within the span in
@@ -128,72 +105,62 @@ fn probe_maxima(c: &mut Client) -> HashMap<String, i32> {
 /// says "fail" (a retry) and completes the others.  Stops when the queue has no live job.
 /// Returns the (job id, attempt) pairs each worker finished.
 fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Vec<(i64, i32)> {
-    let barrier = Arc::new(Barrier::new(workers));
-    let handles: Vec<_> = (0..workers)
-        .map(|w| {
-            let mut c = db.connect();
-            let queue = queue.to_owned();
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let worker = format!("w{w}");
-                let mut rng = Rng::new(w as u64 + 17);
-                let mut done = Vec::new();
-                barrier.wait();
-                let started = Instant::now();
-                loop {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(20),
-                        "{worker}: the queue was not drained within 20 s; {} live: {}",
-                        live(&mut c, &queue),
-                        live_summary(&mut c, &queue)
-                    );
-                    let batch = rng.range(1, max_batch as u64) as i32;
-                    let jobs = claim(&mut c, &queue, &worker, batch, None);
-                    if jobs.is_empty() {
-                        if live(&mut c, &queue) == 0 {
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(rng.range(1, 3)));
-                        continue;
-                    }
-                    assert!(jobs.len() <= batch as usize, "{worker}: batch {batch} gave {jobs:?}");
-                    for j in &jobs {
-                        execute(
-                            &mut c,
-                            "SELECT probe_start($1, $2, $3, $4)",
-                            &[&j.id, &j.attempt, &j.key, &worker],
-                        );
-                    }
-                    thread::sleep(Duration::from_millis(rng.range(2, 8)));
-                    for j in &jobs {
-                        execute(
-                            &mut c,
-                            "SELECT probe_end($1, $2, $3)",
-                            &[&j.id, &j.attempt, &j.key],
-                        );
-                        if j.fail && j.attempt == 1 {
-                            let state: String = c
-                                .query_one(
-                                    "SELECT job.fail($1, 'the first attempt fails', token => $2::text::uuid)",
-                                    &[&j.id, &j.token],
-                                )
-                                .unwrap_or_else(|e| panic!("fail({}): {}", j.id, error_text(&e)))
-                                .get(0);
-                            assert_eq!(state, "scheduled", "job {} after its failed first attempt", j.id);
-                        } else {
-                            assert!(complete(&mut c, j), "{worker} could not complete job {}", j.id);
-                        }
-                        done.push((j.id, j.attempt));
-                    }
+    on_workers(db, workers, |w, c| {
+        let worker = format!("w{w}");
+        let mut rng = Rng::new(w as u64 + 17);
+        let mut done = Vec::new();
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{worker}: the queue was not drained within 20 s; {} live: {}",
+                live(c, &queue),
+                live_summary(c, &queue)
+            );
+            let batch = rng.range(1, max_batch as u64) as i32;
+            let jobs = claim(c, &queue, &worker, batch, None);
+            if jobs.is_empty() {
+                if live(c, &queue) == 0 {
+                    break;
                 }
-                done
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a worker panicked"))
-        .collect()
+                thread::sleep(Duration::from_millis(rng.range(1, 3)));
+                continue;
+            }
+            assert!(jobs.len() <= batch as usize, "{worker}: batch {batch} gave {jobs:?}");
+            for j in &jobs {
+                execute(
+                    c,
+                    "SELECT probe_start($1, $2, $3, $4)",
+                    &[&j.id, &j.attempt, &j.key, &worker],
+                );
+            }
+            thread::sleep(Duration::from_millis(rng.range(2, 8)));
+            for j in &jobs {
+                execute(
+                    c,
+                    "SELECT probe_end($1, $2, $3)",
+                    &[&j.id, &j.attempt, &j.key],
+                );
+                if j.fail && j.attempt == 1 {
+                    let state: String = c
+                        .query_one(
+                            "SELECT job.fail($1, 'the first attempt fails', token => $2::text::uuid)",
+                            &[&j.id, &j.token],
+                        )
+                        .unwrap_or_else(|e| panic!("fail({}): {}", j.id, error_text(&e)))
+                        .get(0);
+                    assert_eq!(state, "scheduled", "job {} after its failed first attempt", j.id);
+                } else {
+                    assert!(complete(c, j), "{worker} could not complete job {}", j.id);
+                }
+                done.push((j.id, j.attempt));
+            }
+        }
+        done
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// 8 workers (batches of 1 or 2) drain 400 jobs spread over 10 concurrency keys of a queue
@@ -204,13 +171,10 @@ fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Ve
 fn queue_and_key_concurrency_are_never_exceeded() {
     const JOBS: i64 = 400;
     const KEYS: i64 = 10;
-    let db = TestDb::create("flow_conc");
-    let queue = unique_queue("conc");
-    let mut c = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, concurrency => 3, key_concurrency => 1)",
-        &[&queue],
+    let (db, queue, mut c) = queue_db(
+        "flow_conc",
+        "conc",
+        ", concurrency => 3, key_concurrency => 1",
     );
     let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
     install_probes(&mut c, &keys);
@@ -302,14 +266,7 @@ fn busiest_window(starts: &[i64], width: i64) -> (usize, i64) {
 fn a_rate_limit_is_never_exceeded_in_any_window() {
     const JOBS: i64 = 600;
     const WORKERS: usize = 6;
-    let db = TestDb::create("flow_rate");
-    let queue = unique_queue("rate");
-    let mut c = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, rate_limit => 50)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_rate", "rate", ", rate_limit => 50");
     let period: String = c
         .query_one(
             "SELECT rate_period::text FROM job.queue_settings WHERE queue = $1",
@@ -390,10 +347,7 @@ fn a_rate_limit_is_never_exceeded_in_any_window() {
 /// merge into), leaving the running one as it was.
 #[test]
 fn debounce_merges_enqueues_until_the_job_starts() {
-    let db = TestDb::create("flow_debounce");
-    let queue = unique_queue("debounce");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (db, queue, mut c) = queue_db("flow_debounce", "debounce", "");
     let mut consumer = db.connect();
 
     let enq = |c: &mut Client, v: i64| -> (i64, f64) {
@@ -508,10 +462,7 @@ fn debounce_merges_enqueues_until_the_job_starts() {
 fn concurrent_debounced_enqueues_make_one_job_and_never_touch_a_started_one() {
     const SESSIONS: usize = 6;
     const ROUNDS: usize = 30;
-    let db = TestDb::create("flow_debounce_race");
-    let queue = unique_queue("debrace");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (db, queue, mut c) = queue_db("flow_debounce_race", "debrace", "");
     let mut sessions: Vec<Client> = (0..SESSIONS).map(|_| db.connect()).collect();
     for round in 0..ROUNDS {
         let key = format!("round-{round}");
@@ -649,15 +600,12 @@ fn concurrent_debounced_enqueues_make_one_job_and_never_touch_a_started_one() {
 /// the retry comes first.
 #[test]
 fn a_singleton_key_has_one_waiting_and_one_running_job() {
-    let db = TestDb::create("flow_singleton");
-    let queue = unique_queue("single");
-    let mut c = db.connect();
-    let mut w = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, backoff_base => '1 second', backoff_max => '1 second', jitter => 0)",
-        &[&queue],
+    let (db, queue, mut c) = queue_db(
+        "flow_singleton",
+        "single",
+        ", backoff_base => '1 second', backoff_max => '1 second', jitter => 0",
     );
+    let mut w = db.connect();
     let enq = |c: &mut Client, key: &str, n: i64| -> i64 {
         c.query_one(
             "SELECT job.enqueue($1, jsonb_build_object('n', $2::bigint), singleton_key => $3)",
@@ -789,10 +737,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
 fn concurrent_singleton_enqueues_make_one_waiting_job() {
     const SESSIONS: usize = 6;
     const ROUNDS: usize = 20;
-    let db = TestDb::create("flow_singleton_race");
-    let queue = unique_queue("singrace");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (db, queue, mut c) = queue_db("flow_singleton_race", "singrace", "");
     let mut w = db.connect();
     let mut sessions: Vec<Client> = (0..SESSIONS).map(|_| db.connect()).collect();
     let enqueue_all = |sessions: &mut [Client], key: &str| -> HashSet<i64> {
@@ -861,13 +806,10 @@ fn concurrent_singleton_enqueues_make_one_waiting_job() {
 #[test]
 fn order_keys_run_one_at_a_time_in_order_and_a_retry_holds_its_place() {
     const PER_KEY: i64 = 30;
-    let db = TestDb::create("flow_order");
-    let queue = unique_queue("order");
-    let mut c = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, backoff_base => '100 milliseconds', backoff_max => '100 milliseconds', jitter => 0)",
-        &[&queue],
+    let (db, queue, mut c) = queue_db(
+        "flow_order",
+        "order",
+        ", backoff_base => '100 milliseconds', backoff_max => '100 milliseconds', jitter => 0",
     );
     let keys = vec!["A".to_owned(), "B".to_owned()];
     install_probes(&mut c, &keys);
@@ -933,14 +875,7 @@ fn order_keys_run_one_at_a_time_in_order_and_a_retry_holds_its_place() {
 /// would take 200), and A was not starved meanwhile.
 #[test]
 fn a_fair_queue_serves_a_small_key_behind_a_large_one() {
-    let db = TestDb::create("flow_fair");
-    let queue = unique_queue("fair");
-    let mut c = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, fair => true)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_fair", "fair", ", fair => true");
     for (key, count) in [("A", 10_000i64), ("B", 100)] {
         let n = c
             .query(
@@ -1003,14 +938,7 @@ fn a_fair_queue_serves_a_small_key_behind_a_large_one() {
 /// that one completes, and the lost job runs again as its second attempt.
 #[test]
 fn a_lost_lease_frees_its_key_only_when_it_expires() {
-    let db = TestDb::create("flow_lease");
-    let queue = unique_queue("keylease");
-    let mut c = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, key_concurrency => 1)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_lease", "keylease", ", key_concurrency => 1");
     let enq = |c: &mut Client, key: &str| -> i64 {
         c.query_one(
             "SELECT job.enqueue($1, jsonb_build_object('key', $2::text), concurrency_key => $2)",
@@ -1140,14 +1068,7 @@ fn hold(c: &mut Client, queue: &str, key: Option<&str>, hold: Option<&str>) -> f
 /// a hold that runs out lets them run once it has (not before).
 #[test]
 fn a_key_hold_keeps_only_that_key_waiting() {
-    let db = TestDb::create("flow_key_hold");
-    let queue = unique_queue("keyhold");
-    let mut c = db.connect();
-    execute(
-        &mut c,
-        "SELECT job.create_queue($1, key_concurrency => 10)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_key_hold", "keyhold", ", key_concurrency => 10");
     let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
     for key in ["A", "B", "A", "B", "A", "B"] {
         let id: i64 = c
@@ -1394,10 +1315,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
 /// keys, an idempotency key with a singleton key (22023).
 #[test]
 fn flow_parameters_are_checked_and_refusals_change_nothing() {
-    let db = TestDb::create("flow_checks");
-    let queue = unique_queue("checks");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (_db, queue, mut c) = queue_db("flow_checks", "checks", "");
 
     let refusals: [(&str, SqlState); 9] = [
         (

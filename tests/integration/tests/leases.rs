@@ -58,17 +58,13 @@ fn a_worker_that_lost_its_lease_cannot_touch_the_next_attempt() {
         state, "running",
         "A's fail must report B's attempt, not end it"
     );
-    let err = a
-        .query_one(
+    assert_refused(
+        a.query_one(
             "SELECT job.heartbeat($1, token => $2::text::uuid)",
             &[&id, stale],
-        )
-        .expect_err("A's heartbeat extended B's lease");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-        "{}",
-        error_text(&err)
+        ),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "A's heartbeat extended B's lease",
     );
     let lease_b: f64 = b
         .query_one(

@@ -162,6 +162,19 @@ impl PgBouncer {
         bouncer
     }
 
+    /// [`PgBouncer::start`] with one pool: `db`, under its own name, of `pool_size` server
+    /// connections.
+    fn for_db(name: &str, db: &TestDb, pool_size: u32) -> PgBouncer {
+        Self::start(
+            name,
+            &[Pool {
+                alias: db.name(),
+                dbname: db.name(),
+                pool_size,
+            }],
+        )
+    }
+
     fn port(&self) -> u16 {
         self.lease.port()
     }
@@ -356,14 +369,7 @@ fn every_job_completed_once_through_transaction_pooling() {
             db.name()
         ))
         .unwrap();
-    let bouncer = PgBouncer::start(
-        "once",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: POOL_SIZE,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("once", &db, POOL_SIZE);
     let queue = unique_queue("bouncer");
     create_queue_via(&mut bouncer.connect(db.name()), &queue);
 
@@ -528,14 +534,7 @@ fn every_job_completed_once_through_transaction_pooling() {
 fn next_due_polling_picks_up_a_delayed_job_through_the_pooler() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_next_due");
-    let bouncer = PgBouncer::start(
-        "next_due",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: 2,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("next_due", &db, 2);
     let queue = unique_queue("bouncer_due");
     let mut worker = bouncer.connect(db.name());
     let mut producer = bouncer.connect(db.name());
@@ -682,14 +681,7 @@ fn elsewhere<T>(
 fn claim_calls_work_on_another_server_connection() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_claims");
-    let bouncer = PgBouncer::start(
-        "claims",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: 2,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("claims", &db, 2);
     let queue = unique_queue("bouncer_claims");
     let mut a = bouncer.connect(db.name());
     let mut holders = [bouncer.connect(db.name()), bouncer.connect(db.name())];
@@ -758,17 +750,13 @@ fn claim_calls_work_on_another_server_connection() {
         !stale,
         "complete with the previous claim's token completed the job"
     );
-    let err = a
-        .query_typed(
+    assert_refused(
+        a.query_typed(
             "SELECT job.heartbeat($1, token => $2::uuid)",
             &[(&ids[2], Type::INT8), (&token, Type::TEXT)],
-        )
-        .expect_err("heartbeat with the previous claim's token should raise");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-        "{}",
-        error_text(&err)
+        ),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "heartbeat with the previous claim's token should raise",
     );
     let many: i32 = elsewhere(&mut a, &mut holders, backend, |a| {
         let row = a
@@ -912,14 +900,7 @@ fn named_statements_break_and_session_settings_leak() {
 fn a_poller_gets_a_job_whose_lease_ran_out_without_spinning() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_expired");
-    let bouncer = PgBouncer::start(
-        "expired",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: 1,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("expired", &db, 1);
     let queue = unique_queue("bouncer_expired");
     let mut worker = bouncer.connect(db.name());
     create_queue_via(&mut worker, &queue);

@@ -10,13 +10,24 @@ use std::time::Duration;
 
 /// A job enqueued in a transaction exists for others only once that transaction commits, and
 /// never if it rolls back.
+/// Job `id` of `queue`, not committed yet, is invisible to `other`: not in job.jobs, and not
+/// dequeued.
+fn assert_unseen(other: &mut Client, queue: &str, id: i64) {
+    assert_eq!(
+        job_state(other, id),
+        None,
+        "uncommitted job visible to another session"
+    );
+    assert!(
+        dequeue(other, queue, "other", 10, None).is_empty(),
+        "uncommitted job was dequeued"
+    );
+}
+
 #[test]
 fn enqueue_is_transactional() {
-    let db = TestDb::create("transactional");
-    let queue = unique_queue("tx");
-    let mut producer = db.connect();
+    let (db, queue, mut producer) = queue_db("transactional", "tx", "");
     let mut other = db.connect();
-    create_queue(&mut producer, &queue);
 
     // Rolled back: the job never exists.
     let mut tx = producer.transaction().unwrap();
@@ -34,15 +45,7 @@ fn enqueue_is_transactional() {
         .get(0);
     assert_eq!(own, 1, "the enqueuing transaction should see its own job");
     // ... nobody else does.
-    assert_eq!(
-        job_state(&mut other, rolled_back),
-        None,
-        "uncommitted job visible to another session"
-    );
-    assert!(
-        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
-        "uncommitted job was dequeued"
-    );
+    assert_unseen(&mut other, &queue, rolled_back);
     tx.rollback().unwrap();
     assert_eq!(
         job_state(&mut other, rolled_back),
@@ -67,15 +70,7 @@ fn enqueue_is_transactional() {
         .unwrap()
         .get(0);
     assert_ne!(committed, rolled_back);
-    assert_eq!(
-        job_state(&mut other, committed),
-        None,
-        "uncommitted job visible to another session"
-    );
-    assert!(
-        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
-        "uncommitted job was dequeued"
-    );
+    assert_unseen(&mut other, &queue, committed);
     tx.commit().unwrap();
     assert_eq!(job_state(&mut other, committed).as_deref(), Some("waiting"));
     let claimed = dequeue(&mut other, &queue, "other", 10, None);
@@ -223,10 +218,7 @@ fn idempotency_key_race_after_rollback() {
 fn idempotency_key_many_way_race() {
     const THREADS: usize = 8;
     const ROUNDS: usize = 25;
-    let db = TestDb::create("idem_race");
-    let queue = unique_queue("idem_race");
-    let mut observer = db.connect();
-    create_queue(&mut observer, &queue);
+    let (db, queue, mut observer) = queue_db("idem_race", "idem_race", "");
 
     let barrier = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)

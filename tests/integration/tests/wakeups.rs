@@ -99,6 +99,13 @@ fn one_notification_per_batch() {
     assert_eq!(drain(&mut consumer, &queue), 1000);
 }
 
+/// No notification comes within 300 ms; else panics with `what` and the payload.
+fn assert_silent(listener: &mut Client, what: &str) {
+    if let Some(n) = next_notification(listener, Duration::from_millis(300)) {
+        panic!("{what} (payload {})", n.payload());
+    }
+}
+
 /// Nobody came up empty: enqueues send nothing.  Once the consumer has come up empty, the next
 /// enqueue sends exactly one notification, and enqueues after it (the consumer is busy) none.
 #[test]
@@ -117,12 +124,10 @@ fn no_notification_unless_a_consumer_is_idle() {
 
     listen(&mut listener);
     enqueue(&mut producer, &queue, 1);
-    if let Some(n) = next_notification(&mut listener, Duration::from_millis(300)) {
-        panic!(
-            "notified ({}) though no consumer had come up empty",
-            n.payload()
-        );
-    }
+    assert_silent(
+        &mut listener,
+        "notified though no consumer had come up empty",
+    );
 
     // The listener drains the queue and comes up empty: now it is waiting.
     assert_eq!(drain(&mut listener, &queue), 2);
@@ -138,12 +143,10 @@ fn no_notification_unless_a_consumer_is_idle() {
 
     // That wake-up answered the idle episode: further enqueues notify nobody.
     enqueue(&mut producer, &queue, 3);
-    if let Some(n) = next_notification(&mut listener, Duration::from_millis(300)) {
-        panic!(
-            "a second notification ({}) without a new idle episode",
-            n.payload()
-        );
-    }
+    assert_silent(
+        &mut listener,
+        "a second notification without a new idle episode",
+    );
     assert_eq!(job_count(&mut listener, &queue), 4);
 }
 

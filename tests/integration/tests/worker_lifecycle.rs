@@ -547,14 +547,10 @@ fn standby_stays_passive_until_promoted() {
     );
     assert!(worker_processes(&mut replica).is_empty());
     // ...cannot fire a schedule...
-    let err = replica
-        .query_one("SELECT job._fire_due_schedules()", &[])
-        .expect_err("a standby fired schedules");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{}",
-        error_text(&err)
+    assert_refused(
+        replica.query_one("SELECT job._fire_due_schedules()", &[]),
+        &SqlState::READ_ONLY_SQL_TRANSACTION,
+        "a standby fired schedules",
     );
     // ...and shows exactly what the primary fired.
     let mirrored = schedule_runs(&mut replica, "tick");
@@ -629,24 +625,16 @@ fn refused_drop_database_leaves_the_worker_alone() {
 
     let mut admin = cluster.connect("postgres");
     exec(&mut admin, "CREATE ROLE mallory; SET ROLE mallory");
-    let refused = admin
-        .batch_execute("DROP DATABASE victim")
-        .expect_err("a non-owner dropped the database");
-    assert_eq!(
-        refused.code(),
-        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-        "{}",
-        error_text(&refused)
+    assert_refused(
+        admin.batch_execute("DROP DATABASE victim"),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        "a non-owner dropped the database",
     );
     exec(&mut admin, "RESET ROLE");
-    let refused = admin
-        .batch_execute("BEGIN; DROP DATABASE victim")
-        .expect_err("DROP DATABASE ran in a transaction block");
-    assert_eq!(
-        refused.code(),
-        Some(&SqlState::ACTIVE_SQL_TRANSACTION),
-        "{}",
-        error_text(&refused)
+    assert_refused(
+        admin.batch_execute("BEGIN; DROP DATABASE victim"),
+        &SqlState::ACTIVE_SQL_TRANSACTION,
+        "DROP DATABASE ran in a transaction block",
     );
     exec(&mut admin, "ROLLBACK");
     let refused_at = server_now(&mut victim);

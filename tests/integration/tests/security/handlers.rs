@@ -4,6 +4,29 @@
 use super::*;
 use pg_jobqueue_integration::cluster::Cluster;
 
+/// The duty roles `<duty>_<tag>_<pid>` and database `test` ([`duty_db`]) with queue 'b', and
+/// schema adm of the admin duty holding its handler function adm.h(jsonb) (the payload back);
+/// a connection as the admin last.
+fn admin_with_a_handler(tag: &str, test: &str) -> (Roles, TestDb, Client, Client) {
+    let (roles, db, mut su) = duty_db(tag, test);
+    admin_schema(&mut su, &roles, "adm", "b");
+    let mut admin = connect_as(&db, &roles.admin);
+    exec(
+        &mut admin,
+        "CREATE FUNCTION adm.h(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT payload $$;",
+    );
+    (roles, db, su, admin)
+}
+
+/// Queue `queue`, and schema hs of the admin duty (the handler's role in the tests below): the
+/// admin's name and a connection as the admin, to the private cluster's database `postgres`.
+fn admin_in_hs(cluster: &Cluster, su: &mut Client, roles: &Roles, queue: &str) -> (String, Client) {
+    admin_schema(su, roles, "hs", queue);
+    let role = roles.admin.clone();
+    let client = connect_cluster_as(cluster, "postgres", &role);
+    (role, client)
+}
+
 /// Job {"n": 1} of queue 'svcq' runs (its handler works); then `change`, run as the superuser,
 /// makes job.handlers show `state` for the queue, and a job {"n": 2} enqueued then is still
 /// waiting 3 s later (`ran`: what it means if it is not).
@@ -102,13 +125,10 @@ fn admin_duty_cannot_forge_a_handler_or_name_a_role_it_is_not() {
 /// superuser who called.
 #[test]
 fn set_handler_through_a_definer_function_acts_for_its_owner_not_the_superuser_calling() {
-    let (roles, db, mut su) = duty_db("defr", "sec_definer");
-    admin_schema(&mut su, &roles, "adm", "b");
-    let mut admin = connect_as(&db, &roles.admin);
+    let (roles, _db, mut su, mut admin) = admin_with_a_handler("defr", "sec_definer");
     exec(
         &mut admin,
-        "CREATE FUNCTION adm.h(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT payload $$;
-         CREATE FUNCTION adm.install_as_postgres() RETURNS void LANGUAGE sql SECURITY DEFINER
+        "CREATE FUNCTION adm.install_as_postgres() RETURNS void LANGUAGE sql SECURITY DEFINER
              AS $$ SELECT job.set_handler('b', 'adm.h(jsonb)', run_as => 'postgres') $$;
          CREATE FUNCTION adm.install_as_caller() RETURNS void LANGUAGE sql SECURITY DEFINER
              AS $$ SELECT job.set_handler('b', 'adm.h(jsonb)') $$;",
@@ -142,13 +162,10 @@ fn set_handler_through_a_definer_function_acts_for_its_owner_not_the_superuser_c
 /// not the owner.
 #[test]
 fn a_caught_set_handler_refusal_leaves_the_caller_as_itself() {
-    let (roles, db, mut su) = duty_db("subx", "sec_subxact");
-    admin_schema(&mut su, &roles, "adm", "b");
-    let mut admin = connect_as(&db, &roles.admin);
+    let (roles, _db, mut su, mut admin) = admin_with_a_handler("subx", "sec_subxact");
     exec(
         &mut admin,
-        "CREATE FUNCTION adm.h(payload jsonb) RETURNS jsonb LANGUAGE sql AS $$ SELECT payload $$;
-         CREATE TABLE adm.seen (at text, who text);
+        "CREATE TABLE adm.seen (at text, who text);
          DO $$
          BEGIN
              BEGIN
@@ -263,9 +280,7 @@ fn only_a_superuser_may_name_a_superuser_run_as_and_executors_stop_one_made_supe
 #[test]
 fn a_handlers_deferred_trigger_fires_as_the_handlers_role() {
     let (cluster, mut su, roles) = duty_cluster("sec-deferred", "dfr");
-    let role = roles.admin.clone();
-    admin_schema(&mut su, &roles, "hs", "deferred");
-    let mut h = connect_cluster_as(&cluster, "postgres", &role);
+    let (role, mut h) = admin_in_hs(&cluster, &mut su, &roles, "deferred");
     exec(
         &mut h,
         "CREATE TABLE hs.seen (who text, session_who text, was_superuser boolean, escapes text);
@@ -347,17 +362,15 @@ fn a_handlers_deferred_trigger_fires_as_the_handlers_role() {
     );
 }
 
-/// Beyond the deferred trigger above: commit-time code runs as the handler's role, but whatever settings it
-/// makes at session level outlive the commit, into the executor's next statements, which run
-/// as the superuser.  A deferred trigger that sets search_path = 'hs, pg_catalog' (hs: the
+/// Beyond the deferred trigger above: commit-time code runs as the handler's role, but
+/// whatever settings it makes at session level outlive the commit, into the executor's next
+/// statements, which run as the superuser.  A deferred trigger that sets search_path = 'hs, pg_catalog' (hs: the
 /// role's schema, holding an operator = on regrole, which pg_catalog lacks) must not get that
 /// operator called by the executor as superuser.
 #[test]
 fn a_handlers_commit_cannot_steer_the_executors_own_statements() {
     let (cluster, mut su, roles) = duty_cluster("sec-commit-guc", "guc");
-    let role = roles.admin.clone();
-    admin_schema(&mut su, &roles, "hs", "steer");
-    let mut h = connect_cluster_as(&cluster, "postgres", &role);
+    let (role, mut h) = admin_in_hs(&cluster, &mut su, &roles, "steer");
     exec(
         &mut h,
         "CREATE TABLE hs.calls (decoy text, who text);

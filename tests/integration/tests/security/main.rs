@@ -28,7 +28,7 @@ pub use pg_jobqueue_integration::fingerprint::*;
 pub use pg_jobqueue_integration::roles::*;
 pub use pg_jobqueue_integration::{
     column, connect_admin, denied, error_code, error_text, exec, listen, next_notification, one,
-    one_row, rows, Client, CHANNEL, INSUFFICIENT_PRIVILEGE,
+    one_row, rows, Client, TestDb, CHANNEL, INSUFFICIENT_PRIVILEGE,
 };
 pub use std::collections::BTreeSet;
 pub use std::time::{Duration, Instant};
