@@ -181,16 +181,7 @@ run_pgbench() { # run_pgbench QUEUE MODE ROUND SCRIPT LOG
         'BEGIN { split(t, p, " "); x = ((b - o) / hz - p[1] - p[2]) / ((e - s) * n) * 100;
                  printf "%.0f", (x < 0 ? 0 : x) }')
 
-    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
-    lat=$(sed -n 's/^latency average = \(.*\)$/\1/p' "$log")
-    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$queue/$mode: cannot read pgbench's result ($log)"; }
-    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$queue/$mode: $failed failed transactions ($log)"; }
-    if grep -q 'aborted\|ERROR' "$log" "$log.watch"; then
-        cat "$log" "$log.watch" >&2
-        die "$queue/$mode: a client aborted ($log)"
-    fi
+    read_pgbench_log "$queue/$mode" "$log" "$log.watch"
     # pgbench -r: "<latency ms> <failures> <statement's first line>" per statement; each
     # script's first statement is its claim.
     dequeue_ms=$(awk '/^statement latencies/ { s = 1; next } s && $3 == "SELECT" { print $1; exit }' "$log")
@@ -331,15 +322,7 @@ report=$(
     echo "$where"
     echo
     echo "$machine"
-    other_max=$(sed -n 's/.*other processes used \([0-9]*\)%.*/\1/p' "$logs/runs.txt" | sort -n | tail -1)
-    echo "- noise: other processes on the machine used up to ${other_max}% of the CPUs during a measured run$(
-        [ "$other_max" -gt 10 ] && echo ' (**noisy**: treat the affected runs with care)')"
-    echo
-    echo "Runs, in the order they ran:"
-    echo
-    echo '```'
-    cat "$logs/runs.txt"
-    echo '```'
+    runs_section "$logs/runs.txt"
 )
 echo "$report"
 echo "$report" >>"$out"

@@ -93,3 +93,51 @@ machine_description() {
 - settings: $settings
 EOF
 }
+
+# read_pgbench_log TAG LOG [MORE_LOG...]: pgbench's result in LOG into tx (transactions), tps
+# and lat (average latency); dies, showing the logs, when it cannot be read, transactions
+# failed, or a client aborted (in LOG or MORE_LOG).
+read_pgbench_log() {
+    local tag=$1 log=$2 failed
+    shift
+    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
+    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
+    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
+    lat=$(sed -n 's/^latency average = \(.*\)$/\1/p' "$log")
+    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$tag: cannot read pgbench's result ($log)"; }
+    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$tag: $failed failed transactions ($log)"; }
+    if grep -q 'aborted\|ERROR' "$@"; then
+        cat "$@" >&2
+        die "$tag: a client aborted ($log)"
+    fi
+}
+
+# runs_section RUNS_FILE: the report's end: how busy the rest of the machine was (the most of
+# any run, from its "other processes used N%" line) and every run's line, in order.
+runs_section() {
+    local other_max
+    other_max=$(sed -n 's/.*other processes used \([0-9]*\)%.*/\1/p' "$1" | sort -n | tail -1)
+    echo "- noise: other processes on the machine used up to ${other_max}% of the CPUs during a measured run$(
+        [ "$other_max" -gt 10 ] && echo ' (**noisy**: treat the affected runs with care)')"
+    echo
+    echo "Runs, in the order they ran:"
+    echo
+    echo '```'
+    cat "$1"
+    echo '```'
+}
+
+# tick_lateness FROM: sets runs, distinct (ticks), p50, p99 and worst: a schedule's lateness
+# (fired_at - due_at, ms) over the schedule runs `r` that FROM (the rest of a query after
+# FROM) gives; dies when a tick fired twice, or fewer than $tick_seconds - 2 ticks fired.
+tick_lateness() {
+    read -r runs distinct p50 p99 worst < <(sql -F ' ' -c "
+    SELECT count(*), count(DISTINCT tick),
+           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
+           round(max(ms)::numeric, 1)
+      FROM (SELECT r.tick, 1000 * extract(epoch FROM r.fired_at - r.due_at) AS ms
+              FROM $1) t")
+    [ "$runs" -eq "$distinct" ] || die "a tick fired twice ($runs runs, $distinct ticks)"
+    [ "$runs" -ge $((tick_seconds - 2)) ] || die "only $runs ticks fired in ${tick_seconds}s"
+}

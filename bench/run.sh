@@ -188,17 +188,8 @@ measure() {
         'BEGIN { split(t, p, " "); x = ((b - o) / hz - p[1] - p[2]) / ((e - s) * n) * 100;
                  printf "%.0f", (x < 0 ? 0 : x) }')
 
-    local tx failed tps lat
-    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
-    lat=$(sed -n 's/^latency average = \(.*\)$/\1/p' "$log")
-    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$scenario/$side: cannot read pgbench's result ($log)"; }
-    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$scenario/$side: $failed failed transactions ($log)"; }
-    if grep -q 'aborted\|ERROR' "$log"; then
-        cat "$log" >&2
-        die "$scenario/$side: a client aborted ($log)"
-    fi
+    local tx tps lat
+    read_pgbench_log "$scenario/$side" "$log"
 
     # Every transaction moved exactly per_tx jobs, and nothing is left claimed (process_fused:
     # nothing but each client's last claim, which no later call of its acknowledged).
@@ -295,15 +286,7 @@ report=$(
     echo "$table"
     echo
     echo "$machine"
-    other_max=$(sed -n 's/.*other processes used \([0-9]*\)%.*/\1/p' "$logs/runs.txt" | sort -n | tail -1)
-    echo "- noise: other processes on the machine used up to ${other_max}% of the CPUs during a measured run$(
-        [ "$other_max" -gt 10 ] && echo ' (**noisy**: treat the affected runs with care)')"
-    echo
-    echo "Runs, in the order they ran:"
-    echo
-    echo '```'
-    cat "$logs/runs.txt"
-    echo '```'
+    runs_section "$logs/runs.txt"
 )
 echo
 echo "$report"

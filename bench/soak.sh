@@ -137,15 +137,7 @@ process() {
         cat "$log" >&2
         die "$tag/$side: pgbench failed (log: $log)"
     fi
-    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
-    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$tag/$side: cannot read pgbench's result ($log)"; }
-    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$tag/$side: $failed failed transactions ($log)"; }
-    if grep -q 'aborted\|ERROR' "$log"; then
-        cat "$log" >&2
-        die "$tag/$side: a client aborted ($log)"
-    fi
+    read_pgbench_log "$tag/$side" "$log"
 
     # Every transaction moved exactly one job, all acknowledged, nothing left claimed.
     after=$(sql -F ' ' -c "SELECT ready, claimed, coalesce(done, 0) FROM bench_counts('$side')")
