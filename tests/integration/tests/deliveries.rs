@@ -981,7 +981,7 @@ fn metadata_address_is_refused_by_default() {
     }
     wait_for_sender(&mut client);
     for (url, id) in ids {
-        let (row, errors) = expect_address_refused(&mut client, &url, id, "http_deny", "");
+        let (row, errors) = expect_address_refused(&mut client, url, id, "http_deny", "");
         assert_eq!(row.attempt, 1, "{url}: {errors:#?}");
         assert_eq!(errors.len(), 1, "{url}: {errors:#?}");
         assert!(errors[0].permanent, "{url}: {errors:#?}");

@@ -114,13 +114,13 @@ fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Ve
             assert!(
                 started.elapsed() < Duration::from_secs(20),
                 "{worker}: the queue was not drained within 20 s; {} live: {}",
-                live(c, &queue),
-                live_summary(c, &queue)
+                live(c, queue),
+                live_summary(c, queue)
             );
             let batch = rng.range(1, max_batch as u64) as i32;
-            let jobs = claim(c, &queue, &worker, batch, None);
+            let jobs = claim(c, queue, &worker, batch, None);
             if jobs.is_empty() {
-                if live(c, &queue) == 0 {
+                if live(c, queue) == 0 {
                     break;
                 }
                 thread::sleep(Duration::from_millis(rng.range(1, 3)));

@@ -108,7 +108,7 @@ fn enqueue_in_thread(
     (pid, receive)
 }
 
-/// Creates `queue`; session `a` enqueues key 'K' in a transaction it leaves open, and session B
+/// Session `a` enqueues key 'K' into `queue` in a transaction it leaves open, and session B
 /// (a new connection, in another thread) enqueues 'K' too and is seen waiting for A's
 /// transaction.  A's open transaction, A's job id and where B's result will come.
 fn race_for_a_key_held_open<'a>(
@@ -121,7 +121,6 @@ fn race_for_a_key_held_open<'a>(
     i64,
     mpsc::Receiver<Result<i64, String>>,
 ) {
-    create_queue(a, queue);
     let mut tx = a.transaction().unwrap();
     let a_id: i64 = tx
         .query_one(
@@ -142,9 +141,7 @@ fn race_for_a_key_held_open<'a>(
 /// returns A's job once A commits.
 #[test]
 fn idempotency_key_race_waits_for_commit() {
-    let db = TestDb::create("idem_commit");
-    let queue = unique_queue("idem");
-    let mut a = db.connect();
+    let (db, queue, mut a) = queue_db("idem_commit", "idem", "");
     let mut observer = db.connect();
     let (tx, a_id, b_result) = race_for_a_key_held_open(&db, &queue, &mut a, &mut observer);
     assert!(
@@ -179,9 +176,7 @@ fn idempotency_key_race_waits_for_commit() {
 /// The same race where A rolls back: B, which waited, enqueues its own job.
 #[test]
 fn idempotency_key_race_after_rollback() {
-    let db = TestDb::create("idem_rollback");
-    let queue = unique_queue("idem_rb");
-    let mut a = db.connect();
+    let (db, queue, mut a) = queue_db("idem_rollback", "idem_rb", "");
     let mut observer = db.connect();
     let (tx, a_id, b_result) = race_for_a_key_held_open(&db, &queue, &mut a, &mut observer);
     tx.rollback().unwrap();

@@ -54,12 +54,9 @@ fn drain(consumer: &mut Client, queue: &str) -> usize {
 /// whether by 1,000 job.enqueue calls or by one job.enqueue_many.
 #[test]
 fn one_notification_per_batch() {
-    let db = TestDb::create("notify_batch");
-    let queue = unique_queue("batch");
+    let (db, queue, mut producer) = queue_db("notify_batch", "batch", "");
     let mut consumer = db.connect();
-    let mut producer = db.connect();
     let producer_pid = backend_pid(&mut producer);
-    create_queue(&mut producer, &queue);
 
     listen(&mut consumer);
     assert!(dequeue(&mut consumer, &queue, "consumer", 10, None).is_empty());
@@ -110,12 +107,9 @@ fn assert_silent(listener: &mut Client, what: &str) {
 /// enqueue sends exactly one notification, and enqueues after it (the consumer is busy) none.
 #[test]
 fn no_notification_unless_a_consumer_is_idle() {
-    let db = TestDb::create("notify_idle");
-    let queue = unique_queue("idle");
+    let (db, queue, mut producer) = queue_db("notify_idle", "idle", "");
     let mut listener = db.connect();
-    let mut producer = db.connect();
     let producer_pid = backend_pid(&mut producer);
-    create_queue(&mut producer, &queue);
 
     // Idle marks are cluster-wide per slot and outlive databases; a consumer of an earlier run
     // may have left this queue's slot marked.  This commit answers any such mark before

@@ -35,6 +35,16 @@ fn served_handler_and_tick(name: &str) -> (Cluster, Client, Vec<i32>) {
     (cluster, client, executors)
 }
 
+/// DROP DATABASE `name` succeeds (else panics, saying it was `what`) within 5 s.
+fn drop_database_within_5_s(admin: &mut Client, name: &str, what: &str) {
+    let dropping = Instant::now();
+    admin
+        .batch_execute(&format!("DROP DATABASE {name}"))
+        .unwrap_or_else(|e| panic!("{what} failed: {}", error_text(&e)));
+    let took = dropping.elapsed();
+    assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
+}
+
 /// Schedule 'tick' fires at least twice after `since` (`failure`: what it means if not), and
 /// fired each of its ticks once.
 fn assert_ticks_after(client: &mut Client, since: f64, failure: impl FnOnce() -> String) {
@@ -176,17 +186,11 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
         jobqueue_backends(&mut admin)
     );
     drop(second);
-    let dropping = Instant::now();
-    admin
-        .batch_execute("DROP DATABASE second")
-        .unwrap_or_else(|e| {
-            panic!(
-                "DROP DATABASE of a served database failed: {}",
-                error_text(&e)
-            )
-        });
-    let took = dropping.elapsed();
-    assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
+    drop_database_within_5_s(
+        &mut admin,
+        "second",
+        "DROP DATABASE of a served database failed",
+    );
 
     // A handler busy in a long sleep does not hold DROP DATABASE up either.
     cluster.create_database("third");
@@ -215,17 +219,11 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
         jobqueue_backends(&mut admin)
     );
     drop(third);
-    let dropping = Instant::now();
-    admin
-        .batch_execute("DROP DATABASE third")
-        .unwrap_or_else(|e| {
-            panic!(
-                "DROP DATABASE during a running handler failed: {}",
-                error_text(&e)
-            )
-        });
-    let took = dropping.elapsed();
-    assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
+    drop_database_within_5_s(
+        &mut admin,
+        "third",
+        "DROP DATABASE during a running handler failed",
+    );
     assert!(
         wait_until(Duration::from_secs(5), || {
             jobqueue_backends(&mut admin)
@@ -465,7 +463,7 @@ fn worker_recovers_from_terminated_and_killed_processes() {
         queue_jobs(&mut client, "h")
     );
     assert_ticks_after(&mut client, back_at, || {
-        format!("schedules do not fire after the crash restart")
+        "schedules do not fire after the crash restart".to_string()
     });
 }
 
@@ -508,7 +506,7 @@ fn sighup_disables_and_reenables_the_worker() {
     wait_for_finished(&cluster, &mut client, "h", 1, Duration::from_secs(10));
     assert_eq!(job(&mut client, waiting).state, "completed");
     assert_ticks_after(&mut client, on_at, || {
-        format!("schedules do not fire after re-enabling")
+        "schedules do not fire after re-enabling".to_string()
     });
 }
 

@@ -490,9 +490,13 @@ fn time_zones_end_to_end() {
     }
 
     // The worker fires a fixed New York wall time at its instant: a few seconds from now.
-    let (cron, expected_tick): (String, f64) = one_row(&mut client, "SELECT to_char(t AT TIME ZONE 'America/New_York', 'FMSS FMMI FMHH24 * * *'),
+    let (cron, expected_tick): (String, f64) = one_row(
+        &mut client,
+        "SELECT to_char(t AT TIME ZONE 'America/New_York', 'FMSS FMMI FMHH24 * * *'),
                         extract(epoch FROM t)::float8
-                   FROM (SELECT date_trunc('second', clock_timestamp()) + interval '3 seconds' AS t) s", &[]);
+                   FROM (SELECT date_trunc('second', clock_timestamp()) + interval '3 seconds' AS t) s",
+        &[],
+    );
     exec(
         &mut client,
         &format!(

@@ -243,7 +243,9 @@ fn the_recipes_grant_each_duty_exactly_its_functions_and_views() {
 
         // Effective rights, whatever their source (PUBLIC, memberships): no table or
         // sequence at all, views read-only, nothing that writes or hangs code anywhere.
-        let effective: Vec<(String, String)> = rows(&mut su, "SELECT c.relname::text, p FROM pg_class c
+        let effective: Vec<(String, String)> = rows(
+            &mut su,
+            "SELECT c.relname::text, p FROM pg_class c
                   CROSS JOIN unnest(ARRAY['SELECT', 'INSERT', 'UPDATE', 'DELETE', 'TRUNCATE',
                                           'REFERENCES', 'TRIGGER']) p
                   WHERE c.relnamespace = 'job'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
@@ -259,7 +261,9 @@ fn the_recipes_grant_each_duty_exactly_its_functions_and_views() {
                   CROSS JOIN unnest(ARRAY['INSERT', 'UPDATE', 'REFERENCES']) p
                   WHERE c.relnamespace = 'job'::regnamespace
                     AND has_column_privilege($1, c.oid, a.attnum, p)
-                  ORDER BY 1, 2", &[&role]);
+                  ORDER BY 1, 2",
+            &[&role],
+        );
         let expected: Vec<(String, String)> = {
             let mut v: Vec<_> = views
                 .iter()
