@@ -8,7 +8,7 @@
 //! (immediate) and removes its directory; when the test failed, the server log is kept
 //! (the panic message of the drop says where).
 
-use crate::sql::{exec, one};
+use crate::sql::{exec, one, rows};
 use crate::{error_text, Client, Config, Error, NoTls};
 use postgres::GenericClient;
 use std::collections::HashSet;
@@ -564,15 +564,11 @@ pub fn server_now(client: &mut Client) -> f64 {
 
 /// `job.worker_processes()` of the connected database: (pid, kind), by kind and pid.
 pub fn worker_processes(client: &mut Client) -> Vec<(i32, String)> {
-    client
-        .query(
-            "SELECT pid, kind FROM job.worker_processes() ORDER BY kind DESC, pid",
-            &[],
-        )
-        .unwrap_or_else(|e| panic!("job.worker_processes() failed: {}", error_text(&e)))
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    rows(
+        client,
+        "SELECT pid, kind FROM job.worker_processes() ORDER BY kind DESC, pid",
+        &[],
+    )
 }
 
 /// The pids of this database's worker processes of `kind` ("scheduler" or "executor").

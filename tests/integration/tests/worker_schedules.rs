@@ -5,8 +5,8 @@
 //! Every test runs a private cluster (src/cluster.rs) with a 200 ms scheduler tick.
 
 use pg_jobqueue_integration::cluster::*;
-use pg_jobqueue_integration::error_text;
 use pg_jobqueue_integration::sql::*;
+use pg_jobqueue_integration::{error_text, Client};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -83,15 +83,22 @@ fn every_second_schedule_enqueues_one_job_per_second() {
 /// While the worker fires a one-second schedule, four sessions call
 /// `job._fire_due_schedules()` as fast as they can for 4 s: still one run and one job per
 /// tick, no key twice, no tick skipped, and no schedule error.
-#[test]
-fn concurrent_manual_fires_do_not_duplicate_ticks() {
-    let (cluster, mut client) = served_cluster("sched-race", &[]);
+/// A served cluster `name` whose schedule 'tick' fires into queue 'q' every second, once it
+/// has fired `runs` times (`failure`: what it means if it does not within 10 s).
+fn ticking_cluster(name: &str, runs: usize, failure: &str) -> (Cluster, Client) {
+    let (cluster, mut client) = served_cluster(name, &[]);
     exec(&mut client, "SELECT job.create_queue('q')");
     exec(&mut client, "SELECT job.schedule('tick', '1 second', 'q')");
     assert!(
-        wait_for_runs(&mut client, "tick", 1, f64::MIN, Duration::from_secs(10)),
-        "the schedule never fired"
+        wait_for_runs(&mut client, "tick", runs, f64::MIN, Duration::from_secs(10)),
+        "{failure}"
     );
+    (cluster, client)
+}
+
+#[test]
+fn concurrent_manual_fires_do_not_duplicate_ticks() {
+    let (cluster, mut client) = ticking_cluster("sched-race", 1, "the schedule never fired");
 
     let stop = Arc::new(AtomicBool::new(false));
     let racers: Vec<_> = (0..4)
@@ -299,13 +306,8 @@ fn immediate_shutdown_skips_or_catches_up_missed_ticks() {
 /// without firing the paused period; unschedule removes it and its runs, not its jobs.
 #[test]
 fn pause_resume_and_unschedule() {
-    let (_cluster, mut client) = served_cluster("sched-pause", &[]);
-    exec(&mut client, "SELECT job.create_queue('q')");
-    exec(&mut client, "SELECT job.schedule('tick', '1 second', 'q')");
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, f64::MIN, Duration::from_secs(10)),
-        "the schedule did not fire twice"
-    );
+    let (_cluster, mut client) =
+        ticking_cluster("sched-pause", 2, "the schedule did not fire twice");
 
     exec(&mut client, "SELECT job.pause_schedule('tick')");
     let paused_at = server_now(&mut client);

@@ -114,15 +114,11 @@ fn definer_functions_use_nothing_of_a_hostile_search_path() {
          SELECT job.next_due('emails');
          SELECT job.queue_id('emails');",
     );
-    let claimed: Vec<(i64, String)> = e
-        .query(
-            "SELECT id, lease_token::text FROM job.dequeue('emails', 'w1', 10)",
-            &[],
-        )
-        .unwrap_or_else(|err| panic!("dequeue failed: {}", error_text(&err)))
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let claimed: Vec<(i64, String)> = rows(
+        &mut e,
+        "SELECT id, lease_token::text FROM job.dequeue('emails', 'w1', 10)",
+        &[],
+    );
     assert_eq!(claimed.len(), 3, "the delayed job must not be claimed yet");
     let (first, first_token) = &claimed[0];
     let (second, second_token) = &claimed[1];
