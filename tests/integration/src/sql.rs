@@ -4,26 +4,31 @@
 
 use crate::{error_text, Client, Error, SqlState};
 use postgres::types::{FromSqlOwned, ToSql};
+use postgres::GenericClient;
 
 /// SQLSTATE 42501, insufficient_privilege: what a role is told when it may not do something.
 pub const INSUFFICIENT_PRIVILEGE: &str = "42501";
 
 /// Runs SQL statements (no parameters, no rows), panicking with the server's error.
-pub fn exec(client: &mut Client, sql: &str) {
+pub fn exec(client: &mut impl GenericClient, sql: &str) {
     client
         .batch_execute(sql)
         .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)));
 }
 
 /// Runs one statement with parameters (its rows ignored), panicking with the server's error.
-pub fn execute(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) {
+pub fn execute(client: &mut impl GenericClient, sql: &str, params: &[&(dyn ToSql + Sync)]) {
     client
         .execute(sql, params)
         .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)));
 }
 
 /// The single value of a one-row, one-column query, panicking with the server's error.
-pub fn one<T: FromSqlOwned>(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T {
+pub fn one<T: FromSqlOwned>(
+    client: &mut impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> T {
     client
         .query_one(sql, params)
         .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)))
@@ -32,15 +37,13 @@ pub fn one<T: FromSqlOwned>(client: &mut Client, sql: &str, params: &[&(dyn ToSq
 
 /// The values of a one-column query, panicking with the server's error.
 pub fn column<T: FromSqlOwned>(
-    client: &mut Client,
+    client: &mut impl GenericClient,
     sql: &str,
     params: &[&(dyn ToSql + Sync)],
 ) -> Vec<T> {
-    client
-        .query(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)))
-        .iter()
-        .map(|row| row.get(0))
+    rows::<(T,)>(client, sql, params)
+        .into_iter()
+        .map(|(value,)| value)
         .collect()
 }
 
@@ -122,7 +125,11 @@ from_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5);
 from_row_tuple!(A 0, B 1, C 2, D 3, E 4, F 5, G 6);
 
 /// The one row of a query, as a tuple, panicking with the server's error.
-pub fn one_row<T: FromRow>(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T {
+pub fn one_row<T: FromRow>(
+    client: &mut impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> T {
     T::from_row(
         &client
             .query_one(sql, params)
@@ -131,7 +138,11 @@ pub fn one_row<T: FromRow>(client: &mut Client, sql: &str, params: &[&(dyn ToSql
 }
 
 /// The rows of a query, as tuples, panicking with the server's error.
-pub fn rows<T: FromRow>(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Vec<T> {
+pub fn rows<T: FromRow>(
+    client: &mut impl GenericClient,
+    sql: &str,
+    params: &[&(dyn ToSql + Sync)],
+) -> Vec<T> {
     client
         .query(sql, params)
         .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)))

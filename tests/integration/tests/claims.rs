@@ -155,14 +155,12 @@ fn eight_fused_workers_drain_every_job_exactly_once_with_their_results() {
     assert_eq!(seen, enqueued, "claimed ids differ from the enqueued ones");
     let stats = queue_stats(&mut producer, &queue);
     assert_eq!((stats.completed, stats.waiting + stats.running), (JOBS, 0));
-    let mismatched: i64 = producer
-        .query_one(
-            "SELECT count(*) FROM job.finished_jobs
+    let mismatched: i64 = one(
+        &mut producer,
+        "SELECT count(*) FROM job.finished_jobs
               WHERE queue = $1 AND result IS DISTINCT FROM jsonb_build_object('by', claimed_by)",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+        &[&queue],
+    );
     assert_eq!(mismatched, 0, "jobs whose result is not their worker's");
 }
 
@@ -173,10 +171,7 @@ fn a_rolled_back_claim_is_claimed_again_by_the_same_session() {
     let (_db, queue, mut client) = queue_db("rollback_claim", "rollback", "");
     let ids = enqueue_many(&mut client, &queue, 0, 3);
     let mut tx = client.transaction().unwrap();
-    let first: i64 = tx
-        .query_one("SELECT id FROM job.dequeue($1)", &[&queue])
-        .unwrap()
-        .get(0);
+    let first: i64 = one(&mut tx, "SELECT id FROM job.dequeue($1)", &[&queue]);
     assert_eq!(first, ids[0]);
     tx.rollback().unwrap();
     let again = dequeue(&mut client, &queue, "w", 1, None);
@@ -262,14 +257,12 @@ fn expired_lease_is_reclaimed_then_dies() {
     let first = dequeue(&mut w1, &queue, "w1", 1, Some("200 milliseconds"));
     assert_eq!(ids_attempts(&first), [(id, 1)]);
     // The lease asked for, not the queue's 5 minutes.
-    let lease_ok: bool = w2
-        .query_one(
-            "SELECT state = 'running' AND lease_expires_at - claimed_at = interval '200 milliseconds'
+    let lease_ok: bool = one(
+        &mut w2,
+        "SELECT state = 'running' AND lease_expires_at - claimed_at = interval '200 milliseconds'
                FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
+        &[&id],
+    );
     assert!(lease_ok, "job {id} should be running on a 200 ms lease");
     thread::sleep(Duration::from_millis(350));
 

@@ -568,13 +568,11 @@ fn rolled_back_delivery_sends_nothing() {
     let (_db, mut client, receiver, endpoint) = delivering("deliv_rollback", "/", 3, "");
 
     let mut tx = client.transaction().unwrap();
-    let rolled_back: i64 = tx
-        .query_one(
-            "SELECT job.deliver($1, '{\"rolled\": \"back\"}')",
-            &[&endpoint],
-        )
-        .unwrap()
-        .get(0);
+    let rolled_back: i64 = one(
+        &mut tx,
+        "SELECT job.deliver($1, '{\"rolled\": \"back\"}')",
+        &[&endpoint],
+    );
     // Give the sender time to (wrongly) see it while the transaction is open.
     std::thread::sleep(Duration::from_millis(1500));
     tx.rollback().unwrap();

@@ -29,13 +29,11 @@ fn wait_for_payload(listener: &mut Client, payload: &str, within: Duration) -> I
 
 /// Comes up empty on `queue` (marking this session a waiting consumer) with LISTEN on.
 fn wait_as_consumer(listener: &mut Client, queue: &str) {
-    let n: i64 = listener
-        .query_one(
-            "SELECT count(*) FROM job.dequeue($1, 'listener')",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let n: i64 = one(
+        listener,
+        "SELECT count(*) FROM job.dequeue($1, 'listener')",
+        &[&queue],
+    );
     assert_eq!(n, 0, "{queue} should be empty");
 }
 
@@ -165,24 +163,23 @@ fn a_polling_worker_sleeps_until_next_due() {
     client
         .batch_execute("SELECT job.create_queue('q')")
         .unwrap();
-    let no_job: Option<f64> = client
-        .query_one("SELECT extract(epoch FROM job.next_due('q'))::float8", &[])
-        .unwrap()
-        .get(0);
+    let no_job: Option<f64> = one(
+        &mut client,
+        "SELECT extract(epoch FROM job.next_due('q'))::float8",
+        &[],
+    );
     assert_eq!(no_job, None);
     client
         .batch_execute("SELECT job.enqueue('q', delay => '1 second')")
         .unwrap();
-    let due: f64 = client
-        .query_one("SELECT extract(epoch FROM job.next_due('q'))::float8", &[])
-        .unwrap()
-        .get(0);
+    let due: f64 = one(
+        &mut client,
+        "SELECT extract(epoch FROM job.next_due('q'))::float8",
+        &[],
+    );
     let wait = (due - unix_now()).max(0.0);
     assert!(wait > 0.5 && wait <= 1.0, "next_due said to wait {wait} s");
     std::thread::sleep(Duration::from_secs_f64(wait));
-    let got: i64 = client
-        .query_one("SELECT count(*) FROM job.dequeue('q')", &[])
-        .unwrap()
-        .get(0);
+    let got: i64 = one(&mut client, "SELECT count(*) FROM job.dequeue('q')", &[]);
     assert_eq!(got, 1, "the job was not there at its due time");
 }

@@ -267,13 +267,11 @@ fn a_rate_limit_is_never_exceeded_in_any_window() {
     const JOBS: i64 = 600;
     const WORKERS: usize = 6;
     let (db, queue, mut c) = queue_db("flow_rate", "rate", ", rate_limit => 50");
-    let period: String = c
-        .query_one(
-            "SELECT rate_period::text FROM job.queue_settings WHERE queue = $1",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let period: String = one(
+        &mut c,
+        "SELECT rate_period::text FROM job.queue_settings WHERE queue = $1",
+        &[&queue],
+    );
     assert_eq!(period, "00:00:01", "rate_period's default");
     let enqueued: HashSet<i64> = enqueue_many(&mut c, &queue, 0, JOBS).into_iter().collect();
 
@@ -1071,13 +1069,11 @@ fn a_key_hold_keeps_only_that_key_waiting() {
     let (db, queue, mut c) = queue_db("flow_key_hold", "keyhold", ", key_concurrency => 10");
     let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
     for key in ["A", "B", "A", "B", "A", "B"] {
-        let id: i64 = c
-            .query_one(
-                "SELECT job.enqueue($1, jsonb_build_object('key', $2::text), concurrency_key => $2)",
-                &[&queue, &key],
-            )
-            .unwrap()
-            .get(0);
+        let id: i64 = one(
+            &mut c,
+            "SELECT job.enqueue($1, jsonb_build_object('key', $2::text), concurrency_key => $2)",
+            &[&queue, &key],
+        );
         by_key.entry(key).or_default().push(id);
     }
     let plain = enqueue(&mut c, &queue, 1);
@@ -1199,13 +1195,11 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
         })
         .collect();
     jobs.push(enqueue(&mut c, &queue, 1));
-    let held: Option<f64> = c
-        .query_one(
-            "SELECT extract(epoch FROM held_until)::float8 FROM job.queue_settings WHERE queue = $1",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let held: Option<f64> = one(
+        &mut c,
+        "SELECT extract(epoch FROM held_until)::float8 FROM job.queue_settings WHERE queue = $1",
+        &[&queue],
+    );
     assert!(
         held.is_some_and(|h| (h - until).abs() < 0.002),
         "queue_settings.held_until {held:?}"

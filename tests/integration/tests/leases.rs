@@ -39,21 +39,17 @@ fn a_worker_that_lost_its_lease_cannot_touch_the_next_attempt() {
     assert_eq!(ids_attempts(&claim_b), [(id, 2)]);
     let stale = &claim_a[0].token;
 
-    let completed: bool = a
-        .query_one(
-            "SELECT job.complete($1, '{\"by\": \"a\"}', $2::text::uuid)",
-            &[&id, stale],
-        )
-        .unwrap()
-        .get(0);
+    let completed: bool = one(
+        &mut a,
+        "SELECT job.complete($1, '{\"by\": \"a\"}', $2::text::uuid)",
+        &[&id, stale],
+    );
     assert!(!completed, "A completed B's attempt");
-    let state: String = a
-        .query_one(
-            "SELECT job.fail($1, 'A gives up', permanent => true, token => $2::text::uuid)",
-            &[&id, stale],
-        )
-        .unwrap()
-        .get(0);
+    let state: String = one(
+        &mut a,
+        "SELECT job.fail($1, 'A gives up', permanent => true, token => $2::text::uuid)",
+        &[&id, stale],
+    );
     assert_eq!(
         state, "running",
         "A's fail must report B's attempt, not end it"
@@ -66,13 +62,11 @@ fn a_worker_that_lost_its_lease_cannot_touch_the_next_attempt() {
         &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
         "A's heartbeat extended B's lease",
     );
-    let lease_b: f64 = b
-        .query_one(
-            "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
+    let lease_b: f64 = one(
+        &mut b,
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM job.jobs WHERE id = $1",
+        &[&id],
+    );
     assert!(lease_b > 50.0, "B's lease was changed: {lease_b} s left");
 
     let done: bool = b
@@ -125,13 +119,7 @@ fn frozen_workers_never_finish_an_attempt_taken_over() {
                     assert!(started.elapsed() < Duration::from_secs(90), "worker {w} ran out of time");
                     let got = dequeue(&mut c, &queue, &format!("w{w}"), 1, Some("500 milliseconds"));
                     let Some(job) = got.first() else {
-                        let left: i64 = c
-                            .query_one(
-                                "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'",
-                                &[&queue],
-                            )
-                            .unwrap()
-                            .get(0);
+                        let left: i64 = one(&mut c, "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'", &[&queue]);
                         if left == 0 {
                             break;
                         }
@@ -146,13 +134,7 @@ fn frozen_workers_never_finish_an_attempt_taken_over() {
                         thread::sleep(Duration::from_millis(1500)); // frozen past the lease
                     }
                     let result = format!("{{\"worker\": {w}, \"attempt\": {}}}", job.attempt);
-                    let ok: bool = c
-                        .query_one(
-                            "SELECT job.complete($1, $2::text::jsonb, $3::text::uuid)",
-                            &[&job.id, &result, &job.token],
-                        )
-                        .unwrap()
-                        .get(0);
+                    let ok: bool = one(&mut c, "SELECT job.complete($1, $2::text::jsonb, $3::text::uuid)", &[&job.id, &result, &job.token]);
                     if ok {
                         completed += 1;
                     } else {

@@ -490,21 +490,17 @@ fn every_job_completed_once_through_transaction_pooling() {
         .unwrap();
     let (completed, distinct_completed): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!((completed, distinct_completed), (JOBS, JOBS));
-    let left: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let left: i64 = one(
+        &mut observer,
+        "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'",
+        &[&queue],
+    );
     assert_eq!(left, 0, "jobs left waiting, scheduled, running or failed");
-    let attempts: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM job.jobs WHERE queue = $1 AND attempt <> 1",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let attempts: i64 = one(
+        &mut observer,
+        "SELECT count(*) FROM job.jobs WHERE queue = $1 AND attempt <> 1",
+        &[&queue],
+    );
     assert_eq!(
         attempts, 0,
         "every job should have been claimed exactly once"
@@ -548,10 +544,7 @@ fn next_due_polling_picks_up_a_delayed_job_through_the_pooler() {
     assert!(dequeue_via(&mut worker, &queue, "poller", 1).is_empty());
     assert_eq!(next_due_via(&mut worker, &queue), None, "empty queue");
     let ready = enqueue_via(&mut producer, &queue, 0);
-    let queue_id: i64 = direct
-        .query_one("SELECT job.queue_id($1)", &[&queue])
-        .unwrap()
-        .get(0);
+    let queue_id: i64 = one(&mut direct, "SELECT job.queue_id($1)", &[&queue]);
     let n = next_notification(&mut direct, Duration::from_secs(2))
         .expect("the direct LISTEN got no wake-up");
     assert_eq!(n.payload(), queue_id.to_string());

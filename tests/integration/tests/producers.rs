@@ -31,18 +31,17 @@ fn enqueue_is_transactional() {
 
     // Rolled back: the job never exists.
     let mut tx = producer.transaction().unwrap();
-    let rolled_back: i64 = tx
-        .query_one("SELECT job.enqueue($1, '{\"n\": 1}'::jsonb)", &[&queue])
-        .unwrap()
-        .get(0);
+    let rolled_back: i64 = one(
+        &mut tx,
+        "SELECT job.enqueue($1, '{\"n\": 1}'::jsonb)",
+        &[&queue],
+    );
     // The producer's own transaction sees it ...
-    let own: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM job.jobs WHERE id = $1 AND state = 'waiting'",
-            &[&rolled_back],
-        )
-        .unwrap()
-        .get(0);
+    let own: i64 = one(
+        &mut tx,
+        "SELECT count(*) FROM job.jobs WHERE id = $1 AND state = 'waiting'",
+        &[&rolled_back],
+    );
     assert_eq!(own, 1, "the enqueuing transaction should see its own job");
     // ... nobody else does.
     assert_unseen(&mut other, &queue, rolled_back);
@@ -65,10 +64,11 @@ fn enqueue_is_transactional() {
 
     // Committed: visible and dequeueable, once.
     let mut tx = producer.transaction().unwrap();
-    let committed: i64 = tx
-        .query_one("SELECT job.enqueue($1, '{\"n\": 2}'::jsonb)", &[&queue])
-        .unwrap()
-        .get(0);
+    let committed: i64 = one(
+        &mut tx,
+        "SELECT job.enqueue($1, '{\"n\": 2}'::jsonb)",
+        &[&queue],
+    );
     assert_ne!(committed, rolled_back);
     assert_unseen(&mut other, &queue, committed);
     tx.commit().unwrap();
@@ -122,13 +122,11 @@ fn race_for_a_key_held_open<'a>(
     mpsc::Receiver<Result<i64, String>>,
 ) {
     let mut tx = a.transaction().unwrap();
-    let a_id: i64 = tx
-        .query_one(
-            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let a_id: i64 = one(
+        &mut tx,
+        "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
+        &[&queue],
+    );
     let (b_pid, b_result) = enqueue_in_thread(db, queue, "K");
     assert!(
         wait_until_lock_waiting(observer, b_pid, Duration::from_secs(5)),
@@ -193,13 +191,11 @@ fn idempotency_key_race_after_rollback() {
     );
     assert_eq!(ids, vec![b_id], "exactly B's job should exist");
     assert_eq!(job_state(&mut observer, a_id), None);
-    let key_owner: i64 = observer
-        .query_one(
-            "SELECT job_id FROM job.idempotency_keys WHERE queue = $1 AND key = 'K'",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let key_owner: i64 = one(
+        &mut observer,
+        "SELECT job_id FROM job.idempotency_keys WHERE queue = $1 AND key = 'K'",
+        &[&queue],
+    );
     assert_eq!(key_owner, b_id);
     assert_eq!(
         ids_attempts(&dequeue(&mut observer, &queue, "w", 10, None)),

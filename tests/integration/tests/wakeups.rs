@@ -234,13 +234,11 @@ fn wakeup_race(db: &TestDb, queue: &str, jobs: usize, seed: u64, pace: Pace) -> 
                 extra_notifications += drain_notifications(&mut consumer).len();
             }
             None => {
-                let ready: i64 = consumer
-                    .query_one(
-                        "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state = 'waiting'",
-                        &[&queue],
-                    )
-                    .unwrap()
-                    .get(0);
+                let ready: i64 = one(
+                    &mut consumer,
+                    "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state = 'waiting'",
+                    &[&queue],
+                );
                 assert_eq!(
                     ready,
                     0,
