@@ -665,13 +665,11 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
     assert_eq!(ids(&first), [r1]);
     let r2 = enq(&mut c, "R", 2);
     assert_ne!(r2, r1);
-    let state: String = w
-        .query_one(
-            "SELECT job.fail($1, 'try again', token => $2::text::uuid)",
-            &[&r1, &first[0].token],
-        )
-        .unwrap()
-        .get(0);
+    let state: String = one(
+        &mut w,
+        "SELECT job.fail($1, 'try again', token => $2::text::uuid)",
+        &[&r1, &first[0].token],
+    );
     assert_eq!(state, "scheduled");
     let retry_at = one::<f64>(
         &mut c,

@@ -69,13 +69,11 @@ fn a_worker_that_lost_its_lease_cannot_touch_the_next_attempt() {
     );
     assert!(lease_b > 50.0, "B's lease was changed: {lease_b} s left");
 
-    let done: bool = b
-        .query_one(
-            "SELECT job.complete($1, '{\"by\": \"b\"}', $2::text::uuid)",
-            &[&id, &claim_b[0].token],
-        )
-        .unwrap()
-        .get(0);
+    let done: bool = one(
+        &mut b,
+        "SELECT job.complete($1, '{\"by\": \"b\"}', $2::text::uuid)",
+        &[&id, &claim_b[0].token],
+    );
     assert!(done);
     let (state, attempt, result, errors): (String, i32, String, i32) = one_row(&mut b, "SELECT state, attempt, result::text, jsonb_array_length(errors) FROM job.jobs WHERE id = $1", &[&id]);
     assert_eq!(
