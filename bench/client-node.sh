@@ -14,12 +14,11 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
+. "$(dirname "$0")/lib.sh"
 out=${BENCH_OUT:-$root/bench/last-run.md}
 client=$root/clients/node
 
-"$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)")/pg_isready" -q -h 127.0.0.1 -p "$port" -d postgres ||
-    { echo "bench: no PostgreSQL on port $port (make bench starts one; or bash scripts/cluster.sh start bench $port)" >&2; exit 1; }
+require_cluster
 if [ ! -f "$client/dist/esm/index.js" ] || [ ! -d "$client/node_modules/pg" ]; then
     (cd "$client" && npm ci --no-audit --no-fund >&2)
 fi

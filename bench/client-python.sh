@@ -12,17 +12,12 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 db=bench_client_python
-admin=(-X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres)
 
-"$bin/pg_isready" -q -h 127.0.0.1 -p "$port" ||
-    { echo "bench: no cluster on port $port (make bench leaves one running on 55434)" >&2; exit 1; }
+require_cluster
 venv=$(bash "$root/clients/python/scripts/venv.sh")
-"$bin/psql" "${admin[@]}" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-trap '"$bin/psql" "${admin[@]}" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
-"$bin/psql" "${admin[@]}" -d "$db" -c "CREATE EXTENSION pg_jobqueue"
+scratch_db_with_extension "$db"
 "$venv/bin/python" "$root/clients/python/bench/bench.py" \
     "postgresql://postgres@127.0.0.1:$port/$db" \
     --jobs "${BENCH_PY_JOBS:-50000}" --rounds "${BENCH_PY_ROUNDS:-2}" \

@@ -55,10 +55,8 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-here=$root/bench
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
 db=bench_flow
+. "$(dirname "$0")/lib.sh"
 
 seconds=${FLOW_SECONDS:-20}
 rounds=${FLOW_ROUNDS:-2}
@@ -73,26 +71,8 @@ bind_rate=${FLOW_BIND_RATE:-500}
 aim=0.8
 out=${BENCH_OUT:-$here/last-run.md}
 logs=$root/target/bench-logs/flow-$(date +%Y%m%d-%H%M%S)
-state=$(bash "$root/scripts/state-dir.sh") # where the bench cluster lives
 mkdir -p "$logs"
 
-die() { echo "bench: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-admin() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 "${conn[@]}" -d postgres "$@"; }
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d "$db" "$@"; }
-now_s() { date +%s.%N; }
-group() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
-# CPU time (clock ticks) the whole machine has been busy, and the bench cluster has used
-# (the postmaster, its live children, and the children it has reaped): as in bench/run.sh.
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-cluster_ticks() {
-    local pm c
-    pm=$(head -1 "$state/bench/data/postmaster.pid")
-    {
-        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
-        for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
-    } | awk '{ s += $1 } END { print s }'
-}
 
 queue_of() { echo "${1%_*}"; }  # keyed_one -> keyed
 mode_of() { echo "${1##*_}"; }  # keyed_one -> one
@@ -117,36 +97,19 @@ done
 
 # ---------------------------------------------------------------------------------------------
 # The database, the queues, and the commit mode.
-"$bin/pg_isready" -q "${conn[@]}" ||
-    die "no cluster on port $port (make bench leaves one running on 55434; make bench-flow starts it)"
-admin -c "SET client_min_messages = warning" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+require_cluster
+fresh_db "$db"
 sql -v rate="$rate" -v bind_rate="$((bind_rate > 0 ? bind_rate : 1))" -f "$here/flow_setup.sql" >/dev/null
-[ "$(sql -c 'SHOW synchronous_commit')" = on ] || die "synchronous_commit is not on"
-[ "$(sql -c 'SHOW fsync')" = on ] || die "fsync is not on"
+require_durable_commits
 # On a failed check the database stays, for a look; on success it goes (at the end).
 finished=0
 trap '[ $finished = 1 ] || echo "bench: database $db kept for a look (DROP DATABASE $db drops it)" >&2' EXIT
 
 # ---------------------------------------------------------------------------------------------
 # Machine and setup description (as bench/run.sh's).
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-pg_version=$(sql -c 'SELECT version()')
-ext_version=$(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'")
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$root" status --porcelain -- src sql 2>/dev/null)" ]; then
-    commit="$commit (src/ or sql/ modified)"
-fi
-settings=$(sql -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)
-                           FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync',
-                                 'wal_sync_method', 'max_wal_size', 'checkpoint_timeout')")
 machine=$(
+    machine_description
     cat <<EOF
-- date: $(date -u '+%Y-%m-%d %H:%M UTC')
-- machine: $(nproc) CPUs ($cpu_model), $mem RAM, $(uname -sr)
-- PostgreSQL: $pg_version
-- pg_jobqueue: $ext_version, commit $commit
-- settings: $settings
 - pgbench: -c $clients -j $threads -M prepared -n -r -T $seconds, $rounds round(s) per variant and side; backlog $(group "$one_backlog") jobs (single-job), $(group "$batch_backlog") (batched); pgbench's sessions with track_functions=all; a watcher client sampling every 100 ms beside each run
 EOF
 )
@@ -218,16 +181,7 @@ run_pgbench() { # run_pgbench QUEUE MODE ROUND SCRIPT LOG
         'BEGIN { split(t, p, " "); x = ((b - o) / hz - p[1] - p[2]) / ((e - s) * n) * 100;
                  printf "%.0f", (x < 0 ? 0 : x) }')
 
-    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
-    lat=$(sed -n 's/^latency average = \(.*\)$/\1/p' "$log")
-    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$queue/$mode: cannot read pgbench's result ($log)"; }
-    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$queue/$mode: $failed failed transactions ($log)"; }
-    if grep -q 'aborted\|ERROR' "$log" "$log.watch"; then
-        cat "$log" "$log.watch" >&2
-        die "$queue/$mode: a client aborted ($log)"
-    fi
+    read_pgbench_log "$queue/$mode" "$log" "$log.watch"
     # pgbench -r: "<latency ms> <failures> <statement's first line>" per statement; each
     # script's first statement is its claim.
     dequeue_ms=$(awk '/^statement latencies/ { s = 1; next } s && $3 == "SELECT" { print $1; exit }' "$log")
@@ -368,15 +322,7 @@ report=$(
     echo "$where"
     echo
     echo "$machine"
-    other_max=$(sed -n 's/.*other processes used \([0-9]*\)%.*/\1/p' "$logs/runs.txt" | sort -n | tail -1)
-    echo "- noise: other processes on the machine used up to ${other_max}% of the CPUs during a measured run$(
-        [ "$other_max" -gt 10 ] && echo ' (**noisy**: treat the affected runs with care)')"
-    echo
-    echo "Runs, in the order they ran:"
-    echo
-    echo '```'
-    cat "$logs/runs.txt"
-    echo '```'
+    runs_section "$logs/runs.txt"
 )
 echo "$report"
 echo "$report" >>"$out"

@@ -9,15 +9,12 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+db=bench_metrics
+. "$(dirname "$0")/lib.sh"
 finished=${BENCH_METRICS_FINISHED:-10000000}
 out=${BENCH_OUT:-$root/bench/last-run.md}
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench_metrics "$@"; }
 
-"$bin/psql" -X -q -v ON_ERROR_STOP=1 "${conn[@]}" -d postgres \
-    -c "DROP DATABASE IF EXISTS bench_metrics WITH (FORCE)" -c "CREATE DATABASE bench_metrics"
+fresh_db "$db"
 echo "  metrics: loading $finished finished jobs..." >&2
 sql -o /dev/null <<SQL
 CREATE EXTENSION pg_jobqueue;

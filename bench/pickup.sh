@@ -22,17 +22,12 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 db=bench_pickup
 out=${BENCH_OUT:-$root/bench/last-run.md}
-admin=(-X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$port" -U postgres -d postgres)
 
-"$bin/pg_isready" -q -h 127.0.0.1 -p "$port" ||
-    { echo "bench: no cluster on port $port (make bench leaves one running on 55434)" >&2; exit 1; }
-"$bin/psql" "${admin[@]}" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
-trap '"$bin/psql" "${admin[@]}" -c "DROP DATABASE IF EXISTS $db WITH (FORCE)"' EXIT
-"$bin/psql" "${admin[@]}" -d "$db" -c "CREATE EXTENSION pg_jobqueue"
+require_cluster
+scratch_db_with_extension "$db"
 section=$("${PYTHON:-python3}" "$root/bench/pickup.py" --port "$port" --dbname "$db" \
     --samples "${BENCH_PICKUP_SAMPLES:-200}")
 echo "$section"

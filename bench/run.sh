@@ -47,9 +47,7 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-here=$root/bench
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 
 run_seconds=${BENCH_SECONDS:-30}
 # The batched baseline can claim 1.5 M jobs in 30 s: its runs are shorter so the backlog lasts.
@@ -63,24 +61,7 @@ async_backlog=${BENCH_ASYNC_BACKLOG:-$one_backlog}
 batch_backlog=${BENCH_BATCH_BACKLOG:-1500000}
 out=${BENCH_OUT:-$here/last-run.md}
 logs=$root/target/bench-logs/$(date +%Y%m%d-%H%M%S)
-state=$(bash "$root/scripts/state-dir.sh") # where the bench cluster lives
 mkdir -p "$logs"
-
-die() { echo "bench: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
-now_s() { date +%s.%N; }
-# CPU time (clock ticks) the whole machine has been busy, and the bench cluster has used
-# (the postmaster, its live children, and the children it has reaped).
-busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9 }' /proc/stat; }
-cluster_ticks() {
-    local pm c
-    pm=$(head -1 "$state/bench/data/postmaster.pid")
-    {
-        awk '{ print $14 + $15 + $16 + $17 }' "/proc/$pm/stat"
-        for c in $(pgrep -P "$pm"); do awk '{ print $14 + $15 }' "/proc/$c/stat" 2>/dev/null || true; done
-    } | awk '{ s += $1 } END { print s }'
-}
 
 # Per scenario: its pgbench script, jobs per transaction, backlog, label, aim (minimum ratio).
 script_of() { echo "${1%_async}"; } # the *_async scenarios run their synchronous twin's script
@@ -138,35 +119,17 @@ done
 
 # ---------------------------------------------------------------------------------------------
 # The cluster (restarted so that it loads the library just installed) and a fresh database.
-bash "$root/scripts/cluster.sh" stop bench "$port"
-bash "$root/scripts/cluster.sh" start bench "$port"
-"$bin/psql" -X -q -v ON_ERROR_STOP=1 "${conn[@]}" -d postgres \
-    -c "DROP DATABASE IF EXISTS bench WITH (FORCE)" -c "CREATE DATABASE bench"
+restart_cluster
+fresh_db bench
 sql -f "$here/setup.sql" >/dev/null
 
-[ "$(sql -c 'SHOW synchronous_commit')" = on ] || die "synchronous_commit is not on"
-[ "$(sql -c 'SHOW fsync')" = on ] || die "fsync is not on"
+require_durable_commits
 
 # ---------------------------------------------------------------------------------------------
 # Machine and setup description.
-cpu_model=$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)
-mem=$(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo)
-pg_version=$(sql -c 'SELECT version()')
-ext_version=$(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'")
-commit=$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-if [ -n "$(git -C "$root" status --porcelain -- src sql 2>/dev/null)" ]; then
-    commit="$commit (src/ or sql/ modified)"
-fi
-settings=$(sql -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)
-                           FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync',
-                                 'wal_sync_method', 'max_wal_size', 'checkpoint_timeout')")
 machine=$(
+    machine_description
     cat <<EOF
-- date: $(date -u '+%Y-%m-%d %H:%M UTC')
-- machine: $(nproc) CPUs ($cpu_model), $mem RAM, $(uname -sr)
-- PostgreSQL: $pg_version
-- pg_jobqueue: $ext_version, commit $commit
-- settings: $settings
 - pgbench: -c $clients -j $threads -M prepared -n -T $run_seconds (process_batch: -T $batch_seconds), $rounds round(s) per scenario and side; *_async: PGOPTIONS='-c synchronous_commit=off'
 EOF
 )
@@ -225,17 +188,8 @@ measure() {
         'BEGIN { split(t, p, " "); x = ((b - o) / hz - p[1] - p[2]) / ((e - s) * n) * 100;
                  printf "%.0f", (x < 0 ? 0 : x) }')
 
-    local tx failed tps lat
-    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
-    lat=$(sed -n 's/^latency average = \(.*\)$/\1/p' "$log")
-    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$scenario/$side: cannot read pgbench's result ($log)"; }
-    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$scenario/$side: $failed failed transactions ($log)"; }
-    if grep -q 'aborted\|ERROR' "$log"; then
-        cat "$log" >&2
-        die "$scenario/$side: a client aborted ($log)"
-    fi
+    local tx tps lat
+    read_pgbench_log "$scenario/$side" "$log"
 
     # Every transaction moved exactly per_tx jobs, and nothing is left claimed (process_fused:
     # nothing but each client's last claim, which no later call of its acknowledged).
@@ -290,7 +244,6 @@ sql -c 'CALL bench_reset()'
 # ---------------------------------------------------------------------------------------------
 # The table: the mean over rounds of each side's jobs/s.
 mean() { awk '{ s = 0; for (i = 1; i <= NF; i++) s += $i; printf "%.0f", s / NF }' <<<"$1"; }
-group() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
 
 # The same means for the scripts `make bench` runs next (bench/worker.sh rates the executors
 # against the baseline's process_one), one "<scenario> <side> <jobs/s>" per line.
@@ -333,15 +286,7 @@ report=$(
     echo "$table"
     echo
     echo "$machine"
-    other_max=$(sed -n 's/.*other processes used \([0-9]*\)%.*/\1/p' "$logs/runs.txt" | sort -n | tail -1)
-    echo "- noise: other processes on the machine used up to ${other_max}% of the CPUs during a measured run$(
-        [ "$other_max" -gt 10 ] && echo ' (**noisy**: treat the affected runs with care)')"
-    echo
-    echo "Runs, in the order they ran:"
-    echo
-    echo '```'
-    cat "$logs/runs.txt"
-    echo '```'
+    runs_section "$logs/runs.txt"
 )
 echo
 echo "$report"

@@ -50,9 +50,8 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-here=$root/bench
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+db=bench_soak
+. "$(dirname "$0")/lib.sh"
 
 parts=${BENCH_SOAK_PARTS:-"depth longtx"}
 big=${BENCH_SOAK_BIG:-10000000}
@@ -66,16 +65,12 @@ clients=${BENCH_CLIENTS:-8}
 threads=${BENCH_THREADS:-2}
 out=${BENCH_OUT:-$here/last-soak.md}
 logs=$root/target/bench-logs/soak-$(date +%Y%m%d-%H%M%S)
-db=bench_soak
 holder_app=bench_soak_holder # the long transaction's session (application_name)
 depth_aim=0.9
 longtx_aim=0.8
 mkdir -p "$logs"
 
-die() { echo "bench: soak: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d "$db" "$@"; }
-group() { sed ':a;s/\B[0-9]\{3\}\>/,&/;ta' <<<"$1"; }
+die_prefix="soak: "
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.2f", a / b }'; }
 verdict() { awk -v r="$1" -v a="$2" 'BEGIN { print (r >= a ? "met" : "missed") }'; }
 side_name() { case $1 in jobqueue) echo pg_jobqueue ;; baseline) echo baseline ;; esac; }
@@ -87,13 +82,10 @@ done
 
 # ---------------------------------------------------------------------------------------------
 # The cluster (restarted so that it loads the library installed) and a fresh database.
-bash "$root/scripts/cluster.sh" stop bench "$port"
-bash "$root/scripts/cluster.sh" start bench "$port"
-"$bin/psql" -X -q -v ON_ERROR_STOP=1 "${conn[@]}" -d postgres \
-    -c "DROP DATABASE IF EXISTS $db WITH (FORCE)" -c "CREATE DATABASE $db"
+restart_cluster
+fresh_db "$db"
 sql -f "$here/setup.sql" >/dev/null
-[ "$(sql -c 'SHOW synchronous_commit')" = on ] || die "synchronous_commit is not on"
-[ "$(sql -c 'SHOW fsync')" = on ] || die "fsync is not on"
+require_durable_commits
 
 # Whatever happens, the long transaction does not outlive the script.
 holder=""
@@ -108,14 +100,8 @@ stop_holder() {
 trap stop_holder EXIT
 
 machine=$(
+    machine_description autovacuum
     cat <<EOF
-- date: $(date -u '+%Y-%m-%d %H:%M UTC')
-- machine: $(nproc) CPUs ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1)), $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo) RAM, $(uname -sr)
-- PostgreSQL: $(sql -c 'SELECT version()')
-- pg_jobqueue: $(sql -c "SELECT extversion FROM pg_extension WHERE extname = 'pg_jobqueue'"), commit $(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo unknown)
-- settings: $(sql -F ' ' -c "SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)
-                           FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync',
-                                 'wal_sync_method', 'max_wal_size', 'checkpoint_timeout', 'autovacuum')")
 - pgbench: -c $clients -j $threads -M prepared -n, bench/pgbench/<side>_process_one.sql
 EOF
 )
@@ -151,15 +137,7 @@ process() {
         cat "$log" >&2
         die "$tag/$side: pgbench failed (log: $log)"
     fi
-    tx=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' "$log")
-    failed=$(sed -n 's/^number of failed transactions: \([0-9]*\).*/\1/p' "$log")
-    tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$log")
-    [ -n "$tx" ] && [ -n "$tps" ] || { cat "$log" >&2; die "$tag/$side: cannot read pgbench's result ($log)"; }
-    [ "${failed:-0}" -eq 0 ] || { cat "$log" >&2; die "$tag/$side: $failed failed transactions ($log)"; }
-    if grep -q 'aborted\|ERROR' "$log"; then
-        cat "$log" >&2
-        die "$tag/$side: a client aborted ($log)"
-    fi
+    read_pgbench_log "$tag/$side" "$log"
 
     # Every transaction moved exactly one job, all acknowledged, nothing left claimed.
     after=$(sql -F ' ' -c "SELECT ready, claimed, coalesce(done, 0) FROM bench_counts('$side')")

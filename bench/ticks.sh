@@ -12,17 +12,12 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-here=$root/bench
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 tick_seconds=${BENCH_TICK_SECONDS:-60}
 clients=${BENCH_CLIENTS:-8}
 out=${BENCH_OUT:-$here/last-run.md}
 aim=5
 
-die() { echo "bench: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
 
 sql -c 'CALL bench_reset()'
 # The executors' work: 5 ms per job, enough jobs for twice the run at 2 x 200 jobs/s.
@@ -52,15 +47,7 @@ sql -c "SELECT job.pause_schedule('bench_tick')" >/dev/null
 wait "$load" || { cat "$logs/pgbench.log" >&2; die "the load's pgbench failed ($logs/pgbench.log)"; }
 busy_done=$(sql -c "SELECT count(*) FROM job.finished_jobs WHERE queue = 'bench_busy'")
 [ "$busy_done" -gt 0 ] || die "the executors ran no job during the run"
-read -r runs distinct p50 p99 worst < <(sql -F ' ' -c "
-    SELECT count(*), count(DISTINCT tick),
-           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
-           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
-           round(max(ms)::numeric, 1)
-      FROM (SELECT r.tick, 1000 * extract(epoch FROM r.fired_at - r.due_at) AS ms
-              FROM job.schedule_runs r WHERE r.schedule = 'bench_tick') t")
-[ "$runs" -eq "$distinct" ] || die "a tick fired twice ($runs runs, $distinct ticks)"
-[ "$runs" -ge $((tick_seconds - 2)) ] || die "only $runs ticks fired in ${tick_seconds}s"
+tick_lateness "job.schedule_runs r WHERE r.schedule = 'bench_tick'"
 load_tps=$(sed -n 's/^tps = \([0-9.]*\) .*/\1/p' "$logs/pgbench.log")
 verdict=$(awk -v p="$p99" -v a="$aim" 'BEGIN { print (p <= a ? "met" : "missed") }')
 sql -c "SELECT job.unschedule('bench_tick')" -c "SELECT job.drop_queue('bench_ticks', force => true)" \

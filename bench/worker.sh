@@ -19,8 +19,7 @@
 set -euo pipefail
 
 port=${1:-55434}
-root=$(cd "$(dirname "$0")/.." && pwd)
-bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)") # the clusters' PostgreSQL
+. "$(dirname "$0")/lib.sh"
 jobs=${BENCH_EXECUTOR_JOBS:-50000}
 executor_counts=${BENCH_EXECUTOR_COUNTS:-"2 8"}
 tick_seconds=${BENCH_TICK_SECONDS:-60}
@@ -28,9 +27,6 @@ out=${BENCH_OUT:-$root/bench/last-run.md}
 results=${BENCH_RESULTS:-$root/target/bench-logs/latest/results.txt}
 executor_aim=4
 
-die() { echo "bench: $*" >&2; exit 1; }
-conn=(-h 127.0.0.1 -p "$port" -U postgres)
-sql() { "$bin/psql" -X -q -A -t -v ON_ERROR_STOP=1 "${conn[@]}" -d bench "$@"; }
 wait_for() { # wait_for SECONDS SQL: until SQL returns t
     local deadline=$((SECONDS + $1))
     until [ "$(sql -c "$2")" = t ]; do
@@ -42,8 +38,7 @@ wait_for() { # wait_for SECONDS SQL: until SQL returns t
 # 8 executors, a launcher and a scheduler need more than the default 8 worker slots.
 if [ "$(sql -c 'SHOW max_worker_processes')" -lt 16 ]; then
     sql -c "ALTER SYSTEM SET max_worker_processes = 16"
-    bash "$root/scripts/cluster.sh" stop bench "$port"
-    bash "$root/scripts/cluster.sh" start bench "$port" >/dev/null
+    restart_cluster >/dev/null
 fi
 sql -c 'CALL bench_reset()'
 sql <<'SQL'
@@ -104,16 +99,7 @@ sql -c "SELECT job.create_queue('bench_ticks')" \
 echo "  schedule lateness: a 1-second schedule for ${tick_seconds}s..." >&2
 sleep "$tick_seconds"
 sql -c "SELECT job.pause_schedule('bench_tick')" >/dev/null
-read -r runs distinct p50 p99 worst < <(sql -F ' ' -c "
-    SELECT count(*), count(DISTINCT tick),
-           round(percentile_cont(0.5) WITHIN GROUP (ORDER BY ms)::numeric, 1),
-           round(percentile_cont(0.99) WITHIN GROUP (ORDER BY ms)::numeric, 1),
-           round(max(ms)::numeric, 1)
-      FROM (SELECT r.tick, 1000 * extract(epoch FROM r.fired_at - r.due_at) AS ms
-              FROM job.schedule_runs r JOIN job.jobs j ON j.id = r.job_id
-             WHERE r.schedule = 'bench_tick') t")
-[ "$runs" -eq "$distinct" ] || die "a tick fired twice ($runs runs, $distinct ticks)"
-[ "$runs" -ge $((tick_seconds - 2)) ] || die "only $runs ticks fired in ${tick_seconds}s"
+tick_lateness "job.schedule_runs r JOIN job.jobs j ON j.id = r.job_id WHERE r.schedule = 'bench_tick'"
 sql -c "SELECT job.unschedule('bench_tick')" -c "SELECT job.drop_queue('bench_ticks', force => true)" \
     -c 'CALL bench_reset()' >/dev/null
 

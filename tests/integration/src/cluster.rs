@@ -8,8 +8,8 @@
 //! (immediate) and removes its directory; when the test failed, the server log is kept
 //! (the panic message of the drop says where).
 
+use crate::sql::{exec, one, rows};
 use crate::{error_text, Client, Config, Error, NoTls};
-use postgres::types::{FromSqlOwned, ToSql};
 use postgres::GenericClient;
 use std::collections::HashSet;
 use std::fs;
@@ -535,21 +535,6 @@ pub fn wait_for<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> O
     }
 }
 
-/// Runs SQL statements (no parameters, no rows), panicking with the server's error.
-pub fn exec(client: &mut Client, sql: &str) {
-    client
-        .batch_execute(sql)
-        .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)));
-}
-
-/// The single value of a one-row, one-column query, panicking with the server's error.
-pub fn one<T: FromSqlOwned>(client: &mut Client, sql: &str, params: &[&(dyn ToSql + Sync)]) -> T {
-    client
-        .query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}\nfailed: {}", error_text(&e)))
-        .get(0)
-}
-
 /// A started cluster (see [`Cluster::start_new`]) with pg_jobqueue installed in database
 /// `postgres` and its scheduler running, and a connection to that database.
 pub fn served_cluster(name: &str, settings: &[(&str, &str)]) -> (Cluster, Client) {
@@ -579,15 +564,11 @@ pub fn server_now(client: &mut Client) -> f64 {
 
 /// `job.worker_processes()` of the connected database: (pid, kind), by kind and pid.
 pub fn worker_processes(client: &mut Client) -> Vec<(i32, String)> {
-    client
-        .query(
-            "SELECT pid, kind FROM job.worker_processes() ORDER BY kind DESC, pid",
-            &[],
-        )
-        .unwrap_or_else(|e| panic!("job.worker_processes() failed: {}", error_text(&e)))
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect()
+    rows(
+        client,
+        "SELECT pid, kind FROM job.worker_processes() ORDER BY kind DESC, pid",
+        &[],
+    )
 }
 
 /// The pids of this database's worker processes of `kind` ("scheduler" or "executor").

@@ -3,7 +3,6 @@
 
 use pg_jobqueue_integration::*;
 use std::collections::HashSet;
-use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -13,10 +12,7 @@ use std::time::{Duration, Instant};
 fn eight_workers_drain_every_job_exactly_once() {
     const JOBS: i64 = 20_000;
     const WORKERS: usize = 8;
-    let db = TestDb::create("drain");
-    let queue = unique_queue("drain");
-    let mut producer = db.connect();
-    create_queue(&mut producer, &queue);
+    let (db, queue, mut producer) = queue_db("drain", "drain", "");
 
     let mut enqueued = Vec::with_capacity(JOBS as usize);
     for chunk in 0..20 {
@@ -31,55 +27,42 @@ fn eight_workers_drain_every_job_exactly_once() {
     assert_eq!(queue_stats(&mut producer, &queue).waiting, JOBS);
 
     let started = Instant::now();
-    let barrier = Arc::new(Barrier::new(WORKERS));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            let mut client = db.connect();
-            let queue = queue.clone();
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let worker = format!("worker-{w}");
-                let mut rng = Rng::new(w as u64 + 1);
-                let mut claimed: Vec<i64> = Vec::new();
-                barrier.wait();
-                loop {
-                    let batch = rng.range(50, 100) as i32;
-                    let jobs = dequeue(&mut client, &queue, &worker, batch, None);
-                    if jobs.is_empty() {
-                        // Every job was committed before the workers started, and SKIP LOCKED
-                        // only skips rows another worker is claiming: nothing left for us.
-                        break;
-                    }
-                    assert!(
-                        jobs.len() <= batch as usize,
-                        "{worker} got {} jobs for batch {batch}",
-                        jobs.len()
-                    );
-                    for job in &jobs {
-                        assert_eq!(
-                            job.attempt, 1,
-                            "{worker} got job {} on attempt {}",
-                            job.id, job.attempt
-                        );
-                    }
-                    let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-                    let done = complete_many(&mut client, &ids);
-                    assert_eq!(
-                        done as usize,
-                        ids.len(),
-                        "{worker}: complete_many completed {done} of {} claimed jobs",
-                        ids.len()
-                    );
-                    claimed.extend(ids);
-                }
-                claimed
-            })
-        })
-        .collect();
-    let per_worker: Vec<Vec<i64>> = workers
-        .into_iter()
-        .map(|w| w.join().expect("a worker panicked"))
-        .collect();
+    let per_worker: Vec<Vec<i64>> = on_workers(&db, WORKERS, |w, client| {
+        let worker = format!("worker-{w}");
+        let mut rng = Rng::new(w as u64 + 1);
+        let mut claimed: Vec<i64> = Vec::new();
+        loop {
+            let batch = rng.range(50, 100) as i32;
+            let jobs = dequeue(client, &queue, &worker, batch, None);
+            if jobs.is_empty() {
+                // Every job was committed before the workers started, and SKIP LOCKED
+                // only skips rows another worker is claiming: nothing left for us.
+                break;
+            }
+            assert!(
+                jobs.len() <= batch as usize,
+                "{worker} got {} jobs for batch {batch}",
+                jobs.len()
+            );
+            for job in &jobs {
+                assert_eq!(
+                    job.attempt, 1,
+                    "{worker} got job {} on attempt {}",
+                    job.id, job.attempt
+                );
+            }
+            let ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
+            let done = complete_many(client, &ids);
+            assert_eq!(
+                done as usize,
+                ids.len(),
+                "{worker}: complete_many completed {done} of {} claimed jobs",
+                ids.len()
+            );
+            claimed.extend(ids);
+        }
+        claimed
+    });
     let elapsed = started.elapsed();
 
     let mut seen = HashSet::new();
@@ -124,57 +107,45 @@ fn eight_workers_drain_every_job_exactly_once() {
 fn eight_fused_workers_drain_every_job_exactly_once_with_their_results() {
     const JOBS: i64 = 20_000;
     const WORKERS: usize = 8;
-    let db = TestDb::create("fused");
-    let queue = unique_queue("fused");
-    let mut producer = db.connect();
-    create_queue(&mut producer, &queue);
+    let (db, queue, mut producer) = queue_db("fused", "fused", "");
     let mut enqueued = HashSet::new();
     for chunk in 0..20 {
         enqueued.extend(enqueue_many(&mut producer, &queue, chunk * 1000, 1000));
     }
     assert_eq!(enqueued.len(), JOBS as usize);
 
-    let barrier = Arc::new(Barrier::new(WORKERS));
-    let workers: Vec<_> = (0..WORKERS)
-        .map(|w| {
-            let mut client = db.connect();
-            let queue = queue.clone();
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let worker = format!("worker-{w}");
-                let result = format!(r#"{{"by": "{worker}"}}"#);
-                let mut claimed: Vec<i64> = Vec::new();
-                let mut previous: Option<(i64, String)> = None;
-                barrier.wait();
-                loop {
-                    let (ids, tokens) = match &previous {
-                        Some((id, token)) => (vec![*id], vec![token.clone()]),
-                        None => (vec![], vec![]),
-                    };
-                    let rows = client
-                        .query(
-                            "SELECT id, attempt, lease_token::text FROM job.dequeue($1, $2,
-                                    complete => $3::bigint[], complete_tokens => $4::text[]::uuid[],
-                                    results => array_fill($5::text::jsonb, ARRAY[cardinality($3::bigint[])]))",
-                            &[&queue, &worker, &ids, &tokens, &result],
-                        )
-                        .unwrap_or_else(|e| panic!("{worker}: {}", error_text(&e)));
-                    let Some(row) = rows.first() else {
-                        break; // the previous job is completed; nothing is left
-                    };
-                    assert_eq!(rows.len(), 1, "{worker} got a batch for batch 1");
-                    let (id, attempt): (i64, i32) = (row.get(0), row.get(1));
-                    assert_eq!(attempt, 1, "{worker} got job {id} on attempt {attempt}");
-                    claimed.push(id);
-                    previous = Some((id, row.get(2)));
-                }
-                claimed
-            })
-        })
-        .collect();
+    let per_worker: Vec<Vec<i64>> = on_workers(&db, WORKERS, |w, client| {
+        let worker = format!("worker-{w}");
+        let result = format!(r#"{{"by": "{worker}"}}"#);
+        let mut claimed: Vec<i64> = Vec::new();
+        let mut previous: Option<(i64, String)> = None;
+        loop {
+            let (ids, tokens) = match &previous {
+                Some((id, token)) => (vec![*id], vec![token.clone()]),
+                None => (vec![], vec![]),
+            };
+            let rows = client
+                .query(
+                    "SELECT id, attempt, lease_token::text FROM job.dequeue($1, $2,
+                            complete => $3::bigint[], complete_tokens => $4::text[]::uuid[],
+                            results => array_fill($5::text::jsonb, ARRAY[cardinality($3::bigint[])]))",
+                    &[&queue, &worker, &ids, &tokens, &result],
+                )
+                .unwrap_or_else(|e| panic!("{worker}: {}", error_text(&e)));
+            let Some(row) = rows.first() else {
+                break; // the previous job is completed; nothing is left
+            };
+            assert_eq!(rows.len(), 1, "{worker} got a batch for batch 1");
+            let (id, attempt): (i64, i32) = (row.get(0), row.get(1));
+            assert_eq!(attempt, 1, "{worker} got job {id} on attempt {attempt}");
+            claimed.push(id);
+            previous = Some((id, row.get(2)));
+        }
+        claimed
+    });
     let mut seen = HashSet::new();
-    for (w, handle) in workers.into_iter().enumerate() {
-        for id in handle.join().expect("a worker panicked") {
+    for (w, ids) in per_worker.into_iter().enumerate() {
+        for id in ids {
             assert!(
                 seen.insert(id),
                 "job {id} was handed out twice (again to worker-{w})"
@@ -184,14 +155,12 @@ fn eight_fused_workers_drain_every_job_exactly_once_with_their_results() {
     assert_eq!(seen, enqueued, "claimed ids differ from the enqueued ones");
     let stats = queue_stats(&mut producer, &queue);
     assert_eq!((stats.completed, stats.waiting + stats.running), (JOBS, 0));
-    let mismatched: i64 = producer
-        .query_one(
-            "SELECT count(*) FROM job.finished_jobs
+    let mismatched: i64 = one(
+        &mut producer,
+        "SELECT count(*) FROM job.finished_jobs
               WHERE queue = $1 AND result IS DISTINCT FROM jsonb_build_object('by', claimed_by)",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+        &[&queue],
+    );
     assert_eq!(mismatched, 0, "jobs whose result is not their worker's");
 }
 
@@ -199,16 +168,10 @@ fn eight_fused_workers_drain_every_job_exactly_once_with_their_results() {
 /// takes it at once (the session forgets where its claims left off).
 #[test]
 fn a_rolled_back_claim_is_claimed_again_by_the_same_session() {
-    let db = TestDb::create("rollback_claim");
-    let queue = unique_queue("rollback");
-    let mut client = db.connect();
-    create_queue(&mut client, &queue);
+    let (_db, queue, mut client) = queue_db("rollback_claim", "rollback", "");
     let ids = enqueue_many(&mut client, &queue, 0, 3);
     let mut tx = client.transaction().unwrap();
-    let first: i64 = tx
-        .query_one("SELECT id FROM job.dequeue($1)", &[&queue])
-        .unwrap()
-        .get(0);
+    let first: i64 = one(&mut tx, "SELECT id FROM job.dequeue($1)", &[&queue]);
     assert_eq!(first, ids[0]);
     tx.rollback().unwrap();
     let again = dequeue(&mut client, &queue, "w", 1, None);
@@ -219,11 +182,8 @@ fn a_rolled_back_claim_is_claimed_again_by_the_same_session() {
 /// the other gets different jobs at once.
 #[test]
 fn dequeue_never_waits_for_another_workers_claims() {
-    let db = TestDb::create("never_blocks");
-    let queue = unique_queue("noblock");
-    let mut a = db.connect();
+    let (db, queue, mut a) = queue_db("never_blocks", "noblock", "");
     let mut b = db.connect();
-    create_queue(&mut a, &queue);
     let enqueued: HashSet<i64> = enqueue_many(&mut a, &queue, 0, 10).into_iter().collect();
 
     let mut tx = a.transaction().unwrap();
@@ -289,26 +249,20 @@ fn dequeue_never_waits_for_another_workers_claims() {
 /// recorded in its errors; out of retries, it dies.
 #[test]
 fn expired_lease_is_reclaimed_then_dies() {
-    let db = TestDb::create("lease");
-    let queue = unique_queue("lease");
-    let mut w1 = db.connect();
+    let (db, queue, mut w1) = queue_db("lease", "lease", ", max_retries => 1");
     let mut w2 = db.connect();
     let mut w3 = db.connect();
-    w1.execute("SELECT job.create_queue($1, max_retries => 1)", &[&queue])
-        .unwrap();
     let id = enqueue(&mut w1, &queue, 1);
 
     let first = dequeue(&mut w1, &queue, "w1", 1, Some("200 milliseconds"));
     assert_eq!(ids_attempts(&first), [(id, 1)]);
     // The lease asked for, not the queue's 5 minutes.
-    let lease_ok: bool = w2
-        .query_one(
-            "SELECT state = 'running' AND lease_expires_at - claimed_at = interval '200 milliseconds'
+    let lease_ok: bool = one(
+        &mut w2,
+        "SELECT state = 'running' AND lease_expires_at - claimed_at = interval '200 milliseconds'
                FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
+        &[&id],
+    );
     assert!(lease_ok, "job {id} should be running on a 200 ms lease");
     thread::sleep(Duration::from_millis(350));
 
@@ -333,29 +287,31 @@ fn expired_lease_is_reclaimed_then_dies() {
         [(id, 2)],
         "w2 should reclaim the expired job"
     );
-    let row = w3
-        .query_one(
-            "SELECT state, attempt, jsonb_array_length(errors), errors -> 0 ->> 'error',
-                    (errors -> 0 ->> 'attempt')::int, errors -> 0 ->> 'worker', claimed_by
-               FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap();
-    assert_eq!(row.get::<_, String>(0), "running");
-    assert_eq!(row.get::<_, i32>(1), 2);
-    assert_eq!(
-        row.get::<_, i32>(2),
-        1,
-        "one error entry: the expired first attempt"
+    let (state, attempt, entries, error, error_attempt, error_worker, claimed_by): (
+        String,
+        i32,
+        i32,
+        String,
+        i32,
+        Option<String>,
+        Option<String>,
+    ) = one_row(
+        &mut w3,
+        "SELECT state, attempt, jsonb_array_length(errors), errors -> 0 ->> 'error',
+                (errors -> 0 ->> 'attempt')::int, errors -> 0 ->> 'worker', claimed_by
+           FROM job.jobs WHERE id = $1",
+        &[&id],
     );
-    let error: String = row.get(3);
+    assert_eq!(state, "running");
+    assert_eq!(attempt, 2);
+    assert_eq!(entries, 1, "one error entry: the expired first attempt");
     assert!(
         error.contains("lease expired"),
         "error entry should mention the lease expiry: {error}"
     );
-    assert_eq!(row.get::<_, i32>(4), 1, "the error belongs to attempt 1");
-    assert_eq!(row.get::<_, Option<String>>(5).as_deref(), Some("w1"));
-    assert_eq!(row.get::<_, Option<String>>(6).as_deref(), Some("w2"));
+    assert_eq!(error_attempt, 1, "the error belongs to attempt 1");
+    assert_eq!(error_worker.as_deref(), Some("w1"));
+    assert_eq!(claimed_by.as_deref(), Some("w2"));
 
     // Expires again: attempt 2 > max_retries 1, so the next dequeue's rescue kills it.
     thread::sleep(Duration::from_millis(350));
@@ -364,21 +320,15 @@ fn expired_lease_is_reclaimed_then_dies() {
         third.is_empty(),
         "a job out of retries must not be handed out again: {third:?}"
     );
-    let row = w3
-        .query_one(
-            "SELECT state, attempt, jsonb_array_length(errors), errors -> 1 ->> 'error'
-               FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap();
-    assert_eq!(row.get::<_, String>(0), "dead");
-    assert_eq!(row.get::<_, i32>(1), 2);
-    assert_eq!(
-        row.get::<_, i32>(2),
-        2,
-        "two error entries, one per expired attempt"
+    let (state, attempt, entries, error): (String, i32, i32, String) = one_row(
+        &mut w3,
+        "SELECT state, attempt, jsonb_array_length(errors), errors -> 1 ->> 'error'
+           FROM job.jobs WHERE id = $1",
+        &[&id],
     );
-    let error: String = row.get(3);
+    assert_eq!(state, "dead");
+    assert_eq!(attempt, 2);
+    assert_eq!(entries, 2, "two error entries, one per expired attempt");
     assert!(error.contains("lease expired"), "{error}");
     let stats = queue_stats(&mut w3, &queue);
     assert_eq!(
@@ -393,13 +343,16 @@ fn expired_lease_is_reclaimed_then_dies() {
 
 /// The same through job.rescue_stalled (what a supervisor calls) instead of a dequeue, for
 /// many jobs of several vanished workers at once.
+/// `job.rescue_stalled(queue)`, which takes back between 0 and 20 jobs (the background worker
+/// may have taken them back first).
+fn rescue_stalled(c: &mut Client, queue: &str) {
+    let rescued: i32 = one(c, "SELECT job.rescue_stalled($1)", &[&queue]);
+    assert!((0..=20).contains(&rescued), "{rescued}");
+}
+
 #[test]
 fn rescue_stalled_reclaims_expired_leases() {
-    let db = TestDb::create("rescue");
-    let queue = unique_queue("rescue");
-    let mut c = db.connect();
-    c.execute("SELECT job.create_queue($1, max_retries => 1)", &[&queue])
-        .unwrap();
+    let (db, queue, mut c) = queue_db("rescue", "rescue", ", max_retries => 1");
     let ids: HashSet<i64> = enqueue_many(&mut c, &queue, 0, 20).into_iter().collect();
 
     // Leases long enough that none runs out before the four workers have claimed: a job
@@ -419,22 +372,14 @@ fn rescue_stalled_reclaims_expired_leases() {
 
     // The background worker takes them back as their leases run out; rescue_stalled takes
     // what it has not got to yet (nothing, usually).
-    let rescued: i32 = c
-        .query_one("SELECT job.rescue_stalled($1)", &[&queue])
-        .unwrap()
-        .get(0);
-    assert!((0..=20).contains(&rescued), "{rescued}");
+    rescue_stalled(&mut c, &queue);
     assert_eq!(queue_stats(&mut c, &queue).waiting, 20);
     let again = dequeue(&mut c, &queue, "w9", 100, Some("200 milliseconds"));
     assert_eq!(again.len(), 20);
     assert!(again.iter().all(|j| j.attempt == 2), "{again:?}");
 
     thread::sleep(Duration::from_millis(350));
-    let rescued: i32 = c
-        .query_one("SELECT job.rescue_stalled($1)", &[&queue])
-        .unwrap()
-        .get(0);
-    assert!((0..=20).contains(&rescued), "{rescued}");
+    rescue_stalled(&mut c, &queue);
     let stats = queue_stats(&mut c, &queue);
     assert_eq!(
         (stats.dead, stats.waiting, stats.running),

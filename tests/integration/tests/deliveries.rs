@@ -9,9 +9,11 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::http_server::{unused_port, Action, Receiver, Recorded, Reply};
+use pg_jobqueue_integration::roles::DbRole;
+use pg_jobqueue_integration::sql::*;
 use pg_jobqueue_integration::{
-    connect_admin, current_version, error_text, job_count, job_state, queue_stats, unique_queue,
-    Client, SqlState, TestDb,
+    current_version, error_text, job_count, job_state, queue_stats, unique_queue, Client, SqlState,
+    TestDb,
 };
 use std::collections::HashSet;
 use std::time::{Duration, Instant, SystemTime};
@@ -46,6 +48,23 @@ fn create_endpoint(client: &mut Client, url: &str, max_retries: i32, options: &s
     name
 }
 
+/// A test database, a receiver, and an endpoint at the receiver's `path` (see
+/// [`create_endpoint`]) whose database's sender is running.  Drops in reverse: the endpoint's
+/// name, the receiver, the connection, the database.
+fn delivering(
+    test: &str,
+    path: &str,
+    max_retries: i32,
+    options: &str,
+) -> (TestDb, Client, Receiver, String) {
+    let db = TestDb::create(test);
+    let mut client = db.connect();
+    let receiver = Receiver::start();
+    let endpoint = create_endpoint(&mut client, &receiver.url(path), max_retries, options);
+    wait_for_sender(&mut client);
+    (db, client, receiver, endpoint)
+}
+
 /// A private cluster's name: `test` and this process's id, so that two runs side by side
 /// (which would stop and remove each other's clusters of one name) stay apart.
 fn private_name(test: &str) -> String {
@@ -69,6 +88,15 @@ fn deliver(client: &mut Client, endpoint: &str, body: &str) -> i64 {
         "SELECT job.deliver($1, $2::text::jsonb)",
         &[&endpoint, &body],
     )
+}
+
+/// `job.deliver(endpoint, {"n": 1})`, waited for until it is finished: in `state`, after
+/// `attempts` attempts; the job id.
+fn deliver_one(client: &mut Client, endpoint: &str, state: &str, attempts: i32) -> i64 {
+    let id = deliver(client, endpoint, r#"{"n": 1}"#);
+    let row = expect_finished(client, id, state);
+    assert_eq!(row.attempt, attempts);
+    id
 }
 
 /// `count` deliveries to `endpoint` in one statement, bodies {"n": 1} … {"n": count}; the ids.
@@ -209,19 +237,37 @@ fn expect_requests(receiver: &Receiver, count: usize) -> Vec<Recorded> {
         })
 }
 
-/// The SQLSTATE of a statement that must fail.
-fn sqlstate_of(
-    client: &mut Client,
-    sql: &str,
-    params: &[&(dyn postgres::types::ToSql + Sync)],
-) -> String {
-    match client.execute(sql, params) {
-        Ok(_) => panic!("{sql} succeeded; it must fail"),
-        Err(e) => e
-            .code()
-            .map(|c| c.code().to_owned())
-            .unwrap_or_else(|| panic!("{sql} failed without a SQLSTATE: {}", error_text(&e))),
+/// The requests' arrivals in order, and the most of them within any one second.
+fn arrivals_and_busiest_second(requests: &[Recorded]) -> (Vec<Instant>, usize) {
+    let mut arrivals: Vec<Instant> = requests.iter().map(|r| r.arrived).collect();
+    arrivals.sort();
+    let mut worst = 0;
+    for (i, &start) in arrivals.iter().enumerate() {
+        let in_window = arrivals[i..]
+            .iter()
+            .take_while(|&&t| t.duration_since(start) < Duration::from_secs(1))
+            .count();
+        worst = worst.max(in_window);
     }
+    (arrivals, worst)
+}
+
+/// Waits until delivery `id` (to `url`) is finished and asserts it is dead, refused before
+/// any connection (class address_refused) with an error naming `why`; `context` goes into the
+/// failure message.  Its row and errors.
+fn expect_address_refused(
+    client: &mut Client,
+    url: &str,
+    id: i64,
+    why: &str,
+    context: &str,
+) -> (JobRow, Vec<DeliveryError>) {
+    let row = wait_finished(client, id, PATIENCE);
+    let errors = delivery_errors(client, id);
+    assert_eq!(row.state, "dead", "{url}: {errors:#?}\n{context}");
+    assert_eq!(errors[0].class.as_deref(), Some("address_refused"), "{url}");
+    assert!(errors[0].error.contains(why), "{url}: {errors:#?}");
+    (row, errors)
 }
 
 fn unix_of(t: SystemTime) -> f64 {
@@ -241,22 +287,18 @@ fn unix_of(t: SystemTime) -> f64 {
 /// job completes on attempt 1 with the answer in its result.
 #[test]
 fn delivery_arrives_signed_with_its_body_and_headers() {
-    let db = TestDb::create("deliv_ok");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering(
+        "deliv_ok",
+        "/hook",
+        3,
+        r#", headers => '{"authorization": "Bearer abc-123", "x-team": "payments"}'::jsonb"#,
+    );
     receiver.set_default(
         Reply::status(200)
             .header("content-type", "application/json")
             .header("x-request-id", "req-7")
             .body(r#"{"ok":true}"#),
     );
-    let endpoint = create_endpoint(
-        &mut client,
-        &receiver.url("/hook"),
-        3,
-        r#", headers => '{"authorization": "Bearer abc-123", "x-team": "payments"}'::jsonb"#,
-    );
-    wait_for_sender(&mut client);
 
     let body =
         r#"{"b": "x", "a": [1, 2.50, "é ✓", {"z": null, "y": true}], "q": "\"quoted\" \\ back"}"#;
@@ -362,29 +404,21 @@ fn delivery_arrives_signed_with_its_body_and_headers() {
         result_field(&mut client, id, "body_truncated").as_deref(),
         Some("false")
     );
-    let (latency, request_id, job_type): (f64, Option<String>, Option<String>) = {
-        let r = client
-            .query_one(
-                "SELECT (result->>'latency_ms')::float8, result->'headers'->>'x-request-id', job_type
+    let (latency, request_id, job_type): (f64, Option<String>, Option<String>) = one_row(
+        &mut client,
+        "SELECT (result->>'latency_ms')::float8, result->'headers'->>'x-request-id', job_type
                    FROM job.jobs WHERE id = $1",
-                &[&id],
-            )
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2))
-    };
+        &[&id],
+    );
     assert!((0.0..10_000.0).contains(&latency), "latency_ms {latency}");
     assert_eq!(request_id.as_deref(), Some("req-7"));
     assert_eq!(job_type.as_deref(), Some("order.created"));
-    let (status_2xx, last_status): (i64, Option<i32>) = {
-        let r = client
-            .query_one(
-                "SELECT m.status_2xx, e.last_status FROM job.endpoint_metrics m
+    let (status_2xx, last_status): (i64, Option<i32>) = one_row(
+        &mut client,
+        "SELECT m.status_2xx, e.last_status FROM job.endpoint_metrics m
                    JOIN job.endpoints e ON e.name = m.endpoint WHERE m.endpoint = $1",
-                &[&endpoint],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+        &[&endpoint],
+    );
     assert_eq!((status_2xx, last_status), (1, Some(200)));
 }
 
@@ -393,11 +427,7 @@ fn delivery_arrives_signed_with_its_body_and_headers() {
 /// there was one.  With overlap 0 only the newest secret signs.
 #[test]
 fn rotated_secret_signs_with_both_secrets_during_the_overlap() {
-    let db = TestDb::create("deliv_rotate");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 3, "");
-    wait_for_sender(&mut client);
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_rotate", "/", 3, "");
 
     let old_secret = endpoint_secret(&mut client, &endpoint);
     let first = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
@@ -496,15 +526,11 @@ fn create_endpoint_keeps_an_existing_queue() {
         (2, "00:00:00.1".to_owned(), "00:00:00.2".to_owned(), 0.0),
         "create_endpoint changed the settings of the existing queue {endpoint}"
     );
-    let actions: Vec<String> = client
-        .query(
-            "SELECT action FROM job.audit_log WHERE arguments->>'name' = $1 ORDER BY id",
-            &[&endpoint],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let actions: Vec<String> = column(
+        &mut client,
+        "SELECT action FROM job.audit_log WHERE arguments->>'name' = $1 ORDER BY id",
+        &[&endpoint],
+    );
     assert_eq!(actions, vec!["create_queue", "create_endpoint"]);
 }
 
@@ -513,11 +539,7 @@ fn create_endpoint_keeps_an_existing_queue() {
 /// sent once.
 #[test]
 fn idempotency_key_is_the_webhook_id() {
-    let db = TestDb::create("deliv_idem");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 3, "");
-    wait_for_sender(&mut client);
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_idem", "/", 3, "");
 
     let sql = "SELECT job.deliver($1, '{\"order\": 42}', idempotency_key => 'order-42-paid')";
     let id: i64 = one(&mut client, sql, &[&endpoint]);
@@ -543,20 +565,14 @@ fn idempotency_key_is_the_webhook_id() {
 /// and after another second the receiver still has that one request only.
 #[test]
 fn rolled_back_delivery_sends_nothing() {
-    let db = TestDb::create("deliv_rollback");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 3, "");
-    wait_for_sender(&mut client);
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_rollback", "/", 3, "");
 
     let mut tx = client.transaction().unwrap();
-    let rolled_back: i64 = tx
-        .query_one(
-            "SELECT job.deliver($1, '{\"rolled\": \"back\"}')",
-            &[&endpoint],
-        )
-        .unwrap()
-        .get(0);
+    let rolled_back: i64 = one(
+        &mut tx,
+        "SELECT job.deliver($1, '{\"rolled\": \"back\"}')",
+        &[&endpoint],
+    );
     // Give the sender time to (wrongly) see it while the transaction is open.
     std::thread::sleep(Duration::from_millis(1500));
     tx.rollback().unwrap();
@@ -579,16 +595,10 @@ fn rolled_back_delivery_sends_nothing() {
 /// http_status 404, class 4xx, the webhook id and the attempt.
 #[test]
 fn not_found_is_dead_after_one_attempt() {
-    let db = TestDb::create("deliv_404");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_404", "/", 5, "");
     receiver.set_default(Reply::status(404).body("no such hook"));
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "dead");
-    assert_eq!(row.attempt, 1);
+    let id = deliver_one(&mut client, &endpoint, "dead", 1);
     let errors = delivery_errors(&mut client, id);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     let e = &errors[0];
@@ -610,19 +620,13 @@ fn not_found_is_dead_after_one_attempt() {
 /// the Location is never requested.
 #[test]
 fn redirect_is_not_followed() {
-    let db = TestDb::create("deliv_301");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_301", "/hook", 5, "");
     receiver.set_default_for(
         "/hook",
         Reply::status(301).header("location", &receiver.url("/elsewhere")),
     );
-    let endpoint = create_endpoint(&mut client, &receiver.url("/hook"), 5, "");
-    wait_for_sender(&mut client);
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "dead");
-    assert_eq!(row.attempt, 1);
+    let id = deliver_one(&mut client, &endpoint, "dead", 1);
     let errors = delivery_errors(&mut client, id);
     assert_eq!(errors.len(), 1, "{errors:#?}");
     assert!(
@@ -640,25 +644,15 @@ fn redirect_is_not_followed() {
 /// 'disable_endpoint'); a later delivery waits unsent until job.resume_endpoint, then goes.
 #[test]
 fn gone_disables_the_endpoint_until_resumed() {
-    let db = TestDb::create("deliv_410");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_410", "/", 5, "");
     receiver.push(Reply::status(410));
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "dead");
-    assert_eq!(row.attempt, 1);
-    let (state, reason): (String, Option<String>) = {
-        let r = client
-            .query_one(
-                "SELECT state, disabled_reason FROM job.endpoints WHERE name = $1",
-                &[&endpoint],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    deliver_one(&mut client, &endpoint, "dead", 1);
+    let (state, reason): (String, Option<String>) = one_row(
+        &mut client,
+        "SELECT state, disabled_reason FROM job.endpoints WHERE name = $1",
+        &[&endpoint],
+    );
     assert_eq!(state, "disabled");
     assert!(
         reason.as_deref().is_some_and(|r| r.contains("410")),
@@ -696,16 +690,10 @@ fn gone_disables_the_endpoint_until_resumed() {
 /// permanent.
 #[test]
 fn server_error_is_retried_with_the_same_webhook_id() {
-    let db = TestDb::create("deliv_503");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_503", "/", 5, "");
     receiver.push(Reply::status(503).body("busy"));
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "completed");
-    assert_eq!(row.attempt, 2);
+    let id = deliver_one(&mut client, &endpoint, "completed", 2);
     let requests = expect_requests(&receiver, 2);
     assert_eq!(requests.len(), 2);
     let expected = format!("msg_{id}");
@@ -728,16 +716,10 @@ fn server_error_is_retried_with_the_same_webhook_id() {
 /// the queue's backoff is 100 ms.
 #[test]
 fn retry_after_seconds_delays_the_retry() {
-    let db = TestDb::create("deliv_retry_after");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_retry_after", "/", 5, "");
     receiver.push(Reply::status(429).header("retry-after", "2"));
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
 
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "completed");
-    assert_eq!(row.attempt, 2);
+    let id = deliver_one(&mut client, &endpoint, "completed", 2);
     let requests = expect_requests(&receiver, 2);
     let gap = requests[1].arrived.duration_since(requests[0].arrived);
     assert!(
@@ -755,20 +737,14 @@ fn retry_after_seconds_delays_the_retry() {
 /// 429 with a Retry-After HTTP-date ~3 s ahead: the retry comes no earlier than that date.
 #[test]
 fn retry_after_date_delays_the_retry() {
-    let db = TestDb::create("deliv_retry_date");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_retry_date", "/", 5, "");
 
     // HTTP-dates have whole seconds: 4 s ahead, cut down to the second, is 3 to 4 s ahead.
     let date = SystemTime::now() + Duration::from_secs(4);
     let date_text = httpdate::fmt_http_date(date);
     let date_unix = unix_of(httpdate::parse_http_date(&date_text).unwrap());
     receiver.push(Reply::status(429).header("retry-after", &date_text));
-    let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
-    let row = expect_finished(&mut client, id, "completed");
-    assert_eq!(row.attempt, 2);
+    deliver_one(&mut client, &endpoint, "completed", 2);
     let requests = expect_requests(&receiver, 2);
     assert!(
         requests[1].arrived_unix >= date_unix - 0.05,
@@ -785,17 +761,9 @@ fn retry_after_date_delays_the_retry() {
 /// (transient) and the retry, answered at once, completes the job.
 #[test]
 fn slow_answer_times_out_and_is_retried() {
-    let db = TestDb::create("deliv_timeout");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) =
+        delivering("deliv_timeout", "/", 5, ", timeout => '1 second'");
     receiver.push(Reply::status(200).delay(Duration::from_secs(4)));
-    let endpoint = create_endpoint(
-        &mut client,
-        &receiver.url("/"),
-        5,
-        ", timeout => '1 second'",
-    );
-    wait_for_sender(&mut client);
 
     let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
     let started = Instant::now();
@@ -821,13 +789,9 @@ fn slow_answer_times_out_and_is_retried() {
 /// transient: the third attempt completes.
 #[test]
 fn broken_connections_are_retried() {
-    let db = TestDb::create("deliv_reset");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_reset", "/", 5, "");
     receiver.push(Action::Reset(Duration::ZERO));
     receiver.push(Action::Close(Duration::ZERO));
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
 
     let id = deliver(&mut client, &endpoint, r#"{"n": 1}"#);
     let row = expect_finished(&mut client, id, "completed");
@@ -877,12 +841,9 @@ fn refused_connection_is_retried() {
 /// flight at the receiver, but more than 1; each delivery arrives once and completes.
 #[test]
 fn endpoint_concurrency_caps_requests_in_flight() {
-    let db = TestDb::create("deliv_concurrency");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
+    let (_db, mut client, receiver, endpoint) =
+        delivering("deliv_concurrency", "/", 5, ", concurrency => 3");
     receiver.set_default(Reply::status(200).delay(Duration::from_millis(200)));
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, ", concurrency => 3");
-    wait_for_sender(&mut client);
 
     let ids = deliver_many(&mut client, &endpoint, 30);
     let requests = expect_requests(&receiver, 30);
@@ -917,26 +878,14 @@ fn endpoint_concurrency_caps_requests_in_flight() {
 /// (so they span at least 4 s).
 #[test]
 fn rate_limit_caps_requests_per_second() {
-    let db = TestDb::create("deliv_rate");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, ", rate_limit => 20");
-    wait_for_sender(&mut client);
+    let (_db, mut client, receiver, endpoint) =
+        delivering("deliv_rate", "/", 5, ", rate_limit => 20");
 
     deliver_many(&mut client, &endpoint, 100);
     let requests = receiver
         .wait_for_requests(100, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("{} of 100 arrived", receiver.count()));
-    let mut arrivals: Vec<Instant> = requests.iter().map(|r| r.arrived).collect();
-    arrivals.sort();
-    let mut worst = 0;
-    for (i, &start) in arrivals.iter().enumerate() {
-        let in_window = arrivals[i..]
-            .iter()
-            .take_while(|&&t| t.duration_since(start) < Duration::from_secs(1))
-            .count();
-        worst = worst.max(in_window);
-    }
+    let (arrivals, worst) = arrivals_and_busiest_second(&requests);
     assert!(
         worst <= 20,
         "{worst} requests arrived within one second; the rate limit is 20"
@@ -1030,14 +979,10 @@ fn metadata_address_is_refused_by_default() {
     }
     wait_for_sender(&mut client);
     for (url, id) in ids {
-        let row = wait_finished(&mut client, id, PATIENCE);
-        let errors = delivery_errors(&mut client, id);
-        assert_eq!(row.state, "dead", "{url}: {errors:#?}");
+        let (row, errors) = expect_address_refused(&mut client, url, id, "http_deny", "");
         assert_eq!(row.attempt, 1, "{url}: {errors:#?}");
         assert_eq!(errors.len(), 1, "{url}: {errors:#?}");
-        assert_eq!(errors[0].class.as_deref(), Some("address_refused"), "{url}");
         assert!(errors[0].permanent, "{url}: {errors:#?}");
-        assert!(errors[0].error.contains("http_deny"), "{url}: {errors:#?}");
     }
 }
 
@@ -1062,17 +1007,9 @@ fn denied_loopback_is_refused_after_resolution() {
     }
     wait_for_sender(&mut client);
     for (url, id) in ids {
-        let row = wait_finished(&mut client, id, PATIENCE);
-        let errors = delivery_errors(&mut client, id);
-        assert_eq!(
-            row.state,
-            "dead",
-            "{url}: {errors:#?}\n{}",
-            cluster.log_tail(20)
-        );
+        let log = cluster.log_tail(20);
+        let (_, errors) = expect_address_refused(&mut client, &url, id, "http_deny", &log);
         assert_eq!(errors.len(), 1, "{url}: {errors:#?}");
-        assert_eq!(errors[0].class.as_deref(), Some("address_refused"), "{url}");
-        assert!(errors[0].error.contains("http_deny"), "{url}: {errors:#?}");
     }
     assert_eq!(receiver.count(), 0, "{:#?}", receiver.requests());
     assert_eq!(receiver.connections(), 0, "no connection may be made");
@@ -1347,27 +1284,6 @@ fn secrets_do_not_leak() {
     }
 }
 
-/// A role to drop (in the test database, then the cluster) when the test ends.
-struct RoleGuard {
-    db: String,
-    role: String,
-}
-
-impl Drop for RoleGuard {
-    fn drop(&mut self) {
-        let _ = pg_jobqueue_integration::connect(&self.db)
-            .batch_execute(&format!("DROP OWNED BY {} CASCADE", self.role));
-        if let Err(e) = connect_admin().batch_execute(&format!("DROP ROLE IF EXISTS {}", self.role))
-        {
-            eprintln!(
-                "warning: could not drop role {}: {}",
-                self.role,
-                error_text(&e)
-            );
-        }
-    }
-}
-
 /// A role with only the produce recipe (USAGE on schema job, EXECUTE on job.deliver) can
 /// deliver to an existing endpoint, but not create, read or change endpoints (42501, nor
 /// select their tables and views); a path or headers that would leave the endpoint or forge
@@ -1376,26 +1292,17 @@ impl Drop for RoleGuard {
 fn producer_role_can_deliver_but_not_administer() {
     let db = TestDb::create("deliv_roles");
     let mut client = db.connect();
-    let role = format!("deliv_producer_{}", std::process::id());
-    exec(&mut client, &format!("DROP ROLE IF EXISTS {role}"));
-    exec(
-        &mut client,
-        &format!(
-            "CREATE ROLE {role} NOLOGIN;
-             GRANT USAGE ON SCHEMA job TO {role};
-             GRANT EXECUTE ON FUNCTION job.deliver TO {role};"
-        ),
+    let role = DbRole::create(
+        &db,
+        "deliv_producer",
+        "GRANT USAGE ON SCHEMA job TO {role};
+         GRANT EXECUTE ON FUNCTION job.deliver TO {role};",
     );
-    let _guard = RoleGuard {
-        db: db.name().to_owned(),
-        role: role.clone(),
-    };
     let receiver = Receiver::start();
     let endpoint = create_endpoint(&mut client, &receiver.url("/hooks"), 5, "");
     wait_for_sender(&mut client);
 
-    let mut producer = db.connect();
-    exec(&mut producer, &format!("SET ROLE {role}"));
+    let mut producer = role.connect();
     let id: i64 = one(
         &mut producer,
         "SELECT job.deliver($1, '{\"from\": \"producer\"}', path => '/orders/1')",
@@ -1435,8 +1342,8 @@ fn producer_role_can_deliver_but_not_administer() {
     ];
     for (sql, param) in denied {
         let state = match &param {
-            Some(p) => sqlstate_of(&mut producer, sql, &[p]),
-            None => sqlstate_of(&mut producer, sql, &[]),
+            Some(p) => error_code_with(&mut producer, sql, &[p]),
+            None => error_code_with(&mut producer, sql, &[]),
         };
         assert_eq!(state, SqlState::INSUFFICIENT_PRIVILEGE.code(), "{sql}");
     }
@@ -1451,7 +1358,7 @@ fn producer_role_can_deliver_but_not_administer() {
     ];
     for sql in refused {
         assert_eq!(
-            sqlstate_of(&mut producer, sql, &[&endpoint]),
+            error_code_with(&mut producer, sql, &[&endpoint]),
             SqlState::INVALID_PARAMETER_VALUE.code(),
             "{sql}"
         );
@@ -1473,11 +1380,7 @@ fn producer_role_can_deliver_but_not_administer() {
 /// tick a delivery of its own (distinct webhook-ids), all completed.
 #[test]
 fn schedule_on_an_endpoint_queue_delivers_its_payload() {
-    let db = TestDb::create("deliv_schedule");
-    let mut client = db.connect();
-    let receiver = Receiver::start();
-    let endpoint = create_endpoint(&mut client, &receiver.url("/"), 5, "");
-    wait_for_sender(&mut client);
+    let (_db, mut client, receiver, endpoint) = delivering("deliv_schedule", "/", 5, "");
     let schedule = unique_queue("sched");
     client
         .execute(
@@ -1520,20 +1423,12 @@ fn schedule_on_an_endpoint_queue_delivers_its_payload() {
 fn deliveries_stay_under_their_endpoint() {
     let db = TestDb::create("deliv_escape");
     let mut client = db.connect();
-    let role = format!("deliv_recipe_producer_{}", std::process::id());
-    exec(&mut client, &format!("DROP ROLE IF EXISTS {role}"));
-    exec(
-        &mut client,
-        &format!(
-            "CREATE ROLE {role} NOLOGIN;
-             GRANT USAGE ON SCHEMA job TO {role};
-             GRANT EXECUTE ON FUNCTION job.enqueue, job.enqueue_many, job.deliver TO {role};"
-        ),
+    let role = DbRole::create(
+        &db,
+        "deliv_recipe_producer",
+        "GRANT USAGE ON SCHEMA job TO {role};
+         GRANT EXECUTE ON FUNCTION job.enqueue, job.enqueue_many, job.deliver TO {role};",
     );
-    let _guard = RoleGuard {
-        db: db.name().to_owned(),
-        role: role.clone(),
-    };
     let receiver = Receiver::start();
     let endpoint = create_endpoint(
         &mut client,
@@ -1542,8 +1437,7 @@ fn deliveries_stay_under_their_endpoint() {
         r#", headers => '{"authorization": "Bearer tenant-a-token", "x-api-key": "tenant-a-key"}'"#,
     );
     wait_for_sender(&mut client);
-    let mut producer = db.connect();
-    exec(&mut producer, &format!("SET ROLE {role}"));
+    let mut producer = role.connect();
     let refused = [
         "SELECT job.deliver($1, '{}', path => '/../../admin/secret-api')",
         "SELECT job.deliver($1, '{}', path => '/%2e%2e/%2E%2e/admin/pct')",
@@ -1562,7 +1456,7 @@ fn deliveries_stay_under_their_endpoint() {
     ];
     for sql in refused {
         assert_eq!(
-            sqlstate_of(&mut producer, sql, &[&endpoint]),
+            error_code_with(&mut producer, sql, &[&endpoint]),
             SqlState::INVALID_PARAMETER_VALUE.code(),
             "{sql}"
         );
@@ -1655,19 +1549,8 @@ fn unspecified_addresses_are_refused_with_loopback() {
     }
     wait_for_sender(&mut client);
     for (url, id) in ids {
-        let row = wait_finished(&mut client, id, PATIENCE);
-        let errors = delivery_errors(&mut client, id);
-        assert_eq!(
-            row.state,
-            "dead",
-            "{url}: {errors:#?}\n{}",
-            cluster.log_tail(20)
-        );
-        assert_eq!(errors[0].class.as_deref(), Some("address_refused"), "{url}");
-        assert!(
-            errors[0].error.contains("unspecified"),
-            "{url}: {errors:#?}"
-        );
+        let log = cluster.log_tail(20);
+        expect_address_refused(&mut client, &url, id, "unspecified", &log);
     }
     assert_eq!(receiver.connections(), 0, "no connection may be made");
 }
@@ -1747,16 +1630,7 @@ fn a_restarted_sender_keeps_the_rate_limit() {
         &mut client,
         &endpoint
     ) == 100));
-    let mut arrivals: Vec<Instant> = receiver.requests().iter().map(|r| r.arrived).collect();
-    arrivals.sort();
-    let mut worst = 0;
-    for (i, &start) in arrivals.iter().enumerate() {
-        let in_window = arrivals[i..]
-            .iter()
-            .take_while(|&&t| t.duration_since(start) < Duration::from_secs(1))
-            .count();
-        worst = worst.max(in_window);
-    }
+    let (_, worst) = arrivals_and_busiest_second(&receiver.requests());
     assert!(
         worst <= 20,
         "{worst} requests arrived within one second across the restart; the rate limit is 20"

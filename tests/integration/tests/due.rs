@@ -8,6 +8,7 @@
 //! 100 ms) is measured by `make bench`, the test only bounds them to prove the mechanism.
 
 use pg_jobqueue_integration::cluster::*;
+use pg_jobqueue_integration::sql::{exec, one};
 use pg_jobqueue_integration::{error_text, next_notification, queue_id, Client};
 use std::time::{Duration, Instant};
 
@@ -28,13 +29,11 @@ fn wait_for_payload(listener: &mut Client, payload: &str, within: Duration) -> I
 
 /// Comes up empty on `queue` (marking this session a waiting consumer) with LISTEN on.
 fn wait_as_consumer(listener: &mut Client, queue: &str) {
-    let n: i64 = listener
-        .query_one(
-            "SELECT count(*) FROM job.dequeue($1, 'listener')",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let n: i64 = one(
+        listener,
+        "SELECT count(*) FROM job.dequeue($1, 'listener')",
+        &[&queue],
+    );
     assert_eq!(n, 0, "{queue} should be empty");
 }
 
@@ -49,6 +48,39 @@ fn report(what: &str, mut late: Vec<f64>) -> f64 {
         max * 1e3
     );
     max
+}
+
+/// When job `id` is due, in seconds since the epoch.
+fn run_at(client: &mut Client, id: i64) -> f64 {
+    one(
+        client,
+        "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = $1",
+        &[&id],
+    )
+}
+
+/// SAMPLES times: `make_due(client, listener)` makes a job of `queue` due at the time it
+/// returns (seconds since the epoch), `listener` waiting on the queue by then; the listener
+/// hears of it, then takes and completes it.  Each must be heard within a second of being due.
+fn assert_heard_when_due(
+    client: &mut Client,
+    listener: &mut Client,
+    queue: &str,
+    what: &str,
+    mut make_due: impl FnMut(&mut Client, &mut Client) -> f64,
+) {
+    let payload = queue_id(client, queue);
+    let mut late = Vec::new();
+    for _ in 0..SAMPLES {
+        let due = make_due(client, listener);
+        wait_for_payload(listener, &payload, Duration::from_secs(5));
+        late.push(unix_now() - due);
+        exec(
+            listener,
+            &format!("SELECT job.complete(id) FROM job.dequeue('{queue}')"),
+        );
+    }
+    assert!(report(what, late) < 1.0);
 }
 
 #[test]
@@ -71,86 +103,55 @@ fn listeners_hear_of_jobs_as_they_come_due() {
     listener.batch_execute("LISTEN pg_jobqueue").unwrap();
 
     // Delayed jobs: due 800 ms after the enqueue commits.
-    let payload = queue_id(&mut client, "delayed");
-    let mut late = Vec::new();
-    for _ in 0..SAMPLES {
-        wait_as_consumer(&mut listener, "delayed");
-        let id: i64 = client
-            .query_one(
+    assert_heard_when_due(
+        &mut client,
+        &mut listener,
+        "delayed",
+        "delayed job",
+        |client, listener| {
+            wait_as_consumer(listener, "delayed");
+            let id: i64 = one(
+                client,
                 "SELECT job.enqueue('delayed', delay => '800 milliseconds')",
                 &[],
-            )
-            .unwrap()
-            .get(0);
-        let due: f64 = client
-            .query_one(
-                "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = $1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0);
-        wait_for_payload(&mut listener, &payload, Duration::from_secs(5));
-        late.push(unix_now() - due);
-        listener
-            .batch_execute("SELECT job.complete(id) FROM job.dequeue('delayed')")
-            .unwrap();
-    }
-    assert!(report("delayed job", late) < 1.0);
+            );
+            run_at(client, id)
+        },
+    );
 
     // Retries: a failed attempt backs off 700 ms.
-    let payload = queue_id(&mut client, "retried");
-    let mut late = Vec::new();
-    for _ in 0..SAMPLES {
-        client
-            .batch_execute("SELECT job.enqueue('retried')")
-            .unwrap();
-        let id: i64 = client
-            .query_one("SELECT id FROM job.dequeue('retried', 'w')", &[])
-            .unwrap()
-            .get(0);
-        wait_as_consumer(&mut listener, "retried");
-        let state: String = client
-            .query_one("SELECT job.fail($1, 'transient')", &[&id])
-            .unwrap()
-            .get(0);
-        assert_eq!(state, "scheduled");
-        let due: f64 = client
-            .query_one(
-                "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = $1",
-                &[&id],
-            )
-            .unwrap()
-            .get(0);
-        wait_for_payload(&mut listener, &payload, Duration::from_secs(5));
-        late.push(unix_now() - due);
-        listener
-            .batch_execute("SELECT job.complete(id) FROM job.dequeue('retried')")
-            .unwrap();
-    }
-    assert!(report("retry after backoff", late) < 1.0);
+    assert_heard_when_due(
+        &mut client,
+        &mut listener,
+        "retried",
+        "retry after backoff",
+        |client, listener| {
+            exec(client, "SELECT job.enqueue('retried')");
+            let id: i64 = one(client, "SELECT id FROM job.dequeue('retried', 'w')", &[]);
+            wait_as_consumer(listener, "retried");
+            let state: String = one(client, "SELECT job.fail($1, 'transient')", &[&id]);
+            assert_eq!(state, "scheduled");
+            run_at(client, id)
+        },
+    );
 
     // Stalled jobs: claimed with a 1 s lease and abandoned.
-    let payload = queue_id(&mut client, "stalled");
-    let mut late = Vec::new();
-    for _ in 0..SAMPLES {
-        client
-            .batch_execute("SELECT job.enqueue('stalled')")
-            .unwrap();
-        let expires: f64 = client
-            .query_one(
-                "SELECT extract(epoch FROM lease_expires_at)::float8 FROM job.dequeue('stalled', 'crashed', lease => '1 second')",
-                &[],
-            )
-            .unwrap()
-            .get(0);
-        wait_as_consumer(&mut listener, "stalled");
-        wait_for_payload(&mut listener, &payload, Duration::from_secs(5));
-        late.push(unix_now() - expires);
-        listener
-            .batch_execute("SELECT job.complete(id) FROM job.dequeue('stalled')")
-            .unwrap();
-    }
-    assert!(report("stalled job taken back", late) < 1.0);
+    assert_heard_when_due(
+        &mut client,
+        &mut listener,
+        "stalled",
+        "stalled job taken back",
+        |client, listener| {
+            exec(client, "SELECT job.enqueue('stalled')");
+            let expires: f64 = one(
+            client,
+            "SELECT extract(epoch FROM lease_expires_at)::float8 FROM job.dequeue('stalled', 'crashed', lease => '1 second')",
+            &[],
+        );
+            wait_as_consumer(listener, "stalled");
+            expires
+        },
+    );
 }
 
 /// A worker that cannot LISTEN (behind a transaction pooler) asks job.next_due and sleeps
@@ -162,24 +163,23 @@ fn a_polling_worker_sleeps_until_next_due() {
     client
         .batch_execute("SELECT job.create_queue('q')")
         .unwrap();
-    let no_job: Option<f64> = client
-        .query_one("SELECT extract(epoch FROM job.next_due('q'))::float8", &[])
-        .unwrap()
-        .get(0);
+    let no_job: Option<f64> = one(
+        &mut client,
+        "SELECT extract(epoch FROM job.next_due('q'))::float8",
+        &[],
+    );
     assert_eq!(no_job, None);
     client
         .batch_execute("SELECT job.enqueue('q', delay => '1 second')")
         .unwrap();
-    let due: f64 = client
-        .query_one("SELECT extract(epoch FROM job.next_due('q'))::float8", &[])
-        .unwrap()
-        .get(0);
+    let due: f64 = one(
+        &mut client,
+        "SELECT extract(epoch FROM job.next_due('q'))::float8",
+        &[],
+    );
     let wait = (due - unix_now()).max(0.0);
     assert!(wait > 0.5 && wait <= 1.0, "next_due said to wait {wait} s");
     std::thread::sleep(Duration::from_secs_f64(wait));
-    let got: i64 = client
-        .query_one("SELECT count(*) FROM job.dequeue('q')", &[])
-        .unwrap()
-        .get(0);
+    let got: i64 = one(&mut client, "SELECT count(*) FROM job.dequeue('q')", &[]);
     assert_eq!(got, 1, "the job was not there at its due time");
 }

@@ -10,81 +10,9 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-/// A job as `job.dequeue` handed it out, with what its payload says.
-#[derive(Debug, Clone)]
-struct Job {
-    id: i64,
-    attempt: i32,
-    token: String,
-    /// The payload's "key" ('' when none): the test's record of the job's concurrency or
-    /// order key.
-    key: String,
-    /// The payload's "n" (-1 when none).
-    n: i64,
-    /// The payload's "fail": the worker fails the first attempt.
-    fail: bool,
-}
-
-/// `job.dequeue(queue, worker, batch, lease)`, panicking on error.
-fn claim(c: &mut Client, queue: &str, worker: &str, batch: i32, lease: Option<&str>) -> Vec<Job> {
-    let rows = c
-        .query(
-            "SELECT id, attempt, lease_token::text, coalesce(payload->>'key', ''),
-                    coalesce((payload->>'n')::bigint, -1), coalesce((payload->>'fail')::boolean, false)
-               FROM job.dequeue($1, $2, $3, $4::text::interval)",
-            &[&queue, &worker, &batch, &lease],
-        )
-        .unwrap_or_else(|e| panic!("dequeue from {queue} by {worker}: {}", error_text(&e)));
-    rows.iter()
-        .map(|r| Job {
-            id: r.get(0),
-            attempt: r.get(1),
-            token: r.get(2),
-            key: r.get(3),
-            n: r.get(4),
-            fail: r.get(5),
-        })
-        .collect()
-}
-
-/// The ids of a claim.
-fn ids(jobs: &[Job]) -> Vec<i64> {
-    jobs.iter().map(|j| j.id).collect()
-}
-
-/// `job.complete(id, NULL, token)`: whether the claim completed the job.
-fn complete(c: &mut Client, job: &Job) -> bool {
-    c.query_one(
-        "SELECT job.complete($1, NULL, $2::text::uuid)",
-        &[&job.id, &job.token],
-    )
-    .unwrap_or_else(|e| panic!("complete({}): {}", job.id, error_text(&e)))
-    .get(0)
-}
-
-/// Runs `sql` (one statement) and panics on error, naming it.
-fn exec(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) {
-    c.execute(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)));
-}
-
-/// A query of one bigint.
-fn one_i64(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> i64 {
-    c.query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
-        .get(0)
-}
-
-/// A query of one float8.
-fn one_f64(c: &mut Client, sql: &str, params: &[&(dyn postgres::types::ToSql + Sync)]) -> f64 {
-    c.query_one(sql, params)
-        .unwrap_or_else(|e| panic!("{sql}: {}", error_text(&e)))
-        .get(0)
-}
-
 /// How many jobs of `queue` are still live (waiting, scheduled or running).
 fn live(c: &mut Client, queue: &str) -> i64 {
-    one_i64(
+    one::<i64>(
         c,
         "SELECT count(*) FROM job.live_jobs WHERE queue = $1",
         &[&queue],
@@ -111,54 +39,11 @@ fn live_summary(c: &mut Client, queue: &str) -> String {
 
 /// The server's clock, in seconds since the epoch.
 fn server_clock(c: &mut Client) -> f64 {
-    one_f64(
+    one::<f64>(
         c,
         "SELECT extract(epoch FROM clock_timestamp())::float8",
         &[],
     )
-}
-
-/// The SQLSTATE of a failed call, panicking if it succeeded.
-fn sqlstate<T: std::fmt::Debug>(result: Result<T, Error>, what: &str) -> SqlState {
-    match result {
-        Ok(v) => panic!("{what} succeeded ({v:?}); it should have been refused"),
-        Err(e) => {
-            let code = e
-                .code()
-                .unwrap_or_else(|| panic!("{what}: not a server error: {}", error_text(&e)))
-                .clone();
-            assert_ne!(
-                code,
-                SqlState::INTERNAL_ERROR,
-                "{what}: internal error (XX000): {}",
-                error_text(&e)
-            );
-            code
-        }
-    }
-}
-
-/// Runs `f` on every client at once, each on its own thread, released together by a barrier;
-/// returns what each returned, in client order.
-fn race<T: Send>(clients: &mut [Client], f: impl Fn(usize, &mut Client) -> T + Sync) -> Vec<T> {
-    let barrier = Barrier::new(clients.len());
-    thread::scope(|s| {
-        let handles: Vec<_> = clients
-            .iter_mut()
-            .enumerate()
-            .map(|(i, c)| {
-                let (barrier, f) = (&barrier, &f);
-                s.spawn(move || {
-                    barrier.wait();
-                    f(i, c)
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("a racing session panicked"))
-            .collect()
-    })
 }
 
 /// The probes workers run while they hold a job (installed in the test database).
@@ -194,7 +79,7 @@ END $$;
 fn install_probes(c: &mut Client, keys: &[String]) {
     c.batch_execute(PROBES)
         .unwrap_or_else(|e| panic!("installing the probes: {}", error_text(&e)));
-    exec(
+    execute(
         c,
         "INSERT INTO probe_counter (key) SELECT unnest($1::text[]) UNION SELECT ''",
         &[&keys],
@@ -220,72 +105,62 @@ fn probe_maxima(c: &mut Client) -> HashMap<String, i32> {
 /// says "fail" (a retry) and completes the others.  Stops when the queue has no live job.
 /// Returns the (job id, attempt) pairs each worker finished.
 fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Vec<(i64, i32)> {
-    let barrier = Arc::new(Barrier::new(workers));
-    let handles: Vec<_> = (0..workers)
-        .map(|w| {
-            let mut c = db.connect();
-            let queue = queue.to_owned();
-            let barrier = barrier.clone();
-            thread::spawn(move || {
-                let worker = format!("w{w}");
-                let mut rng = Rng::new(w as u64 + 17);
-                let mut done = Vec::new();
-                barrier.wait();
-                let started = Instant::now();
-                loop {
-                    assert!(
-                        started.elapsed() < Duration::from_secs(20),
-                        "{worker}: the queue was not drained within 20 s; {} live: {}",
-                        live(&mut c, &queue),
-                        live_summary(&mut c, &queue)
-                    );
-                    let batch = rng.range(1, max_batch as u64) as i32;
-                    let jobs = claim(&mut c, &queue, &worker, batch, None);
-                    if jobs.is_empty() {
-                        if live(&mut c, &queue) == 0 {
-                            break;
-                        }
-                        thread::sleep(Duration::from_millis(rng.range(1, 3)));
-                        continue;
-                    }
-                    assert!(jobs.len() <= batch as usize, "{worker}: batch {batch} gave {jobs:?}");
-                    for j in &jobs {
-                        exec(
-                            &mut c,
-                            "SELECT probe_start($1, $2, $3, $4)",
-                            &[&j.id, &j.attempt, &j.key, &worker],
-                        );
-                    }
-                    thread::sleep(Duration::from_millis(rng.range(2, 8)));
-                    for j in &jobs {
-                        exec(
-                            &mut c,
-                            "SELECT probe_end($1, $2, $3)",
-                            &[&j.id, &j.attempt, &j.key],
-                        );
-                        if j.fail && j.attempt == 1 {
-                            let state: String = c
-                                .query_one(
-                                    "SELECT job.fail($1, 'the first attempt fails', token => $2::text::uuid)",
-                                    &[&j.id, &j.token],
-                                )
-                                .unwrap_or_else(|e| panic!("fail({}): {}", j.id, error_text(&e)))
-                                .get(0);
-                            assert_eq!(state, "scheduled", "job {} after its failed first attempt", j.id);
-                        } else {
-                            assert!(complete(&mut c, j), "{worker} could not complete job {}", j.id);
-                        }
-                        done.push((j.id, j.attempt));
-                    }
+    on_workers(db, workers, |w, c| {
+        let worker = format!("w{w}");
+        let mut rng = Rng::new(w as u64 + 17);
+        let mut done = Vec::new();
+        let started = Instant::now();
+        loop {
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "{worker}: the queue was not drained within 20 s; {} live: {}",
+                live(c, queue),
+                live_summary(c, queue)
+            );
+            let batch = rng.range(1, max_batch as u64) as i32;
+            let jobs = claim(c, queue, &worker, batch, None);
+            if jobs.is_empty() {
+                if live(c, queue) == 0 {
+                    break;
                 }
-                done
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().expect("a worker panicked"))
-        .collect()
+                thread::sleep(Duration::from_millis(rng.range(1, 3)));
+                continue;
+            }
+            assert!(jobs.len() <= batch as usize, "{worker}: batch {batch} gave {jobs:?}");
+            for j in &jobs {
+                execute(
+                    c,
+                    "SELECT probe_start($1, $2, $3, $4)",
+                    &[&j.id, &j.attempt, &j.key, &worker],
+                );
+            }
+            thread::sleep(Duration::from_millis(rng.range(2, 8)));
+            for j in &jobs {
+                execute(
+                    c,
+                    "SELECT probe_end($1, $2, $3)",
+                    &[&j.id, &j.attempt, &j.key],
+                );
+                if j.fail && j.attempt == 1 {
+                    let state: String = c
+                        .query_one(
+                            "SELECT job.fail($1, 'the first attempt fails', token => $2::text::uuid)",
+                            &[&j.id, &j.token],
+                        )
+                        .unwrap_or_else(|e| panic!("fail({}): {}", j.id, error_text(&e)))
+                        .get(0);
+                    assert_eq!(state, "scheduled", "job {} after its failed first attempt", j.id);
+                } else {
+                    assert!(complete(c, j), "{worker} could not complete job {}", j.id);
+                }
+                done.push((j.id, j.attempt));
+            }
+        }
+        done
+    })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// 8 workers (batches of 1 or 2) drain 400 jobs spread over 10 concurrency keys of a queue
@@ -296,13 +171,10 @@ fn probe_workers(db: &TestDb, queue: &str, workers: usize, max_batch: i32) -> Ve
 fn queue_and_key_concurrency_are_never_exceeded() {
     const JOBS: i64 = 400;
     const KEYS: i64 = 10;
-    let db = TestDb::create("flow_conc");
-    let queue = unique_queue("conc");
-    let mut c = db.connect();
-    exec(
-        &mut c,
-        "SELECT job.create_queue($1, concurrency => 3, key_concurrency => 1)",
-        &[&queue],
+    let (db, queue, mut c) = queue_db(
+        "flow_conc",
+        "conc",
+        ", concurrency => 3, key_concurrency => 1",
     );
     let keys: Vec<String> = (0..KEYS).map(|k| format!("k{k}")).collect();
     install_probes(&mut c, &keys);
@@ -351,7 +223,7 @@ fn queue_and_key_concurrency_are_never_exceeded() {
         assert!(seen.insert(*id), "job {id} was handed out twice");
     }
     assert_eq!(seen, enqueued, "the jobs run differ from the jobs enqueued");
-    let probed = one_i64(&mut c, "SELECT count(DISTINCT job_id) FROM probe", &[]);
+    let probed = one::<i64>(&mut c, "SELECT count(DISTINCT job_id) FROM probe", &[]);
     assert_eq!(probed, JOBS);
     let stats = queue_stats(&mut c, &queue);
     assert_eq!(
@@ -359,7 +231,7 @@ fn queue_and_key_concurrency_are_never_exceeded() {
         (JOBS, 0, 0)
     );
     // The probes and the database agree on each job's key.
-    let mismatched = one_i64(
+    let mismatched = one::<i64>(
         &mut c,
         "SELECT count(*) FROM probe p JOIN job.jobs j ON j.id = p.job_id
           WHERE j.concurrency_key IS DISTINCT FROM p.key",
@@ -394,21 +266,12 @@ fn busiest_window(starts: &[i64], width: i64) -> (usize, i64) {
 fn a_rate_limit_is_never_exceeded_in_any_window() {
     const JOBS: i64 = 600;
     const WORKERS: usize = 6;
-    let db = TestDb::create("flow_rate");
-    let queue = unique_queue("rate");
-    let mut c = db.connect();
-    exec(
+    let (db, queue, mut c) = queue_db("flow_rate", "rate", ", rate_limit => 50");
+    let period: String = one(
         &mut c,
-        "SELECT job.create_queue($1, rate_limit => 50)",
+        "SELECT rate_period::text FROM job.queue_settings WHERE queue = $1",
         &[&queue],
     );
-    let period: String = c
-        .query_one(
-            "SELECT rate_period::text FROM job.queue_settings WHERE queue = $1",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
     assert_eq!(period, "00:00:01", "rate_period's default");
     let enqueued: HashSet<i64> = enqueue_many(&mut c, &queue, 0, JOBS).into_iter().collect();
 
@@ -454,16 +317,12 @@ fn a_rate_limit_is_never_exceeded_in_any_window() {
     }
     assert_eq!(seen, enqueued);
 
-    let starts: Vec<i64> = c
-        .query(
-            "SELECT (extract(epoch FROM claimed_at) * 1000000)::bigint FROM job.jobs
+    let starts: Vec<i64> = column(
+        &mut c,
+        "SELECT (extract(epoch FROM claimed_at) * 1000000)::bigint FROM job.jobs
               WHERE queue = $1 AND state = 'completed' ORDER BY 1",
-            &[&queue],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+        &[&queue],
+    );
     assert_eq!(starts.len(), JOBS as usize);
     let (most, at) = busiest_window(&starts, 1_000_000);
     let span = (starts[starts.len() - 1] - starts[0]) as f64 / 1e6;
@@ -486,10 +345,7 @@ fn a_rate_limit_is_never_exceeded_in_any_window() {
 /// merge into), leaving the running one as it was.
 #[test]
 fn debounce_merges_enqueues_until_the_job_starts() {
-    let db = TestDb::create("flow_debounce");
-    let queue = unique_queue("debounce");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (db, queue, mut c) = queue_db("flow_debounce", "debounce", "");
     let mut consumer = db.connect();
 
     let enq = |c: &mut Client, v: i64| -> (i64, f64) {
@@ -564,7 +420,7 @@ fn debounce_merges_enqueues_until_the_job_starts() {
     };
     assert_eq!(ids(&claimed), [id]);
     assert_eq!(claimed[0].n, 3);
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&id],
@@ -604,10 +460,7 @@ fn debounce_merges_enqueues_until_the_job_starts() {
 fn concurrent_debounced_enqueues_make_one_job_and_never_touch_a_started_one() {
     const SESSIONS: usize = 6;
     const ROUNDS: usize = 30;
-    let db = TestDb::create("flow_debounce_race");
-    let queue = unique_queue("debrace");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (db, queue, mut c) = queue_db("flow_debounce_race", "debrace", "");
     let mut sessions: Vec<Client> = (0..SESSIONS).map(|_| db.connect()).collect();
     for round in 0..ROUNDS {
         let key = format!("round-{round}");
@@ -630,7 +483,7 @@ fn concurrent_debounced_enqueues_make_one_job_and_never_touch_a_started_one() {
             1,
             "round {round}: the enqueues returned {distinct:?}"
         );
-        let jobs = one_i64(
+        let jobs = one::<i64>(
             &mut c,
             "SELECT count(*) FROM job.live_jobs WHERE queue = $1 AND debounce_key = $2",
             &[&queue, &key],
@@ -745,15 +598,12 @@ fn concurrent_debounced_enqueues_make_one_job_and_never_touch_a_started_one() {
 /// the retry comes first.
 #[test]
 fn a_singleton_key_has_one_waiting_and_one_running_job() {
-    let db = TestDb::create("flow_singleton");
-    let queue = unique_queue("single");
-    let mut c = db.connect();
-    let mut w = db.connect();
-    exec(
-        &mut c,
-        "SELECT job.create_queue($1, backoff_base => '1 second', backoff_max => '1 second', jitter => 0)",
-        &[&queue],
+    let (db, queue, mut c) = queue_db(
+        "flow_singleton",
+        "single",
+        ", backoff_base => '1 second', backoff_max => '1 second', jitter => 0",
     );
+    let mut w = db.connect();
     let enq = |c: &mut Client, key: &str, n: i64| -> i64 {
         c.query_one(
             "SELECT job.enqueue($1, jsonb_build_object('n', $2::bigint), singleton_key => $3)",
@@ -763,7 +613,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
         .get(0)
     };
     let payload_n = |c: &mut Client, id: i64| -> i64 {
-        one_i64(
+        one::<i64>(
             c,
             "SELECT (payload->>'n')::bigint FROM job.jobs WHERE id = $1",
             &[&id],
@@ -815,15 +665,13 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
     assert_eq!(ids(&first), [r1]);
     let r2 = enq(&mut c, "R", 2);
     assert_ne!(r2, r1);
-    let state: String = w
-        .query_one(
-            "SELECT job.fail($1, 'try again', token => $2::text::uuid)",
-            &[&r1, &first[0].token],
-        )
-        .unwrap()
-        .get(0);
+    let state: String = one(
+        &mut w,
+        "SELECT job.fail($1, 'try again', token => $2::text::uuid)",
+        &[&r1, &first[0].token],
+    );
     assert_eq!(state, "scheduled");
-    let retry_at = one_f64(
+    let retry_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM run_at)::float8 FROM job.jobs WHERE id = $1",
         &[&r1],
@@ -856,7 +704,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
         [(r1, 2)],
         "the first claim after the failure (job {r2} must wait for {r1}'s retry)"
     );
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&r1],
@@ -885,10 +733,7 @@ fn a_singleton_key_has_one_waiting_and_one_running_job() {
 fn concurrent_singleton_enqueues_make_one_waiting_job() {
     const SESSIONS: usize = 6;
     const ROUNDS: usize = 20;
-    let db = TestDb::create("flow_singleton_race");
-    let queue = unique_queue("singrace");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (db, queue, mut c) = queue_db("flow_singleton_race", "singrace", "");
     let mut w = db.connect();
     let mut sessions: Vec<Client> = (0..SESSIONS).map(|_| db.connect()).collect();
     let enqueue_all = |sessions: &mut [Client], key: &str| -> HashSet<i64> {
@@ -909,7 +754,7 @@ fn concurrent_singleton_enqueues_make_one_waiting_job() {
         .collect()
     };
     let count_key = |c: &mut Client, key: &str| -> i64 {
-        one_i64(
+        one::<i64>(
             c,
             "SELECT count(*) FROM job.live_jobs WHERE queue = $1 AND singleton_key = $2",
             &[&queue, &key],
@@ -957,13 +802,10 @@ fn concurrent_singleton_enqueues_make_one_waiting_job() {
 #[test]
 fn order_keys_run_one_at_a_time_in_order_and_a_retry_holds_its_place() {
     const PER_KEY: i64 = 30;
-    let db = TestDb::create("flow_order");
-    let queue = unique_queue("order");
-    let mut c = db.connect();
-    exec(
-        &mut c,
-        "SELECT job.create_queue($1, backoff_base => '100 milliseconds', backoff_max => '100 milliseconds', jitter => 0)",
-        &[&queue],
+    let (db, queue, mut c) = queue_db(
+        "flow_order",
+        "order",
+        ", backoff_base => '100 milliseconds', backoff_max => '100 milliseconds', jitter => 0",
     );
     let keys = vec!["A".to_owned(), "B".to_owned()];
     install_probes(&mut c, &keys);
@@ -1029,14 +871,7 @@ fn order_keys_run_one_at_a_time_in_order_and_a_retry_holds_its_place() {
 /// would take 200), and A was not starved meanwhile.
 #[test]
 fn a_fair_queue_serves_a_small_key_behind_a_large_one() {
-    let db = TestDb::create("flow_fair");
-    let queue = unique_queue("fair");
-    let mut c = db.connect();
-    exec(
-        &mut c,
-        "SELECT job.create_queue($1, fair => true)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_fair", "fair", ", fair => true");
     for (key, count) in [("A", 10_000i64), ("B", 100)] {
         let n = c
             .query(
@@ -1099,14 +934,7 @@ fn a_fair_queue_serves_a_small_key_behind_a_large_one() {
 /// that one completes, and the lost job runs again as its second attempt.
 #[test]
 fn a_lost_lease_frees_its_key_only_when_it_expires() {
-    let db = TestDb::create("flow_lease");
-    let queue = unique_queue("keylease");
-    let mut c = db.connect();
-    exec(
-        &mut c,
-        "SELECT job.create_queue($1, key_concurrency => 1)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_lease", "keylease", ", key_concurrency => 1");
     let enq = |c: &mut Client, key: &str| -> i64 {
         c.query_one(
             "SELECT job.enqueue($1, jsonb_build_object('key', $2::text), concurrency_key => $2)",
@@ -1123,7 +951,7 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
     let held = claim(&mut vanishing, &queue, "vanishing", 1, Some("1 second"));
     assert_eq!(ids(&held), [k1]);
     drop(vanishing);
-    let expires = one_f64(
+    let expires = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM lease_expires_at)::float8 FROM job.jobs WHERE id = $1",
         &[&k1],
@@ -1157,7 +985,7 @@ fn a_lost_lease_frees_its_key_only_when_it_expires() {
         (id, 2) if id == k1 => (k1, k2),
         other => panic!("the claim after the lease ran out handed out {other:?}"),
     };
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&first_of_k],
@@ -1236,23 +1064,14 @@ fn hold(c: &mut Client, queue: &str, key: Option<&str>, hold: Option<&str>) -> f
 /// a hold that runs out lets them run once it has (not before).
 #[test]
 fn a_key_hold_keeps_only_that_key_waiting() {
-    let db = TestDb::create("flow_key_hold");
-    let queue = unique_queue("keyhold");
-    let mut c = db.connect();
-    exec(
-        &mut c,
-        "SELECT job.create_queue($1, key_concurrency => 10)",
-        &[&queue],
-    );
+    let (db, queue, mut c) = queue_db("flow_key_hold", "keyhold", ", key_concurrency => 10");
     let mut by_key: HashMap<&str, Vec<i64>> = HashMap::new();
     for key in ["A", "B", "A", "B", "A", "B"] {
-        let id: i64 = c
-            .query_one(
-                "SELECT job.enqueue($1, jsonb_build_object('key', $2::text), concurrency_key => $2)",
-                &[&queue, &key],
-            )
-            .unwrap()
-            .get(0);
+        let id: i64 = one(
+            &mut c,
+            "SELECT job.enqueue($1, jsonb_build_object('key', $2::text), concurrency_key => $2)",
+            &[&queue, &key],
+        );
         by_key.entry(key).or_default().push(id);
     }
     let plain = enqueue(&mut c, &queue, 1);
@@ -1270,15 +1089,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
             .collect::<Vec<(Option<String>, bool)>>(),
         [(Some("A".to_owned()), true)]
     );
-    let (held_until, keys_held): (Option<f64>, i64) = {
-        let r = c
-            .query_one(
-                "SELECT extract(epoch FROM held_until)::float8, keys_held FROM job.queue_settings WHERE queue = $1",
-                &[&queue],
-            )
-            .unwrap();
-        (r.get(0), r.get(1))
-    };
+    let (held_until, keys_held): (Option<f64>, i64) = one_row(&mut c, "SELECT extract(epoch FROM held_until)::float8, keys_held FROM job.queue_settings WHERE queue = $1", &[&queue]);
     assert_eq!((held_until, keys_held), (None, 1));
 
     let mut w = db.connect();
@@ -1300,7 +1111,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
 
     hold(&mut c, &queue, Some("A"), None);
     assert_eq!(
-        one_i64(
+        one::<i64>(
             &mut c,
             "SELECT count(*) FROM job.rate_limit_holds WHERE queue = $1",
             &[&queue]
@@ -1340,7 +1151,7 @@ fn a_key_hold_keeps_only_that_key_waiting() {
         Duration::from_secs(6),
     );
     assert_eq!(ids(&got), [a]);
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM claimed_at)::float8 FROM job.jobs WHERE id = $1",
         &[&a],
@@ -1364,7 +1175,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
 
     // The LISTENing worker.
     let queue = unique_queue("qhold");
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, key_concurrency => 2)",
         &[&queue],
@@ -1382,13 +1193,11 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
         })
         .collect();
     jobs.push(enqueue(&mut c, &queue, 1));
-    let held: Option<f64> = c
-        .query_one(
-            "SELECT extract(epoch FROM held_until)::float8 FROM job.queue_settings WHERE queue = $1",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let held: Option<f64> = one(
+        &mut c,
+        "SELECT extract(epoch FROM held_until)::float8 FROM job.queue_settings WHERE queue = $1",
+        &[&queue],
+    );
     assert!(
         held.is_some_and(|h| (h - until).abs() < 0.002),
         "queue_settings.held_until {held:?}"
@@ -1424,15 +1233,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
                 claim(&mut p, &polled, "poller", 1, None).is_empty(),
                 "a claim during the hold"
             );
-            let (due, now): (f64, f64) = {
-                let r = p
-                    .query_one(
-                        "SELECT extract(epoch FROM job.next_due($1))::float8, extract(epoch FROM now())::float8",
-                        &[&polled],
-                    )
-                    .unwrap();
-                (r.get(0), r.get(1))
-            };
+            let (due, now): (f64, f64) = one_row(&mut p, "SELECT extract(epoch FROM job.next_due($1))::float8, extract(epoch FROM now())::float8", &[&polled]);
             thread::sleep(Duration::from_secs_f64((due - now).max(0.0) + 0.01));
             (due, claim(&mut p, &polled, "poller", 1, None))
         })
@@ -1465,7 +1266,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
         waited.elapsed(),
         at - until
     );
-    let claimed_at = one_f64(
+    let claimed_at = one::<f64>(
         &mut c,
         "SELECT extract(epoch FROM min(claimed_at))::float8 FROM job.jobs WHERE id = ANY ($1)",
         &[&jobs],
@@ -1506,10 +1307,7 @@ fn a_queue_hold_stops_all_claims_and_its_end_wakes_the_workers() {
 /// keys, an idempotency key with a singleton key (22023).
 #[test]
 fn flow_parameters_are_checked_and_refusals_change_nothing() {
-    let db = TestDb::create("flow_checks");
-    let queue = unique_queue("checks");
-    let mut c = db.connect();
-    create_queue(&mut c, &queue);
+    let (_db, queue, mut c) = queue_db("flow_checks", "checks", "");
 
     let refusals: [(&str, SqlState); 9] = [
         (
@@ -1559,7 +1357,7 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
 
     // Limits of 0 or less, and a period without its limit: refused, the queue unchanged.
     let limited = unique_queue("limits");
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, concurrency => 2, key_concurrency => 1, rate_limit => 10)",
         &[&limited],
@@ -1604,7 +1402,7 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
     );
     assert_eq!(got, SqlState::INVALID_PARAMETER_VALUE);
     assert_eq!(
-        one_i64(
+        one::<i64>(
             &mut c,
             "SELECT count(*) FROM job.queue_settings WHERE queue = $1",
             &[&never]
@@ -1612,12 +1410,12 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
         0
     );
     // The same concurrency_key is accepted once the queue has a per-key limit.
-    exec(
+    execute(
         &mut c,
         "SELECT job.create_queue($1, key_concurrency => 1)",
         &[&queue],
     );
-    exec(
+    execute(
         &mut c,
         "SELECT job.enqueue($1, '{}', concurrency_key => 'k')",
         &[&queue],
@@ -1640,7 +1438,7 @@ fn next_due_is_not_now_while_every_waiting_job_is_held_by_its_key() {
         ("max_retries => 5", "singleton_key"),
     ] {
         let queue = unique_queue("nextdue");
-        exec(
+        execute(
             &mut c,
             &format!("SELECT job.create_queue($1, {setup})"),
             &[&queue],
@@ -1694,13 +1492,13 @@ fn a_worker_refused_by_a_limit_is_woken_when_a_slot_frees() {
         ("key_concurrency => 1", Some("k")),
     ] {
         let queue = unique_queue("slotwake");
-        exec(
+        execute(
             &mut c,
             &format!("SELECT job.create_queue($1, {settings})"),
             &[&queue],
         );
         for _ in 0..2 {
-            exec(
+            execute(
                 &mut c,
                 "SELECT job.enqueue($1, '{}', concurrency_key => $2)",
                 &[&queue, &key],

@@ -39,63 +39,43 @@ fn a_worker_that_lost_its_lease_cannot_touch_the_next_attempt() {
     assert_eq!(ids_attempts(&claim_b), [(id, 2)]);
     let stale = &claim_a[0].token;
 
-    let completed: bool = a
-        .query_one(
-            "SELECT job.complete($1, '{\"by\": \"a\"}', $2::text::uuid)",
-            &[&id, stale],
-        )
-        .unwrap()
-        .get(0);
+    let completed: bool = one(
+        &mut a,
+        "SELECT job.complete($1, '{\"by\": \"a\"}', $2::text::uuid)",
+        &[&id, stale],
+    );
     assert!(!completed, "A completed B's attempt");
-    let state: String = a
-        .query_one(
-            "SELECT job.fail($1, 'A gives up', permanent => true, token => $2::text::uuid)",
-            &[&id, stale],
-        )
-        .unwrap()
-        .get(0);
+    let state: String = one(
+        &mut a,
+        "SELECT job.fail($1, 'A gives up', permanent => true, token => $2::text::uuid)",
+        &[&id, stale],
+    );
     assert_eq!(
         state, "running",
         "A's fail must report B's attempt, not end it"
     );
-    let err = a
-        .query_one(
+    assert_refused(
+        a.query_one(
             "SELECT job.heartbeat($1, token => $2::text::uuid)",
             &[&id, stale],
-        )
-        .expect_err("A's heartbeat extended B's lease");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-        "{}",
-        error_text(&err)
+        ),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "A's heartbeat extended B's lease",
     );
-    let lease_b: f64 = b
-        .query_one(
-            "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM job.jobs WHERE id = $1",
-            &[&id],
-        )
-        .unwrap()
-        .get(0);
+    let lease_b: f64 = one(
+        &mut b,
+        "SELECT extract(epoch FROM lease_expires_at - now())::float8 FROM job.jobs WHERE id = $1",
+        &[&id],
+    );
     assert!(lease_b > 50.0, "B's lease was changed: {lease_b} s left");
 
-    let done: bool = b
-        .query_one(
-            "SELECT job.complete($1, '{\"by\": \"b\"}', $2::text::uuid)",
-            &[&id, &claim_b[0].token],
-        )
-        .unwrap()
-        .get(0);
+    let done: bool = one(
+        &mut b,
+        "SELECT job.complete($1, '{\"by\": \"b\"}', $2::text::uuid)",
+        &[&id, &claim_b[0].token],
+    );
     assert!(done);
-    let (state, attempt, result, errors): (String, i32, String, i32) = {
-        let r = b
-            .query_one(
-                "SELECT state, attempt, result::text, jsonb_array_length(errors) FROM job.jobs WHERE id = $1",
-                &[&id],
-            )
-            .unwrap();
-        (r.get(0), r.get(1), r.get(2), r.get(3))
-    };
+    let (state, attempt, result, errors): (String, i32, String, i32) = one_row(&mut b, "SELECT state, attempt, result::text, jsonb_array_length(errors) FROM job.jobs WHERE id = $1", &[&id]);
     assert_eq!(
         (state.as_str(), attempt, result.as_str(), errors),
         ("completed", 2, "{\"by\": \"b\"}", 1),
@@ -137,13 +117,7 @@ fn frozen_workers_never_finish_an_attempt_taken_over() {
                     assert!(started.elapsed() < Duration::from_secs(90), "worker {w} ran out of time");
                     let got = dequeue(&mut c, &queue, &format!("w{w}"), 1, Some("500 milliseconds"));
                     let Some(job) = got.first() else {
-                        let left: i64 = c
-                            .query_one(
-                                "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'",
-                                &[&queue],
-                            )
-                            .unwrap()
-                            .get(0);
+                        let left: i64 = one(&mut c, "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'", &[&queue]);
                         if left == 0 {
                             break;
                         }
@@ -158,13 +132,7 @@ fn frozen_workers_never_finish_an_attempt_taken_over() {
                         thread::sleep(Duration::from_millis(1500)); // frozen past the lease
                     }
                     let result = format!("{{\"worker\": {w}, \"attempt\": {}}}", job.attempt);
-                    let ok: bool = c
-                        .query_one(
-                            "SELECT job.complete($1, $2::text::jsonb, $3::text::uuid)",
-                            &[&job.id, &result, &job.token],
-                        )
-                        .unwrap()
-                        .get(0);
+                    let ok: bool = one(&mut c, "SELECT job.complete($1, $2::text::jsonb, $3::text::uuid)", &[&job.id, &result, &job.token]);
                     if ok {
                         completed += 1;
                     } else {

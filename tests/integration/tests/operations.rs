@@ -1,7 +1,7 @@
 //! Operations: upgrading from the previous release, pg_dump and pg_restore, and the Prometheus
 //! export read by a real parser.
 
-use pg_jobqueue_integration::{cluster, connect, current_version, error_text, Client, TestDb};
+use pg_jobqueue_integration::{cluster, connect, current_version, error_text, one, Client, TestDb};
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -396,15 +396,13 @@ fn dump_and_restore_keep_settings_schedules_handlers_and_unfinished_jobs() {
     let mut t = connect(target.name());
     assert_eq!(snapshot(&mut t), before);
     // The sequences continue where they were: new ids do not collide with restored ones.
-    let new_id: i64 = t
-        .query_one("SELECT job.enqueue('mail', '{}')", &[])
-        .unwrap()
-        .get(0);
+    let new_id: i64 = one(&mut t, "SELECT job.enqueue('mail', '{}')", &[]);
     assert!(new_id > max_id.parse::<i64>().unwrap());
-    let new_schedule: i64 = t
-        .query_one("SELECT job.schedule('other', '@hourly', 'mail')", &[])
-        .unwrap()
-        .get(0);
+    let new_schedule: i64 = one(
+        &mut t,
+        "SELECT job.schedule('other', '@hourly', 'mail')",
+        &[],
+    );
     assert!(new_schedule > 1);
     // The restored handler resolves to the restored function.
     assert_eq!(

@@ -162,6 +162,19 @@ impl PgBouncer {
         bouncer
     }
 
+    /// [`PgBouncer::start`] with one pool: `db`, under its own name, of `pool_size` server
+    /// connections.
+    fn for_db(name: &str, db: &TestDb, pool_size: u32) -> PgBouncer {
+        Self::start(
+            name,
+            &[Pool {
+                alias: db.name(),
+                dbname: db.name(),
+                pool_size,
+            }],
+        )
+    }
+
     fn port(&self) -> u16 {
         self.lease.port()
     }
@@ -356,14 +369,7 @@ fn every_job_completed_once_through_transaction_pooling() {
             db.name()
         ))
         .unwrap();
-    let bouncer = PgBouncer::start(
-        "once",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: POOL_SIZE,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("once", &db, POOL_SIZE);
     let queue = unique_queue("bouncer");
     create_queue_via(&mut bouncer.connect(db.name()), &queue);
 
@@ -484,21 +490,17 @@ fn every_job_completed_once_through_transaction_pooling() {
         .unwrap();
     let (completed, distinct_completed): (i64, i64) = (row.get(0), row.get(1));
     assert_eq!((completed, distinct_completed), (JOBS, JOBS));
-    let left: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let left: i64 = one(
+        &mut observer,
+        "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state <> 'completed'",
+        &[&queue],
+    );
     assert_eq!(left, 0, "jobs left waiting, scheduled, running or failed");
-    let attempts: i64 = observer
-        .query_one(
-            "SELECT count(*) FROM job.jobs WHERE queue = $1 AND attempt <> 1",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let attempts: i64 = one(
+        &mut observer,
+        "SELECT count(*) FROM job.jobs WHERE queue = $1 AND attempt <> 1",
+        &[&queue],
+    );
     assert_eq!(
         attempts, 0,
         "every job should have been claimed exactly once"
@@ -528,14 +530,7 @@ fn every_job_completed_once_through_transaction_pooling() {
 fn next_due_polling_picks_up_a_delayed_job_through_the_pooler() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_next_due");
-    let bouncer = PgBouncer::start(
-        "next_due",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: 2,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("next_due", &db, 2);
     let queue = unique_queue("bouncer_due");
     let mut worker = bouncer.connect(db.name());
     let mut producer = bouncer.connect(db.name());
@@ -549,10 +544,7 @@ fn next_due_polling_picks_up_a_delayed_job_through_the_pooler() {
     assert!(dequeue_via(&mut worker, &queue, "poller", 1).is_empty());
     assert_eq!(next_due_via(&mut worker, &queue), None, "empty queue");
     let ready = enqueue_via(&mut producer, &queue, 0);
-    let queue_id: i64 = direct
-        .query_one("SELECT job.queue_id($1)", &[&queue])
-        .unwrap()
-        .get(0);
+    let queue_id: i64 = one(&mut direct, "SELECT job.queue_id($1)", &[&queue]);
     let n = next_notification(&mut direct, Duration::from_secs(2))
         .expect("the direct LISTEN got no wake-up");
     assert_eq!(n.payload(), queue_id.to_string());
@@ -682,14 +674,7 @@ fn elsewhere<T>(
 fn claim_calls_work_on_another_server_connection() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_claims");
-    let bouncer = PgBouncer::start(
-        "claims",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: 2,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("claims", &db, 2);
     let queue = unique_queue("bouncer_claims");
     let mut a = bouncer.connect(db.name());
     let mut holders = [bouncer.connect(db.name()), bouncer.connect(db.name())];
@@ -758,17 +743,13 @@ fn claim_calls_work_on_another_server_connection() {
         !stale,
         "complete with the previous claim's token completed the job"
     );
-    let err = a
-        .query_typed(
+    assert_refused(
+        a.query_typed(
             "SELECT job.heartbeat($1, token => $2::uuid)",
             &[(&ids[2], Type::INT8), (&token, Type::TEXT)],
-        )
-        .expect_err("heartbeat with the previous claim's token should raise");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE),
-        "{}",
-        error_text(&err)
+        ),
+        &SqlState::OBJECT_NOT_IN_PREREQUISITE_STATE,
+        "heartbeat with the previous claim's token should raise",
     );
     let many: i32 = elsewhere(&mut a, &mut holders, backend, |a| {
         let row = a
@@ -912,14 +893,7 @@ fn named_statements_break_and_session_settings_leak() {
 fn a_poller_gets_a_job_whose_lease_ran_out_without_spinning() {
     let _serial = serial();
     let db = TestDb::create("pgbouncer_expired");
-    let bouncer = PgBouncer::start(
-        "expired",
-        &[Pool {
-            alias: db.name(),
-            dbname: db.name(),
-            pool_size: 1,
-        }],
-    );
+    let bouncer = PgBouncer::for_db("expired", &db, 1);
     let queue = unique_queue("bouncer_expired");
     let mut worker = bouncer.connect(db.name());
     create_queue_via(&mut worker, &queue);

@@ -10,39 +10,41 @@ use std::time::Duration;
 
 /// A job enqueued in a transaction exists for others only once that transaction commits, and
 /// never if it rolls back.
-#[test]
-fn enqueue_is_transactional() {
-    let db = TestDb::create("transactional");
-    let queue = unique_queue("tx");
-    let mut producer = db.connect();
-    let mut other = db.connect();
-    create_queue(&mut producer, &queue);
-
-    // Rolled back: the job never exists.
-    let mut tx = producer.transaction().unwrap();
-    let rolled_back: i64 = tx
-        .query_one("SELECT job.enqueue($1, '{\"n\": 1}'::jsonb)", &[&queue])
-        .unwrap()
-        .get(0);
-    // The producer's own transaction sees it ...
-    let own: i64 = tx
-        .query_one(
-            "SELECT count(*) FROM job.jobs WHERE id = $1 AND state = 'waiting'",
-            &[&rolled_back],
-        )
-        .unwrap()
-        .get(0);
-    assert_eq!(own, 1, "the enqueuing transaction should see its own job");
-    // ... nobody else does.
+/// Job `id` of `queue`, not committed yet, is invisible to `other`: not in job.jobs, and not
+/// dequeued.
+fn assert_unseen(other: &mut Client, queue: &str, id: i64) {
     assert_eq!(
-        job_state(&mut other, rolled_back),
+        job_state(other, id),
         None,
         "uncommitted job visible to another session"
     );
     assert!(
-        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
+        dequeue(other, queue, "other", 10, None).is_empty(),
         "uncommitted job was dequeued"
     );
+}
+
+#[test]
+fn enqueue_is_transactional() {
+    let (db, queue, mut producer) = queue_db("transactional", "tx", "");
+    let mut other = db.connect();
+
+    // Rolled back: the job never exists.
+    let mut tx = producer.transaction().unwrap();
+    let rolled_back: i64 = one(
+        &mut tx,
+        "SELECT job.enqueue($1, '{\"n\": 1}'::jsonb)",
+        &[&queue],
+    );
+    // The producer's own transaction sees it ...
+    let own: i64 = one(
+        &mut tx,
+        "SELECT count(*) FROM job.jobs WHERE id = $1 AND state = 'waiting'",
+        &[&rolled_back],
+    );
+    assert_eq!(own, 1, "the enqueuing transaction should see its own job");
+    // ... nobody else does.
+    assert_unseen(&mut other, &queue, rolled_back);
     tx.rollback().unwrap();
     assert_eq!(
         job_state(&mut other, rolled_back),
@@ -62,20 +64,13 @@ fn enqueue_is_transactional() {
 
     // Committed: visible and dequeueable, once.
     let mut tx = producer.transaction().unwrap();
-    let committed: i64 = tx
-        .query_one("SELECT job.enqueue($1, '{\"n\": 2}'::jsonb)", &[&queue])
-        .unwrap()
-        .get(0);
+    let committed: i64 = one(
+        &mut tx,
+        "SELECT job.enqueue($1, '{\"n\": 2}'::jsonb)",
+        &[&queue],
+    );
     assert_ne!(committed, rolled_back);
-    assert_eq!(
-        job_state(&mut other, committed),
-        None,
-        "uncommitted job visible to another session"
-    );
-    assert!(
-        dequeue(&mut other, &queue, "other", 10, None).is_empty(),
-        "uncommitted job was dequeued"
-    );
+    assert_unseen(&mut other, &queue, committed);
     tx.commit().unwrap();
     assert_eq!(job_state(&mut other, committed).as_deref(), Some("waiting"));
     let claimed = dequeue(&mut other, &queue, "other", 10, None);
@@ -113,30 +108,40 @@ fn enqueue_in_thread(
     (pid, receive)
 }
 
+/// Session `a` enqueues key 'K' into `queue` in a transaction it leaves open, and session B
+/// (a new connection, in another thread) enqueues 'K' too and is seen waiting for A's
+/// transaction.  A's open transaction, A's job id and where B's result will come.
+fn race_for_a_key_held_open<'a>(
+    db: &TestDb,
+    queue: &str,
+    a: &'a mut Client,
+    observer: &mut Client,
+) -> (
+    postgres::Transaction<'a>,
+    i64,
+    mpsc::Receiver<Result<i64, String>>,
+) {
+    let mut tx = a.transaction().unwrap();
+    let a_id: i64 = one(
+        &mut tx,
+        "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
+        &[&queue],
+    );
+    let (b_pid, b_result) = enqueue_in_thread(db, queue, "K");
+    assert!(
+        wait_until_lock_waiting(observer, b_pid, Duration::from_secs(5)),
+        "B's enqueue of the same key should wait for A's transaction"
+    );
+    (tx, a_id, b_result)
+}
+
 /// Session B enqueues the key session A holds in an open transaction: B waits for A, and
 /// returns A's job once A commits.
 #[test]
 fn idempotency_key_race_waits_for_commit() {
-    let db = TestDb::create("idem_commit");
-    let queue = unique_queue("idem");
-    let mut a = db.connect();
+    let (db, queue, mut a) = queue_db("idem_commit", "idem", "");
     let mut observer = db.connect();
-    create_queue(&mut a, &queue);
-
-    let mut tx = a.transaction().unwrap();
-    let a_id: i64 = tx
-        .query_one(
-            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
-
-    let (b_pid, b_result) = enqueue_in_thread(&db, &queue, "K");
-    assert!(
-        wait_until_lock_waiting(&mut observer, b_pid, Duration::from_secs(5)),
-        "B's enqueue of the same key should wait for A's transaction"
-    );
+    let (tx, a_id, b_result) = race_for_a_key_held_open(&db, &queue, &mut a, &mut observer);
     assert!(
         b_result.recv_timeout(Duration::from_millis(300)).is_err(),
         "B's enqueue returned while A's transaction was still open"
@@ -169,26 +174,9 @@ fn idempotency_key_race_waits_for_commit() {
 /// The same race where A rolls back: B, which waited, enqueues its own job.
 #[test]
 fn idempotency_key_race_after_rollback() {
-    let db = TestDb::create("idem_rollback");
-    let queue = unique_queue("idem_rb");
-    let mut a = db.connect();
+    let (db, queue, mut a) = queue_db("idem_rollback", "idem_rb", "");
     let mut observer = db.connect();
-    create_queue(&mut a, &queue);
-
-    let mut tx = a.transaction().unwrap();
-    let a_id: i64 = tx
-        .query_one(
-            "SELECT job.enqueue($1, '{}'::jsonb, idempotency_key => 'K')",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
-
-    let (b_pid, b_result) = enqueue_in_thread(&db, &queue, "K");
-    assert!(
-        wait_until_lock_waiting(&mut observer, b_pid, Duration::from_secs(5)),
-        "B's enqueue of the same key should wait for A's transaction"
-    );
+    let (tx, a_id, b_result) = race_for_a_key_held_open(&db, &queue, &mut a, &mut observer);
     tx.rollback().unwrap();
     let b_id = b_result
         .recv_timeout(Duration::from_secs(10))
@@ -196,21 +184,18 @@ fn idempotency_key_race_after_rollback() {
         .expect("B's enqueue failed");
     assert_ne!(b_id, a_id, "A's job was rolled back; B must not return it");
 
-    let ids: Vec<i64> = observer
-        .query("SELECT id FROM job.jobs WHERE queue = $1", &[&queue])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let ids: Vec<i64> = column(
+        &mut observer,
+        "SELECT id FROM job.jobs WHERE queue = $1",
+        &[&queue],
+    );
     assert_eq!(ids, vec![b_id], "exactly B's job should exist");
     assert_eq!(job_state(&mut observer, a_id), None);
-    let key_owner: i64 = observer
-        .query_one(
-            "SELECT job_id FROM job.idempotency_keys WHERE queue = $1 AND key = 'K'",
-            &[&queue],
-        )
-        .unwrap()
-        .get(0);
+    let key_owner: i64 = one(
+        &mut observer,
+        "SELECT job_id FROM job.idempotency_keys WHERE queue = $1 AND key = 'K'",
+        &[&queue],
+    );
     assert_eq!(key_owner, b_id);
     assert_eq!(
         ids_attempts(&dequeue(&mut observer, &queue, "w", 10, None)),
@@ -224,10 +209,7 @@ fn idempotency_key_race_after_rollback() {
 fn idempotency_key_many_way_race() {
     const THREADS: usize = 8;
     const ROUNDS: usize = 25;
-    let db = TestDb::create("idem_race");
-    let queue = unique_queue("idem_race");
-    let mut observer = db.connect();
-    create_queue(&mut observer, &queue);
+    let (db, queue, mut observer) = queue_db("idem_race", "idem_race", "");
 
     let barrier = Arc::new(Barrier::new(THREADS));
     let threads: Vec<_> = (0..THREADS)

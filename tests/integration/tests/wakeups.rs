@@ -54,12 +54,9 @@ fn drain(consumer: &mut Client, queue: &str) -> usize {
 /// whether by 1,000 job.enqueue calls or by one job.enqueue_many.
 #[test]
 fn one_notification_per_batch() {
-    let db = TestDb::create("notify_batch");
-    let queue = unique_queue("batch");
+    let (db, queue, mut producer) = queue_db("notify_batch", "batch", "");
     let mut consumer = db.connect();
-    let mut producer = db.connect();
     let producer_pid = backend_pid(&mut producer);
-    create_queue(&mut producer, &queue);
 
     listen(&mut consumer);
     assert!(dequeue(&mut consumer, &queue, "consumer", 10, None).is_empty());
@@ -99,16 +96,20 @@ fn one_notification_per_batch() {
     assert_eq!(drain(&mut consumer, &queue), 1000);
 }
 
+/// No notification comes within 300 ms; else panics with `what` and the payload.
+fn assert_silent(listener: &mut Client, what: &str) {
+    if let Some(n) = next_notification(listener, Duration::from_millis(300)) {
+        panic!("{what} (payload {})", n.payload());
+    }
+}
+
 /// Nobody came up empty: enqueues send nothing.  Once the consumer has come up empty, the next
 /// enqueue sends exactly one notification, and enqueues after it (the consumer is busy) none.
 #[test]
 fn no_notification_unless_a_consumer_is_idle() {
-    let db = TestDb::create("notify_idle");
-    let queue = unique_queue("idle");
+    let (db, queue, mut producer) = queue_db("notify_idle", "idle", "");
     let mut listener = db.connect();
-    let mut producer = db.connect();
     let producer_pid = backend_pid(&mut producer);
-    create_queue(&mut producer, &queue);
 
     // Idle marks are cluster-wide per slot and outlive databases; a consumer of an earlier run
     // may have left this queue's slot marked.  This commit answers any such mark before
@@ -117,12 +118,10 @@ fn no_notification_unless_a_consumer_is_idle() {
 
     listen(&mut listener);
     enqueue(&mut producer, &queue, 1);
-    if let Some(n) = next_notification(&mut listener, Duration::from_millis(300)) {
-        panic!(
-            "notified ({}) though no consumer had come up empty",
-            n.payload()
-        );
-    }
+    assert_silent(
+        &mut listener,
+        "notified though no consumer had come up empty",
+    );
 
     // The listener drains the queue and comes up empty: now it is waiting.
     assert_eq!(drain(&mut listener, &queue), 2);
@@ -138,12 +137,10 @@ fn no_notification_unless_a_consumer_is_idle() {
 
     // That wake-up answered the idle episode: further enqueues notify nobody.
     enqueue(&mut producer, &queue, 3);
-    if let Some(n) = next_notification(&mut listener, Duration::from_millis(300)) {
-        panic!(
-            "a second notification ({}) without a new idle episode",
-            n.payload()
-        );
-    }
+    assert_silent(
+        &mut listener,
+        "a second notification without a new idle episode",
+    );
     assert_eq!(job_count(&mut listener, &queue), 4);
 }
 
@@ -237,13 +234,11 @@ fn wakeup_race(db: &TestDb, queue: &str, jobs: usize, seed: u64, pace: Pace) -> 
                 extra_notifications += drain_notifications(&mut consumer).len();
             }
             None => {
-                let ready: i64 = consumer
-                    .query_one(
-                        "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state = 'waiting'",
-                        &[&queue],
-                    )
-                    .unwrap()
-                    .get(0);
+                let ready: i64 = one(
+                    &mut consumer,
+                    "SELECT count(*) FROM job.jobs WHERE queue = $1 AND state = 'waiting'",
+                    &[&queue],
+                );
                 assert_eq!(
                     ready,
                     0,

@@ -7,6 +7,7 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::enqueue_many;
+use pg_jobqueue_integration::sql::*;
 use std::time::Duration;
 
 /// A handler that records its payload's `n` in `seen`, with the transaction it ran in (the
@@ -24,8 +25,11 @@ const RECORDING_HANDLER: &str = "
         RETURN jsonb_build_object('n', payload->'n');
     END $$;";
 
-fn one_executor(name: &str) -> (Cluster, postgres::Client) {
-    served_cluster(name, &[("pg_jobqueue.executors", "1")])
+fn one_executor(name: &str, setup: &str) -> (Cluster, postgres::Client) {
+    let (cluster, mut client) = served_cluster(name, &[("pg_jobqueue.executors", "1")]);
+    exec(&mut client, RECORDING_HANDLER);
+    exec(&mut client, setup);
+    (cluster, client)
 }
 
 /// Runs `count` quick jobs through queue `queue` so the executor learns its handler is fast
@@ -74,10 +78,8 @@ fn seen(client: &mut postgres::Client) -> Vec<i32> {
 /// failure.
 #[test]
 fn a_failing_call_rolls_back_only_its_own_writes() {
-    let (cluster, mut client) = one_executor("batch-failing");
-    exec(&mut client, RECORDING_HANDLER);
-    exec(
-        &mut client,
+    let (cluster, mut client) = one_executor(
+        "batch-failing",
         "SELECT job.create_queue('b');
          SELECT job.set_handler('b', 'record(jsonb)', concurrency => 100);",
     );
@@ -127,10 +129,8 @@ fn a_failing_call_rolls_back_only_its_own_writes() {
 /// other jobs complete on their first attempt.
 #[test]
 fn a_call_that_times_out_takes_nothing_else_with_it() {
-    let (cluster, mut client) = one_executor("batch-timeout");
-    exec(&mut client, RECORDING_HANDLER);
-    exec(
-        &mut client,
+    let (cluster, mut client) = one_executor(
+        "batch-timeout",
         "SELECT job.create_queue('t', max_retries => 0);
          SELECT job.set_handler('t', 'record(jsonb)', concurrency => 100, timeout => '500 milliseconds');",
     );
@@ -161,10 +161,8 @@ fn a_call_that_times_out_takes_nothing_else_with_it() {
 /// the others complete.
 #[test]
 fn a_batch_whose_commit_fails_runs_its_jobs_one_by_one() {
-    let (cluster, mut client) = one_executor("batch-commit");
-    exec(&mut client, RECORDING_HANDLER);
-    exec(
-        &mut client,
+    let (cluster, mut client) = one_executor(
+        "batch-commit",
         "CREATE FUNCTION no_thirteen() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN
              IF NEW.n = 13 THEN
@@ -202,10 +200,8 @@ fn a_batch_whose_commit_fails_runs_its_jobs_one_by_one() {
 /// leases of a minute and a half), and in the end every job's write is there exactly once.
 #[test]
 fn an_executor_killed_mid_batch_loses_and_doubles_nothing() {
-    let (cluster, mut client) = one_executor("batch-kill");
-    exec(&mut client, RECORDING_HANDLER);
-    exec(
-        &mut client,
+    let (cluster, mut client) = one_executor(
+        "batch-kill",
         "ALTER TABLE seen ADD CONSTRAINT seen_once UNIQUE (n);
          SELECT job.create_queue('k');
          SELECT job.set_handler('k', 'record(jsonb)', concurrency => 100, timeout => '1 minute');",

@@ -6,6 +6,7 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::enqueue_many;
+use pg_jobqueue_integration::sql::*;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -56,12 +57,11 @@ fn handler_queue_runs_every_job_once() {
             job.id
         );
     }
-    let counts: Vec<(i32, i64)> = client
-        .query("SELECT n, count(*) FROM seen GROUP BY n ORDER BY n", &[])
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect();
+    let counts: Vec<(i32, i64)> = rows(
+        &mut client,
+        "SELECT n, count(*) FROM seen GROUP BY n ORDER BY n",
+        &[],
+    );
     assert_eq!(
         counts,
         (0..50).map(|n| (n, 1)).collect::<Vec<_>>(),
@@ -288,12 +288,11 @@ fn handler_runs_as_the_role_that_set_it_and_cannot_escape() {
          SELECT job.set_handler('escape_raw', 'escape_raw(jsonb)');
          RESET ROLE;"#,
     );
-    let run_as: Vec<String> = client
-        .query("SELECT run_as::text FROM job.handlers ORDER BY queue", &[])
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let run_as: Vec<String> = column(
+        &mut client,
+        "SELECT run_as::text FROM job.handlers ORDER BY queue",
+        &[],
+    );
     assert_eq!(run_as, ["alice", "alice", "alice"]);
 
     let whoami = enqueue_json(&mut client, "whoami", "{}");
@@ -312,15 +311,11 @@ fn handler_runs_as_the_role_that_set_it_and_cannot_escape() {
             job_errors(&mut client, id)
         );
     }
-    let log: Vec<(String, String, bool, Option<String>)> = client
-        .query(
-            "SELECT queue, who, superuser, note FROM alice_log ORDER BY queue, note",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2), r.get(3)))
-        .collect();
+    let log: Vec<(String, String, bool, Option<String>)> = rows(
+        &mut client,
+        "SELECT queue, who, superuser, note FROM alice_log ORDER BY queue, note",
+        &[],
+    );
     for (queue, who, superuser, note) in &log {
         assert_eq!(
             (who.as_str(), *superuser),
@@ -363,38 +358,45 @@ fn handler_runs_as_the_role_that_set_it_and_cannot_escape() {
 
 /// `concurrency => 1` lets one job of the queue run at a time although two executors are
 /// idle; `concurrency => 2` on another queue with the same handler does run two at once.
+/// SQL making table `spans` and handler function `name`, which sleeps `sleep` seconds and
+/// records the span it ran (start, end) under its payload's `field` (as `key`) and `n`.
+fn span_recorder(name: &str, sleep: &str, field: &str) -> String {
+    format!(
+        "CREATE TABLE spans (key text, n int, started timestamptz, ended timestamptz);
+         CREATE FUNCTION {name}(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
+         DECLARE
+             t0 timestamptz := clock_timestamp();
+         BEGIN
+             PERFORM pg_sleep({sleep});
+             INSERT INTO spans VALUES (payload->>'{field}', (payload->>'n')::int, t0, clock_timestamp());
+             RETURN '{{}}';
+         END $$;"
+    )
+}
+
 #[test]
 fn handler_concurrency_cap_is_respected() {
     let (cluster, mut client) = served_cluster("handlers-concurrency", &[]);
     exec(
         &mut client,
-        "CREATE TABLE spans (queue text, n int, started timestamptz, ended timestamptz);
-         CREATE FUNCTION slow(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
-         DECLARE
-             t0 timestamptz := clock_timestamp();
-         BEGIN
-             PERFORM pg_sleep(0.5);
-             INSERT INTO spans VALUES (payload->>'queue', (payload->>'n')::int, t0, clock_timestamp());
-             RETURN '{}';
-         END $$;
-         SELECT job.create_queue('one');
-         SELECT job.create_queue('two');
-         SELECT job.set_handler('one', 'slow(jsonb)', concurrency => 1);
-         SELECT job.set_handler('two', 'slow(jsonb)', concurrency => 2);",
+        &format!(
+            "{}
+             SELECT job.create_queue('one');
+             SELECT job.create_queue('two');
+             SELECT job.set_handler('one', 'slow(jsonb)', concurrency => 1);
+             SELECT job.set_handler('two', 'slow(jsonb)', concurrency => 2);",
+            span_recorder("slow", "0.5", "queue")
+        ),
     );
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
 
     let spans = |client: &mut postgres::Client, queue: &str| -> Vec<(f64, f64)> {
-        client
-            .query(
-                "SELECT extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
-                   FROM spans WHERE queue = $1 ORDER BY started",
-                &[&queue],
-            )
-            .unwrap()
-            .iter()
-            .map(|r| (r.get(0), r.get(1)))
-            .collect()
+        rows(
+            client,
+            "SELECT extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
+               FROM spans WHERE key = $1 ORDER BY started",
+            &[&queue],
+        )
     };
     let mut by_queue = HashMap::new();
     for queue in ["one", "two"] {
@@ -442,17 +444,12 @@ fn executors_keep_a_queues_key_concurrency() {
     let (cluster, mut client) = served_cluster("handlers-keys", &[]);
     exec(
         &mut client,
-        "CREATE TABLE spans (key text, n int, started timestamptz, ended timestamptz);
-         CREATE FUNCTION slow_key(payload jsonb) RETURNS jsonb LANGUAGE plpgsql AS $$
-         DECLARE
-             t0 timestamptz := clock_timestamp();
-         BEGIN
-             PERFORM pg_sleep(0.2);
-             INSERT INTO spans VALUES (payload->>'key', (payload->>'n')::int, t0, clock_timestamp());
-             RETURN '{}';
-         END $$;
-         SELECT job.create_queue('keyed', key_concurrency => 1);
-         SELECT job.set_handler('keyed', 'slow_key(jsonb)', concurrency => 2);",
+        &format!(
+            "{}
+             SELECT job.create_queue('keyed', key_concurrency => 1);
+             SELECT job.set_handler('keyed', 'slow_key(jsonb)', concurrency => 2);",
+            span_recorder("slow_key", "0.2", "key")
+        ),
     );
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
     exec(
@@ -461,16 +458,12 @@ fn executors_keep_a_queues_key_concurrency() {
            FROM generate_series(1, 12) g",
     );
     wait_for_finished(&cluster, &mut client, "keyed", 12, Duration::from_secs(60));
-    let spans: Vec<(String, f64, f64)> = client
-        .query(
-            "SELECT key, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
+    let spans: Vec<(String, f64, f64)> = rows(
+        &mut client,
+        "SELECT key, extract(epoch FROM started)::float8, extract(epoch FROM ended)::float8
                FROM spans ORDER BY started",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+        &[],
+    );
     assert_eq!(spans.len(), 12, "{spans:?}");
     let mut across_keys = 0;
     for (i, a) in spans.iter().enumerate() {
@@ -552,15 +545,11 @@ fn handler_settings_cannot_hijack_the_executor() {
     let after = enqueue_json(&mut client, "after", "{}");
     wait_for_finished(&cluster, &mut client, "after", 1, Duration::from_secs(20));
 
-    let escalations: Vec<(String, bool, String)> = client
-        .query(
-            "SELECT who, superuser, note FROM alice_log WHERE who <> 'alice' OR superuser",
-            &[],
-        )
-        .unwrap()
-        .iter()
-        .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
+    let escalations: Vec<(String, bool, String)> = rows(
+        &mut client,
+        "SELECT who, superuser, note FROM alice_log WHERE who <> 'alice' OR superuser",
+        &[],
+    );
     assert!(
         escalations.is_empty(),
         "alice's functions ran as another role after her handler changed search_path \

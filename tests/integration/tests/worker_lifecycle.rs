@@ -5,7 +5,8 @@
 //! every 500 ms.
 
 use pg_jobqueue_integration::cluster::*;
-use pg_jobqueue_integration::{complete_many, dequeue, enqueue_many, error_text, SqlState};
+use pg_jobqueue_integration::sql::*;
+use pg_jobqueue_integration::{complete_many, dequeue, enqueue_many, error_text, Client, SqlState};
 use std::time::{Duration, Instant};
 
 /// A handler that returns its payload, for queues whose jobs only need to run.
@@ -15,6 +16,46 @@ const ECHO_HANDLER: &str = "CREATE FUNCTION echo(payload jsonb) RETURNS jsonb
 /// A job claimed by a client that then goes silent is rescued by the worker once its 1 s
 /// lease expires, with no client calling dequeue: waiting again, the attempt recorded as
 /// stalled; abandoned once more, it is dead (max_retries 1).
+/// A served cluster `name` whose queue 'h' runs the echo handler (concurrency 2), with
+/// schedule 'tick' firing into queue 'q' every second; waits for the two executors (their
+/// pids).
+fn served_handler_and_tick(name: &str) -> (Cluster, Client, Vec<i32>) {
+    let (cluster, mut client) = served_cluster(name, &[]);
+    exec(
+        &mut client,
+        &format!(
+            "{ECHO_HANDLER}
+             SELECT job.create_queue('h');
+             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
+             SELECT job.create_queue('q');
+             SELECT job.schedule('tick', '1 second', 'q');"
+        ),
+    );
+    let executors = wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    (cluster, client, executors)
+}
+
+/// DROP DATABASE `name` succeeds (else panics, saying it was `what`) within 5 s.
+fn drop_database_within_5_s(admin: &mut Client, name: &str, what: &str) {
+    let dropping = Instant::now();
+    admin
+        .batch_execute(&format!("DROP DATABASE {name}"))
+        .unwrap_or_else(|e| panic!("{what} failed: {}", error_text(&e)));
+    let took = dropping.elapsed();
+    assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
+}
+
+/// Schedule 'tick' fires at least twice after `since` (`failure`: what it means if not), and
+/// fired each of its ticks once.
+fn assert_ticks_after(client: &mut Client, since: f64, failure: impl FnOnce() -> String) {
+    assert!(
+        wait_for_runs(client, "tick", 2, since, Duration::from_secs(10)),
+        "{}",
+        failure()
+    );
+    assert_each_tick_fired_once(client, "tick", "q");
+}
+
 #[test]
 fn stalled_job_is_rescued_without_any_dequeue() {
     let (cluster, mut client) = served_cluster("life-stalled", &[]);
@@ -145,17 +186,11 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
         jobqueue_backends(&mut admin)
     );
     drop(second);
-    let dropping = Instant::now();
-    admin
-        .batch_execute("DROP DATABASE second")
-        .unwrap_or_else(|e| {
-            panic!(
-                "DROP DATABASE of a served database failed: {}",
-                error_text(&e)
-            )
-        });
-    let took = dropping.elapsed();
-    assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
+    drop_database_within_5_s(
+        &mut admin,
+        "second",
+        "DROP DATABASE of a served database failed",
+    );
 
     // A handler busy in a long sleep does not hold DROP DATABASE up either.
     cluster.create_database("third");
@@ -184,17 +219,11 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
         jobqueue_backends(&mut admin)
     );
     drop(third);
-    let dropping = Instant::now();
-    admin
-        .batch_execute("DROP DATABASE third")
-        .unwrap_or_else(|e| {
-            panic!(
-                "DROP DATABASE during a running handler failed: {}",
-                error_text(&e)
-            )
-        });
-    let took = dropping.elapsed();
-    assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
+    drop_database_within_5_s(
+        &mut admin,
+        "third",
+        "DROP DATABASE during a running handler failed",
+    );
     assert!(
         wait_until(Duration::from_secs(5), || {
             jobqueue_backends(&mut admin)
@@ -255,12 +284,12 @@ fn drop_extension_stops_the_worker_and_create_extension_restarts_it() {
          SELECT job.schedule('tick', '1 second', 'q');",
     );
     wait_for_scheduler(&mut client, Duration::from_secs(10));
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, f64::MIN, Duration::from_secs(10)),
-        "schedules do not fire after CREATE EXTENSION again\n{}",
-        cluster.log_tail(20)
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, f64::MIN, || {
+        format!(
+            "schedules do not fire after CREATE EXTENSION again\n{}",
+            cluster.log_tail(20)
+        )
+    });
 }
 
 /// DROP EXTENSION while handlers run: it cancels them and stops every process of the
@@ -371,18 +400,7 @@ fn drop_extension_keeps_a_schema_that_is_not_empty() {
 /// the worker is back, schedules fire and handler jobs run.
 #[test]
 fn worker_recovers_from_terminated_and_killed_processes() {
-    let (cluster, mut client) = served_cluster("life-crash", &[]);
-    exec(
-        &mut client,
-        &format!(
-            "{ECHO_HANDLER}
-             SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
-             SELECT job.create_queue('q');
-             SELECT job.schedule('tick', '1 second', 'q');"
-        ),
-    );
-    let executors = wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    let (cluster, mut client, executors) = served_handler_and_tick("life-crash");
     let old = wait_for_scheduler(&mut client, Duration::from_secs(5));
 
     assert!(one::<bool>(
@@ -403,11 +421,9 @@ fn worker_recovers_from_terminated_and_killed_processes() {
         )
     });
     let replaced_at = server_now(&mut client);
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, replaced_at, Duration::from_secs(10)),
-        "the new scheduler {new} does not fire schedules"
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, replaced_at, || {
+        format!("the new scheduler {new} does not fire schedules")
+    });
 
     // SIGKILL: the postmaster treats it as a crash and restarts every process.
     let postmaster = cluster.postmaster_pid();
@@ -446,29 +462,16 @@ fn worker_recovers_from_terminated_and_killed_processes() {
         "{:?}",
         queue_jobs(&mut client, "h")
     );
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, back_at, Duration::from_secs(10)),
-        "schedules do not fire after the crash restart"
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, back_at, || {
+        "schedules do not fire after the crash restart".to_string()
+    });
 }
 
 /// `pg_jobqueue.enabled = off` and a reload stop the scheduler and executors: no schedule
 /// fires, no handler job runs.  `on` and a reload bring them back, and the waiting job runs.
 #[test]
 fn sighup_disables_and_reenables_the_worker() {
-    let (cluster, mut client) = served_cluster("life-sighup", &[]);
-    exec(
-        &mut client,
-        &format!(
-            "{ECHO_HANDLER}
-             SELECT job.create_queue('h');
-             SELECT job.set_handler('h', 'echo(jsonb)', concurrency => 2);
-             SELECT job.create_queue('q');
-             SELECT job.schedule('tick', '1 second', 'q');"
-        ),
-    );
-    wait_for_executors(&mut client, 2, Duration::from_secs(10));
+    let (cluster, mut client, _) = served_handler_and_tick("life-sighup");
 
     // Two statements: ALTER SYSTEM refuses to run in a (multi-statement) transaction.
     exec(&mut client, "ALTER SYSTEM SET pg_jobqueue.enabled = off");
@@ -502,11 +505,9 @@ fn sighup_disables_and_reenables_the_worker() {
     wait_for_executors(&mut client, 2, Duration::from_secs(10));
     wait_for_finished(&cluster, &mut client, "h", 1, Duration::from_secs(10));
     assert_eq!(job(&mut client, waiting).state, "completed");
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, on_at, Duration::from_secs(10)),
-        "schedules do not fire after re-enabling"
-    );
-    assert_each_tick_fired_once(&mut client, "tick", "q");
+    assert_ticks_after(&mut client, on_at, || {
+        "schedules do not fire after re-enabling".to_string()
+    });
 }
 
 /// A streaming standby runs no pg_jobqueue process and creates nothing: its schedule_runs
@@ -544,14 +545,10 @@ fn standby_stays_passive_until_promoted() {
     );
     assert!(worker_processes(&mut replica).is_empty());
     // ...cannot fire a schedule...
-    let err = replica
-        .query_one("SELECT job._fire_due_schedules()", &[])
-        .expect_err("a standby fired schedules");
-    assert_eq!(
-        err.code(),
-        Some(&SqlState::READ_ONLY_SQL_TRANSACTION),
-        "{}",
-        error_text(&err)
+    assert_refused(
+        replica.query_one("SELECT job._fire_due_schedules()", &[]),
+        &SqlState::READ_ONLY_SQL_TRANSACTION,
+        "a standby fired schedules",
     );
     // ...and shows exactly what the primary fired.
     let mirrored = schedule_runs(&mut replica, "tick");
@@ -626,24 +623,16 @@ fn refused_drop_database_leaves_the_worker_alone() {
 
     let mut admin = cluster.connect("postgres");
     exec(&mut admin, "CREATE ROLE mallory; SET ROLE mallory");
-    let refused = admin
-        .batch_execute("DROP DATABASE victim")
-        .expect_err("a non-owner dropped the database");
-    assert_eq!(
-        refused.code(),
-        Some(&SqlState::INSUFFICIENT_PRIVILEGE),
-        "{}",
-        error_text(&refused)
+    assert_refused(
+        admin.batch_execute("DROP DATABASE victim"),
+        &SqlState::INSUFFICIENT_PRIVILEGE,
+        "a non-owner dropped the database",
     );
     exec(&mut admin, "RESET ROLE");
-    let refused = admin
-        .batch_execute("BEGIN; DROP DATABASE victim")
-        .expect_err("DROP DATABASE ran in a transaction block");
-    assert_eq!(
-        refused.code(),
-        Some(&SqlState::ACTIVE_SQL_TRANSACTION),
-        "{}",
-        error_text(&refused)
+    assert_refused(
+        admin.batch_execute("BEGIN; DROP DATABASE victim"),
+        &SqlState::ACTIVE_SQL_TRANSACTION,
+        "DROP DATABASE ran in a transaction block",
     );
     exec(&mut admin, "ROLLBACK");
     let refused_at = server_now(&mut victim);

@@ -5,7 +5,8 @@
 //! Every test runs a private cluster (src/cluster.rs) with a 200 ms scheduler tick.
 
 use pg_jobqueue_integration::cluster::*;
-use pg_jobqueue_integration::error_text;
+use pg_jobqueue_integration::sql::*;
+use pg_jobqueue_integration::{error_text, Client};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -82,15 +83,22 @@ fn every_second_schedule_enqueues_one_job_per_second() {
 /// While the worker fires a one-second schedule, four sessions call
 /// `job._fire_due_schedules()` as fast as they can for 4 s: still one run and one job per
 /// tick, no key twice, no tick skipped, and no schedule error.
-#[test]
-fn concurrent_manual_fires_do_not_duplicate_ticks() {
-    let (cluster, mut client) = served_cluster("sched-race", &[]);
+/// A served cluster `name` whose schedule 'tick' fires into queue 'q' every second, once it
+/// has fired `runs` times (`failure`: what it means if it does not within 10 s).
+fn ticking_cluster(name: &str, runs: usize, failure: &str) -> (Cluster, Client) {
+    let (cluster, mut client) = served_cluster(name, &[]);
     exec(&mut client, "SELECT job.create_queue('q')");
     exec(&mut client, "SELECT job.schedule('tick', '1 second', 'q')");
     assert!(
-        wait_for_runs(&mut client, "tick", 1, f64::MIN, Duration::from_secs(10)),
-        "the schedule never fired"
+        wait_for_runs(&mut client, "tick", runs, f64::MIN, Duration::from_secs(10)),
+        "{failure}"
     );
+    (cluster, client)
+}
+
+#[test]
+fn concurrent_manual_fires_do_not_duplicate_ticks() {
+    let (cluster, mut client) = ticking_cluster("sched-race", 1, "the schedule never fired");
 
     let stop = Arc::new(AtomicBool::new(false));
     let racers: Vec<_> = (0..4)
@@ -298,13 +306,8 @@ fn immediate_shutdown_skips_or_catches_up_missed_ticks() {
 /// without firing the paused period; unschedule removes it and its runs, not its jobs.
 #[test]
 fn pause_resume_and_unschedule() {
-    let (_cluster, mut client) = served_cluster("sched-pause", &[]);
-    exec(&mut client, "SELECT job.create_queue('q')");
-    exec(&mut client, "SELECT job.schedule('tick', '1 second', 'q')");
-    assert!(
-        wait_for_runs(&mut client, "tick", 2, f64::MIN, Duration::from_secs(10)),
-        "the schedule did not fire twice"
-    );
+    let (_cluster, mut client) =
+        ticking_cluster("sched-pause", 2, "the schedule did not fire twice");
 
     exec(&mut client, "SELECT job.pause_schedule('tick')");
     let paused_at = server_now(&mut client);
@@ -431,7 +434,7 @@ fn time_zones_end_to_end() {
         &mut client,
         "SELECT job.schedule('nightly', '30 2 * * *', 'q', timezone => 'America/New_York')",
     );
-    let row = client
+    let nightly = client
         .query_one(
             "SELECT timezone,
                     next_run_local = (next_run AT TIME ZONE 'America/New_York'),
@@ -443,22 +446,25 @@ fn time_zones_end_to_end() {
             &[],
         )
         .unwrap();
-    assert_eq!(row.get::<_, String>(0), "America/New_York");
+    assert_eq!(nightly.get::<_, String>(0), "America/New_York");
     assert!(
-        row.get::<_, bool>(1),
+        nightly.get::<_, bool>(1),
         "next_run_local is not next_run in New York time"
     );
-    let local_time: String = row.get(2);
-    let month: i32 = row.get(3);
+    let local_time: String = nightly.get(2);
+    let month: i32 = nightly.get(3);
     assert!(
         local_time == "02:30:00" || (month == 3 && local_time == "03:00:00"),
         "next_run_local is {local_time}, not 02:30 (or 03:00 on the spring-forward day)"
     );
     assert!(
-        row.get::<_, bool>(4),
+        nightly.get::<_, bool>(4),
         "next_run is not within the next 25 hours"
     );
-    assert!(row.get::<_, bool>(5), "next_run is not cron_next from now");
+    assert!(
+        nightly.get::<_, bool>(5),
+        "next_run is not cron_next from now"
+    );
 
     // Around the 2026 transitions (spring forward 2026-03-08 02:00 EST -> 03:00 EDT, fall
     // back 2026-11-01 02:00 EDT -> 01:00 EST).
@@ -486,17 +492,13 @@ fn time_zones_end_to_end() {
     }
 
     // The worker fires a fixed New York wall time at its instant: a few seconds from now.
-    let (cron, expected_tick): (String, f64) = {
-        let row = client
-            .query_one(
-                "SELECT to_char(t AT TIME ZONE 'America/New_York', 'FMSS FMMI FMHH24 * * *'),
+    let (cron, expected_tick): (String, f64) = one_row(
+        &mut client,
+        "SELECT to_char(t AT TIME ZONE 'America/New_York', 'FMSS FMMI FMHH24 * * *'),
                         extract(epoch FROM t)::float8
                    FROM (SELECT date_trunc('second', clock_timestamp()) + interval '3 seconds' AS t) s",
-                &[],
-            )
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+        &[],
+    );
     exec(
         &mut client,
         &format!(
@@ -513,17 +515,13 @@ fn time_zones_end_to_end() {
         "'{cron}' New York time fired the wrong instant"
     );
     assert!(run.lateness() < 1.0, "fired {:.3} s late", run.lateness());
-    let (next_local_matches, one_day_later): (bool, bool) = {
-        let row = client
-            .query_one(
-                "SELECT next_run_local = next_run AT TIME ZONE 'America/New_York',
+    let (next_local_matches, one_day_later): (bool, bool) = one_row(
+        &mut client,
+        "SELECT next_run_local = next_run AT TIME ZONE 'America/New_York',
                         next_run - last_tick BETWEEN interval '23 hours' AND interval '25 hours'
                    FROM job.schedules WHERE name = 'soon'",
-                &[],
-            )
-            .unwrap();
-        (row.get(0), row.get(1))
-    };
+        &[],
+    );
     assert!(
         next_local_matches && one_day_later,
         "after firing, the next run is not a day later"
