@@ -237,15 +237,15 @@ fn expect_requests(receiver: &Receiver, count: usize) -> Vec<Recorded> {
         })
 }
 
-/// The requests' arrivals in order, and the most of them within any one second.
-fn arrivals_and_busiest_second(requests: &[Recorded]) -> (Vec<Instant>, usize) {
+/// The requests' arrivals in order, and the most of them within any `within`.
+fn arrivals_and_busiest(requests: &[Recorded], within: Duration) -> (Vec<Instant>, usize) {
     let mut arrivals: Vec<Instant> = requests.iter().map(|r| r.arrived).collect();
     arrivals.sort();
     let mut worst = 0;
     for (i, &start) in arrivals.iter().enumerate() {
         let in_window = arrivals[i..]
             .iter()
-            .take_while(|&&t| t.duration_since(start) < Duration::from_secs(1))
+            .take_while(|&&t| t.duration_since(start) < within)
             .count();
         worst = worst.max(in_window);
     }
@@ -885,7 +885,7 @@ fn rate_limit_caps_requests_per_second() {
     let requests = receiver
         .wait_for_requests(100, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("{} of 100 arrived", receiver.count()));
-    let (arrivals, worst) = arrivals_and_busiest_second(&requests);
+    let (arrivals, worst) = arrivals_and_busiest(&requests, Duration::from_secs(1));
     assert!(
         worst <= 20,
         "{worst} requests arrived within one second; the rate limit is 20"
@@ -1630,10 +1630,14 @@ fn a_restarted_sender_keeps_the_rate_limit() {
         &mut client,
         &endpoint
     ) == 100));
-    let (_, worst) = arrivals_and_busiest_second(&receiver.requests());
+    // Within 900 ms: the limit holds for starts, and the way to the receiver adds jitter
+    // that a loaded 2-core machine (CI runs suites side by side) has made exceed the sender's
+    // 25 ms margin.  A sender that forgot the windows starts its 20 at once, within 900 ms of
+    // the old one's.
+    let (_, worst) = arrivals_and_busiest(&receiver.requests(), Duration::from_millis(900));
     assert!(
         worst <= 20,
-        "{worst} requests arrived within one second across the restart; the rate limit is 20"
+        "{worst} requests arrived within 900 ms across the restart; the rate limit is 20/s"
     );
 }
 
