@@ -1632,8 +1632,8 @@ fn a_restarted_sender_keeps_the_rate_limit() {
     ) == 100));
     // Within 900 ms: the limit holds for starts, and the way to the receiver adds jitter
     // that a loaded 2-core machine (CI runs suites side by side) has made exceed the sender's
-    // 25 ms margin.  A sender that forgot the windows starts its 20 at once, within 900 ms of
-    // the old one's.
+    // 25 ms margin.  A sender that forgot the windows starts a whole window's worth at once,
+    // right on top of the old one's last.
     let (_, worst) = arrivals_and_busiest(&receiver.requests(), Duration::from_millis(900));
     assert!(
         worst <= 20,
