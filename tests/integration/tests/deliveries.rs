@@ -874,8 +874,8 @@ fn endpoint_concurrency_caps_requests_in_flight() {
     }
 }
 
-/// rate_limit 20: 100 deliveries all arrive, and no second of arrivals holds more than 20
-/// (so they span at least 4 s).
+/// rate_limit 20: 100 deliveries all arrive, no 900 ms of arrivals holds more than 20, and
+/// they span at least 4 s.
 #[test]
 fn rate_limit_caps_requests_per_second() {
     let (_db, mut client, receiver, endpoint) =
@@ -885,10 +885,12 @@ fn rate_limit_caps_requests_per_second() {
     let requests = receiver
         .wait_for_requests(100, Duration::from_secs(60))
         .unwrap_or_else(|| panic!("{} of 100 arrived", receiver.count()));
-    let (arrivals, worst) = arrivals_and_busiest(&requests, Duration::from_secs(1));
+    // Within 900 ms, as below: the limit holds for starts, and the way to the receiver adds
+    // jitter (21 arrived within one second once, on a loaded machine).
+    let (arrivals, worst) = arrivals_and_busiest(&requests, Duration::from_millis(900));
     assert!(
         worst <= 20,
-        "{worst} requests arrived within one second; the rate limit is 20"
+        "{worst} requests arrived within 900 ms; the rate limit is 20/s"
     );
     assert!(
         worst >= 15,

@@ -280,17 +280,25 @@ fn wakeup_race(db: &TestDb, queue: &str, jobs: usize, seed: u64, pace: Pace) -> 
 #[test]
 fn no_lost_wakeups_under_stress() {
     let db = TestDb::create("wakeup_race");
-    let queue = unique_queue("race");
-    let outcome = wakeup_race(&db, &queue, 300, 7, Pace::FreeRunning);
-    eprintln!(
-        "300 jobs in {:?}: {} idle waits, {} wake-ups, {} extra notifications",
-        outcome.elapsed, outcome.idle_waits, outcome.wakeups, outcome.extra_notifications
-    );
-    // The test only means something if the consumer kept catching up and waiting.
-    assert!(
-        outcome.idle_waits >= 3,
-        "the consumer waited only {} times: the race was not exercised",
-        outcome.idle_waits
+    // The test only means something if the consumer kept catching up and waiting.  On a
+    // loaded machine a slowed consumer can trail the producer all the way (about one run in
+    // six did): up to three runs, each with its own seed and queue, until one exercised it;
+    // every run must lose no wake-up.
+    let mut idle_waits = Vec::new();
+    for seed in [7, 8, 9] {
+        let queue = unique_queue(&format!("race{seed}"));
+        let outcome = wakeup_race(&db, &queue, 300, seed, Pace::FreeRunning);
+        eprintln!(
+            "300 jobs in {:?}: {} idle waits, {} wake-ups, {} extra notifications",
+            outcome.elapsed, outcome.idle_waits, outcome.wakeups, outcome.extra_notifications
+        );
+        idle_waits.push(outcome.idle_waits);
+        if outcome.idle_waits >= 3 {
+            return;
+        }
+    }
+    panic!(
+        "the consumer waited only {idle_waits:?} times in three runs: the race was not exercised"
     );
 }
 
