@@ -22,7 +22,10 @@ install script's order so that everything comes after what it uses:
     install (that statement is not re-run: it would also take back what an administrator
     granted to PUBLIC since);
   * every COMMENT and GRANT of B (re-running them changes nothing that was right), and each
-    REVOKE that A's install script lacks.
+    REVOKE that A's install script lacks;
+  * B's top-level SELECTs but pg_extension_config_dump: what the install script does once
+    everything stands (job._request_service(): the worker declines a database at another
+    version than its library's, so the update must ask for service again).
 
 --unhandled lists B's other statements that A's install script lacks (changed tables, ...):
 each needs its counterpart in the hand-written part, which the upgrade test checks.
@@ -179,6 +182,10 @@ def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str
                 generated.append(("", "REVOKE EXECUTE ON ROUTINE %s FROM PUBLIC;" % signature(statement, kind)))
         elif verb in ("COMMENT", "GRANT") or (verb == "REVOKE" and k not in old_keys):
             generated.append(("", statement))
+        elif verb == "SELECT" and not DUMPED.match(k):
+            # What the install script does once it stands (job._request_service(): the worker
+            # serves a database only at the library's version, so the update must ask again).
+            generated.append((comment, statement))
         elif (c := created(statement)) and c not in old_objects:
             if c in part_objects:
                 sys.exit(f"upgrade-script: {part_path} creates {c}, which the previous release "

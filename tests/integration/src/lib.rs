@@ -70,6 +70,26 @@ pub fn current_version() -> String {
         .to_owned()
 }
 
+/// Every released version, oldest first: each has its install script frozen in sql/released/.
+pub fn released_versions() -> Vec<String> {
+    let mut versions: Vec<String> =
+        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sql/released"))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                Some(
+                    name.strip_prefix("pg_jobqueue--")?
+                        .strip_suffix(".sql")?
+                        .to_owned(),
+                )
+            })
+            .filter(|v| *v != current_version())
+            .collect();
+    versions.sort();
+    versions
+}
+
 /// The cluster under test, from `PGJQ_TEST_URL`.
 pub fn cluster_url() -> String {
     std::env::var("PGJQ_TEST_URL").unwrap_or_else(|_| {

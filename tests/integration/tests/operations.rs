@@ -1,7 +1,9 @@
 //! Operations: upgrading from the previous release, pg_dump and pg_restore, and the Prometheus
 //! export read by a real parser.
 
-use pg_jobqueue_integration::{cluster, connect, current_version, error_text, one, Client, TestDb};
+use pg_jobqueue_integration::{
+    cluster, connect, current_version, error_text, one, released_versions, Client, TestDb,
+};
 use std::collections::BTreeSet;
 use std::process::Command;
 
@@ -64,26 +66,6 @@ const SCHEMA_DESCRIPTION: &str = "
 
 fn schema_of(client: &mut Client) -> BTreeSet<String> {
     strings(client, SCHEMA_DESCRIPTION).into_iter().collect()
-}
-
-/// Every released version: each has its install script frozen in sql/released/.
-fn released_versions() -> Vec<String> {
-    let mut versions: Vec<String> =
-        std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sql/released"))
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                Some(
-                    name.strip_prefix("pg_jobqueue--")?
-                        .strip_suffix(".sql")?
-                        .to_owned(),
-                )
-            })
-            .filter(|v| *v != current_version())
-            .collect();
-    versions.sort();
-    versions
 }
 
 fn extversion(c: &mut Client) -> String {

@@ -693,6 +693,38 @@ fn database_still_at_0_1_0_is_served_after_update_without_log_errors_before() {
     wait_for_scheduler(&mut client, Duration::from_secs(1));
 }
 
+/// A database at the previous release, declined by this library's scheduler, is served once
+/// `ALTER EXTENSION pg_jobqueue UPDATE` commits, with nothing else asking for service: the
+/// upgrade script asks itself (its generated part re-runs the install script's
+/// `job._request_service()`; the hand-written 0.4.0 -> 0.5.0 script had forgotten it).
+#[test]
+fn database_at_the_previous_release_is_served_after_the_update_alone() {
+    let previous = pg_jobqueue_integration::released_versions()
+        .pop()
+        .expect("a released version");
+    let cluster = Cluster::start_new("life-update", &[]);
+    let mut client = cluster.connect("postgres");
+    exec(
+        &mut client,
+        &format!(
+            "CREATE EXTENSION pg_jobqueue VERSION '{previous}';
+             SELECT job.create_queue('q');
+             SELECT job.schedule('tick', '1 second', 'q');"
+        ),
+    );
+    assert!(
+        !wait_for_runs(&mut client, "tick", 1, f64::MIN, Duration::from_secs(3)),
+        "a database at {previous} was served by the {} library before its update",
+        pg_jobqueue_integration::current_version()
+    );
+    exec(&mut client, "ALTER EXTENSION pg_jobqueue UPDATE");
+    assert!(
+        wait_for_runs(&mut client, "tick", 2, f64::MIN, Duration::from_secs(10)),
+        "the database updated from {previous} is not served\n{}",
+        cluster.log_tail(20)
+    );
+}
+
 /// Without shared_preload_libraries there is no worker: the queue API works, and schedules
 /// and handlers are refused with an error that says what to do.
 #[test]
