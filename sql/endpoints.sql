@@ -112,6 +112,8 @@ BEGIN
                               'secret_given', secret IS NOT NULL));
 END $$;
 
+COMMENT ON FUNCTION job.create_endpoint(text, text, text, jsonb, text, interval, int, int, text) IS 'Creates an HTTP endpoint, or sets every setting of an existing one: URL, method, headers (name to value), signing secret (NULL: make one, or keep the current), timeout per request, concurrency, rate_limit (requests started per second; NULL: none) and queue (NULL: the endpoint''s name; created when absent); audited.';
+
 -- Makes and returns a new secret.  Until `overlap` has passed, every request carries the
 -- signatures of both the new and the previous secret, so receivers can switch at leisure.
 CREATE FUNCTION job.rotate_endpoint_secret(name text, overlap interval DEFAULT '24 hours')
@@ -129,6 +131,8 @@ BEGIN
     RETURN new_secret;
 END $$;
 
+COMMENT ON FUNCTION job.rotate_endpoint_secret(text, interval) IS 'Makes and returns a new signing secret; until overlap has passed, requests carry signatures by both the new and the previous secret (audited).';
+
 -- The endpoint's current secret, for the administrator to hand to the receiver (audited).
 CREATE FUNCTION job.endpoint_secret(name text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER
@@ -140,6 +144,8 @@ BEGIN
     RETURN (SELECT s.secret FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
 END $$;
 
+COMMENT ON FUNCTION job.endpoint_secret(text) IS 'The endpoint''s current signing secret (whsec_...), to give to the receiver (audited).';
+
 -- The endpoint's headers with their values (audited).
 CREATE FUNCTION job.endpoint_headers(name text)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER
@@ -150,6 +156,8 @@ BEGIN
     PERFORM job._audit('read_endpoint_headers', jsonb_build_object('name', e.name));
     RETURN (SELECT s.headers FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
 END $$;
+
+COMMENT ON FUNCTION job.endpoint_headers(text) IS 'The headers the endpoint sends, with their values, as a JSON object (audited).';
 
 -- The endpoint's full URL (audited): job.endpoints shows the monitor only its origin, since a
 -- path or query can hold a token (Slack-style URLs).
@@ -188,6 +196,8 @@ BEGIN
     PERFORM job._audit('drop_endpoint', jsonb_build_object('name', e.name, 'force', force), cancelled);
 END $$;
 
+COMMENT ON FUNCTION job.drop_endpoint(text, boolean) IS 'Drops an endpoint with its secret and statistics (its queue stays); refuses while it has unfinished deliveries unless force, which cancels them (audited).';
+
 -- Pauses or resumes the endpoint; resuming also ends a disablement and its failure count.
 CREATE FUNCTION job._set_endpoint_paused(endpoint_name text, pause boolean)
 RETURNS void LANGUAGE plpgsql
@@ -214,10 +224,14 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_endpoint_paused(name, true)
 $$;
 
+COMMENT ON FUNCTION job.pause_endpoint(text) IS 'Stops sending the endpoint''s deliveries until job.resume_endpoint; they wait in its queue (audited).';
+
 CREATE FUNCTION job.resume_endpoint(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_endpoint_paused(name, false)
 $$;
+
+COMMENT ON FUNCTION job.resume_endpoint(text) IS 'Resumes a paused or disabled endpoint and resets its count of consecutive failures (audited).';
 
 CREATE VIEW job.endpoints AS
 SELECT d.name, job._redacted_url(d.url) AS url, d.method, d.queue,
@@ -327,6 +341,8 @@ BEGIN
                        idempotency_key => idempotency_key, job_type => event_type,
                        concurrency_key => concurrency_key, order_key => order_key);
 END $$;
+
+COMMENT ON FUNCTION job.deliver(text, jsonb, text, text, text, jsonb, timestamptz, interval, int, text, text) IS 'Enqueues one HTTP request to an existing endpoint as a job of its queue and returns the job''s id: body is the JSON sent, path is appended to the endpoint''s URL, headers are added, event_type becomes the job type, idempotency_key the webhook-id.';
 
 -- The claims of the last `within` on the queues of rate-limited endpoints, oldest first, as
 -- seconds ago: a starting sender counts them into its rate windows, so that a restart cannot

@@ -586,6 +586,8 @@ BEGIN
                                                               'until', rate_limit_pause.until));
 END $$;
 
+COMMENT ON FUNCTION job.rate_limit_pause(text, text, timestamptz) IS 'Holds back a queue, or with key its jobs of that concurrency key, until until (NULL or a past time lifts the hold; at most pg_jobqueue.max_hold ahead); running jobs go on (audited).';
+
 -- Wakes the consumers of queues whose rate window or hold lets jobs start again (the
 -- scheduler runs this with the due jobs).  Returns how many queues.
 CREATE FUNCTION job._wake_rate_limited()

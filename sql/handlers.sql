@@ -106,6 +106,8 @@ BEGIN
     RETURN removed;
 END $$;
 
+COMMENT ON FUNCTION job.remove_handler(text) IS 'Stops the executors taking the queue''s jobs (a running one finishes; the jobs stay in the queue); false when the queue had no handler (audited).';
+
 -- The handler queues an executor serving role `run_as` may claim from: active ones (the queue
 -- is not paused, the handler and both roles exist, and the role that set it is still a member
 -- of run_as), with how to call the handler.  (PL/pgSQL, not SQL: it runs for every claim, and

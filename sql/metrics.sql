@@ -486,4 +486,4 @@ $$;
 COMMENT ON FUNCTION job.prometheus_metrics() IS 'Every pg_jobqueue metric in the Prometheus text exposition format.';
 
 COMMENT ON FUNCTION job.worker_processes() IS
-    'The pg_jobqueue background worker processes serving this database: scheduler and executors.';
+    'The pg_jobqueue background worker processes serving this database, one row each: pid and kind (scheduler, executor or sender).';

@@ -101,6 +101,8 @@ BEGIN
     RETURN cancelled;
 END $$;
 
+COMMENT ON FUNCTION job.cancel(bigint) IS 'Cancels a waiting, scheduled or running job: it never runs again and its worker cannot complete it; false when it had already finished (audited).';
+
 -- A dead or cancelled job runs again now, with a fresh retry budget.
 CREATE FUNCTION job.retry(id bigint)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
@@ -121,6 +123,8 @@ BEGIN
     RETURN revived;
 END $$;
 
+COMMENT ON FUNCTION job.retry(bigint) IS 'Runs a dead or cancelled job again now with a fresh retry budget (its errors stay); false when it is in another state (audited).';
+
 -- Replays the queue's whole dead-letter queue; returns how many jobs run again.
 CREATE FUNCTION job.retry_dead(queue text)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
@@ -134,6 +138,8 @@ BEGIN
     PERFORM job._audit('retry_dead', jsonb_build_object('queue', q.name), revived);
     RETURN revived;
 END $$;
+
+COMMENT ON FUNCTION job.retry_dead(text) IS 'Runs every dead job of the queue (its dead-letter queue) again now with a fresh retry budget; returns how many (audited).';
 
 -- Deletes the queue's finished jobs in `state` (completed, dead or cancelled) that finished
 -- more than `older_than` ago; audited.  Returns how many it deleted.
@@ -160,6 +166,8 @@ BEGIN
     PERFORM job._audit('purge', jsonb_build_object('queue', q.name, 'state', state, 'older_than', older_than), purged);
     RETURN purged;
 END $$;
+
+COMMENT ON FUNCTION job.purge(text, text, interval) IS 'Deletes the queue''s finished jobs in state (completed, dead or cancelled) that finished more than older_than ago; returns how many (audited).';
 
 -- Deletes finished jobs older than their queue's retention and expired idempotency keys, at
 -- most max_rows of each per call (call again while it returns max_rows).  Returns rows deleted.
@@ -212,3 +220,5 @@ BEGIN
     GET DIAGNOSTICS keys_deleted = ROW_COUNT;
     RETURN max_rows - left_to_delete + keys_deleted;
 END $$;
+
+COMMENT ON FUNCTION job.apply_retention(int) IS 'Deletes finished jobs older than their queue''s retention and expired idempotency keys, at most max_rows of each; returns how many rows (the background worker runs it every pg_jobqueue.maintenance_interval).';

@@ -97,6 +97,8 @@ BEGIN
     RETURN schedule_id;
 END $$;
 
+COMMENT ON FUNCTION job.schedule(text, text, text, jsonb, text, int, text, text, interval) IS 'Creates or replaces a schedule: every tick of cron (5 or 6 cron fields, a macro such as @daily, or an interval such as ''30 seconds'') in timezone enqueues payload into queue; returns the schedule''s id, kept when replaced (audited).';
+
 -- Deletes the schedule (its fired jobs stay).  False when there was no such schedule.
 CREATE FUNCTION job.unschedule(name text)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
@@ -112,6 +114,8 @@ BEGIN
     RETURN true;
 END $$;
 
+COMMENT ON FUNCTION job.unschedule(text) IS 'Deletes a schedule and its run history (the jobs it enqueued stay); false when there was no such schedule (audited).';
+
 CREATE FUNCTION job.pause_schedule(name text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -120,6 +124,8 @@ BEGIN
     UPDATE job.schedule_defs s SET paused = true, updated_at = now() WHERE s.name = pause_schedule.name;
     PERFORM job._audit('pause_schedule', jsonb_build_object('name', name));
 END $$;
+
+COMMENT ON FUNCTION job.pause_schedule(text) IS 'Stops a schedule firing until job.resume_schedule (audited).';
 
 -- Resumes with the next tick from now: ticks that passed while paused never fire.
 CREATE FUNCTION job.resume_schedule(name text)
@@ -139,6 +145,8 @@ BEGIN
     END IF;
     PERFORM job._audit('resume_schedule', jsonb_build_object('name', name));
 END $$;
+
+COMMENT ON FUNCTION job.resume_schedule(text) IS 'Resumes a paused schedule with its next tick after now: ticks that passed while it was paused never fire (audited).';
 
 -- Fires the due ticks of at most max_schedules schedules; returns how many jobs it enqueued.
 -- Run by the worker's scheduler; safe to run from anywhere at the same time: each schedule is
