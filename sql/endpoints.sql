@@ -8,6 +8,11 @@
 -- pg_jobqueue sets, or a webhook-id of another delivery (src/delivery/mod.rs).  The monitor
 -- sees an endpoint's URL redacted (its path and query can hold a token).
 
+-- Receivers written in SQL check a request's signature with job.verify_webhook, declared from
+-- src/functions/delivery.rs.
+COMMENT ON FUNCTION job.verify_webhook(text, text, text, text, text, interval) IS
+    'True when signature (a webhook-signature header: space-separated v1,<base64> values) holds a Standard Webhooks signature by secret of msg_id, msg_timestamp and body, and msg_timestamp (Unix seconds) is within tolerance (0 to 1 day; default 5 minutes) of now.';
+
 -- Raises unless the endpoint exists; returns it.
 CREATE FUNCTION job._require_endpoint(endpoint_name text)
 RETURNS job.endpoint_defs LANGUAGE plpgsql STABLE

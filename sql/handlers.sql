@@ -5,6 +5,9 @@
 -- which a SECURITY DEFINER function cannot tell, and it then records the handler through
 -- job._set_handler as the extension's owner.
 
+COMMENT ON FUNCTION job.set_handler(text, regprocedure, int, interval, regrole) IS
+    'Has the background worker''s executors run the queue''s jobs by calling handler(payload jsonb) as run_as (NULL: the caller, who must be a member of it), at most concurrency at once, each call under statement_timeout = timeout; replaces the queue''s handler (audited).';
+
 CREATE VIEW job.handlers AS
 SELECT h.queue, h.handler, h.run_as, h.concurrency, h.timeout, h.set_by,
        CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.oid = h.handler) THEN 'handler dropped'

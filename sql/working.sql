@@ -3,6 +3,15 @@
 -- counted into job.metric_buckets; the dead-letter queue's size is kept; workers are recorded
 -- as seen.
 
+-- The retry rules are in Rust (rules/src/backoff.rs, rules/src/classify.rs; job.retry_delay
+-- and job.is_permanent_failure are declared from src/functions/backoff.rs and
+-- src/functions/classify.rs): job.fail applies them.
+COMMENT ON FUNCTION job.retry_delay(int, interval, interval, float8) IS
+    'The delay job.fail waits after the attempt-th failed attempt: min(backoff_max, backoff_base * 2^(attempt-1)) * (1 + u), u uniform in [-jitter, +jitter], drawn anew on each call.';
+
+COMMENT ON FUNCTION job.is_permanent_failure(text, boolean, int) IS
+    'Whether job.fail dead-letters this failure at once instead of retrying it: permanent, an http_status of 1xx, 3xx or 4xx other than 408, 409, 425 and 429, or an error text containing PERMANENT; NULL when error or permanent is NULL.';
+
 ---------------------------------------------------------------------------------------------
 -- Job movement helpers
 ---------------------------------------------------------------------------------------------
