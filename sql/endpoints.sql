@@ -256,6 +256,26 @@ SELECT d.name, job._redacted_url(d.url) AS url, d.method, d.queue,
   LEFT JOIN job.endpoint_stats st ON st.endpoint = d.name;
 COMMENT ON VIEW job.endpoints IS 'HTTP endpoints: URL (its origin; path and query redacted: job.endpoint_url reads it whole), method, header names (never values or secrets), limits, state (active, paused, disabled and why), requests in flight, consecutive failures and the last answer.';
 
+COMMENT ON COLUMN job.endpoints.name IS 'The endpoint''s name.';
+COMMENT ON COLUMN job.endpoints.url IS 'Where its requests go, redacted: the origin, with /… for a path and name=… for each query parameter (job.endpoint_url reads it whole).';
+COMMENT ON COLUMN job.endpoints.method IS 'The HTTP method of its requests.';
+COMMENT ON COLUMN job.endpoints.queue IS 'The queue whose jobs are its deliveries (its retry settings apply).';
+COMMENT ON COLUMN job.endpoints.header_names IS 'The names of the headers it sends with every request, sorted; their values only through job.endpoint_headers.';
+COMMENT ON COLUMN job.endpoints.timeout IS 'The longest one request may take; a delivery''s lease is this plus 30 seconds.';
+COMMENT ON COLUMN job.endpoints.concurrency IS 'The most requests in flight at once.';
+COMMENT ON COLUMN job.endpoints.rate_limit IS 'The most requests started per second; NULL: no limit.';
+COMMENT ON COLUMN job.endpoints.state IS 'active, paused (the endpoint or its queue is), or disabled (see disabled_reason).';
+COMMENT ON COLUMN job.endpoints.disabled_reason IS 'Why the sender disabled it (410 Gone, or pg_jobqueue.http_disable_after failed attempts in a row) until job.resume_endpoint; NULL: not disabled.';
+COMMENT ON COLUMN job.endpoints.disabled_at IS 'When it was disabled; NULL: not disabled.';
+COMMENT ON COLUMN job.endpoints.in_flight IS 'Deliveries of its queue running now; a count.';
+COMMENT ON COLUMN job.endpoints.consecutive_failures IS 'Failed attempts since the last delivered one (job.resume_endpoint resets it); a count.';
+COMMENT ON COLUMN job.endpoints.last_status IS 'The HTTP status of the last answer received; NULL: none yet (an attempt without an answer keeps the previous one).';
+COMMENT ON COLUMN job.endpoints.last_error IS 'The error of the last failed attempt since the last delivered one; NULL when none failed since.';
+COMMENT ON COLUMN job.endpoints.last_attempt_at IS 'When the sender last recorded attempts to it; NULL: never.';
+COMMENT ON COLUMN job.endpoints.rotating_secret IS 'True while a rotation''s overlap lasts (requests are signed with the new and the previous secret); false once it ended, NULL when the secret was never rotated.';
+COMMENT ON COLUMN job.endpoints.created_at IS 'When the endpoint was created.';
+COMMENT ON COLUMN job.endpoints.updated_at IS 'When job.create_endpoint last set it, or it was last paused or resumed.';
+
 CREATE VIEW job.endpoint_metrics AS
 SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
        st.transport_errors, st.transient_failures, st.permanent_failures,
@@ -267,6 +287,20 @@ SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
   FROM job.endpoint_stats st
   JOIN job.endpoint_defs d ON d.name = st.endpoint;
 COMMENT ON VIEW job.endpoint_metrics IS 'Per endpoint since it was created: requests by status class, transport errors, transient and permanent failures, latency quantiles (seconds), requests in flight, disabled.';
+
+COMMENT ON COLUMN job.endpoint_metrics.endpoint IS 'The endpoint''s name.';
+COMMENT ON COLUMN job.endpoint_metrics.status_2xx IS 'Attempts answered with a 2xx status (delivered) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.status_3xx IS 'Attempts answered with a 3xx status (redirects are not followed) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.status_4xx IS 'Attempts answered with a 4xx status since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.status_5xx IS 'Attempts answered with a 5xx status, or any other status outside 200-499, since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.transport_errors IS 'Attempts that got no answer (timeout, refused or reset connection, DNS or TLS failure, refused address) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.transient_failures IS 'Failed attempts to be retried (408, 409, 425, 429, 5xx, most transport errors) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.permanent_failures IS 'Failed attempts whose delivery is dead at once (3xx, other 4xx, a refused address) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.latency_p50 IS 'Median duration of a request, from its start to its answer or error, over every attempt since the endpoint was created, in seconds; NULL: no attempt yet.';
+COMMENT ON COLUMN job.endpoint_metrics.latency_p95 IS '95th percentile of the duration of a request over every attempt since the endpoint was created, in seconds; NULL: no attempt yet.';
+COMMENT ON COLUMN job.endpoint_metrics.latency_p99 IS '99th percentile of the duration of a request over every attempt since the endpoint was created, in seconds; NULL: no attempt yet.';
+COMMENT ON COLUMN job.endpoint_metrics.in_flight IS 'Deliveries of its queue running now; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.disabled IS 'Whether the sender disabled the endpoint (410 Gone, or too many failed attempts in a row) until job.resume_endpoint.';
 
 -- Raises 22023 unless a delivery payload (as job.deliver writes it: a "body" with "path",
 -- "headers", "webhook_id") is fit for endpoint `e`: a path that stays under its URL, headers

@@ -291,6 +291,12 @@ SELECT g.queue, g.duty, g.grantee AS role, g.granted_by, g.granted_at
 
 COMMENT ON VIEW job.queue_grants IS 'Per-queue grants (job.grant_queue): which roles may produce into or work a queue; a queue without a grant of a duty is open to every role holding that duty''s functions.';
 
+COMMENT ON COLUMN job.queue_grants.queue IS 'The queue the grant is on.';
+COMMENT ON COLUMN job.queue_grants.duty IS 'produce (enqueue, enqueue_many, deliver) or work (dequeue, complete, fail, heartbeat and the rest of a worker''s calls).';
+COMMENT ON COLUMN job.queue_grants.role IS 'The role granted; its members may do the duty on the queue.';
+COMMENT ON COLUMN job.queue_grants.granted_by IS 'The role that called job.grant_queue.';
+COMMENT ON COLUMN job.queue_grants.granted_at IS 'When the grant was made.';
+
 COMMENT ON FUNCTION job.grant_queue(text, regrole, text) IS 'Lets a role produce into or work a queue; from a queue''s first grant of a duty on, only granted roles may do that duty on it; true when the grant is new (audited).';
 
 COMMENT ON FUNCTION job.revoke_queue(text, regrole, text) IS 'Takes back a per-queue grant; a queue without grants of a duty is open to every holder of the duty; false when there was no such grant (audited).';
