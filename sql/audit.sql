@@ -34,3 +34,11 @@ CREATE VIEW job.audit_log AS
 SELECT a.id, a.at, a.role, a.session_role, a.action, a.arguments, a.jobs_touched
   FROM job.audit_entries a;
 COMMENT ON VIEW job.audit_log IS 'Manual interventions: who (the session''s role and login role), when, what (action and arguments), how many jobs it touched.';
+
+COMMENT ON COLUMN job.audit_log.id IS 'The entry''s number, drawn as entries are written.';
+COMMENT ON COLUMN job.audit_log.at IS 'When the intervention ran (clock time as it wrote the entry).';
+COMMENT ON COLUMN job.audit_log.role IS 'The session''s current role at the call (its login role, or the one it chose with SET ROLE): the one accountable.';
+COMMENT ON COLUMN job.audit_log.session_role IS 'The role the session logged in as.';
+COMMENT ON COLUMN job.audit_log.action IS 'What was done, named after the function (create_queue, alter_queue, cancel, retry_dead, schedule, read_endpoint_secret, ...), or disable_endpoint when the sender disabled one.';
+COMMENT ON COLUMN job.audit_log.arguments IS 'The call''s arguments as a JSON object (alter_queue: the settings before and after); never a secret or a header value.';
+COMMENT ON COLUMN job.audit_log.jobs_touched IS 'How many jobs the intervention changed or deleted; a count.';

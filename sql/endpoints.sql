@@ -8,6 +8,11 @@
 -- pg_jobqueue sets, or a webhook-id of another delivery (src/delivery/mod.rs).  The monitor
 -- sees an endpoint's URL redacted (its path and query can hold a token).
 
+-- Receivers written in SQL check a request's signature with job.verify_webhook, declared from
+-- src/functions/delivery.rs.
+COMMENT ON FUNCTION job.verify_webhook(text, text, text, text, text, interval) IS
+    'True when signature (a webhook-signature header: space-separated v1,<base64> values) holds a Standard Webhooks signature by secret of msg_id, msg_timestamp and body, and msg_timestamp (Unix seconds) is within tolerance (0 to 1 day; default 5 minutes) of now.';
+
 -- Raises unless the endpoint exists; returns it.
 CREATE FUNCTION job._require_endpoint(endpoint_name text)
 RETURNS job.endpoint_defs LANGUAGE plpgsql STABLE
@@ -112,6 +117,8 @@ BEGIN
                               'secret_given', secret IS NOT NULL));
 END $$;
 
+COMMENT ON FUNCTION job.create_endpoint(text, text, text, jsonb, text, interval, int, int, text) IS 'Creates an HTTP endpoint, or sets every setting of an existing one: URL, method, headers (name to value), signing secret (NULL: make one, or keep the current), timeout per request, concurrency, rate_limit (requests started per second; NULL: none) and queue (NULL: the endpoint''s name; created when absent); audited.';
+
 -- Makes and returns a new secret.  Until `overlap` has passed, every request carries the
 -- signatures of both the new and the previous secret, so receivers can switch at leisure.
 CREATE FUNCTION job.rotate_endpoint_secret(name text, overlap interval DEFAULT '24 hours')
@@ -129,6 +136,8 @@ BEGIN
     RETURN new_secret;
 END $$;
 
+COMMENT ON FUNCTION job.rotate_endpoint_secret(text, interval) IS 'Makes and returns a new signing secret; until overlap has passed, requests carry signatures by both the new and the previous secret (audited).';
+
 -- The endpoint's current secret, for the administrator to hand to the receiver (audited).
 CREATE FUNCTION job.endpoint_secret(name text)
 RETURNS text LANGUAGE plpgsql SECURITY DEFINER
@@ -140,6 +149,8 @@ BEGIN
     RETURN (SELECT s.secret FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
 END $$;
 
+COMMENT ON FUNCTION job.endpoint_secret(text) IS 'The endpoint''s current signing secret (whsec_...), to give to the receiver (audited).';
+
 -- The endpoint's headers with their values (audited).
 CREATE FUNCTION job.endpoint_headers(name text)
 RETURNS jsonb LANGUAGE plpgsql SECURITY DEFINER
@@ -150,6 +161,8 @@ BEGIN
     PERFORM job._audit('read_endpoint_headers', jsonb_build_object('name', e.name));
     RETURN (SELECT s.headers FROM job.endpoint_secrets s WHERE s.endpoint = e.name);
 END $$;
+
+COMMENT ON FUNCTION job.endpoint_headers(text) IS 'The headers the endpoint sends, with their values, as a JSON object (audited).';
 
 -- The endpoint's full URL (audited): job.endpoints shows the monitor only its origin, since a
 -- path or query can hold a token (Slack-style URLs).
@@ -188,6 +201,8 @@ BEGIN
     PERFORM job._audit('drop_endpoint', jsonb_build_object('name', e.name, 'force', force), cancelled);
 END $$;
 
+COMMENT ON FUNCTION job.drop_endpoint(text, boolean) IS 'Drops an endpoint with its secret and statistics (its queue stays); refuses while it has unfinished deliveries unless force, which cancels them (audited).';
+
 -- Pauses or resumes the endpoint; resuming also ends a disablement and its failure count.
 CREATE FUNCTION job._set_endpoint_paused(endpoint_name text, pause boolean)
 RETURNS void LANGUAGE plpgsql
@@ -214,10 +229,14 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_endpoint_paused(name, true)
 $$;
 
+COMMENT ON FUNCTION job.pause_endpoint(text) IS 'Stops sending the endpoint''s deliveries until job.resume_endpoint; they wait in its queue (audited).';
+
 CREATE FUNCTION job.resume_endpoint(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_endpoint_paused(name, false)
 $$;
+
+COMMENT ON FUNCTION job.resume_endpoint(text) IS 'Resumes a paused or disabled endpoint and resets its count of consecutive failures (audited).';
 
 CREATE VIEW job.endpoints AS
 SELECT d.name, job._redacted_url(d.url) AS url, d.method, d.queue,
@@ -237,6 +256,26 @@ SELECT d.name, job._redacted_url(d.url) AS url, d.method, d.queue,
   LEFT JOIN job.endpoint_stats st ON st.endpoint = d.name;
 COMMENT ON VIEW job.endpoints IS 'HTTP endpoints: URL (its origin; path and query redacted: job.endpoint_url reads it whole), method, header names (never values or secrets), limits, state (active, paused, disabled and why), requests in flight, consecutive failures and the last answer.';
 
+COMMENT ON COLUMN job.endpoints.name IS 'The endpoint''s name.';
+COMMENT ON COLUMN job.endpoints.url IS 'Where its requests go, redacted: the origin, with /… for a path and name=… for each query parameter (job.endpoint_url reads it whole).';
+COMMENT ON COLUMN job.endpoints.method IS 'The HTTP method of its requests.';
+COMMENT ON COLUMN job.endpoints.queue IS 'The queue whose jobs are its deliveries (its retry settings apply).';
+COMMENT ON COLUMN job.endpoints.header_names IS 'The names of the headers it sends with every request, sorted; their values only through job.endpoint_headers.';
+COMMENT ON COLUMN job.endpoints.timeout IS 'The longest one request may take; a delivery''s lease is this plus 30 seconds.';
+COMMENT ON COLUMN job.endpoints.concurrency IS 'The most requests in flight at once.';
+COMMENT ON COLUMN job.endpoints.rate_limit IS 'The most requests started per second; NULL: no limit.';
+COMMENT ON COLUMN job.endpoints.state IS 'active, paused (the endpoint or its queue is), or disabled (see disabled_reason).';
+COMMENT ON COLUMN job.endpoints.disabled_reason IS 'Why the sender disabled it (410 Gone, or pg_jobqueue.http_disable_after failed attempts in a row) until job.resume_endpoint; NULL: not disabled.';
+COMMENT ON COLUMN job.endpoints.disabled_at IS 'When it was disabled; NULL: not disabled.';
+COMMENT ON COLUMN job.endpoints.in_flight IS 'Deliveries of its queue running now; a count.';
+COMMENT ON COLUMN job.endpoints.consecutive_failures IS 'Failed attempts since the last delivered one (job.resume_endpoint resets it); a count.';
+COMMENT ON COLUMN job.endpoints.last_status IS 'The HTTP status of the last answer received; NULL: none yet (an attempt without an answer keeps the previous one).';
+COMMENT ON COLUMN job.endpoints.last_error IS 'The error of the last failed attempt since the last delivered one; NULL when none failed since.';
+COMMENT ON COLUMN job.endpoints.last_attempt_at IS 'When the sender last recorded attempts to it; NULL: never.';
+COMMENT ON COLUMN job.endpoints.rotating_secret IS 'True while a rotation''s overlap lasts (requests are signed with the new and the previous secret); false once it ended, NULL when the secret was never rotated.';
+COMMENT ON COLUMN job.endpoints.created_at IS 'When the endpoint was created.';
+COMMENT ON COLUMN job.endpoints.updated_at IS 'When job.create_endpoint last set it, or it was last paused or resumed.';
+
 CREATE VIEW job.endpoint_metrics AS
 SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
        st.transport_errors, st.transient_failures, st.permanent_failures,
@@ -248,6 +287,20 @@ SELECT st.endpoint, st.status_2xx, st.status_3xx, st.status_4xx, st.status_5xx,
   FROM job.endpoint_stats st
   JOIN job.endpoint_defs d ON d.name = st.endpoint;
 COMMENT ON VIEW job.endpoint_metrics IS 'Per endpoint since it was created: requests by status class, transport errors, transient and permanent failures, latency quantiles (seconds), requests in flight, disabled.';
+
+COMMENT ON COLUMN job.endpoint_metrics.endpoint IS 'The endpoint''s name.';
+COMMENT ON COLUMN job.endpoint_metrics.status_2xx IS 'Attempts answered with a 2xx status (delivered) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.status_3xx IS 'Attempts answered with a 3xx status (redirects are not followed) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.status_4xx IS 'Attempts answered with a 4xx status since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.status_5xx IS 'Attempts answered with a 5xx status, or any other status outside 200-499, since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.transport_errors IS 'Attempts that got no answer (timeout, refused or reset connection, DNS or TLS failure, refused address) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.transient_failures IS 'Failed attempts to be retried (408, 409, 425, 429, 5xx, most transport errors) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.permanent_failures IS 'Failed attempts whose delivery is dead at once (3xx, other 4xx, a refused address) since the endpoint was created; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.latency_p50 IS 'Median duration of a request, from its start to its answer or error, over every attempt since the endpoint was created, in seconds; NULL: no attempt yet.';
+COMMENT ON COLUMN job.endpoint_metrics.latency_p95 IS '95th percentile of the duration of a request over every attempt since the endpoint was created, in seconds; NULL: no attempt yet.';
+COMMENT ON COLUMN job.endpoint_metrics.latency_p99 IS '99th percentile of the duration of a request over every attempt since the endpoint was created, in seconds; NULL: no attempt yet.';
+COMMENT ON COLUMN job.endpoint_metrics.in_flight IS 'Deliveries of its queue running now; a count.';
+COMMENT ON COLUMN job.endpoint_metrics.disabled IS 'Whether the sender disabled the endpoint (410 Gone, or too many failed attempts in a row) until job.resume_endpoint.';
 
 -- Raises 22023 unless a delivery payload (as job.deliver writes it: a "body" with "path",
 -- "headers", "webhook_id") is fit for endpoint `e`: a path that stays under its URL, headers
@@ -327,6 +380,8 @@ BEGIN
                        idempotency_key => idempotency_key, job_type => event_type,
                        concurrency_key => concurrency_key, order_key => order_key);
 END $$;
+
+COMMENT ON FUNCTION job.deliver(text, jsonb, text, text, text, jsonb, timestamptz, interval, int, text, text) IS 'Enqueues one HTTP request to an existing endpoint as a job of its queue and returns the job''s id: body is the JSON sent, path is appended to the endpoint''s URL, headers are added, event_type becomes the job type, idempotency_key the webhook-id.';
 
 -- The claims of the last `within` on the queues of rate-limited endpoints, oldest first, as
 -- seconds ago: a starting sender counts them into its rate windows, so that a restart cannot

@@ -586,6 +586,8 @@ BEGIN
                                                               'until', rate_limit_pause.until));
 END $$;
 
+COMMENT ON FUNCTION job.rate_limit_pause(text, text, timestamptz) IS 'Holds back a queue, or with key its jobs of that concurrency key, until until (NULL or a past time lifts the hold; at most pg_jobqueue.max_hold ahead); running jobs go on (audited).';
+
 -- Wakes the consumers of queues whose rate window or hold lets jobs start again (the
 -- scheduler runs this with the due jobs).  Returns how many queues.
 CREATE FUNCTION job._wake_rate_limited()
@@ -645,6 +647,28 @@ SELECT q.name AS queue, q.max_retries, q.backoff_base, q.backoff_max, q.jitter, 
 
 COMMENT ON VIEW job.queue_settings IS 'Every queue''s settings (retries, lease, retention, flow control) and its active holds.';
 
+COMMENT ON COLUMN job.queue_settings.queue IS 'The queue''s name.';
+COMMENT ON COLUMN job.queue_settings.max_retries IS 'Retries a job gets after its first attempt (for jobs enqueued without max_retries).';
+COMMENT ON COLUMN job.queue_settings.backoff_base IS 'The delay after a job''s first failed attempt; it doubles with each further failure, up to backoff_max (jitter aside).';
+COMMENT ON COLUMN job.queue_settings.backoff_max IS 'The longest retry delay, before jitter.';
+COMMENT ON COLUMN job.queue_settings.jitter IS 'The random spread of each retry delay, a fraction from 0 to 1 (0.1: up to 10% shorter or longer).';
+COMMENT ON COLUMN job.queue_settings.lease IS 'How long a claim holds a job unless heartbeated (dequeue may pass another).';
+COMMENT ON COLUMN job.queue_settings.idempotency_window IS 'How long after an enqueue its idempotency key keeps returning the same job.';
+COMMENT ON COLUMN job.queue_settings.retention IS 'How long finished jobs are kept before the background worker deletes them.';
+COMMENT ON COLUMN job.queue_settings.max_payload_bytes IS 'The largest payload enqueue accepts, in bytes of stored jsonb; NULL: no limit.';
+COMMENT ON COLUMN job.queue_settings.paused IS 'Whether the queue is paused: it accepts enqueues but hands out no job.';
+COMMENT ON COLUMN job.queue_settings.concurrency IS 'The most jobs of the queue holding a lease at once; NULL: no limit.';
+COMMENT ON COLUMN job.queue_settings.key_concurrency IS 'The most running jobs per concurrency key; NULL: no limit.';
+COMMENT ON COLUMN job.queue_settings.rate_limit IS 'The most jobs started (claimed) in any window of rate_period; NULL: no limit.';
+COMMENT ON COLUMN job.queue_settings.rate_period IS 'The window rate_limit counts starts in; NULL when there is no rate_limit.';
+COMMENT ON COLUMN job.queue_settings.key_rate_limit IS 'The most jobs started in any window of key_rate_period, per concurrency key; NULL: no limit.';
+COMMENT ON COLUMN job.queue_settings.key_rate_period IS 'The window key_rate_limit counts starts in; NULL when there is no key_rate_limit.';
+COMMENT ON COLUMN job.queue_settings.fair IS 'Whether claims take jobs round-robin across concurrency keys.';
+COMMENT ON COLUMN job.queue_settings.held_until IS 'When the queue''s own hold (job.rate_limit_pause without key) ends; NULL: not held.';
+COMMENT ON COLUMN job.queue_settings.keys_held IS 'How many concurrency keys of the queue are held now; a count.';
+COMMENT ON COLUMN job.queue_settings.created_at IS 'When the queue was created.';
+COMMENT ON COLUMN job.queue_settings.updated_at IS 'When job.create_queue last set the queue, or it was last paused or resumed.';
+
 -- Active holds (job.rate_limit_pause) of queues and keys.
 CREATE VIEW job.rate_limit_holds AS
 SELECT r.queue, NULLIF(r.key, '') AS key, r.held_until
@@ -652,3 +676,7 @@ SELECT r.queue, NULLIF(r.key, '') AS key, r.held_until
  WHERE r.held_until > pg_catalog.now();
 
 COMMENT ON VIEW job.rate_limit_holds IS 'Queues and concurrency keys held back by job.rate_limit_pause, until when.';
+
+COMMENT ON COLUMN job.rate_limit_holds.queue IS 'The queue held back.';
+COMMENT ON COLUMN job.rate_limit_holds.key IS 'The concurrency key held back; NULL: the whole queue.';
+COMMENT ON COLUMN job.rate_limit_holds.held_until IS 'When the hold ends.';

@@ -5,6 +5,9 @@
 -- which a SECURITY DEFINER function cannot tell, and it then records the handler through
 -- job._set_handler as the extension's owner.
 
+COMMENT ON FUNCTION job.set_handler(text, regprocedure, int, interval, regrole) IS
+    'Has the background worker''s executors run the queue''s jobs by calling handler(payload jsonb) as run_as (NULL: the caller, who must be a member of it), at most concurrency at once, each call under statement_timeout = timeout; replaces the queue''s handler (audited).';
+
 CREATE VIEW job.handlers AS
 SELECT h.queue, h.handler, h.run_as, h.concurrency, h.timeout, h.set_by,
        CASE WHEN NOT EXISTS (SELECT 1 FROM pg_catalog.pg_proc p WHERE p.oid = h.handler) THEN 'handler dropped'
@@ -21,6 +24,16 @@ SELECT h.queue, h.handler, h.run_as, h.concurrency, h.timeout, h.set_by,
   FROM job.handler_defs h
   JOIN job.queues q ON q.name = h.queue;
 COMMENT ON VIEW job.handlers IS 'Queues whose jobs the background worker runs: handler, run_as, concurrency, timeout, who set it, and whether it runs (active) or why not.';
+
+COMMENT ON COLUMN job.handlers.queue IS 'The queue whose jobs the handler runs.';
+COMMENT ON COLUMN job.handlers.handler IS 'The function called with each job''s payload (one jsonb argument); a jsonb return value becomes the job''s result.';
+COMMENT ON COLUMN job.handlers.run_as IS 'The role the handler''s whole transaction runs as.';
+COMMENT ON COLUMN job.handlers.concurrency IS 'The most jobs of the queue the executors run at once.';
+COMMENT ON COLUMN job.handlers.timeout IS 'The statement_timeout of each call (and its commit); the job''s lease is this plus 30 seconds.';
+COMMENT ON COLUMN job.handlers.set_by IS 'The role that set the handler; the handler runs only while it is a member of run_as.';
+COMMENT ON COLUMN job.handlers.state IS 'active, or why the handler does not run: paused (the queue is), handler dropped, run_as role dropped, set_by no longer a member of run_as, run_as is a superuser, set_by is not.';
+COMMENT ON COLUMN job.handlers.created_at IS 'When the queue got its handler.';
+COMMENT ON COLUMN job.handlers.updated_at IS 'When job.set_handler last set it.';
 
 -- Whether a handler set by `set_by` may run as `run_as`: a superuser `run_as` only when a
 -- superuser set it.  Whoever can enqueue into a handler queue (a producer, a schedule) chooses
@@ -105,6 +118,8 @@ BEGIN
     PERFORM job._audit('remove_handler', jsonb_build_object('queue', queue));
     RETURN removed;
 END $$;
+
+COMMENT ON FUNCTION job.remove_handler(text) IS 'Stops the executors taking the queue''s jobs (a running one finishes; the jobs stay in the queue); false when the queue had no handler (audited).';
 
 -- The handler queues an executor serving role `run_as` may claim from: active ones (the queue
 -- is not paused, the handler and both roles exist, and the role that set it is still a member

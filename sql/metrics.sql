@@ -342,6 +342,28 @@ SELECT r.queue, nullif(r.job_type, '') AS job_type,
 
 COMMENT ON VIEW job.metrics IS 'Per queue and job type: completed, failed, dead and stalled attempts over 1/5/60 minutes; failure rate and processing and wait time quantiles (seconds) over 5 minutes.';
 
+COMMENT ON COLUMN job.metrics.queue IS 'The queue.';
+COMMENT ON COLUMN job.metrics.job_type IS 'The job type; NULL: jobs without one.';
+COMMENT ON COLUMN job.metrics.completed_1m IS 'Jobs completed in the last minute (minute resolution: the minutes that began within it); a count.';
+COMMENT ON COLUMN job.metrics.completed_5m IS 'Jobs completed in the last 5 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.completed_1h IS 'Jobs completed in the last 60 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.failed_1m IS 'Failed attempts (retried, dead or stalled) in the last minute (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.failed_5m IS 'Failed attempts (retried, dead or stalled) in the last 5 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.failed_1h IS 'Failed attempts (retried, dead or stalled) in the last 60 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.dead_1m IS 'Jobs that died (permanent failure, or out of retries) in the last minute (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.dead_5m IS 'Jobs that died (permanent failure, or out of retries) in the last 5 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.dead_1h IS 'Jobs that died (permanent failure, or out of retries) in the last 60 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.stalled_1m IS 'Attempts whose lease ran out (taken back, or dead when out of retries) in the last minute (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.stalled_5m IS 'Attempts whose lease ran out (taken back, or dead when out of retries) in the last 5 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.stalled_1h IS 'Attempts whose lease ran out (taken back, or dead when out of retries) in the last 60 minutes (minute resolution); a count.';
+COMMENT ON COLUMN job.metrics.failure_rate_5m IS 'failed_5m / (completed_5m + failed_5m), from 0 to 1; NULL: no attempt finished in the last 5 minutes.';
+COMMENT ON COLUMN job.metrics.processing_p50 IS 'Median time from claim to completion, failure or take-back of the attempts of the last 5 minutes, in seconds; NULL: none.';
+COMMENT ON COLUMN job.metrics.processing_p95 IS '95th percentile of the time from claim to completion, failure or take-back of the attempts of the last 5 minutes, in seconds; NULL: none.';
+COMMENT ON COLUMN job.metrics.processing_p99 IS '99th percentile of the time from claim to completion, failure or take-back of the attempts of the last 5 minutes, in seconds; NULL: none.';
+COMMENT ON COLUMN job.metrics.wait_p50 IS 'Median time from ready (run_at) to claim of the attempts that finished in the last 5 minutes, in seconds; NULL: none.';
+COMMENT ON COLUMN job.metrics.wait_p95 IS '95th percentile of the time from ready (run_at) to claim of the attempts that finished in the last 5 minutes, in seconds; NULL: none.';
+COMMENT ON COLUMN job.metrics.wait_p99 IS '99th percentile of the time from ready (run_at) to claim of the attempts that finished in the last 5 minutes, in seconds; NULL: none.';
+
 CREATE VIEW job.queue_metrics AS
 SELECT q.name AS queue, q.paused,
        coalesce(d.waiting, 0) AS waiting, coalesce(d.scheduled, 0) AS scheduled,
@@ -355,6 +377,16 @@ SELECT q.name AS queue, q.paused,
 
 COMMENT ON VIEW job.queue_metrics IS 'Per queue: jobs waiting, scheduled and running (as of depth_counted_at; exact up to 10,000 per state, estimated from statistics above that when depth_estimated), the dead-letter queue''s size, the oldest ready job''s age.';
 
+COMMENT ON COLUMN job.queue_metrics.queue IS 'The queue''s name.';
+COMMENT ON COLUMN job.queue_metrics.paused IS 'Whether the queue is paused: it hands out no job.';
+COMMENT ON COLUMN job.queue_metrics.waiting IS 'Jobs ready to claim (scheduled ones that had come due included) as of depth_counted_at; 0 before the first count.';
+COMMENT ON COLUMN job.queue_metrics.scheduled IS 'Jobs whose run_at was still ahead, as of depth_counted_at; 0 before the first count.';
+COMMENT ON COLUMN job.queue_metrics.running IS 'Jobs claimed and not yet finished, as of depth_counted_at; 0 before the first count.';
+COMMENT ON COLUMN job.queue_metrics.dead_letters IS 'Dead jobs kept (the dead-letter queue); exact and current.';
+COMMENT ON COLUMN job.queue_metrics.oldest_ready_age IS 'How long the job that was the oldest ready one at depth_counted_at has been ready; NULL: none was ready, or not counted yet.';
+COMMENT ON COLUMN job.queue_metrics.depth_counted_at IS 'When the background worker last counted the queue''s jobs (every pg_jobqueue.maintenance_interval); NULL: not counted yet.';
+COMMENT ON COLUMN job.queue_metrics.depth_estimated IS 'True when a count above 10,000 jobs in a state was estimated from table statistics instead of counted.';
+
 CREATE VIEW job.workers AS
 SELECT w.worker, w.first_seen, w.last_seen, coalesce(h.held, 0) AS jobs_held, w.stalled AS jobs_stalled
   FROM job.workers_seen w
@@ -362,6 +394,12 @@ SELECT w.worker, w.first_seen, w.last_seen, coalesce(h.held, 0) AS jobs_held, w.
               WHERE l.state = 'running' GROUP BY l.claimed_by) h ON h.claimed_by = w.worker;
 
 COMMENT ON VIEW job.workers IS 'Every worker name seen by dequeue or heartbeat (the worker''s executors included): when last seen, jobs held now, jobs of it that stalled.';
+
+COMMENT ON COLUMN job.workers.worker IS 'A worker name given to dequeue, or one of the background worker''s executors or sender; forgotten a day after it was last seen, unless it holds jobs.';
+COMMENT ON COLUMN job.workers.first_seen IS 'When dequeue or heartbeat first saw the name.';
+COMMENT ON COLUMN job.workers.last_seen IS 'When dequeue or heartbeat last saw the name (recorded at most once a second per session).';
+COMMENT ON COLUMN job.workers.jobs_held IS 'Running jobs claimed under this name now (those whose lease ran out but that were not taken back yet included); a count.';
+COMMENT ON COLUMN job.workers.jobs_stalled IS 'How many of its jobs were taken back after their lease ran out, since the name was first seen; a count.';
 
 -- Escapes a Prometheus label value.
 CREATE FUNCTION job._prometheus_label(value text)
@@ -486,4 +524,4 @@ $$;
 COMMENT ON FUNCTION job.prometheus_metrics() IS 'Every pg_jobqueue metric in the Prometheus text exposition format.';
 
 COMMENT ON FUNCTION job.worker_processes() IS
-    'The pg_jobqueue background worker processes serving this database: scheduler and executors.';
+    'The pg_jobqueue background worker processes serving this database, one row each: pid and kind (scheduler, executor or sender).';

@@ -19,6 +19,28 @@ SELECT id, queue, job_type, state,
 
 COMMENT ON VIEW job.jobs IS 'Every job in every state with its attempts, errors, result and timestamps.';
 
+COMMENT ON COLUMN job.jobs.id IS 'The job''s id, drawn at enqueue.';
+COMMENT ON COLUMN job.jobs.queue IS 'The queue the job belongs to.';
+COMMENT ON COLUMN job.jobs.job_type IS 'A label given at enqueue (metrics count per type; a delivery''s event_type); NULL: none.';
+COMMENT ON COLUMN job.jobs.state IS 'waiting (ready now; a scheduled job that has come due shows as waiting), scheduled (run_at ahead), running, completed, dead or cancelled.';
+COMMENT ON COLUMN job.jobs.payload IS 'The job''s input, a JSON object.';
+COMMENT ON COLUMN job.jobs.priority IS 'Claim order: a higher priority is claimed first (default 0).';
+COMMENT ON COLUMN job.jobs.attempt IS 'Attempts started so far: 1 during the first; 0 before the first claim, or after job.retry.';
+COMMENT ON COLUMN job.jobs.max_retries IS 'Retries the job gets after its first attempt: it is dead when attempt max_retries + 1 fails.';
+COMMENT ON COLUMN job.jobs.run_at IS 'When the job became or becomes ready: its requested start, or the end of a retry''s backoff.';
+COMMENT ON COLUMN job.jobs.enqueued_at IS 'When the job was enqueued.';
+COMMENT ON COLUMN job.jobs.claimed_at IS 'When its last attempt was claimed; NULL: never claimed, or released.';
+COMMENT ON COLUMN job.jobs.claimed_by IS 'The worker name its last claim gave (dequeue''s worker); NULL: none given, or never claimed.';
+COMMENT ON COLUMN job.jobs.lease_expires_at IS 'When a running job''s lease runs out unless heartbeated; NULL unless running.';
+COMMENT ON COLUMN job.jobs.finished_at IS 'When the job completed, died or was cancelled; NULL while waiting, scheduled or running.';
+COMMENT ON COLUMN job.jobs.errors IS 'One entry per failed attempt, oldest first (attempt, at, worker, error, permanent, and http_status, sqlstate or a delivery''s class and latency_ms where they apply); [] when none.';
+COMMENT ON COLUMN job.jobs.result IS 'What the worker or handler completed the job with; NULL unless completed, or completed without one.';
+COMMENT ON COLUMN job.jobs.idempotency_key IS 'The key that makes enqueues within the queue''s idempotency_window return this job; NULL: none.';
+COMMENT ON COLUMN job.jobs.concurrency_key IS 'The key the queue''s per-key limits and fair turns count the job under; NULL: none.';
+COMMENT ON COLUMN job.jobs.order_key IS 'Jobs of this key start one at a time, in id order; NULL: none.';
+COMMENT ON COLUMN job.jobs.singleton_key IS 'At most one job of this key waits and one runs; NULL: none.';
+COMMENT ON COLUMN job.jobs.debounce_key IS 'Enqueues of this key merge into this job until it starts; NULL: none.';
+
 CREATE VIEW job.queue_stats AS
 SELECT q.name AS queue,
        q.paused,
@@ -47,6 +69,16 @@ SELECT q.name AS queue,
          WHERE h.queue = q.name) f ON true;
 
 COMMENT ON VIEW job.queue_stats IS 'Per queue: jobs waiting (ready now), scheduled (later), running, completed, dead and cancelled, and the age of the oldest ready job.';
+
+COMMENT ON COLUMN job.queue_stats.queue IS 'The queue''s name.';
+COMMENT ON COLUMN job.queue_stats.paused IS 'Whether the queue is paused: it hands out no job.';
+COMMENT ON COLUMN job.queue_stats.waiting IS 'Jobs ready to claim now (scheduled ones that have come due included), counted now.';
+COMMENT ON COLUMN job.queue_stats.scheduled IS 'Jobs whose run_at is still ahead (delayed, or waiting out a retry''s backoff), counted now.';
+COMMENT ON COLUMN job.queue_stats.running IS 'Jobs claimed and not yet finished, counted now.';
+COMMENT ON COLUMN job.queue_stats.completed IS 'Completed jobs still kept (the queue''s retention).';
+COMMENT ON COLUMN job.queue_stats.dead IS 'Dead jobs still kept: the dead-letter queue.';
+COMMENT ON COLUMN job.queue_stats.cancelled IS 'Cancelled jobs still kept.';
+COMMENT ON COLUMN job.queue_stats.oldest_waiting_age IS 'How long the oldest ready job has been ready; NULL: none is ready.';
 
 -- Moves finished jobs of one queue (those of `ids` whose state is in `from_states`) back to
 -- the live table, ready now with a fresh retry budget; their past errors stay.  Returns how
@@ -101,6 +133,8 @@ BEGIN
     RETURN cancelled;
 END $$;
 
+COMMENT ON FUNCTION job.cancel(bigint) IS 'Cancels a waiting, scheduled or running job: it never runs again and its worker cannot complete it; false when it had already finished (audited).';
+
 -- A dead or cancelled job runs again now, with a fresh retry budget.
 CREATE FUNCTION job.retry(id bigint)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
@@ -121,6 +155,8 @@ BEGIN
     RETURN revived;
 END $$;
 
+COMMENT ON FUNCTION job.retry(bigint) IS 'Runs a dead or cancelled job again now with a fresh retry budget (its errors stay); false when it is in another state (audited).';
+
 -- Replays the queue's whole dead-letter queue; returns how many jobs run again.
 CREATE FUNCTION job.retry_dead(queue text)
 RETURNS bigint LANGUAGE plpgsql SECURITY DEFINER
@@ -134,6 +170,8 @@ BEGIN
     PERFORM job._audit('retry_dead', jsonb_build_object('queue', q.name), revived);
     RETURN revived;
 END $$;
+
+COMMENT ON FUNCTION job.retry_dead(text) IS 'Runs every dead job of the queue (its dead-letter queue) again now with a fresh retry budget; returns how many (audited).';
 
 -- Deletes the queue's finished jobs in `state` (completed, dead or cancelled) that finished
 -- more than `older_than` ago; audited.  Returns how many it deleted.
@@ -160,6 +198,8 @@ BEGIN
     PERFORM job._audit('purge', jsonb_build_object('queue', q.name, 'state', state, 'older_than', older_than), purged);
     RETURN purged;
 END $$;
+
+COMMENT ON FUNCTION job.purge(text, text, interval) IS 'Deletes the queue''s finished jobs in state (completed, dead or cancelled) that finished more than older_than ago; returns how many (audited).';
 
 -- Deletes finished jobs older than their queue's retention and expired idempotency keys, at
 -- most max_rows of each per call (call again while it returns max_rows).  Returns rows deleted.
@@ -212,3 +252,5 @@ BEGIN
     GET DIAGNOSTICS keys_deleted = ROW_COUNT;
     RETURN max_rows - left_to_delete + keys_deleted;
 END $$;
+
+COMMENT ON FUNCTION job.apply_retention(int) IS 'Deletes finished jobs older than their queue''s retention and expired idempotency keys, at most max_rows of each; returns how many rows (the background worker runs it every pg_jobqueue.maintenance_interval).';

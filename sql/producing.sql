@@ -145,6 +145,8 @@ BEGIN
     RETURN new_id;
 END $$;
 
+COMMENT ON FUNCTION job.enqueue(text, jsonb, timestamptz, interval, int, text, int, text, text, text, text, text, interval, interval) IS 'Enqueues one job (payload: a JSON object) and returns its id, or the id of the job an idempotency, singleton or debounce key merged it into; run_at or delay starts it later, a higher priority is claimed first, max_retries NULL takes the queue''s.';
+
 -- Many jobs in one statement (all of one concurrency or order key, if given: an order key runs
 -- them in payload order); ids come back in payload order.
 CREATE FUNCTION job.enqueue_many(
@@ -221,6 +223,8 @@ BEGIN
     SELECT i.id FROM inserted i ORDER BY i.id;
     PERFORM job._wake_queue_on_commit(q.id);
 END $$;
+
+COMMENT ON FUNCTION job.enqueue_many(text, jsonb[], int, text, text, text) IS 'Enqueues one job per payload, all ready now with one priority, job type, concurrency key and order key; returns their ids in payload order (an order key runs them in that order).';
 
 -- For an enqueue by role `producer` with a singleton or debounce key: the job of that key
 -- that has not started yet, given `payload` (the last one wins) and a new start (`start_at`;

@@ -105,6 +105,8 @@ BEGIN
     END IF;
 END $$;
 
+COMMENT ON FUNCTION job.create_queue(text, int, interval, interval, float8, interval, interval, interval, int, int, int, int, interval, int, interval, boolean) IS 'Creates a queue, or sets every setting of an existing one (an argument left out takes its default, not the current value): retries and backoff, lease, idempotency window, retention, largest payload (bytes) and flow control (NULL: no limit); audited.';
+
 -- Drops the queue with its history, keys, schedules and handler; refuses while it has
 -- unfinished jobs unless forced.
 CREATE FUNCTION job.drop_queue(name text, force boolean DEFAULT false)
@@ -138,6 +140,8 @@ BEGIN
     PERFORM job._audit('drop_queue', jsonb_build_object('name', q.name, 'force', force), unfinished + history);
 END $$;
 
+COMMENT ON FUNCTION job.drop_queue(text, boolean) IS 'Drops a queue with its jobs, history, idempotency keys, schedules, handler and endpoint; refuses while it has waiting, scheduled or running jobs unless force (audited).';
+
 CREATE FUNCTION job._set_paused(queue_name text, paused boolean)
 RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
@@ -159,10 +163,14 @@ SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_paused(name, true)
 $$;
 
+COMMENT ON FUNCTION job.pause_queue(text) IS 'Pauses a queue: it still accepts enqueues but hands out no job (dequeue, handlers, deliveries) until job.resume_queue (audited).';
+
 CREATE FUNCTION job.resume_queue(name text) RETURNS void LANGUAGE sql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT job._set_paused(name, false)
 $$;
+
+COMMENT ON FUNCTION job.resume_queue(text) IS 'Resumes a paused queue and wakes its waiting workers (audited).';
 
 -- The queue's opaque number, the payload of its wake-up notifications (see the README's
 -- "Wake-ups"): a worker LISTENs on pg_jobqueue and dequeues when a notification carries it.
@@ -176,6 +184,8 @@ BEGIN
     END IF;
     RETURN q.id;
 END $$;
+
+COMMENT ON FUNCTION job.queue_id(text) IS 'The queue''s number: the payload of its wake-up notifications on channel pg_jobqueue.';
 
 -- Per-queue grants of the produce and work duties.  The duty's functions (the README's Roles
 -- recipes) say what a role may do; a queue's grants say on which queues: once a queue has a
@@ -281,6 +291,12 @@ SELECT g.queue, g.duty, g.grantee AS role, g.granted_by, g.granted_at
 
 COMMENT ON VIEW job.queue_grants IS 'Per-queue grants (job.grant_queue): which roles may produce into or work a queue; a queue without a grant of a duty is open to every role holding that duty''s functions.';
 
-COMMENT ON FUNCTION job.grant_queue(text, regrole, text) IS 'Lets a role produce into or work a queue; from a queue''s first grant of a duty on, only granted roles may do that duty on it (audited).';
+COMMENT ON COLUMN job.queue_grants.queue IS 'The queue the grant is on.';
+COMMENT ON COLUMN job.queue_grants.duty IS 'produce (enqueue, enqueue_many, deliver) or work (dequeue, complete, fail, heartbeat and the rest of a worker''s calls).';
+COMMENT ON COLUMN job.queue_grants.role IS 'The role granted; its members may do the duty on the queue.';
+COMMENT ON COLUMN job.queue_grants.granted_by IS 'The role that called job.grant_queue.';
+COMMENT ON COLUMN job.queue_grants.granted_at IS 'When the grant was made.';
 
-COMMENT ON FUNCTION job.revoke_queue(text, regrole, text) IS 'Takes back a per-queue grant; a queue without grants of a duty is open to every holder of the duty (audited).';
+COMMENT ON FUNCTION job.grant_queue(text, regrole, text) IS 'Lets a role produce into or work a queue; from a queue''s first grant of a duty on, only granted roles may do that duty on it; true when the grant is new (audited).';
+
+COMMENT ON FUNCTION job.revoke_queue(text, regrole, text) IS 'Takes back a per-queue grant; a queue without grants of a duty is open to every holder of the duty; false when there was no such grant (audited).';

@@ -17,6 +17,27 @@ SELECT s.name, s.cron, s.timezone, s.queue, s.payload, s.priority, s.job_type, s
 
 COMMENT ON VIEW job.schedules IS 'Every schedule with its next run (UTC and local time), last run, last job and its state.';
 
+COMMENT ON COLUMN job.schedules.name IS 'The schedule''s name.';
+COMMENT ON COLUMN job.schedules.cron IS 'When it fires: 5 cron fields (6 with leading seconds), a macro such as @daily, or an interval such as ''30 seconds''.';
+COMMENT ON COLUMN job.schedules.timezone IS 'The IANA time zone the cron fields are read in (an interval ignores it).';
+COMMENT ON COLUMN job.schedules.queue IS 'The queue each tick enqueues into.';
+COMMENT ON COLUMN job.schedules.payload IS 'The payload of each tick''s job.';
+COMMENT ON COLUMN job.schedules.priority IS 'The priority of each tick''s job.';
+COMMENT ON COLUMN job.schedules.job_type IS 'The job type of each tick''s job; NULL: none.';
+COMMENT ON COLUMN job.schedules.misfire IS 'skip (a missed tick fires only if at most pg_jobqueue.misfire_grace late) or catch_up (it fires however late); of the ticks missed, only the latest can fire.';
+COMMENT ON COLUMN job.schedules.jitter IS 'The bound of the fixed offset, in [0, jitter), that every tick of the schedule is shifted by (derived from its name); 0: none.';
+COMMENT ON COLUMN job.schedules.paused IS 'Whether the schedule is paused (job.pause_schedule).';
+COMMENT ON COLUMN job.schedules.next_run IS 'When it fires next (its next tick plus its jitter offset); NULL while paused.';
+COMMENT ON COLUMN job.schedules.next_run_local IS 'next_run as wall-clock time in the schedule''s time zone; NULL while paused.';
+COMMENT ON COLUMN job.schedules.last_run IS 'When it last enqueued a job; NULL: never.';
+COMMENT ON COLUMN job.schedules.last_tick IS 'The nominal time of the tick that last enqueued a job; NULL: none.';
+COMMENT ON COLUMN job.schedules.last_job_id IS 'The id of the job it last enqueued; NULL: none.';
+COMMENT ON COLUMN job.schedules.last_job_state IS 'That job''s state now; NULL when there is none, or it is no longer kept.';
+COMMENT ON COLUMN job.schedules.last_error IS 'Why its last attempt to fire failed; NULL when that attempt succeeded.';
+COMMENT ON COLUMN job.schedules.id IS 'The schedule''s id, returned by job.schedule and kept when it is replaced.';
+COMMENT ON COLUMN job.schedules.created_at IS 'When the schedule was created.';
+COMMENT ON COLUMN job.schedules.updated_at IS 'When job.schedule last replaced it, or it was last paused or resumed.';
+
 ---------------------------------------------------------------------------------------------
 -- Schedules
 ---------------------------------------------------------------------------------------------
@@ -97,6 +118,8 @@ BEGIN
     RETURN schedule_id;
 END $$;
 
+COMMENT ON FUNCTION job.schedule(text, text, text, jsonb, text, int, text, text, interval) IS 'Creates or replaces a schedule: every tick of cron (5 or 6 cron fields, a macro such as @daily, or an interval such as ''30 seconds'') in timezone enqueues payload into queue; returns the schedule''s id, kept when replaced (audited).';
+
 -- Deletes the schedule (its fired jobs stay).  False when there was no such schedule.
 CREATE FUNCTION job.unschedule(name text)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
@@ -112,6 +135,8 @@ BEGIN
     RETURN true;
 END $$;
 
+COMMENT ON FUNCTION job.unschedule(text) IS 'Deletes a schedule and its run history (the jobs it enqueued stay); false when there was no such schedule (audited).';
+
 CREATE FUNCTION job.pause_schedule(name text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
@@ -120,6 +145,8 @@ BEGIN
     UPDATE job.schedule_defs s SET paused = true, updated_at = now() WHERE s.name = pause_schedule.name;
     PERFORM job._audit('pause_schedule', jsonb_build_object('name', name));
 END $$;
+
+COMMENT ON FUNCTION job.pause_schedule(text) IS 'Stops a schedule firing until job.resume_schedule (audited).';
 
 -- Resumes with the next tick from now: ticks that passed while paused never fire.
 CREATE FUNCTION job.resume_schedule(name text)
@@ -139,6 +166,8 @@ BEGIN
     END IF;
     PERFORM job._audit('resume_schedule', jsonb_build_object('name', name));
 END $$;
+
+COMMENT ON FUNCTION job.resume_schedule(text) IS 'Resumes a paused schedule with its next tick after now: ticks that passed while it was paused never fire (audited).';
 
 -- Fires the due ticks of at most max_schedules schedules; returns how many jobs it enqueued.
 -- Run by the worker's scheduler; safe to run from anywhere at the same time: each schedule is

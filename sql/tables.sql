@@ -214,6 +214,18 @@ CREATE TYPE job.claimed_job AS (
     lease_token      uuid
 );
 
+COMMENT ON TYPE job.claimed_job IS 'A job claimed by job.dequeue: what a worker needs to run it and to acknowledge this claim.';
+
+COMMENT ON COLUMN job.claimed_job.id IS 'The job''s id: pass it to complete, fail, heartbeat or release.';
+COMMENT ON COLUMN job.claimed_job.queue IS 'The queue it was claimed from.';
+COMMENT ON COLUMN job.claimed_job.job_type IS 'The job''s type, given at enqueue; NULL: none.';
+COMMENT ON COLUMN job.claimed_job.payload IS 'The job''s input, a JSON object.';
+COMMENT ON COLUMN job.claimed_job.attempt IS 'This attempt''s number: 1 on the first try.';
+COMMENT ON COLUMN job.claimed_job.max_retries IS 'Retries the job gets after its first attempt: it is dead when attempt max_retries + 1 fails.';
+COMMENT ON COLUMN job.claimed_job.enqueued_at IS 'When the job was enqueued.';
+COMMENT ON COLUMN job.claimed_job.lease_expires_at IS 'When this claim''s lease runs out unless heartbeated; the job may then be taken back and claimed again.';
+COMMENT ON COLUMN job.claimed_job.lease_token IS 'This claim''s token, shared by the jobs of one dequeue: pass it to complete, fail, heartbeat and release so that they act only while this claim is the job''s current one.';
+
 -- HTTP endpoints the worker's sender delivers to (read through the job.endpoints view).  An
 -- endpoint owns one queue: its deliveries are that queue's jobs.  Deleted with its queue.
 CREATE TABLE job.endpoint_defs (

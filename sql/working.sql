@@ -3,6 +3,15 @@
 -- counted into job.metric_buckets; the dead-letter queue's size is kept; workers are recorded
 -- as seen.
 
+-- The retry rules are in Rust (rules/src/backoff.rs, rules/src/classify.rs; job.retry_delay
+-- and job.is_permanent_failure are declared from src/functions/backoff.rs and
+-- src/functions/classify.rs): job.fail applies them.
+COMMENT ON FUNCTION job.retry_delay(int, interval, interval, float8) IS
+    'The delay job.fail waits after the attempt-th failed attempt: min(backoff_max, backoff_base * 2^(attempt-1)) * (1 + u), u uniform in [-jitter, +jitter], drawn anew on each call.';
+
+COMMENT ON FUNCTION job.is_permanent_failure(text, boolean, int) IS
+    'Whether job.fail dead-letters this failure at once instead of retrying it: permanent, an http_status of 1xx, 3xx or 4xx other than 408, 409, 425 and 429, or an error text containing PERMANENT; NULL when error or permanent is NULL.';
+
 ---------------------------------------------------------------------------------------------
 -- Job movement helpers
 ---------------------------------------------------------------------------------------------
@@ -279,6 +288,8 @@ BEGIN
     END IF;
 END $$;
 
+COMMENT ON FUNCTION job.dequeue(text, text, int, interval, bigint[], jsonb[], uuid[]) IS 'Claims up to batch ready jobs of a queue (SKIP LOCKED), all under one lease (NULL: the queue''s) and one new lease token, after completing the jobs given in complete; returns them as job.claimed_job rows, none when nothing may start.';
+
 -- When a dequeue on `queue` next has something to claim: now when a job is ready, else the
 -- earliest time a delayed job or a retry becomes due or a lease runs out (its job is then
 -- taken back; for a lease already out, when a dequeue next looks for it); NULL when the
@@ -315,6 +326,8 @@ BEGIN
                    ORDER BY r.lease_expires_at LIMIT 1));
 END $$;
 
+COMMENT ON FUNCTION job.next_due(text) IS 'When a dequeue on the queue next finds a job: now when one is ready, else when a delayed job or a retry comes due or a lease runs out; NULL when the queue has no live jobs or is paused.';
+
 ---------------------------------------------------------------------------------------------
 -- Acknowledging
 ---------------------------------------------------------------------------------------------
@@ -341,6 +354,8 @@ BEGIN
     RETURN false;  -- not running under this claim: finished, cancelled, taken back or never claimed
 END $$;
 
+COMMENT ON FUNCTION job.complete(bigint, jsonb, uuid) IS 'Completes a running job, storing result (NULL: none); with token only while that claim is the job''s current one. True when completed, false when not (finished, cancelled or taken back).';
+
 -- Acknowledges many jobs in one round trip, each under its claim's token (one token for all,
 -- as a batch of one dequeue shares it, or one per id, paired by position); returns how many
 -- were running under those claims and completed.
@@ -357,6 +372,8 @@ BEGIN
     END IF;
     RETURN job._finish(ids, '{running}', 'completed', NULL, NULL, tokens);
 END $$;
+
+COMMENT ON FUNCTION job.complete_many(bigint[], uuid[]) IS 'Completes many running jobs in one call, each under its claim''s token (one for all, or one per id by position); returns how many were completed.';
 
 -- Records a failed attempt.  Returns the job's new state: 'scheduled' or 'waiting' (it will be
 -- retried) or 'dead' (permanent, or out of retries).  With `token`, a claim that is no longer
@@ -433,6 +450,8 @@ BEGIN
     RETURN new_state;
 END $$;
 
+COMMENT ON FUNCTION job.fail(bigint, text, boolean, int, interval, uuid) IS 'Records a failed attempt and returns the job''s new state: scheduled or waiting (retried after its backoff or retry_after) or dead (permanent, or out of retries); with a token that is no longer current it records nothing and returns the current state.';
+
 -- Records a failed attempt of the background worker (a handler's, a delivery's) through
 -- job.fail's rules, under its claim, and adds `detail` (the SQLSTATE; the HTTP attempt's class
 -- and latency) to the attempt's entry in the job's errors.  A claim that is no longer current
@@ -506,6 +525,8 @@ BEGIN
               HINT = 'Stop working on it: its lease ran out and it was taken back, or it was cancelled.';
 END $$;
 
+COMMENT ON FUNCTION job.heartbeat(bigint, interval, uuid) IS 'Extends a running job''s lease to now + extend (NULL: the queue''s lease) and returns the new expiry; raises SQLSTATE 55000 when the job is no longer held.';
+
 -- Extends the leases of many jobs in one call (a batch: pass the dequeue's token once, or one
 -- per id, paired by position).  One row per id, in order: whether this claim still holds it
 -- and its new expiry.
@@ -543,6 +564,8 @@ BEGIN
      ORDER BY i.ord;
 END $$;
 
+COMMENT ON FUNCTION job.heartbeat_many(bigint[], uuid[], interval) IS 'Extends the leases of many jobs in one call: one row per id, in order, with held (whether this claim still holds the job) and its new lease_expires_at (NULL when not held).';
+
 -- Hands a claimed job back without spending an attempt (for a worker shutting down): it is
 -- ready again at once in its old place, or after `delay`.  False when `token` is not the
 -- job's current claim.
@@ -577,6 +600,8 @@ BEGIN
     RETURN true;
 END $$;
 
+COMMENT ON FUNCTION job.release(bigint, uuid, interval) IS 'Hands a claimed job back without spending an attempt, ready again in its old place (or after delay); false when token is not the job''s current claim.';
+
 -- Running jobs whose lease expired: the attempt counts as a transient failure; the job is
 -- ready again at once in its old place (its run_at is kept, as release keeps it: a worker's
 -- death is no reason to wait behind everything enqueued since), or dead when it has no retries
@@ -591,6 +616,8 @@ BEGIN
     PERFORM job._check_count('max_jobs', rescue_stalled.max_jobs);
     RETURN job._rescue_stalled(rescue_stalled.queue, rescue_stalled.max_jobs, NULL);
 END $$;
+
+COMMENT ON FUNCTION job.rescue_stalled(text, int) IS 'Takes back up to max_jobs running jobs whose lease ran out (of one queue; NULL: all): each attempt counts as a transient failure, the job is ready again or dead; returns how many.';
 
 -- job.rescue_stalled's work, looking only at leases that ran out at `since` or later (NULL:
 -- all).  Every finished job leaves its entry in the lease index until vacuum, and once its

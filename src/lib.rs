@@ -134,6 +134,7 @@ extension_sql_file!(
         functions::delivery::_redacted_url,
         functions::delivery::_check_webhook_secret,
         functions::delivery::_new_webhook_secret,
+        functions::delivery::verify_webhook,
         server::wakeup::_wake_sender
     ]
 );

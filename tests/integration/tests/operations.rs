@@ -1,5 +1,5 @@
-//! Operations: upgrading from the previous release, pg_dump and pg_restore, and the Prometheus
-//! export read by a real parser.
+//! Operations: upgrading from the previous release, pg_dump and pg_restore, the Prometheus
+//! export read by a real parser, and the comments psql shows on every public object.
 
 use pg_jobqueue_integration::{
     cluster, connect, current_version, error_text, one, released_versions, Client, TestDb,
@@ -307,6 +307,52 @@ fn every_release_upgrades_keeping_its_data_and_matches_a_fresh_install() {
                 .unwrap_or_else(|e| panic!("dropping roles: {}", error_text(&e)));
         }
     }
+}
+
+/// The public objects without a comment (what `\df+`, `\dv+` and `\d+` in psql would leave
+/// blank): functions, views, and the columns of views and of composite types (job.claimed_job)
+/// in schema `job` whose names do not start with `_`.
+const UNCOMMENTED: &str = "
+    SELECT p.oid::regprocedure::text FROM pg_proc p
+     WHERE p.pronamespace = 'job'::regnamespace AND p.proname !~ '^_'
+       AND obj_description(p.oid, 'pg_proc') IS NULL
+    UNION ALL
+    SELECT c.relname::text FROM pg_class c
+     WHERE c.relnamespace = 'job'::regnamespace AND c.relkind = 'v' AND c.relname !~ '^_'
+       AND obj_description(c.oid, 'pg_class') IS NULL
+    UNION ALL
+    SELECT c.relname || '.' || a.attname FROM pg_class c
+      JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+     WHERE c.relnamespace = 'job'::regnamespace AND c.relkind IN ('v', 'c') AND c.relname !~ '^_'
+       AND col_description(c.oid, a.attnum) IS NULL
+     ORDER BY 1";
+
+/// Every public function, view and view column, and job.claimed_job's attributes, say what
+/// they are in psql: on a fresh install, and on the previous release updated with ALTER
+/// EXTENSION UPDATE (the generated upgrade script must carry the install script's comments).
+#[test]
+fn every_public_function_view_and_column_has_a_comment() {
+    let fresh = TestDb::create("comments_fresh");
+    let missing = strings(&mut fresh.connect(), UNCOMMENTED);
+    assert!(
+        missing.is_empty(),
+        "a fresh install has no COMMENT on: {missing:#?}"
+    );
+    let previous = released_versions().pop().expect("a released version");
+    let updated = TestDb::create_with(
+        "comments_updated",
+        &format!("CREATE EXTENSION pg_jobqueue VERSION '{previous}'"),
+    );
+    let mut c = updated.connect();
+    c.batch_execute("ALTER EXTENSION pg_jobqueue UPDATE")
+        .unwrap_or_else(|e| panic!("{previous}: ALTER EXTENSION UPDATE: {}", error_text(&e)));
+    assert_eq!(extversion(&mut c), current_version());
+    let missing = strings(&mut c, UNCOMMENTED);
+    assert!(
+        missing.is_empty(),
+        "{previous} updated to {} has no COMMENT on: {missing:#?}",
+        current_version()
+    );
 }
 
 fn pg_tool(tool: &str, args: &[&str]) {
