@@ -86,7 +86,12 @@ pub fn released_versions() -> Vec<String> {
             })
             .filter(|v| *v != current_version())
             .collect();
-    versions.sort();
+    // By number: "0.10.0" comes after "0.9.0".
+    versions.sort_by_key(|v| {
+        v.split('.')
+            .map(|n| n.parse::<u32>().unwrap_or(0))
+            .collect::<Vec<_>>()
+    });
     versions
 }
 
