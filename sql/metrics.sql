@@ -297,10 +297,6 @@ END $$;
 -- Reading
 ---------------------------------------------------------------------------------------------
 
----------------------------------------------------------------------------------------------
--- Reading
----------------------------------------------------------------------------------------------
-
 -- Per queue and job type: attempts over the last 1, 5 and 60 minutes (minute resolution: a
 -- window holds the buckets of the minutes that started within it), failure rate and duration
 -- quantiles over the last 5 minutes.
