@@ -97,11 +97,17 @@ mod tests {
     #[pg_test]
     fn a_due_schedule_fires_one_job_per_tick_without_an_idempotency_key() {
         queue("q");
-        run("SELECT job.schedule('every', '1 second', 'q', '{\"n\": 1}', priority => 3, job_type => 'ping')");
+        // Every minute, fired at this minute's tick with at least 5 s of it left, so the next
+        // tick cannot come due while the test runs (a 1-second schedule's did, now and then).
+        run("SELECT job.schedule('every', '1 minute', 'q', '{\"n\": 1}', priority => 3, job_type => 'ping')");
         make_due("every", "2000-01-01 00:00:00+00"); // long ago: skip only fires a recent tick
         run(
-            "UPDATE job.schedule_defs SET next_tick = date_trunc('second', clock_timestamp()),
-                    next_run_at = date_trunc('second', clock_timestamp())",
+            "SELECT pg_sleep(60.1 - extract(second FROM clock_timestamp()))
+              WHERE extract(second FROM clock_timestamp()) > 55",
+        );
+        run(
+            "UPDATE job.schedule_defs SET next_tick = date_trunc('minute', clock_timestamp()),
+                    next_run_at = date_trunc('minute', clock_timestamp())",
         );
         assert_eq!(one::<i32>("SELECT job._fire_due_schedules()"), 1);
         assert_eq!(
