@@ -206,7 +206,7 @@ END $$;
 -- `alive` is given (the process ids of this database's running executors and sender), those
 -- of every other executor or sender (the scheduler passes it as it starts, before it starts executors: their
 -- jobs are of executors that died with the server, or with a scheduler before it).  The
--- process id in a claim is read by job._claimer_pid (src/worker/claimer.rs, which writes
+-- process id in a claim is read by job._claimer_pid (rules/src/claimer.rs, which writes
 -- it too).  Returns how many.
 CREATE FUNCTION job._expire_executor_leases(gone text[], alive int[])
 RETURNS bigint LANGUAGE plpgsql
@@ -217,7 +217,10 @@ BEGIN
     UPDATE job.live_jobs l SET lease_expires_at = now()
      WHERE l.state = 'running' AND l.lease_expires_at > now()
        AND (l.claimed_by = ANY (gone)
-            OR alive IS NOT NULL AND job._claimer_pid(l.claimed_by) <> ALL (alive));
+            -- Only a claim of an executor or the sender has a pid (a client worker's has
+            -- none), and the NULL test is needed: NULL <> ALL ('{}') is true.
+            OR alive IS NOT NULL AND job._claimer_pid(l.claimed_by) IS NOT NULL
+               AND job._claimer_pid(l.claimed_by) <> ALL (alive));
     GET DIAGNOSTICS expired = ROW_COUNT;
     RETURN expired;
 END $$;

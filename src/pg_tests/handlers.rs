@@ -203,6 +203,49 @@ mod tests {
         );
     }
 
+    /// A scheduler that starts takes back the jobs of executors and senders that are gone, by
+    /// the pid in their `claimed_by`, and nobody else's: a client worker's name holds no pid of
+    /// ours, also when no executor is alive (`NULL <> ALL ('{}')` is true; the regression had
+    /// every client's running job taken back whenever a scheduler started).
+    #[pg_test]
+    fn only_the_jobs_of_gone_executors_and_senders_are_taken_back() {
+        queue("q");
+        run("SELECT job.enqueue('q') FROM generate_series(1, 4)");
+        run("SELECT count(*) FROM job.dequeue('q', 'w', batch => 4)");
+        run("UPDATE job.live_jobs SET claimed_by = CASE id % 4
+                 WHEN 1 THEN 'host:4242:abcd' WHEN 2 THEN 'w'
+                 WHEN 3 THEN 'pg_jobqueue executor 10/0 (pid 4242)'
+                 ELSE 'pg_jobqueue sender (pid 4343)' END");
+        let expired = "SELECT string_agg(claimed_by, ', ' ORDER BY id) FROM job.live_jobs
+                        WHERE lease_expires_at <= now()";
+        // None alive: the executor's and the sender's, not the clients'.
+        assert_eq!(
+            one::<i64>("SELECT job._expire_executor_leases('{}', '{}')"),
+            2
+        );
+        assert_eq!(
+            one::<String>(expired),
+            "pg_jobqueue executor 10/0 (pid 4242), pg_jobqueue sender (pid 4343)"
+        );
+        // The sender alive: the executor's alone.
+        run("UPDATE job.live_jobs SET lease_expires_at = now() + interval '1 minute'");
+        assert_eq!(
+            one::<i64>("SELECT job._expire_executor_leases('{}', ARRAY[4343])"),
+            1
+        );
+        assert_eq!(
+            one::<String>(expired),
+            "pg_jobqueue executor 10/0 (pid 4242)"
+        );
+        // By name, a stopped executor's, whatever it is.
+        run("UPDATE job.live_jobs SET lease_expires_at = now() + interval '1 minute'");
+        assert_eq!(
+            one::<i64>("SELECT job._expire_executor_leases(ARRAY['w'], NULL)"),
+            1
+        );
+        assert_eq!(one::<String>(expired), "w");
+    }
+
     #[pg_test]
     fn an_executor_claims_a_batch_within_the_concurrency_left() {
         queue("q");
