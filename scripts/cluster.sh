@@ -13,9 +13,7 @@ port=${3:?port}
 root=$(cd "$(dirname "$0")/.." && pwd)
 dir=$(bash "$root/scripts/state-dir.sh")/$name
 bin=$(dirname "$(bash "$root/scripts/private-pg.sh" clusters)")
-# RUST_BACKTRACE in the server's environment would append Rust backtraces to the DETAIL of
-# errors that pass through the extension's Rust code.
-as_pg() { runuser -u postgres -- env -u RUST_BACKTRACE "$@"; }
+as_pg() { runuser -u postgres -- "$@"; }
 
 case "$cmd" in
 start)

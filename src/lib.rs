@@ -167,6 +167,7 @@ pub(crate) use pg_jobqueue_rules::quote_literal;
 
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    server::keep_rust_backtraces_out_of_errors();
     server::gucs::init();
     server::shmem::init();
     server::utility_hook::init();

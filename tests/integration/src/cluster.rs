@@ -101,8 +101,9 @@ fn run_as_postgres(program: &str, args: &[&str]) -> Output {
         .args(["-u", "postgres", "--"])
         .arg(pg_bin().join(program))
         .args(args)
-        // Would append Rust backtraces to the DETAIL of errors raised through the extension.
-        .env_remove("RUST_BACKTRACE")
+        // As a developer's shell may have it: errors must read as PostgreSQL's all the same
+        // (worker_lifecycle.rs errors_carry_no_rust_backtrace_whatever_the_environment).
+        .env("RUST_BACKTRACE", "1")
         .output()
         .unwrap_or_else(|e| panic!("cannot run {program}: {e}"))
 }

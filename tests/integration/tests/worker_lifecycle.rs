@@ -510,6 +510,71 @@ fn sighup_disables_and_reenables_the_worker() {
     });
 }
 
+/// A scheduler that starts takes back at once the jobs of executors that died before it, and
+/// no client worker's: a job a client holds keeps its lease across the restart.  (A regression
+/// had every client's running job taken back at each scheduler start while no executor ran.)
+#[test]
+fn a_client_workers_job_keeps_its_lease_when_the_scheduler_starts() {
+    let (_cluster, mut client) = served_cluster("life-client-lease", &[]);
+    exec(
+        &mut client,
+        "SELECT job.create_queue('c'); SELECT job.enqueue('c') FROM generate_series(1, 2)",
+    );
+    let held: i64 = one(
+        &mut client,
+        "SELECT id FROM job.dequeue('c', 'host:4242:abcd', lease => '10 minutes')",
+        &[],
+    );
+    let dead: i64 = one(
+        &mut client,
+        "SELECT id FROM job.dequeue('c', 'w', lease => '10 minutes')",
+        &[],
+    );
+    // An executor that died with the server, as its claim reads (no process has that pid).
+    exec(
+        &mut client,
+        &format!(
+            "UPDATE job.live_jobs SET claimed_by = 'pg_jobqueue executor 10/0 (pid 2147483646)'
+              WHERE id = {dead}"
+        ),
+    );
+    let lease_of = |client: &mut Client, id: i64| -> String {
+        one(
+            client,
+            "SELECT lease_expires_at::text FROM job.live_jobs WHERE id = $1",
+            &[&id],
+        )
+    };
+    let before = lease_of(&mut client, held);
+
+    exec(&mut client, "ALTER SYSTEM SET pg_jobqueue.enabled = off");
+    exec(&mut client, "SELECT pg_reload_conf()");
+    assert!(
+        wait_until(Duration::from_secs(10), || worker_processes(&mut client)
+            .is_empty()),
+        "the worker kept running with pg_jobqueue.enabled = off"
+    );
+    exec(&mut client, "ALTER SYSTEM SET pg_jobqueue.enabled = on");
+    exec(&mut client, "SELECT pg_reload_conf()");
+    wait_for_scheduler(&mut client, Duration::from_secs(15));
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            one::<bool>(
+                &mut client,
+                "SELECT coalesce((SELECT state <> 'running' OR lease_expires_at <= now()
+                                    FROM job.live_jobs WHERE id = $1), true)",
+                &[&dead],
+            )
+        }),
+        "the starting scheduler did not take back the dead executor's job"
+    );
+    assert_eq!(
+        lease_of(&mut client, held),
+        before,
+        "the client's job lost its lease to the starting scheduler"
+    );
+}
+
 /// A streaming standby runs no pg_jobqueue process and creates nothing: its schedule_runs
 /// mirror the primary's.  Promoted after the primary stops, it fires the schedule itself
 /// within seconds, continuing the primary's ticks without firing one twice.
@@ -760,4 +825,49 @@ fn without_preload_schedules_and_handlers_refuse_clearly() {
         0
     );
     assert!(jobqueue_backends(&mut client).is_empty());
+}
+
+/// A server started with RUST_BACKTRACE=1 in its environment (as every cluster these tests
+/// start is: cluster.rs) reports errors as PostgreSQL does: a DDL error, which passes through
+/// the extension's utility hook, and an error the extension's Rust code raises carry no Rust
+/// backtrace in their DETAIL (0.4.0 appended ~20 lines to each).
+#[test]
+fn errors_carry_no_rust_backtrace_whatever_the_environment() {
+    let cluster = Cluster::start_new("backtraces", &[]);
+    cluster.create_extension("postgres");
+    let mut client = cluster.connect("postgres");
+    // The postmaster's environment (a backend's own is overwritten by its process title).
+    let backend: i32 = one(&mut client, "SELECT pg_backend_pid()", &[]);
+    let stat = std::fs::read_to_string(format!("/proc/{backend}/stat")).unwrap();
+    let postmaster = stat.rsplit(") ").next().unwrap().split(' ').nth(1).unwrap();
+    let environ = std::fs::read(format!("/proc/{postmaster}/environ")).unwrap();
+    assert!(
+        environ
+            .split(|&b| b == 0)
+            .any(|var| var == b"RUST_BACKTRACE=1"),
+        "the server was to run with RUST_BACKTRACE=1"
+    );
+    exec(&mut client, "CREATE TABLE twice ()");
+    for (what, sql) in [
+        ("a DDL error", "CREATE TABLE twice ()"),
+        (
+            "an error of the extension's Rust code",
+            "SELECT job.cron_next('not cron')",
+        ),
+    ] {
+        let e = client.batch_execute(sql).expect_err(what);
+        let db = e.as_db_error().unwrap_or_else(|| panic!("{what}: {e}"));
+        assert_ne!(
+            db.code(),
+            &SqlState::INTERNAL_ERROR,
+            "{what}: {}",
+            error_text(&e)
+        );
+        assert!(
+            db.detail()
+                .is_none_or(|d| !d.contains("backtrace") && !d.contains("  0: ")),
+            "{what} carries a Rust backtrace: {}",
+            error_text(&e)
+        );
+    }
 }
