@@ -22,28 +22,28 @@ mod tests {
 
     #[pg_test]
     fn every_manual_intervention_is_audited() {
-        queue("q");
-        run("SELECT job.create_queue('q', max_retries => 0)"); // a change
-        run("SELECT job.create_queue('q', max_retries => 0)"); // no change: nothing to audit
-        let dead = enqueue("q");
-        claim("q");
+        queue("audited");
+        run("SELECT job.create_queue('audited', max_retries => 0)"); // a change
+        run("SELECT job.create_queue('audited', max_retries => 0)"); // no change: nothing to audit
+        let dead = enqueue("audited");
+        claim("audited");
         run(&format!("SELECT job.fail({dead}, 'boom')"));
-        let waiting = enqueue("q");
+        let waiting = enqueue("audited");
         run(&format!("SELECT job.retry({dead})"));
         run(&format!("SELECT job.cancel({waiting})"));
-        run("SELECT job.pause_queue('q')");
-        run("SELECT job.resume_queue('q')");
-        run("SELECT job.retry_dead('q')");
-        run("SELECT job.schedule('s', '@daily', 'q')");
+        run("SELECT job.pause_queue('audited')");
+        run("SELECT job.resume_queue('audited')");
+        run("SELECT job.retry_dead('audited')");
+        run("SELECT job.schedule('s', '@daily', 'audited')");
         run("SELECT job.pause_schedule('s')");
         run("SELECT job.resume_schedule('s')");
         run("SELECT job.unschedule('s')");
         run(&format!("UPDATE job.finished_jobs SET finished_at = now() - interval '2 days' WHERE id = {waiting}"));
-        run("SELECT job.purge('q', 'cancelled', '1 day')");
+        run("SELECT job.purge('audited', 'cancelled', '1 day')");
         run("CREATE FUNCTION public.h(p jsonb) RETURNS void LANGUAGE sql AS ''");
-        run("SELECT job.set_handler('q', 'h(jsonb)')");
-        run("SELECT job.remove_handler('q')");
-        run("SELECT job.drop_queue('q', force => true)");
+        run("SELECT job.set_handler('audited', 'h(jsonb)')");
+        run("SELECT job.remove_handler('audited')");
+        run("SELECT job.drop_queue('audited', force => true)");
         // A refused intervention leaves no row.
         error_of("SELECT job.retry(424242)");
         let trail = audit_trail();
@@ -76,11 +76,11 @@ mod tests {
         assert!(trail[1].contains("\"max_retries\": 5") && trail[1].contains("\"max_retries\": 0"));
         assert_eq!(trail[2], format!("retry {{\"id\": {dead}}} 1 postgres"));
         assert_eq!(trail[3], format!("cancel {{\"id\": {waiting}}} 1 postgres"));
-        assert_eq!(trail[6], "retry_dead {\"queue\": \"q\"} 0 postgres");
-        assert_eq!(trail[11], "purge {\"queue\": \"q\", \"state\": \"cancelled\", \"older_than\": \"1 day\"} 1 postgres");
+        assert_eq!(trail[6], "retry_dead {\"queue\": \"audited\"} 0 postgres");
+        assert_eq!(trail[11], "purge {\"queue\": \"audited\", \"state\": \"cancelled\", \"older_than\": \"1 day\"} 1 postgres");
         assert_eq!(
             trail[14],
-            "drop_queue {\"name\": \"q\", \"force\": true} 1 postgres"
+            "drop_queue {\"name\": \"audited\", \"force\": true} 1 postgres"
         );
     }
 

@@ -93,16 +93,19 @@ mod tests {
         );
     }
 
+    // A queue a test drops has a name no other test uses: the tests run at once, each in its
+    // own transaction, and a drop's lock is the queue name's, so another test's enqueue into
+    // its own 'q' failed with "queue 'q' is being dropped" now and then.
     #[pg_test]
     fn drop_queue_refuses_unfinished_jobs_unless_forced() {
-        queue("q");
-        let id = enqueue("q");
-        run("SELECT job.enqueue('q', idempotency_key => 'k')");
+        queue("dropped_forced");
+        let id = enqueue("dropped_forced");
+        run("SELECT job.enqueue('dropped_forced', idempotency_key => 'k')");
         assert_rejected(
-            "SELECT job.drop_queue('q')",
-            "queue 'q' still has 2 unfinished (waiting, scheduled or running) jobs",
+            "SELECT job.drop_queue('dropped_forced')",
+            "queue 'dropped_forced' still has 2 unfinished (waiting, scheduled or running) jobs",
         );
-        run("SELECT job.drop_queue('q', force => true)");
+        run("SELECT job.drop_queue('dropped_forced', force => true)");
         assert_eq!(one::<i64>("SELECT count(*) FROM job.queues"), 0);
         assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 0);
         assert_eq!(one::<i64>("SELECT count(*) FROM job.idempotency_keys"), 0);
@@ -114,13 +117,16 @@ mod tests {
 
     #[pg_test]
     fn drop_queue_with_only_history_needs_no_force() {
-        queue("q");
-        enqueue("q");
-        let id = claim("q");
+        queue("dropped_history");
+        enqueue("dropped_history");
+        let id = claim("dropped_history");
         run(&format!("SELECT job.complete({id})"));
-        run("SELECT job.drop_queue('q')");
+        run("SELECT job.drop_queue('dropped_history')");
         assert_eq!(one::<i64>("SELECT count(*) FROM job.jobs"), 0);
-        assert_rejected("SELECT job.drop_queue('q')", "queue 'q' does not exist");
+        assert_rejected(
+            "SELECT job.drop_queue('dropped_history')",
+            "queue 'dropped_history' does not exist",
+        );
     }
 
     #[pg_test]

@@ -198,11 +198,11 @@ mod tests {
 
     #[pg_test]
     fn dropping_a_queue_drops_its_schedules_and_handler() {
-        queue("q");
+        queue("dropped_scheduled");
         run("CREATE FUNCTION pg_temp.h(p jsonb) RETURNS jsonb LANGUAGE sql AS 'SELECT p'");
-        run("SELECT job.schedule('s', '@daily', 'q')");
-        run("SELECT job.set_handler('q', 'pg_temp.h(jsonb)')");
-        run("SELECT job.drop_queue('q')");
+        run("SELECT job.schedule('s', '@daily', 'dropped_scheduled')");
+        run("SELECT job.set_handler('dropped_scheduled', 'pg_temp.h(jsonb)')");
+        run("SELECT job.drop_queue('dropped_scheduled')");
         assert_eq!(
             one::<i64>("SELECT (SELECT count(*) FROM job.schedule_defs) + (SELECT count(*) FROM job.handlers)"),
             0
