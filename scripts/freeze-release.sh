@@ -18,7 +18,8 @@ if grep -q "  released/pg_jobqueue--$version.sql$" sql/released/SHA256SUMS; then
 fi
 major=$("$(bash scripts/pg-config.sh)" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
 log=$(mktemp)
-if ! cargo pgrx schema "pg$major" --out "$install" >"$log" 2>&1; then
+# pgrx configured in this checkout (scripts/pgrx-home.sh), not in the user's ~/.pgrx.
+if ! PGRX_HOME=$(bash scripts/pgrx-home.sh) cargo pgrx schema "pg$major" --out "$install" >"$log" 2>&1; then
     cat "$log" >&2
     rm -f "$log" "$install"
     exit 1

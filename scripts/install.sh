@@ -15,13 +15,8 @@ fi
 out=$root/target/package
 cd "$root"
 mkdir -p target
-rm -rf "$out"
 # PGJQ_CARGO_PROFILE: another cargo profile than release (make test-all-versions: release-quick).
-if ! cargo pgrx package --pg-config "$build_config" --out-dir "$out" \
-        ${PGJQ_CARGO_PROFILE:+--profile "$PGJQ_CARGO_PROFILE"} >"$out.log" 2>&1; then
-    cat "$out.log" >&2
-    exit 1
-fi
+bash "$root/scripts/pgrx-package.sh" "$build_config" "$out" ${PGJQ_CARGO_PROFILE:+--profile "$PGJQ_CARGO_PROFILE"}
 # Earlier releases' install scripts and every upgrade script, beside the one just generated.
 bash "$root/scripts/release-scripts.sh" "$out$("$build_config" --sharedir)/extension"
 # The package holds the build PostgreSQL's paths; each file goes to the same place in the

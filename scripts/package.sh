@@ -20,11 +20,7 @@ mkdir -p "$out"
 
 # The build, as cargo pgrx package lays it out under the build PostgreSQL's own paths.
 raw=$root/target/package-raw
-rm -rf "$raw"
-if ! cargo pgrx package --pg-config "$pg_config" --out-dir "$raw" >"$raw.log" 2>&1; then
-    cat "$raw.log" >&2
-    exit 1
-fi
+bash scripts/pgrx-package.sh "$pg_config" "$raw"
 
 # The Debian package: Debian's paths for postgresql-NN, whichever PostgreSQL built it (the
 # server ABI is the major's).

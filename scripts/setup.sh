@@ -32,9 +32,5 @@ if ! cargo pgrx --version 2>/dev/null | grep -q "$PGRX_VERSION"; then
     echo "setup: installing cargo-pgrx $PGRX_VERSION (takes several minutes)"
     cargo install cargo-pgrx --version "$PGRX_VERSION" --locked
 fi
-
-major=$("$PG_CONFIG" --version | sed -E 's/^PostgreSQL ([0-9]+).*/\1/')
-PGRX_HOME=${PGRX_HOME:-$HOME/.pgrx}
-if ! grep -qsF "\"$PG_CONFIG\"" "$PGRX_HOME/config.toml"; then
-    cargo pgrx init --pg"$major" "$PG_CONFIG"
-fi
+# No `cargo pgrx init`: the builds name their pg_config themselves (scripts/pgrx-package.sh,
+# scripts/pgrx-home.sh), and the user's ~/.pgrx is theirs.
