@@ -13,7 +13,8 @@ change.  The generated part, in the
 install script's order so that everything comes after what it uses:
 
   * each table, type, index, sequence and statistics object A lacks, as B's install script
-    creates it (and marks it for pg_dump);
+    creates it (and marks it for pg_dump), but those the hand-written part renames into being
+    (ALTER TABLE|INDEX ... RENAME TO);
   * CREATE OR REPLACE of each function, aggregate and view B defines otherwise than A (compared
     without comments and blank space), or that A lacks;
   * what the hand-written part drops, created anew even where its text is A's;
@@ -158,6 +159,11 @@ def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str
     part = part_path.read_text()
     part_keys = [key(s) for _, s in statements(part)]
     part_objects = {c for _, s in statements(part) if (c := created(s))}
+    # A table or index the hand-written part renames into being is the old one, rows and all:
+    # not created again.
+    renamed = {f"{m.group(1) or ''}{m.group(2)}".lower() for _, s in statements(part)
+               if (m := re.match(r"ALTER\s+(?:TABLE|INDEX)\s+(?:IF\s+EXISTS\s+)?(\w+\.)?\w+\s+RENAME\s+TO\s+(\w+)",
+                                 key(s), re.I))}
     # What the hand-written part drops is created anew, with a new function's privileges.
     dropped = {qualified(m.group(1).replace('"', "")).lower() for _, s in statements(part)
                if (m := re.match(r"DROP\s+(?:FUNCTION|ROUTINE|AGGREGATE|VIEW)\s+(?:IF\s+EXISTS\s+)?([\w.\"]+)",
@@ -187,6 +193,8 @@ def generate(part_path: pathlib.Path, new_install: str, old_install: str) -> str
             # serves a database only at the library's version, so the update must ask again).
             generated.append((comment, statement))
         elif (c := created(statement)) and c not in old_objects:
+            if c in renamed:
+                continue
             if c in part_objects:
                 sys.exit(f"upgrade-script: {part_path} creates {c}, which the previous release "
                          f"lacks: the generated part creates it; remove it from the hand-written part")

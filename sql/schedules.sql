@@ -38,6 +38,22 @@ COMMENT ON COLUMN job.schedules.id IS 'The schedule''s id, returned by job.sched
 COMMENT ON COLUMN job.schedules.created_at IS 'When the schedule was created.';
 COMMENT ON COLUMN job.schedules.updated_at IS 'When job.schedule last replaced it, or it was last paused or resumed.';
 
+-- The fired ticks, for the monitor and admin duties (the table itself is granted to no one).
+CREATE VIEW job.schedule_runs AS
+SELECT t.schedule, t.tick, t.due_at, t.fired_at, t.fired_at - t.due_at AS lateness, t.job_id,
+       j.state AS job_state
+  FROM job.schedule_ticks t
+  LEFT JOIN LATERAL (SELECT jj.state FROM job.jobs jj WHERE jj.id = t.job_id) j ON true;
+
+COMMENT ON VIEW job.schedule_runs IS 'The recent fired ticks of each schedule (the newest pg_jobqueue.schedule_history per schedule): when due, when fired, which job.';
+COMMENT ON COLUMN job.schedule_runs.schedule IS 'The schedule''s name.';
+COMMENT ON COLUMN job.schedule_runs.tick IS 'The tick''s nominal time, before the schedule''s jitter offset.';
+COMMENT ON COLUMN job.schedule_runs.due_at IS 'When the tick was due: its nominal time plus the jitter offset.';
+COMMENT ON COLUMN job.schedule_runs.fired_at IS 'When the scheduler fired it (the clock just before it enqueued the job).';
+COMMENT ON COLUMN job.schedule_runs.lateness IS 'fired_at - due_at: how late it fired.';
+COMMENT ON COLUMN job.schedule_runs.job_id IS 'The job the tick enqueued (a tick whose enqueue failed leaves no row: see job.schedules.last_error).';
+COMMENT ON COLUMN job.schedule_runs.job_state IS 'That job''s state now; NULL when there is none, or it is no longer kept.';
+
 ---------------------------------------------------------------------------------------------
 -- Schedules
 ---------------------------------------------------------------------------------------------
@@ -130,7 +146,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    DELETE FROM job.schedule_runs r WHERE r.schedule = unschedule.name;
+    DELETE FROM job.schedule_ticks r WHERE r.schedule = unschedule.name;
     PERFORM job._audit('unschedule', jsonb_build_object('name', name));
     RETURN true;
 END $$;
@@ -171,7 +187,7 @@ COMMENT ON FUNCTION job.resume_schedule(text) IS 'Resumes a paused schedule with
 
 -- Fires the due ticks of at most max_schedules schedules; returns how many jobs it enqueued.
 -- Run by the worker's scheduler; safe to run from anywhere at the same time: each schedule is
--- locked (SKIP LOCKED) while it fires, and schedule_runs' primary key refuses a second fire
+-- locked (SKIP LOCKED) while it fires, and schedule_ticks' primary key refuses a second fire
 -- of a tick.  Of the ticks missed since the last fire, only the latest can fire: at once when
 -- it is at most pg_jobqueue.misfire_grace late, otherwise only with misfire = 'catch_up'.
 CREATE FUNCTION job._fire_due_schedules(max_schedules int DEFAULT 100)
@@ -195,7 +211,7 @@ BEGIN
         fired_job := NULL;
         IF fire_tick IS NOT NULL AND (s.misfire = 'catch_up' OR at_now - (fire_tick + s.jitter_offset) <= grace) THEN
             BEGIN
-                INSERT INTO job.schedule_runs (schedule, tick, due_at, fired_at)
+                INSERT INTO job.schedule_ticks (schedule, tick, due_at, fired_at)
                 VALUES (s.name, fire_tick, fire_tick + s.jitter_offset, at_now)
                 ON CONFLICT DO NOTHING;
                 IF FOUND THEN
@@ -203,7 +219,7 @@ BEGIN
                     -- and a key would live where producers' keys live, so a producer could
                     -- take a tick's key first and suppress it.
                     fired_job := job.enqueue(s.queue, s.payload, priority => s.priority, job_type => s.job_type);
-                    UPDATE job.schedule_runs r SET job_id = fired_job
+                    UPDATE job.schedule_ticks r SET job_id = fired_job
                      WHERE r.schedule = s.name AND r.tick = fire_tick;
                     fired := fired + 1;
                 END IF;
@@ -241,14 +257,14 @@ DECLARE
     pruned int;
 BEGIN
     -- ARRAY(...) of row addresses: read once, then deleted by address (see apply_retention).
-    DELETE FROM job.schedule_runs r
+    DELETE FROM job.schedule_ticks r
      WHERE r.ctid = ANY (ARRAY(
            SELECT o.ctid
              FROM job.schedule_defs d
-            CROSS JOIN LATERAL (SELECT k.tick FROM job.schedule_runs k
+            CROSS JOIN LATERAL (SELECT k.tick FROM job.schedule_ticks k
                                  WHERE k.schedule = d.name
                                  ORDER BY k.tick DESC OFFSET keep LIMIT 1) boundary
-            CROSS JOIN LATERAL (SELECT x.ctid FROM job.schedule_runs x
+            CROSS JOIN LATERAL (SELECT x.ctid FROM job.schedule_ticks x
                                  WHERE x.schedule = d.name AND x.tick <= boundary.tick
                                  ORDER BY x.tick LIMIT max_rows) o
             LIMIT max_rows));

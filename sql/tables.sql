@@ -8,7 +8,8 @@
 --   job.idempotency_keys  "one job per key per window", enforced by its primary key.
 --   job.audit_entries     manual interventions (read through the job.audit_log view).
 --   job.metric_*, job.queue_depth, job.queue_counters, job.workers_seen   metrics.
---   job.schedule_defs, job.schedule_runs   schedules and their fired ticks.
+--   job.schedule_defs, job.schedule_ticks   schedules and their fired ticks (read through the
+--                         job.schedules and job.schedule_runs views).
 --   job.handler_defs      queues whose jobs the background worker runs itself (read through
 --                         the job.handlers view).
 
@@ -442,7 +443,7 @@ COMMENT ON TABLE job.schedule_defs IS 'Cron and interval schedules; read them th
 
 -- One row per fired tick.  The primary key is what makes a tick fire at most once, whoever
 -- fires it; the worker keeps the newest pg_jobqueue.schedule_history rows per schedule.
-CREATE TABLE job.schedule_runs (
+CREATE TABLE job.schedule_ticks (
     schedule  text NOT NULL,
     tick      timestamptz NOT NULL,
     due_at    timestamptz NOT NULL,
@@ -451,7 +452,7 @@ CREATE TABLE job.schedule_runs (
     PRIMARY KEY (schedule, tick)
 );
 
-COMMENT ON TABLE job.schedule_runs IS 'Recent fired ticks of each schedule: when due, when fired, which job.';
+COMMENT ON TABLE job.schedule_ticks IS 'Recent fired ticks of each schedule: when due, when fired, which job; read them through the job.schedule_runs view.';
 
 -- Queues whose jobs the worker's executors run by calling a SQL function, as run_as.  set_by
 -- is the role that set the handler: it was a member of run_as then, and must still be for
@@ -534,7 +535,7 @@ SELECT pg_catalog.pg_extension_config_dump('job.metric_totals', '');
 SELECT pg_catalog.pg_extension_config_dump('job.queue_counters', '');
 SELECT pg_catalog.pg_extension_config_dump('job.workers_seen', '');
 SELECT pg_catalog.pg_extension_config_dump('job.schedule_defs', '');
-SELECT pg_catalog.pg_extension_config_dump('job.schedule_runs', '');
+SELECT pg_catalog.pg_extension_config_dump('job.schedule_ticks', '');
 SELECT pg_catalog.pg_extension_config_dump('job.schedule_defs_id_seq', '');
 SELECT pg_catalog.pg_extension_config_dump('job.handler_defs', '');
 SELECT pg_catalog.pg_extension_config_dump('job.endpoint_defs', '');

@@ -20,3 +20,9 @@ DROP FUNCTION job._check_limit(text, int);
 DROP FUNCTION job._replace_pending(text, text, text, jsonb, timestamptz, interval);
 DROP FUNCTION job._claim_deliveries(text, int, text[], int[]);
 DROP FUNCTION job._record_deliveries(jsonb, jsonb, int);
+
+-- The fired ticks become readable by the monitor and admin duties through a view named as the
+-- table was (issue 22: the README's job.schedule_runs query was refused to both); the table
+-- is renamed, its rows and pg_dump registration kept.
+ALTER TABLE job.schedule_runs RENAME TO schedule_ticks;
+ALTER INDEX job.schedule_runs_pkey RENAME TO schedule_ticks_pkey;

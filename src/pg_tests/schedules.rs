@@ -213,7 +213,7 @@ mod tests {
     fn schedule_history_keeps_the_newest_runs() {
         queue("q");
         run("SELECT job.schedule('s', '1 second', 'q')");
-        run("INSERT INTO job.schedule_runs (schedule, tick, due_at, fired_at)
+        run("INSERT INTO job.schedule_ticks (schedule, tick, due_at, fired_at)
              SELECT 's', t, t, t FROM generate_series(timestamptz '2026-01-01', '2026-01-01 00:00:09', '1 second') t");
         assert_eq!(one::<i32>("SELECT job._prune_schedule_runs(3, 2)"), 2);
         assert_eq!(one::<i32>("SELECT job._prune_schedule_runs(3, 100)"), 5);

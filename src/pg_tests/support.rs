@@ -69,7 +69,7 @@ pub fn fingerprint() -> String {
                  (SELECT string_agg(q::text, ',' ORDER BY name) FROM job.queues q),
                  (SELECT string_agg(k::text, ',' ORDER BY queue, key) FROM job.idempotency_keys k),
                  (SELECT string_agg(s::text, ',' ORDER BY name) FROM job.schedule_defs s),
-                 (SELECT string_agg(r::text, ',' ORDER BY schedule, tick) FROM job.schedule_runs r),
+                 (SELECT string_agg(r::text, ',' ORDER BY schedule, tick) FROM job.schedule_ticks r),
                  (SELECT string_agg(h::text, ',' ORDER BY queue) FROM job.handler_defs h),
                  (SELECT string_agg(e::text, ',' ORDER BY name) FROM job.endpoint_defs e),
                  (SELECT string_agg(s::text, ',' ORDER BY endpoint) FROM job.endpoint_secrets s),

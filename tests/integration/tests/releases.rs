@@ -193,5 +193,30 @@ fn the_unreleased_upgrade_holds_no_definition() {
         .find("REVOKE EXECUTE ON ROUTINE job.brand_new(a int) FROM PUBLIC;")
         .expect(&out);
     assert!(created < revoked);
+    // A table the part renames into being keeps its rows: it is not created again, nor marked
+    // for pg_dump again; a table that is new is.
+    fs::write(
+        &install,
+        "CREATE TABLE job.renamed_into (a int);\n\
+         SELECT pg_catalog.pg_extension_config_dump('job.renamed_into', '');\n\
+         CREATE TABLE job.brand_new_table (a int);\n",
+    )
+    .unwrap();
+    let renaming = scratch.join(part.file_name().unwrap());
+    fs::write(
+        &renaming,
+        format!("{text}\nALTER TABLE job.old_name RENAME TO renamed_into;\n"),
+    )
+    .unwrap();
+    let written = run(&renaming);
+    assert!(
+        written.status.success(),
+        "{}",
+        String::from_utf8_lossy(&written.stderr)
+    );
+    let out = String::from_utf8(written.stdout).unwrap();
+    assert!(out.contains("CREATE TABLE job.brand_new_table"), "{out}");
+    assert!(!out.contains("CREATE TABLE job.renamed_into"), "{out}");
+    assert!(!out.contains("config_dump('job.renamed_into'"), "{out}");
     fs::remove_dir_all(&scratch).unwrap();
 }

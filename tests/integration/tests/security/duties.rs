@@ -65,6 +65,7 @@ const GRANTED_VIEWS: &[&str] = &[
     "endpoints",
     "endpoint_metrics",
     "queue_grants",
+    "schedule_runs",
 ];
 /// The only functions of schema `job` that PUBLIC may execute: pure helpers reading no table.
 const PUBLIC_HELPERS: &[&str] = &[
@@ -346,6 +347,66 @@ fn the_recipes_grant_each_duty_exactly_its_functions_and_views() {
         &[],
     );
     assert_eq!(public_grants, 0, "PUBLIC holds privileges on job relations");
+}
+
+/// The relations of schema `job` the README's SQL reads (`FROM job.x`, `JOIN job.x`, not
+/// followed by a call's parenthesis).
+fn relations_the_readme_reads() -> Vec<String> {
+    let readme = include_str!("../../../../README.md");
+    let mut names = Vec::new();
+    for (at, _) in readme.match_indices(" job.") {
+        let before = readme[..at].trim_end();
+        if !(before.ends_with("FROM") || before.ends_with("JOIN")) {
+            continue;
+        }
+        let rest = &readme[at + 5..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .unwrap_or(rest.len());
+        if !rest[end..].starts_with('(') {
+            names.push(rest[..end].to_owned());
+        }
+    }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Every relation the README tells users to read is one the monitor and admin recipes grant
+/// and each can read (the README's `job.schedule_runs` was a table, refused to both).
+#[test]
+fn the_monitor_and_admin_may_read_every_relation_the_readme_reads() {
+    let (roles, db, mut su) = duty_db("reads", "sec_readme_reads");
+    let names = relations_the_readme_reads();
+    assert!(
+        names.len() >= 5 && names.iter().any(|n| n == "jobs"),
+        "found too few: {names:?}"
+    );
+    // A table would be readable once granted, but no recipe may grant one (the duties read
+    // through views only): each must be a view.
+    for name in &names {
+        let kind: String = one(
+            &mut su,
+            "SELECT relkind::text FROM pg_class WHERE oid = $1::text::regclass",
+            &[&format!("job.{name}")],
+        );
+        assert_eq!(
+            kind, "v",
+            "the README reads job.{name}, which is not a view"
+        );
+    }
+    for role in [&roles.monitor, &roles.admin] {
+        let mut client = connect_as(&db, role);
+        for name in &names {
+            assert!(
+                GRANTED_VIEWS.contains(&name.as_str()),
+                "the README reads job.{name}, which the recipes do not grant"
+            );
+            if let Err(e) = client.batch_execute(&format!("SELECT * FROM job.{name} LIMIT 0")) {
+                panic!("{role} cannot read job.{name}: {}", error_text(&e));
+            }
+        }
+    }
 }
 
 /// Each duty can do its part (producer enqueues; worker dequeues and completes;
