@@ -67,6 +67,12 @@ export interface WorkerOptions {
   /** How long the LISTEN check waits for its own notification, in milliseconds (default 5000). */
   listenProbeTimeout?: number;
   /**
+   * What the worker does when its queue does not exist at start: `false` (default) stops it
+   * (`waitUntilReady()` rejects, one `error` event, then `closed`); `true` waits for the
+   * queue to be created, looking again with a backoff of up to 30 s.
+   */
+  waitForQueue?: boolean;
+  /**
    * When polling, the longest sleep between looks, in milliseconds (default 5000): the
    * pick-up delay for new work.  Sleeps end earlier when `job.next_due` says a delayed job,
    * a retry or an expired lease comes due sooner.
@@ -292,6 +298,8 @@ const RELEASE_SQL =
   'SELECT t.id::text AS id, job.release(t.id, t.token) AS ok FROM unnest($1::bigint[], $2::uuid[]) AS t(id, token)';
 const NEXT_DUE_SQL = 'SELECT (extract(epoch FROM job.next_due($1::text) - now()) * 1000)::float8 AS ms';
 const QUEUE_ID_SQL = 'SELECT job.queue_id($1::text)::text AS id';
+/** The SQLSTATE of `queue 'x' does not exist`. */
+const UNDEFINED_OBJECT = '42704';
 
 interface Pending {
   entry: Entry<unknown>;
@@ -322,6 +330,7 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
   private readonly ownsPool: boolean;
   private readonly listenConfig: pg.ClientConfig | null;
   private readonly listenProbeTimeout: number;
+  private readonly waitForQueue: boolean;
   private readonly leaseInterval: string;
   private readonly active = new Map<string, Entry<P>>();
   private readonly wake = new Wakeup();
@@ -341,8 +350,10 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
   private acks: Pending[] = [];
   private ackScheduled = false;
   private readyResolve!: () => void;
-  private readonly ready = new Promise<void>((resolve) => {
+  private readyReject!: (error: Error) => void;
+  private readonly ready = new Promise<void>((resolve, reject) => {
     this.readyResolve = resolve;
+    this.readyReject = reject;
   });
 
   constructor(queue: string, handler: Handler<P, R>, options: WorkerOptions) {
@@ -361,6 +372,10 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
     this.pollInterval = positiveMs('pollInterval', options.pollInterval ?? 5_000);
     this.maxListenWait = positiveMs('maxListenWait', options.maxListenWait ?? 30_000);
     this.listenProbeTimeout = positiveMs('listenProbeTimeout', options.listenProbeTimeout ?? 5_000);
+    this.waitForQueue = options.waitForQueue ?? false;
+    if (typeof this.waitForQueue !== 'boolean') throw new TypeError('waitForQueue must be a boolean');
+    // Nobody need await waitUntilReady(): its rejection (no such queue) is the error event too.
+    this.ready.catch(() => undefined);
     this.leaseInterval = msInterval('lease', this.lease);
     this.name = options.name ?? defaultName();
     if (this.name.length > 128 || /[\p{Cc}]/u.test(this.name) || this.name.trim() === '') {
@@ -409,7 +424,8 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
 
   /**
    * Resolves once the worker has set up its wake-ups: LISTEN checked (then `listening` is
-   * true), or polling chosen.
+   * true), or polling chosen.  Rejects when the queue does not exist (unless `waitForQueue`):
+   * the worker has stopped.
    */
   waitUntilReady(): Promise<void> {
     return this.ready;
@@ -419,6 +435,39 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
   run(): void {
     if (this.started || this.closing) return;
     this.started = true;
+    this.loopDone = this.startOnceTheQueueExists();
+  }
+
+  /**
+   * Looks the queue up first: a worker of a queue that does not exist stops with one clear
+   * error rather than failing every claim (which flooded the server's log), or, with
+   * `waitForQueue`, waits until it exists.  Then sets up wake-ups and heartbeats and claims.
+   */
+  private async startOnceTheQueueExists(): Promise<void> {
+    for (let streak = 0; this.queueId === null; streak++) {
+      if (this.closing) return;
+      try {
+        this.queueId = (await this.pool.query<{ id: string }>(QUEUE_ID_SQL, [this.queue])).rows[0]?.id ?? null;
+      } catch (err) {
+        const missing = (err as { code?: unknown }).code === UNDEFINED_OBJECT;
+        if (missing && !this.waitForQueue) {
+          const error = new Error(
+            `queue '${this.queue}' does not exist: the worker stops (create it with job.create_queue, or pass waitForQueue: true to wait for it)`,
+            { cause: err },
+          );
+          this.reportError(error);
+          this.readyReject(error);
+          void this.close();
+          return;
+        }
+        // Waiting for the queue, say so once; other errors (the database is unreachable)
+        // each time, as claims do.
+        if (!missing || streak === 0) this.reportError(err);
+        this.wake.clear();
+        await this.wake.wait(Math.min(30_000, 250 * 2 ** Math.min(streak, 7)));
+      }
+    }
+    if (this.closing) return;
     if (this.listenConfig) {
       void this.connectListener();
     } else {
@@ -427,7 +476,7 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
     if (this.heartbeat !== false) {
       this.heartbeatTimer = setInterval(() => void this.beat(), this.heartbeat);
     }
-    this.loopDone = this.loop();
+    await this.loop();
   }
 
   /**
@@ -840,9 +889,6 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
     });
     try {
       await client.connect();
-      if (this.queueId === null) {
-        this.queueId = (await this.pool.query<{ id: string }>(QUEUE_ID_SQL, [this.queue])).rows[0]?.id ?? null;
-      }
       await client.query(`LISTEN ${CHANNEL}`);
       // Through PgBouncer in transaction pooling, LISTEN succeeds and never hears anything:
       // notify ourselves from another connection and see whether it arrives.
