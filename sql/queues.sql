@@ -1,91 +1,156 @@
 -- pg_jobqueue queues: creating, changing, pausing and dropping them (all audited).
 
--- Creates the queue, or changes the settings of an existing one (audited either way).  Flow
--- control (NULL: no limit; see sql/flow.sql): `concurrency` jobs of the queue running at once,
--- `key_concurrency` per concurrency key; at most `rate_limit` starts per `rate_period`
--- (default 1 second) for the queue, `key_rate_limit` per `key_rate_period` for each key;
--- `fair`: claims take jobs round-robin across concurrency keys.
-CREATE FUNCTION job.create_queue(
-    name text,
-    max_retries int DEFAULT 5,
-    backoff_base interval DEFAULT '1 second',
-    backoff_max interval DEFAULT '60 seconds',
-    jitter float8 DEFAULT 0.1,
-    lease interval DEFAULT '5 minutes',
-    idempotency_window interval DEFAULT '24 hours',
-    retention interval DEFAULT '7 days',
-    max_payload_bytes int DEFAULT NULL,
-    concurrency int DEFAULT NULL,
-    key_concurrency int DEFAULT NULL,
-    rate_limit int DEFAULT NULL,
-    rate_period interval DEFAULT NULL,
-    key_rate_limit int DEFAULT NULL,
-    key_rate_period interval DEFAULT NULL,
-    fair boolean DEFAULT false
-) RETURNS void LANGUAGE plpgsql SECURITY DEFINER
+-- The settings of a queue that create_queue and alter_queue take, by name: what `reset` may
+-- name.
+CREATE FUNCTION job._queue_setting_names() RETURNS text[] LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT '{max_retries,backoff_base,backoff_max,jitter,lease,idempotency_window,retention,
+             max_payload_bytes,concurrency,key_concurrency,rate_limit,rate_period,key_rate_limit,
+             key_rate_period,fair}'::text[]
+$$;
+
+-- Writes a queue's settings: creates it (if create_missing) with the defaults for what the call
+-- does not name, or changes only what the call names (a NULL argument keeps the current value;
+-- a setting in `reset` goes back to its default, for flow control: no limit).  The one place
+-- the settings are checked, written, audited and their slots kept; job.create_queue and
+-- job.alter_queue are its two faces.
+CREATE FUNCTION job._set_queue(
+    name text, create_missing boolean, reset text[],
+    max_retries int, backoff_base interval, backoff_max interval, jitter float8, lease interval,
+    idempotency_window interval, retention interval, max_payload_bytes int, concurrency int,
+    key_concurrency int, rate_limit int, rate_period interval, key_rate_limit int,
+    key_rate_period interval, fair boolean
+) RETURNS void LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
+    d job.queues;      -- a new queue's settings (set below, by name)
+    unknown text[];
     before job.queues;
+    base job.queues;   -- what a setting the call does not name keeps
+    v job.queues;      -- the settings to write
     after job.queues;
+    quiet constant text[] := '{id,name,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}';
 BEGIN
+    -- A new queue's settings (the README's "create_queue"); the rest NULL: no limit.
+    d.max_retries := 5;
+    d.backoff_base := interval '1 second';
+    d.backoff_max := interval '60 seconds';
+    d.jitter := 0.1;
+    d.lease := interval '5 minutes';
+    d.idempotency_window := interval '24 hours';
+    d.retention := interval '7 days';
+    d.fair := false;
     PERFORM job._check_name('queue name', name);
-    PERFORM job._check_not_null('max_retries', max_retries);
-    IF max_retries < 0 OR max_retries > 1000 THEN
-        RAISE EXCEPTION 'max_retries must be between 0 and 1000, got %', max_retries USING ERRCODE = 'invalid_parameter_value';
+    reset := coalesce(reset, '{}');
+    unknown := ARRAY(SELECT coalesce(r, 'NULL') FROM unnest(reset) r
+                      WHERE r IS NULL OR r <> ALL (job._queue_setting_names()));
+    IF cardinality(unknown) > 0 THEN
+        RAISE EXCEPTION 'reset names no setting of a queue: %', array_to_string(unknown, ', ')
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The settings: ' || array_to_string(job._queue_setting_names(), ', ') || '.';
     END IF;
-    PERFORM job._check_interval('backoff_base', backoff_base, false);
-    PERFORM job._check_interval('backoff_max', backoff_max, false);
-    IF backoff_max < backoff_base THEN
-        RAISE EXCEPTION 'backoff_max (%) must not be less than backoff_base (%)', backoff_max, backoff_base
+    unknown := ARRAY(SELECT r FROM unnest(reset) r
+                      WHERE (r = 'max_retries' AND max_retries IS NOT NULL) OR (r = 'backoff_base' AND backoff_base IS NOT NULL)
+                         OR (r = 'backoff_max' AND backoff_max IS NOT NULL) OR (r = 'jitter' AND jitter IS NOT NULL)
+                         OR (r = 'lease' AND lease IS NOT NULL) OR (r = 'idempotency_window' AND idempotency_window IS NOT NULL)
+                         OR (r = 'retention' AND retention IS NOT NULL) OR (r = 'max_payload_bytes' AND max_payload_bytes IS NOT NULL)
+                         OR (r = 'concurrency' AND concurrency IS NOT NULL) OR (r = 'key_concurrency' AND key_concurrency IS NOT NULL)
+                         OR (r = 'rate_limit' AND rate_limit IS NOT NULL) OR (r = 'rate_period' AND rate_period IS NOT NULL)
+                         OR (r = 'key_rate_limit' AND key_rate_limit IS NOT NULL) OR (r = 'key_rate_period' AND key_rate_period IS NOT NULL)
+                         OR (r = 'fair' AND fair IS NOT NULL));
+    IF cardinality(unknown) > 0 THEN
+        RAISE EXCEPTION 'a setting both given and reset: %', array_to_string(unknown, ', ')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    PERFORM job._check_not_null('jitter', jitter);
-    IF jitter < 0 OR jitter > 1 OR jitter = 'NaN'::float8 THEN
-        RAISE EXCEPTION 'jitter must be between 0 and 1, got %', jitter USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    PERFORM job._check_interval('lease', lease, false);
-    PERFORM job._check_interval('idempotency_window', idempotency_window, true);
-    PERFORM job._check_interval('retention', retention, true);
-    -- Bounds (the README's "Settings"): concurrency is one slot row per unit.
-    PERFORM job._check_limit('max_payload_bytes', max_payload_bytes, 100000000);
-    PERFORM job._check_limit('concurrency', concurrency, 10000);
-    PERFORM job._check_limit('key_concurrency', key_concurrency, 10000);
-    PERFORM job._check_limit('rate_limit', rate_limit, 1000000);
-    PERFORM job._check_limit('key_rate_limit', key_rate_limit, 1000000);
-    IF rate_period IS NOT NULL AND rate_limit IS NULL THEN
-        RAISE EXCEPTION 'rate_period needs a rate_limit' USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Give rate_limit (starts per rate_period) too, or leave rate_period out.';
-    ELSIF key_rate_period IS NOT NULL AND key_rate_limit IS NULL THEN
-        RAISE EXCEPTION 'key_rate_period needs a key_rate_limit' USING ERRCODE = 'invalid_parameter_value',
-            HINT = 'Give key_rate_limit (starts per key_rate_period and key) too, or leave key_rate_period out.';
-    END IF;
-    PERFORM job._check_not_null('fair', fair);
-    IF rate_limit IS NOT NULL THEN
-        rate_period := coalesce(rate_period, interval '1 second');
-        PERFORM job._check_interval('rate_period', rate_period, false);
-    END IF;
-    IF key_rate_limit IS NOT NULL THEN
-        key_rate_period := coalesce(key_rate_period, interval '1 second');
-        PERFORM job._check_interval('key_rate_period', key_rate_period, false);
-    END IF;
 
-    SELECT * INTO before FROM job.queues q WHERE q.name = create_queue.name FOR UPDATE;
-    INSERT INTO job.queues AS q (name, max_retries, backoff_base, backoff_max, jitter, lease,
-                                 idempotency_window, retention, max_payload_bytes, concurrency,
-                                 key_concurrency, rate_limit, rate_period, key_rate_limit, key_rate_period, fair)
-    VALUES (name, max_retries, backoff_base, backoff_max, jitter, lease, idempotency_window, retention,
-            max_payload_bytes, concurrency, key_concurrency, rate_limit, rate_period, key_rate_limit,
-            key_rate_period, fair)
-    ON CONFLICT ON CONSTRAINT queues_pkey DO UPDATE
-       SET max_retries = EXCLUDED.max_retries, backoff_base = EXCLUDED.backoff_base,
-           backoff_max = EXCLUDED.backoff_max, jitter = EXCLUDED.jitter, lease = EXCLUDED.lease,
-           idempotency_window = EXCLUDED.idempotency_window, retention = EXCLUDED.retention,
-           max_payload_bytes = EXCLUDED.max_payload_bytes, concurrency = EXCLUDED.concurrency,
-           key_concurrency = EXCLUDED.key_concurrency, rate_limit = EXCLUDED.rate_limit,
-           rate_period = EXCLUDED.rate_period, key_rate_limit = EXCLUDED.key_rate_limit,
-           key_rate_period = EXCLUDED.key_rate_period, fair = EXCLUDED.fair, updated_at = now()
-    RETURNING * INTO after;
+    -- A queue created meanwhile by another call is changed, not overwritten with defaults.
+    LOOP
+        SELECT * INTO before FROM job.queues q WHERE q.name = _set_queue.name FOR UPDATE;
+        IF before.name IS NULL AND NOT create_missing THEN
+            PERFORM job._require_queue(name);  -- raises: no such queue
+        END IF;
+        base := CASE WHEN before.name IS NULL THEN d ELSE before END;
+        v := base;
+        v.max_retries        := coalesce(max_retries, CASE WHEN 'max_retries' = ANY (reset) THEN d.max_retries ELSE base.max_retries END);
+        v.backoff_base       := coalesce(backoff_base, CASE WHEN 'backoff_base' = ANY (reset) THEN d.backoff_base ELSE base.backoff_base END);
+        v.backoff_max        := coalesce(backoff_max, CASE WHEN 'backoff_max' = ANY (reset) THEN d.backoff_max ELSE base.backoff_max END);
+        v.jitter             := coalesce(jitter, CASE WHEN 'jitter' = ANY (reset) THEN d.jitter ELSE base.jitter END);
+        v.lease              := coalesce(lease, CASE WHEN 'lease' = ANY (reset) THEN d.lease ELSE base.lease END);
+        v.idempotency_window := coalesce(idempotency_window, CASE WHEN 'idempotency_window' = ANY (reset) THEN d.idempotency_window ELSE base.idempotency_window END);
+        v.retention          := coalesce(retention, CASE WHEN 'retention' = ANY (reset) THEN d.retention ELSE base.retention END);
+        v.max_payload_bytes  := coalesce(max_payload_bytes, CASE WHEN 'max_payload_bytes' = ANY (reset) THEN d.max_payload_bytes ELSE base.max_payload_bytes END);
+        v.concurrency        := coalesce(concurrency, CASE WHEN 'concurrency' = ANY (reset) THEN d.concurrency ELSE base.concurrency END);
+        v.key_concurrency    := coalesce(key_concurrency, CASE WHEN 'key_concurrency' = ANY (reset) THEN d.key_concurrency ELSE base.key_concurrency END);
+        v.rate_limit         := coalesce(rate_limit, CASE WHEN 'rate_limit' = ANY (reset) THEN d.rate_limit ELSE base.rate_limit END);
+        v.rate_period        := coalesce(rate_period, CASE WHEN 'rate_period' = ANY (reset) THEN d.rate_period ELSE base.rate_period END);
+        v.key_rate_limit     := coalesce(key_rate_limit, CASE WHEN 'key_rate_limit' = ANY (reset) THEN d.key_rate_limit ELSE base.key_rate_limit END);
+        v.key_rate_period    := coalesce(key_rate_period, CASE WHEN 'key_rate_period' = ANY (reset) THEN d.key_rate_period ELSE base.key_rate_period END);
+        v.fair               := coalesce(fair, CASE WHEN 'fair' = ANY (reset) THEN d.fair ELSE base.fair END);
+        -- A period goes with its limit: lifting the limit drops the period it kept; a new
+        -- limit without one gets 1 second.  A period given without any limit is refused.
+        IF rate_period IS NOT NULL AND v.rate_limit IS NULL THEN
+            RAISE EXCEPTION 'rate_period needs a rate_limit' USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Give rate_limit (starts per rate_period) too, or leave rate_period out.';
+        ELSIF key_rate_period IS NOT NULL AND v.key_rate_limit IS NULL THEN
+            RAISE EXCEPTION 'key_rate_period needs a key_rate_limit' USING ERRCODE = 'invalid_parameter_value',
+                HINT = 'Give key_rate_limit (starts per key_rate_period and key) too, or leave key_rate_period out.';
+        END IF;
+        v.rate_period := CASE WHEN v.rate_limit IS NOT NULL THEN coalesce(v.rate_period, interval '1 second') END;
+        v.key_rate_period := CASE WHEN v.key_rate_limit IS NOT NULL THEN coalesce(v.key_rate_period, interval '1 second') END;
+
+        -- Bounds (the README's "Settings"), on what would be written.
+        IF v.max_retries < 0 OR v.max_retries > 1000 THEN
+            RAISE EXCEPTION 'max_retries must be between 0 and 1000, got %', v.max_retries USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM job._check_interval('backoff_base', v.backoff_base, false);
+        PERFORM job._check_interval('backoff_max', v.backoff_max, false);
+        IF v.backoff_max < v.backoff_base THEN
+            RAISE EXCEPTION 'backoff_max (%) must not be less than backoff_base (%)', v.backoff_max, v.backoff_base
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF v.jitter < 0 OR v.jitter > 1 OR v.jitter = 'NaN'::float8 THEN
+            RAISE EXCEPTION 'jitter must be between 0 and 1, got %', v.jitter USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM job._check_interval('lease', v.lease, false);
+        PERFORM job._check_interval('idempotency_window', v.idempotency_window, true);
+        PERFORM job._check_interval('retention', v.retention, true);
+        -- concurrency is one slot row per unit.
+        PERFORM job._check_limit('max_payload_bytes', v.max_payload_bytes, 100000000);
+        PERFORM job._check_limit('concurrency', v.concurrency, 10000);
+        PERFORM job._check_limit('key_concurrency', v.key_concurrency, 10000);
+        PERFORM job._check_limit('rate_limit', v.rate_limit, 1000000);
+        PERFORM job._check_limit('key_rate_limit', v.key_rate_limit, 1000000);
+        IF v.rate_period IS NOT NULL THEN
+            PERFORM job._check_interval('rate_period', v.rate_period, false);
+        END IF;
+        IF v.key_rate_period IS NOT NULL THEN
+            PERFORM job._check_interval('key_rate_period', v.key_rate_period, false);
+        END IF;
+
+        IF before.name IS NOT NULL THEN
+            UPDATE job.queues q
+               SET max_retries = v.max_retries, backoff_base = v.backoff_base, backoff_max = v.backoff_max,
+                   jitter = v.jitter, lease = v.lease, idempotency_window = v.idempotency_window,
+                   retention = v.retention, max_payload_bytes = v.max_payload_bytes,
+                   concurrency = v.concurrency, key_concurrency = v.key_concurrency,
+                   rate_limit = v.rate_limit, rate_period = v.rate_period, key_rate_limit = v.key_rate_limit,
+                   key_rate_period = v.key_rate_period, fair = v.fair, updated_at = now()
+             WHERE q.name = before.name
+            RETURNING * INTO after;
+            EXIT;
+        END IF;
+        INSERT INTO job.queues (name, max_retries, backoff_base, backoff_max, jitter, lease,
+                                idempotency_window, retention, max_payload_bytes, concurrency,
+                                key_concurrency, rate_limit, rate_period, key_rate_limit, key_rate_period, fair)
+        VALUES (name, v.max_retries, v.backoff_base, v.backoff_max, v.jitter, v.lease, v.idempotency_window,
+                v.retention, v.max_payload_bytes, v.concurrency, v.key_concurrency, v.rate_limit,
+                v.rate_period, v.key_rate_limit, v.key_rate_period, v.fair)
+        ON CONFLICT ON CONSTRAINT queues_pkey DO NOTHING
+        RETURNING * INTO after;
+        EXIT WHEN after.name IS NOT NULL;
+    END LOOP;
+
     IF before.name IS NOT NULL AND (after.concurrency IS DISTINCT FROM before.concurrency
                                     OR after.key_concurrency IS DISTINCT FROM before.key_concurrency
                                     OR after.rate_limit IS DISTINCT FROM before.rate_limit
@@ -98,14 +163,78 @@ BEGIN
         ON CONFLICT DO NOTHING;
     END IF;
     IF before.name IS NULL THEN
-        PERFORM job._audit('create_queue', to_jsonb(after) - '{id,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}'::text[]);
+        PERFORM job._audit('create_queue', to_jsonb(after) - array_remove(quiet, 'name'));
     ELSIF to_jsonb(before) - '{created_at,updated_at}'::text[] <> to_jsonb(after) - '{created_at,updated_at}'::text[] THEN
-        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - '{id,name,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}'::text[],
-                                                             'after', to_jsonb(after) - '{id,name,paused,holds,serial_keys,flow_limited,produce_granted,work_granted,created_at,updated_at}'::text[]));
+        PERFORM job._audit('alter_queue', jsonb_build_object('name', name, 'before', to_jsonb(before) - quiet,
+                                                             'after', to_jsonb(after) - quiet));
     END IF;
 END $$;
 
-COMMENT ON FUNCTION job.create_queue(text, int, interval, interval, float8, interval, interval, interval, int, int, int, int, interval, int, interval, boolean) IS 'Creates a queue, or sets every setting of an existing one (an argument left out takes its default, not the current value): retries and backoff, lease, idempotency window, retention, largest payload (bytes) and flow control (NULL: no limit); audited.';
+-- Creates the queue, or changes the settings the call names of an existing one (audited
+-- either way).  Flow control (NULL: no limit; see sql/flow.sql): `concurrency` jobs of the
+-- queue running at once, `key_concurrency` per concurrency key; at most `rate_limit` starts per
+-- `rate_period` (default 1 second) for the queue, `key_rate_limit` per `key_rate_period` for
+-- each key; `fair`: claims take jobs round-robin across concurrency keys.  Every argument
+-- defaults to NULL, "not named": a new queue takes the default (max_retries 5, backoff 1 to 60
+-- seconds, jitter 0.1, lease 5 minutes, idempotency window 24 hours, retention 7 days, no
+-- limits, not fair), an existing one keeps what it has.
+CREATE FUNCTION job.create_queue(
+    name text,
+    max_retries int DEFAULT NULL,
+    backoff_base interval DEFAULT NULL,
+    backoff_max interval DEFAULT NULL,
+    jitter float8 DEFAULT NULL,
+    lease interval DEFAULT NULL,
+    idempotency_window interval DEFAULT NULL,
+    retention interval DEFAULT NULL,
+    max_payload_bytes int DEFAULT NULL,
+    concurrency int DEFAULT NULL,
+    key_concurrency int DEFAULT NULL,
+    rate_limit int DEFAULT NULL,
+    rate_period interval DEFAULT NULL,
+    key_rate_limit int DEFAULT NULL,
+    key_rate_period interval DEFAULT NULL,
+    fair boolean DEFAULT NULL
+) RETURNS void LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT job._set_queue(name, true, NULL, max_retries, backoff_base, backoff_max, jitter, lease,
+                          idempotency_window, retention, max_payload_bytes, concurrency,
+                          key_concurrency, rate_limit, rate_period, key_rate_limit,
+                          key_rate_period, fair)
+$$;
+
+COMMENT ON FUNCTION job.create_queue(text, int, interval, interval, float8, interval, interval, interval, int, int, int, int, interval, int, interval, boolean) IS 'Creates a queue with the settings given and the defaults for the rest, or changes only the settings given of an existing one (NULL or left out: unchanged): retries and backoff, lease, idempotency window, retention, largest payload (bytes) and flow control; audited.';
+
+-- Changes the settings the call names of an existing queue (NULL or left out: unchanged), and
+-- puts those named in `reset` back to their defaults (for max_payload_bytes and flow control:
+-- no limit).  Refuses a queue that does not exist.
+CREATE FUNCTION job.alter_queue(
+    name text,
+    max_retries int DEFAULT NULL,
+    backoff_base interval DEFAULT NULL,
+    backoff_max interval DEFAULT NULL,
+    jitter float8 DEFAULT NULL,
+    lease interval DEFAULT NULL,
+    idempotency_window interval DEFAULT NULL,
+    retention interval DEFAULT NULL,
+    max_payload_bytes int DEFAULT NULL,
+    concurrency int DEFAULT NULL,
+    key_concurrency int DEFAULT NULL,
+    rate_limit int DEFAULT NULL,
+    rate_period interval DEFAULT NULL,
+    key_rate_limit int DEFAULT NULL,
+    key_rate_period interval DEFAULT NULL,
+    fair boolean DEFAULT NULL,
+    reset text[] DEFAULT NULL
+) RETURNS void LANGUAGE sql SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT job._set_queue(name, false, reset, max_retries, backoff_base, backoff_max, jitter, lease,
+                          idempotency_window, retention, max_payload_bytes, concurrency,
+                          key_concurrency, rate_limit, rate_period, key_rate_limit,
+                          key_rate_period, fair)
+$$;
+
+COMMENT ON FUNCTION job.alter_queue(text, int, interval, interval, float8, interval, interval, interval, int, int, int, int, interval, int, interval, boolean, text[]) IS 'Changes only the settings given of an existing queue (NULL or left out: unchanged) and puts those named in reset back to their defaults (flow control and max_payload_bytes: no limit); audited.';
 
 -- Drops the queue with its history, keys, schedules and handler; refuses while it has
 -- unfinished jobs unless forced.

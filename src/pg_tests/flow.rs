@@ -32,7 +32,6 @@ mod tests {
              "rate_period needs a rate_limit"),
             ("SELECT job.create_queue('plain', key_rate_limit => 5, key_rate_period => '0 seconds')", "22023",
              "key_rate_period must be a positive interval, got 00:00:00"),
-            ("SELECT job.create_queue('plain', fair => NULL)", "22004", "fair must not be NULL"),
             ("SELECT job.enqueue('plain', concurrency_key => 'k')", "22023",
              "queue 'plain' has no per-key limit and is not fair, so concurrency_key 'k' would do nothing"),
             ("SELECT job.enqueue_many('plain', ARRAY['{}']::jsonb[], concurrency_key => 'k')", "22023",

@@ -1379,7 +1379,8 @@ fn flow_parameters_are_checked_and_refusals_change_nothing() {
         "key_concurrency => 0",
         "rate_limit => 0",
         "key_rate_limit => -5",
-        "rate_period => '1 second'",
+        // (The queue has a rate_limit: a new rate_period alone changes it; 0 is refused.)
+        "rate_period => '0 seconds'",
         "key_rate_period => '1 second'",
         "rate_limit => 5, rate_period => '0 seconds'",
         "max_retries => 3, concurrency => 0",

@@ -21,6 +21,7 @@ const WORKER_FUNCTIONS: &[&str] = &[
 const MONITOR_FUNCTIONS: &[&str] = &["prometheus_metrics", "worker_processes"];
 const ADMIN_FUNCTIONS: &[&str] = &[
     "create_queue",
+    "alter_queue",
     "drop_queue",
     "pause_queue",
     "resume_queue",
