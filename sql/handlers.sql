@@ -147,8 +147,8 @@ END $$;
 
 -- Claims up to `batch` jobs for an executor serving role `run_as`, all from one of its
 -- handler queues, and no more than leave the queue's running jobs within its `concurrency`.
--- Executors claiming from one queue take turns (an internal lock, held until the claim
--- commits), so the count they test is exact.  No row: nothing to run.
+-- Executors claiming from one queue take turns (an internal lock per queue, held until the
+-- claim commits), so the count they test is exact.  No row: nothing to run.
 CREATE FUNCTION job._claim_handler_jobs(worker text, run_as regrole, batch int)
 RETURNS TABLE (job_id bigint, token uuid, payload jsonb, attempt int, handler_schema name,
                handler_name name, returns_jsonb boolean, timeout_ms bigint)
@@ -158,8 +158,20 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     h record;
     free_slots int;
+    locked text[] := '{}';
 BEGIN
-    FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_jobs.run_as) ORDER BY random() LOOP
+    -- Every queue's claim lock first, in one order (by name) for every executor.  The queues
+    -- are tried in random order below, and one that has nothing to claim keeps its lock until
+    -- commit: taken there, one at a time, an executor holding A's lock waited for B's while
+    -- another holding B's waited for A's (issue 22: deadlock detected, 40P01).
+    FOR h IN SELECT r.queue FROM job._runnable_handlers(_claim_handler_jobs.run_as) r
+              ORDER BY r.queue COLLATE "C" LOOP
+        PERFORM job._lock_handler_queue(h.queue);
+        locked := locked || h.queue;
+    END LOOP;
+    -- (Only the queues locked above: one that became runnable since waits for the next claim.)
+    FOR h IN SELECT * FROM job._runnable_handlers(_claim_handler_jobs.run_as) r
+              WHERE r.queue = ANY (locked) ORDER BY random() LOOP
         free_slots := job._free_slots(h.queue, h.concurrency);
         CONTINUE WHEN free_slots <= 0;
         RETURN QUERY
