@@ -213,6 +213,9 @@ class Wakeup {
 
 const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
 
+/** How long to wait before looking again after `streak` failed looks in a row: 250 ms doubling, at most 30 s. */
+const retryDelayMs = (streak: number) => Math.min(30_000, 250 * 2 ** Math.min(streak, 7));
+
 function positiveInt(name: string, value: number): number {
   if (!Number.isInteger(value) || value < 1) throw new TypeError(`${name} must be an integer >= 1, got ${value}`);
   return value;
@@ -464,7 +467,7 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
         // each time, as claims do.
         if (!missing || streak === 0) this.reportError(err);
         this.wake.clear();
-        await this.wake.wait(Math.min(30_000, 250 * 2 ** Math.min(streak, 7)));
+        await this.wake.wait(retryDelayMs(streak));
       }
     }
     if (this.closing) return;
@@ -517,7 +520,7 @@ export class Worker<P extends JsonPayload<P> = JsonObject, R = unknown> extends 
         errorStreak++;
         this.reportError(err);
         this.wake.clear();
-        await this.wake.wait(Math.min(30_000, 250 * 2 ** Math.min(errorStreak, 7)));
+        await this.wake.wait(retryDelayMs(errorStreak));
         continue;
       }
       if (this.closing) {
