@@ -225,8 +225,14 @@ unsafe fn drop_schema_if_left_empty(schema: pg_sys::Oid) {
 }
 
 /// Whether `DROP DATABASE` will get as far as waiting for other sessions: it runs outside a
-/// transaction block, by the owner or a superuser, and either with FORCE or with no client
-/// connected (which would make it fail anyway).  Anything else leaves the worker alone.
+/// transaction block, by the owner or a superuser, and either with FORCE or once no client is
+/// connected (one that is would make it fail anyway).  Anything else leaves the worker alone.
+///
+/// A client that has just disconnected is still listed while its backend exits (dropping its
+/// temporary tables, say): a script that disconnects and drops at once met one, left the
+/// worker running, and then failed after DROP DATABASE's own 5 s wait for the worker.  So
+/// clients get the same 5 s to leave here; a drop that will fail on a client that stays
+/// takes 10 s to fail instead of 5.
 unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> bool {
     if pg_sys::IsTransactionBlock() || !(pg_sys::superuser() || owns_database(db)) {
         return false;
@@ -235,8 +241,20 @@ unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> b
     let force = options
         .iter_ptr()
         .any(|option| std::ffi::CStr::from_ptr((*option).defname).to_bytes() == b"force");
-    force
-        || !spi(Spi::get_one_with_args::<bool>(
+    force || clients_leave(db, CLIENTS_LEAVE_WAIT)
+}
+
+/// As long as `DROP DATABASE` waits for sessions to leave (CountOtherDBBackends: 50 × 100 ms).
+const CLIENTS_LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Whether every client session of `db` (any backend but ours, autovacuum's and this one) is
+/// gone within `wait`.
+unsafe fn clients_leave(db: pg_sys::Oid, wait: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        // The activity snapshot is kept for the transaction: cleared to see who left.
+        spi(Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()"));
+        let connected = spi(Spi::get_one_with_args::<bool>(
             // Runs under the caller's search_path: every operator is schema-qualified.
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
                              WHERE datid OPERATOR(pg_catalog.=) $1
@@ -245,5 +263,14 @@ unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> b
                                AND backend_type OPERATOR(pg_catalog.!~~) 'pg_jobqueue %'::pg_catalog.text)",
             &[db.into()],
         ))
-        .unwrap_or(false)
+        .unwrap_or(false);
+        if !connected {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        pg_sys::pg_usleep(100_000);
+        pg_sys::check_for_interrupts!();
+    }
 }

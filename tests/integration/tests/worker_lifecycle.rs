@@ -35,12 +35,26 @@ fn served_handler_and_tick(name: &str) -> (Cluster, Client, Vec<i32>) {
     (cluster, client, executors)
 }
 
-/// DROP DATABASE `name` succeeds (else panics, saying it was `what`) within 5 s.
-fn drop_database_within_5_s(admin: &mut Client, name: &str, what: &str) {
+/// DROP DATABASE `name` succeeds (else panics, saying it was `what` and who was still
+/// connected, with the server log) within 5 s.
+fn drop_database_within_5_s(cluster: &Cluster, admin: &mut Client, name: &str, what: &str) {
     let dropping = Instant::now();
-    admin
-        .batch_execute(&format!("DROP DATABASE {name}"))
-        .unwrap_or_else(|e| panic!("{what} failed: {}", error_text(&e)));
+    if let Err(e) = admin.batch_execute(&format!("DROP DATABASE {name}")) {
+        let sessions: Vec<String> = admin
+            .query(
+                "SELECT format('%s %s %s %s since %s: %s', pid, backend_type, state, wait_event,
+                               backend_start, query)
+                   FROM pg_stat_activity WHERE datname = $1",
+                &[&name],
+            )
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        panic!(
+            "{what} failed: {}\nsessions of {name} now: {sessions:#?}\n{}",
+            error_text(&e),
+            cluster.log_tail(40)
+        );
+    }
     let took = dropping.elapsed();
     assert!(took < Duration::from_secs(5), "DROP DATABASE took {took:?}");
 }
@@ -161,7 +175,8 @@ fn worker_applies_retention() {
 /// with a handler in the middle of a 60 s pg_sleep; the launcher goes on serving others.
 #[test]
 fn new_database_is_served_and_can_be_dropped_while_served() {
-    let cluster = Cluster::start_new("life-databases", &[]);
+    // Disconnections logged: a failed DROP DATABASE then shows who left when.
+    let cluster = Cluster::start_new("life-databases", &[("log_disconnections", "on")]);
     let mut admin = cluster.connect("postgres");
 
     cluster.create_database("second");
@@ -187,6 +202,7 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
     );
     drop(second);
     drop_database_within_5_s(
+        &cluster,
         &mut admin,
         "second",
         "DROP DATABASE of a served database failed",
@@ -220,6 +236,7 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
     );
     drop(third);
     drop_database_within_5_s(
+        &cluster,
         &mut admin,
         "third",
         "DROP DATABASE during a running handler failed",
@@ -238,6 +255,35 @@ fn new_database_is_served_and_can_be_dropped_while_served() {
     cluster.create_database("fourth");
     cluster.create_extension("fourth");
     wait_for_scheduler(&mut cluster.connect("fourth"), Duration::from_secs(10));
+}
+
+/// A script that disconnects and drops the database at once: the client's backend is still
+/// leaving when DROP DATABASE starts (it drops its temporary tables on the way out), and the
+/// drop stops the worker all the same.  It once saw the client, left the worker running, and
+/// failed after its 5 s wait for the worker (CI, twice, with clients that left in
+/// milliseconds).
+#[test]
+fn drop_database_right_after_the_last_client_disconnects() {
+    let cluster = Cluster::start_new("life-drop-leaving", &[("log_disconnections", "on")]);
+    let mut admin = cluster.connect("postgres");
+    cluster.create_database("leaving");
+    cluster.create_extension("leaving");
+    let mut client = cluster.connect("leaving");
+    exec(
+        &mut client,
+        "SELECT job.create_queue('q'); SELECT job.schedule('tick', '1 second', 'q');
+         DO $$ BEGIN
+             FOR i IN 1..2000 LOOP EXECUTE format('CREATE TEMP TABLE t%s (a int)', i); END LOOP;
+         END $$;",
+    );
+    wait_for_scheduler(&mut client, Duration::from_secs(10));
+    drop(client);
+    drop_database_within_5_s(
+        &cluster,
+        &mut admin,
+        "leaving",
+        "DROP DATABASE right after the client disconnected failed",
+    );
 }
 
 /// DROP EXTENSION stops the database's scheduler and executors within seconds, and they
@@ -659,8 +705,8 @@ fn standby_stays_passive_until_promoted() {
     }
 }
 
-/// A DROP DATABASE that PostgreSQL refuses (the role does not own the database; or it runs
-/// in a transaction block) changes nothing: the running handler job is not cancelled, and
+/// A DROP DATABASE that PostgreSQL refuses (the role does not own the database; it runs in a
+/// transaction block; a client stays connected) changes nothing: the running handler job is not cancelled, and
 /// the scheduler and executors keep serving the database.
 #[test]
 fn refused_drop_database_leaves_the_worker_alone() {
@@ -700,6 +746,13 @@ fn refused_drop_database_leaves_the_worker_alone() {
         "DROP DATABASE ran in a transaction block",
     );
     exec(&mut admin, "ROLLBACK");
+    // The victim's own session stays connected: the drop waits 5 s for it to leave, then
+    // leaves the worker alone, and PostgreSQL refuses after its own 5 s.
+    assert_refused(
+        admin.batch_execute("DROP DATABASE victim"),
+        &SqlState::OBJECT_IN_USE,
+        "DROP DATABASE ran with a client connected",
+    );
     let refused_at = server_now(&mut victim);
 
     wait_for_finished(&cluster, &mut victim, "naps", 1, Duration::from_secs(10));
