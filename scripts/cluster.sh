@@ -38,8 +38,10 @@ CONF
     if ! as_pg "$bin/pg_ctl" -D "$dir/data" status >/dev/null 2>&1; then
         # Worker slots on every start (also for clusters made before it was needed): per
         # database served, a scheduler, executors and an HTTP sender; the tests serve many.
+        # The port too: a cluster made with another one would otherwise listen where the URL
+        # printed below does not point.
         if ! as_pg "$bin/pg_ctl" -D "$dir/data" -l "$dir/postgres.log" -w -t 60 \
-                -o "-c max_worker_processes=64" start >/dev/null; then
+                -o "-c max_worker_processes=64 -c port=$port" start >/dev/null; then
             echo "cluster $name: PostgreSQL did not start on port $port; its log ends:" >&2
             tail -n 5 "$dir/postgres.log" >&2
             echo "(another server on port $port? 'make demo-stop' / 'make bench-stop' stop ours)" >&2
