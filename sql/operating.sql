@@ -135,16 +135,25 @@ END $$;
 
 COMMENT ON FUNCTION job.cancel(bigint) IS 'Cancels a waiting, scheduled or running job: it never runs again and its worker cannot complete it; false when it had already finished (audited).';
 
--- A dead or cancelled job runs again now, with a fresh retry budget.
+-- A dead or cancelled job runs again now, with a fresh retry budget.  False for a job that
+-- will run anyway (waiting, scheduled or running); a completed job is refused: it did its
+-- work, and running it again is a new job's business (it returned false up to 0.4.0, which
+-- read as "nothing to do" to a caller that meant to run it again).
 CREATE FUNCTION job.retry(id bigint)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     job_queue text;
+    job_state text;
     revived boolean := false;
 BEGIN
     PERFORM job._check_not_null('id', id);
-    SELECT f.queue INTO job_queue FROM job.finished_jobs f WHERE f.id = retry.id;
+    SELECT f.queue, f.state INTO job_queue, job_state FROM job.finished_jobs f WHERE f.id = retry.id;
+    IF job_state = 'completed' THEN
+        RAISE EXCEPTION 'job % completed: only a dead or cancelled job can be retried', id
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Enqueue a new job to run its work again.';
+    END IF;
     IF FOUND THEN
         revived := job._revive(job_queue, ARRAY[id], '{dead,cancelled}') = 1;
     END IF;
@@ -155,7 +164,7 @@ BEGIN
     RETURN revived;
 END $$;
 
-COMMENT ON FUNCTION job.retry(bigint) IS 'Runs a dead or cancelled job again now with a fresh retry budget (its errors stay); false when it is in another state (audited).';
+COMMENT ON FUNCTION job.retry(bigint) IS 'Runs a dead or cancelled job again now with a fresh retry budget (its errors stay); false when it will run anyway (waiting, scheduled or running); raises 55000 for a completed job and P0002 for none (audited).';
 
 -- Replays the queue's whole dead-letter queue; returns how many jobs run again.
 CREATE FUNCTION job.retry_dead(queue text)

@@ -136,22 +136,24 @@ END $$;
 
 COMMENT ON FUNCTION job.schedule(text, text, text, jsonb, text, int, text, text, interval) IS 'Creates or replaces a schedule: every tick of cron (5 or 6 cron fields, a macro such as @daily, or an interval such as ''30 seconds'') in timezone enqueues payload into queue; returns the schedule''s id, kept when replaced (audited).';
 
--- Deletes the schedule (its fired jobs stay).  False when there was no such schedule.
+-- Deletes the schedule (its fired jobs stay).  Raises when there is no such schedule, as
+-- every function naming something that does not exist does (README, "Nothing there").  Its
+-- boolean is always true: it returned false for a missing schedule up to 0.4.0, and callers
+-- that read it keep working.
 CREATE FUNCTION job.unschedule(name text)
 RETURNS boolean LANGUAGE plpgsql SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM job._check_name('schedule name', name);
     DELETE FROM job.schedule_defs s WHERE s.name = unschedule.name;
     IF NOT FOUND THEN
-        RETURN false;
+        PERFORM job._require_schedule(name);
     END IF;
     DELETE FROM job.schedule_ticks r WHERE r.schedule = unschedule.name;
     PERFORM job._audit('unschedule', jsonb_build_object('name', name));
     RETURN true;
 END $$;
 
-COMMENT ON FUNCTION job.unschedule(text) IS 'Deletes a schedule and its run history (the jobs it enqueued stay); false when there was no such schedule (audited).';
+COMMENT ON FUNCTION job.unschedule(text) IS 'Deletes a schedule and its run history (the jobs it enqueued stay); returns true, and raises 42704 when there is no such schedule (audited).';
 
 CREATE FUNCTION job.pause_schedule(name text)
 RETURNS void LANGUAGE plpgsql SECURITY DEFINER

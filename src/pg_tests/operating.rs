@@ -48,16 +48,18 @@ mod tests {
             "waiting,0,1"
         );
         assert!(one::<bool>(&format!("SELECT job.retry({cancelled})")));
-        assert!(
-            !one::<bool>(&format!("SELECT job.retry({done})")),
-            "completed jobs stay completed"
+        // A completed job is refused, not passed over with a false that reads as done.
+        assert_rejected_with(
+            &format!("SELECT job.retry({done})"),
+            "55000",
+            &format!("job {done} completed: only a dead or cancelled job can be retried"),
         );
         assert!(
             !one::<bool>(&format!("SELECT job.retry({live})")),
             "live jobs are left alone"
         );
         assert_eq!(claim("q"), dead);
-        assert_rejected("SELECT job.retry(8888)", "job 8888 does not exist");
+        assert_rejected_with("SELECT job.retry(8888)", "P0002", "job 8888 does not exist");
     }
 
     #[pg_test]

@@ -65,10 +65,19 @@ mod tests {
             ("SELECT job.schedule('s', '@daily', 'q', priority => NULL)", "priority must not be NULL"),
             ("SELECT job.pause_schedule('nope')", "schedule 'nope' does not exist"),
             ("SELECT job.resume_schedule('nope')", "schedule 'nope' does not exist"),
+            ("SELECT job.unschedule('nope')", "schedule 'nope' does not exist"),
+            ("SELECT job.unschedule('')", "schedule name must not be empty"),
         ] {
             assert_rejected(call, message);
         }
-        assert!(!one::<bool>("SELECT job.unschedule('nope')"));
+        // What is not there: 42704, whichever function names it (it was false from unschedule).
+        for call in [
+            "SELECT job.unschedule('nope')",
+            "SELECT job.pause_schedule('nope')",
+            "SELECT job.resume_schedule('nope')",
+        ] {
+            assert_eq!(error_state_of(call).0, "42704", "{call}");
+        }
     }
 
     #[pg_test]

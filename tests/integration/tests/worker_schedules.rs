@@ -6,7 +6,7 @@
 
 use pg_jobqueue_integration::cluster::*;
 use pg_jobqueue_integration::sql::*;
-use pg_jobqueue_integration::{error_text, Client};
+use pg_jobqueue_integration::{error_text, Client, SqlState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -420,9 +420,10 @@ fn pause_resume_and_unschedule() {
         }),
         "an unscheduled schedule still enqueues jobs"
     );
-    assert!(
-        !one::<bool>(&mut client, "SELECT job.unschedule('tick')", &[]),
-        "unschedule of a missing schedule returned true"
+    assert_refused(
+        client.batch_execute("SELECT job.unschedule('tick')"),
+        &SqlState::UNDEFINED_OBJECT,
+        "unschedule of a schedule already removed",
     );
 }
 
