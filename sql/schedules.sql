@@ -137,7 +137,7 @@ END $$;
 COMMENT ON FUNCTION job.schedule(text, text, text, jsonb, text, int, text, text, interval) IS 'Creates or replaces a schedule: every tick of cron (5 or 6 cron fields, a macro such as @daily, or an interval such as ''30 seconds'') in timezone enqueues payload into queue; returns the schedule''s id, kept when replaced (audited).';
 
 -- Deletes the schedule (its fired jobs stay).  Raises when there is no such schedule, as
--- every function naming something that does not exist does (README, "Nothing there").  Its
+-- every function naming something that does not exist does (README, "What is not there").  Its
 -- boolean is always true: it returned false for a missing schedule up to 0.4.0, and callers
 -- that read it keep working.
 CREATE FUNCTION job.unschedule(name text)
