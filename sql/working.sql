@@ -376,9 +376,11 @@ END $$;
 COMMENT ON FUNCTION job.complete_many(bigint[], uuid[]) IS 'Completes many running jobs in one call, each under its claim''s token (one for all, or one per id by position); returns how many were completed.';
 
 -- Records a failed attempt.  Returns the job's new state: 'scheduled' or 'waiting' (it will be
--- retried) or 'dead' (permanent, or out of retries).  With `token`, a claim that is no longer
--- the job's current one records nothing and gets the job's current state back.  Error texts
--- are kept up to 8,192 characters (the entry says how long the whole was).
+-- retried) or 'dead' (permanent, or out of retries).  NULL when nothing was recorded: with
+-- `token`, the claim is not the job's current one (taken back, finished, or never its);
+-- without, the job finished meanwhile.  (Up to 0.4.0 that returned the job's current state,
+-- which a caller could not tell from a recorded failure's.)  Error texts are kept up to 8,192
+-- characters (the entry says how long the whole was).
 CREATE FUNCTION job.fail(
     id bigint,
     error text,
@@ -410,13 +412,11 @@ BEGIN
 
     SELECT * INTO j FROM job.live_jobs l WHERE l.id = fail.id FOR UPDATE;
     IF NOT FOUND THEN
-        -- Finished meanwhile (cancelled, say): report where it is, change nothing.
         PERFORM job._require_job(fail.id);
-        SELECT f.state INTO new_state FROM job.finished_jobs f WHERE f.id = fail.id;
-        RETURN new_state;
+        RETURN NULL;  -- finished meanwhile (cancelled, say): nothing recorded
     END IF;
     IF fail.token IS NOT NULL AND (j.state <> 'running' OR j.lease_token IS DISTINCT FROM fail.token) THEN
-        RETURN j.state;  -- taken back, and maybe claimed again: that attempt is not ours
+        RETURN NULL;  -- not this claim's attempt (taken back, maybe claimed again): nothing recorded
     END IF;
     IF j.state <> 'running' THEN
         RAISE EXCEPTION 'job % is %, not running: only a claimed job can fail', j.id, j.state
@@ -450,7 +450,7 @@ BEGIN
     RETURN new_state;
 END $$;
 
-COMMENT ON FUNCTION job.fail(bigint, text, boolean, int, interval, uuid) IS 'Records a failed attempt and returns the job''s new state: scheduled or waiting (retried after its backoff or retry_after) or dead (permanent, or out of retries); with a token that is no longer current it records nothing and returns the current state.';
+COMMENT ON FUNCTION job.fail(bigint, text, boolean, int, interval, uuid) IS 'Records a failed attempt and returns the job''s new state: scheduled or waiting (retried after its backoff or retry_after) or dead (permanent, or out of retries); NULL when it recorded nothing (a token that is not the job''s current claim, or a job that finished meanwhile).';
 
 -- Records a failed attempt of the background worker (a handler's, a delivery's) through
 -- job.fail's rules, under its claim, and adds `detail` (the SQLSTATE; the HTTP attempt's class
@@ -511,10 +511,11 @@ BEGIN
     PERFORM job._require_job(heartbeat.id);
     SELECT j.state, j.lease_expires_at, j.attempt INTO found_job FROM job.jobs j WHERE j.id = heartbeat.id;
     IF found_job.state = 'running' AND heartbeat.token IS NOT NULL THEN
-        RAISE EXCEPTION 'job % is no longer held by this lease: it was taken back and claimed again (attempt %)',
+        -- Tokens are not kept once replaced, so whether this one was ever the job's is unknown.
+        RAISE EXCEPTION 'job % is running under another claim than this token''s (attempt %)',
             heartbeat.id, found_job.attempt
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'Stop working on it: another worker runs it now, and complete and fail with this token change nothing.';
+                  HINT = 'Stop working on it: the token is not its current claim''s (the job was taken back and claimed again, or the token was never its), and complete and fail with it change nothing.';
     ELSIF found_job.state = 'running' THEN
         RAISE EXCEPTION 'job % is no longer held: its lease expired at %', heartbeat.id, found_job.lease_expires_at
             USING ERRCODE = 'object_not_in_prerequisite_state',

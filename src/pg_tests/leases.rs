@@ -34,17 +34,26 @@ mod tests {
         assert!(!one::<bool>(&format!(
             "SELECT job.complete({id}, '{{\"by\": \"a\"}}', '{stale}')"
         )));
+        // NULL: nothing recorded (it returned 'running', which a recorded failure never does
+        // but 'waiting', 'scheduled' and 'dead' also read as recorded ones).
         assert_eq!(
-            one::<String>(&format!(
+            one_or_null::<String>(&format!(
                 "SELECT job.fail({id}, 'boom', permanent => true, token => '{stale}')"
             )),
-            "running"
+            None
+        );
+        let never_issued = "00000000-0000-4000-8000-000000000000";
+        assert_eq!(
+            one_or_null::<String>(&format!(
+                "SELECT job.fail({id}, 'boom', token => '{never_issued}')"
+            )),
+            None
         );
         assert_eq!(fingerprint(), before, "the stale worker changed something");
         assert_rejected_with(
             &format!("SELECT job.heartbeat({id}, token => '{stale}')"),
             "55000",
-            &format!("job {id} is no longer held by this lease: it was taken back and claimed again (attempt 2)"),
+            &format!("job {id} is running under another claim than this token's (attempt 2)"),
         );
         assert_eq!(
             one::<String>(&format!(

@@ -10,6 +10,11 @@ pub fn one<T: IntoDatum + FromDatum>(query: &str) -> T {
         .unwrap_or_else(|| panic!("{query}: returned NULL"))
 }
 
+/// The single value `query` returns, None for NULL.
+pub fn one_or_null<T: IntoDatum + FromDatum>(query: &str) -> Option<T> {
+    Spi::get_one::<T>(query).unwrap_or_else(|e| panic!("{query}: {e}"))
+}
+
 pub fn run(query: &str) {
     Spi::run(query).unwrap_or_else(|e| panic!("{query}: {e}"));
 }

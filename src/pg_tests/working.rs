@@ -287,7 +287,7 @@ mod tests {
     }
 
     #[pg_test]
-    fn fail_rejects_bad_input_and_reports_finished_jobs() {
+    fn fail_rejects_bad_input_and_says_when_it_recorded_nothing() {
         queue("q");
         let running = enqueue("q");
         claim("q");
@@ -324,11 +324,14 @@ mod tests {
         ] {
             assert_rejected(&call, &message);
         }
+        // Finished meanwhile: nothing recorded, and NULL says so (it returned 'cancelled').
         run(&format!("SELECT job.cancel({running})"));
+        let before = fingerprint();
         assert_eq!(
-            one::<String>(&format!("SELECT job.fail({running}, 'late')")),
-            "cancelled"
+            one_or_null::<String>(&format!("SELECT job.fail({running}, 'late')")),
+            None
         );
+        assert_eq!(fingerprint(), before, "a fail after the cancel changed something");
     }
 
     // ---- heartbeat ---------------------------------------------------------------------------

@@ -472,11 +472,16 @@ fn fail(job: &Claimed, error: &WorkError) {
             permanent.into(),
         ],
     ));
-    debug1!(
-        "pg_jobqueue executor: job {} failed ({error}); now {}",
-        job.job_id,
-        state.unwrap_or_default()
-    );
+    match state {
+        Some(state) => debug1!(
+            "pg_jobqueue executor: job {} failed ({error}); now {state}",
+            job.job_id
+        ),
+        None => debug1!(
+            "pg_jobqueue executor: job {} failed ({error}); not recorded: the claim is no longer its",
+            job.job_id
+        ),
+    }
 }
 
 /// Fails a job that failed alone in a transaction that resets the session's settings first;

@@ -288,9 +288,10 @@ function isNotAllCompleted(err: unknown): boolean {
   return e.code === '22P02' && typeof e.message === 'string' && e.message.includes(NOT_ALL_COMPLETED);
 }
 
-// job.fail given a stale token returns the job's current state, which may be one a recorded
-// failure also returns ('waiting', 'scheduled', 'dead'); renewing the claim first, in the same
-// statement, tells the two apart (and keeps the row locked for the fail).
+// job.fail given a stale token records nothing and returns NULL (from 0.5.0); up to 0.4.0 it
+// returned the job's current state, which may be one a recorded failure also returns
+// ('waiting', 'scheduled', 'dead').  Renewing the claim first, in the same statement, tells
+// the two apart on either version (and keeps the row locked for the fail).
 const FAIL_SQL =
   'SELECT CASE WHEN (SELECT h.held FROM job.heartbeat_many(ARRAY[$1::bigint], ARRAY[$6::uuid]) h) ' +
   'THEN job.fail($1::bigint, $2::text, $3::boolean, $4::int, $5::interval, $6::uuid) END AS state';

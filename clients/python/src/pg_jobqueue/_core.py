@@ -51,10 +51,11 @@ SQL_COMPLETE = (
     "SELECT t.id, job.complete(t.id, t.result::jsonb, t.token)"
     " FROM unnest(%s::bigint[], %s::text[], %s::uuid[]) AS t(id, result, token)"
 )
-# job.fail returns the job's current state without recording anything when the token is
-# stale, which can look like a state it would have set itself ('scheduled', 'waiting',
-# 'dead').  Renewing the lease first, in the same transaction, tells the two apart: when the
-# claim still holds the job, its row stays locked by this transaction until fail has run.
+# job.fail with a stale token records nothing and returns NULL (from 0.5.0); up to 0.4.0 it
+# returned the job's current state, which can look like a state it would have set itself
+# ('scheduled', 'waiting', 'dead').  Renewing the lease first, in the same transaction, tells
+# the two apart on either version: when the claim still holds the job, its row stays locked
+# by this transaction until fail has run.
 SQL_FAIL = (
     "SELECT h.held, CASE WHEN h.held THEN job.fail(%s, %s, %s, %s, %s::interval, %s) END"
     " FROM job.heartbeat_many(ARRAY[%s]::bigint[], ARRAY[%s]::uuid[], NULL) AS h"
