@@ -331,7 +331,11 @@ mod tests {
             one_or_null::<String>(&format!("SELECT job.fail({running}, 'late')")),
             None
         );
-        assert_eq!(fingerprint(), before, "a fail after the cancel changed something");
+        assert_eq!(
+            fingerprint(),
+            before,
+            "a fail after the cancel changed something"
+        );
     }
 
     // ---- heartbeat ---------------------------------------------------------------------------

@@ -603,6 +603,20 @@ pub fn wait_for_executors(client: &mut Client, count: usize, timeout: Duration) 
     })
 }
 
+/// Every session of database `datname`, one line each (pid, type, state, wait, start, query),
+/// for the message of a DROP DATABASE that failed on them; empty when they cannot be read.
+pub fn sessions_of(client: &mut Client, datname: &str) -> Vec<String> {
+    client
+        .query(
+            "SELECT concat_ws(' ', pid, backend_type, state, wait_event_type, wait_event,
+                              'since', backend_start, query)
+               FROM pg_stat_activity WHERE datname = $1",
+            &[&datname],
+        )
+        .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+        .unwrap_or_default()
+}
+
 /// pg_jobqueue processes in `pg_stat_activity` (of every database, the launcher included):
 /// (pid, database or NULL, backend_type).
 pub fn jobqueue_backends(client: &mut Client) -> Vec<(i32, Option<String>, String)> {

@@ -1137,17 +1137,9 @@ fn dropping_a_database_stops_its_sender_cleanly() {
             .is_some());
         drop(client);
         if let Err(e) = admin.batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)")) {
-            let sessions: Vec<String> = cluster
+            let sessions = cluster
                 .try_connect("postgres")
-                .and_then(|mut c| {
-                    c.query(
-                        "SELECT concat_ws(' ', pid, backend_type, state, wait_event_type,
-                                          wait_event, backend_start)
-                           FROM pg_stat_activity WHERE datname = $1",
-                        &[&name],
-                    )
-                })
-                .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+                .map(|mut c| sessions_of(&mut c, &name))
                 .unwrap_or_default();
             panic!(
                 "round {round}: DROP DATABASE {name} WITH (FORCE) failed: {}\n\

@@ -68,7 +68,7 @@ fn run_sql_of(doc: &str, cluster_name: &str) {
     let last_block = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("### "))
-        .last()
+        .next_back()
         .unwrap_or("before the first block");
     assert!(
         out.status.success() && stderr.trim().is_empty(),

@@ -40,15 +40,7 @@ fn served_handler_and_tick(name: &str) -> (Cluster, Client, Vec<i32>) {
 fn drop_database_within_5_s(cluster: &Cluster, admin: &mut Client, name: &str, what: &str) {
     let dropping = Instant::now();
     if let Err(e) = admin.batch_execute(&format!("DROP DATABASE {name}")) {
-        let sessions: Vec<String> = admin
-            .query(
-                "SELECT format('%s %s %s %s since %s: %s', pid, backend_type, state, wait_event,
-                               backend_start, query)
-                   FROM pg_stat_activity WHERE datname = $1",
-                &[&name],
-            )
-            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
-            .unwrap_or_default();
+        let sessions = sessions_of(admin, name);
         panic!(
             "{what} failed: {}\nsessions of {name} now: {sessions:#?}\n{}",
             error_text(&e),
