@@ -1,6 +1,7 @@
 //! Claiming jobs from several sessions at once: every job handed out exactly once, claims
 //! that never wait on each other, and leases that expire and are reclaimed.
 
+use pg_jobqueue_integration::cluster::{wait_for, wait_until};
 use pg_jobqueue_integration::*;
 use std::collections::HashSet;
 use std::thread;
@@ -280,8 +281,14 @@ fn expired_lease_is_reclaimed_then_dies() {
         db_err.message()
     );
 
-    // Another worker reclaims it: same job, second attempt.
-    let second = dequeue(&mut w2, &queue, "w2", 1, Some("200 milliseconds"));
+    // Another worker reclaims it once the background worker took it back (as the lease ran
+    // out; on a loaded machine that was later than the 150 ms waited above, once in CI):
+    // same job, second attempt.
+    let second = wait_for(Duration::from_secs(10), || {
+        let claimed = dequeue(&mut w2, &queue, "w2", 1, Some("200 milliseconds"));
+        (!claimed.is_empty()).then_some(claimed)
+    })
+    .unwrap_or_default();
     assert_eq!(
         ids_attempts(&second),
         [(id, 2)],
@@ -313,13 +320,19 @@ fn expired_lease_is_reclaimed_then_dies() {
     assert_eq!(error_worker.as_deref(), Some("w1"));
     assert_eq!(claimed_by.as_deref(), Some("w2"));
 
-    // Expires again: attempt 2 > max_retries 1, so the next dequeue's rescue kills it.
+    // Expires again: attempt 2 > max_retries 1, so taking it back kills it.
     thread::sleep(Duration::from_millis(350));
     let third = dequeue(&mut w3, &queue, "w3", 1, Some("200 milliseconds"));
     assert!(
         third.is_empty(),
         "a job out of retries must not be handed out again: {third:?}"
     );
+    let dead = wait_until(Duration::from_secs(10), || {
+        one::<String>(&mut w3, "SELECT state FROM job.jobs WHERE id = $1", &[&id]) == "dead"
+    });
+    assert!(dead, "the job out of retries was not taken back and killed");
+    let third = dequeue(&mut w3, &queue, "w3", 1, Some("200 milliseconds"));
+    assert!(third.is_empty(), "a dead job was handed out: {third:?}");
     let (state, attempt, entries, error): (String, i32, i32, String) = one_row(
         &mut w3,
         "SELECT state, attempt, jsonb_array_length(errors), errors -> 1 ->> 'error'
