@@ -18,6 +18,7 @@ use crate::worker::spi;
 use pgrx::prelude::*;
 use pgrx::PgList;
 use std::panic::AssertUnwindSafe;
+use std::time::{Duration, Instant};
 
 /// Called from `_PG_init` while preloading: hooks are installed once, in the postmaster,
 /// before any backend exists.
@@ -180,7 +181,10 @@ unsafe fn prepare_extension_drop() -> Option<pg_sys::Oid> {
     // Let them finish before the drop takes its locks: an executor whose handler was just
     // cancelled records the failure in its batch's transaction, which holds locks the drop
     // needs and wants tables the drop would already hold (a deadlock that failed the drop).
-    wait_for_processes_to_leave(db, std::time::Duration::from_secs(10));
+    // Past the timeout the drop goes ahead anyway.
+    wait_until(Duration::from_secs(10), Duration::from_millis(10), || {
+        shmem::processes_of(db).is_empty()
+    });
     pgrx::register_xact_callback(pgrx::PgXactCallbackEvent::Commit, move || {
         shmem::unmark_dropping(db);
     });
@@ -191,15 +195,20 @@ unsafe fn prepare_extension_drop() -> Option<pg_sys::Oid> {
     schema.filter(|_| schema_owner == Some(owner))
 }
 
-/// Waits until no worker process of `db` is left (they were asked to stop), at most
-/// `timeout`; the caller can cancel the wait.  Past the timeout the drop goes ahead anyway.
-unsafe fn wait_for_processes_to_leave(db: pg_sys::Oid, timeout: std::time::Duration) {
-    let deadline = std::time::Instant::now() + timeout;
-    while !shmem::processes_of(db).is_empty() && std::time::Instant::now() < deadline {
+/// Whether `done` holds within `timeout`, asked every `pause`; the caller can cancel the wait.
+unsafe fn wait_until(timeout: Duration, pause: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
         pg_sys::WaitLatch(
             pg_sys::MyLatch,
             (pg_sys::WL_LATCH_SET | pg_sys::WL_TIMEOUT | pg_sys::WL_EXIT_ON_PM_DEATH) as i32,
-            10,
+            pause.as_millis() as std::ffi::c_long,
             pg_sys::PG_WAIT_EXTENSION,
         );
         pg_sys::ResetLatch(pg_sys::MyLatch);
@@ -241,20 +250,19 @@ unsafe fn drop_will_proceed(db: pg_sys::Oid, drop: *mut pg_sys::DropdbStmt) -> b
     let force = options
         .iter_ptr()
         .any(|option| std::ffi::CStr::from_ptr((*option).defname).to_bytes() == b"force");
-    force || clients_leave(db, CLIENTS_LEAVE_WAIT)
+    force || clients_leave_in_time(db)
 }
 
 /// As long as `DROP DATABASE` waits for sessions to leave (CountOtherDBBackends: 50 × 100 ms).
-const CLIENTS_LEAVE_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+const CLIENTS_LEAVE_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether every client session of `db` (any backend but ours, autovacuum's and this one) is
-/// gone within `wait`.
-unsafe fn clients_leave(db: pg_sys::Oid, wait: std::time::Duration) -> bool {
-    let deadline = std::time::Instant::now() + wait;
-    loop {
+/// gone within [`CLIENTS_LEAVE_WAIT`], looked at every 100 ms as `dropdb` does.
+unsafe fn clients_leave_in_time(db: pg_sys::Oid) -> bool {
+    wait_until(CLIENTS_LEAVE_WAIT, Duration::from_millis(100), || {
         // The activity snapshot is kept for the transaction: cleared to see who left.
         spi(Spi::run("SELECT pg_catalog.pg_stat_clear_snapshot()"));
-        let connected = spi(Spi::get_one_with_args::<bool>(
+        !spi(Spi::get_one_with_args::<bool>(
             // Runs under the caller's search_path: every operator is schema-qualified.
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_stat_activity
                              WHERE datid OPERATOR(pg_catalog.=) $1
@@ -263,14 +271,6 @@ unsafe fn clients_leave(db: pg_sys::Oid, wait: std::time::Duration) -> bool {
                                AND backend_type OPERATOR(pg_catalog.!~~) 'pg_jobqueue %'::pg_catalog.text)",
             &[db.into()],
         ))
-        .unwrap_or(false);
-        if !connected {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        pg_sys::pg_usleep(100_000);
-        pg_sys::check_for_interrupts!();
-    }
+        .unwrap_or(false)
+    })
 }

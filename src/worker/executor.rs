@@ -472,16 +472,14 @@ fn fail(job: &Claimed, error: &WorkError) {
             permanent.into(),
         ],
     ));
-    match state {
-        Some(state) => debug1!(
-            "pg_jobqueue executor: job {} failed ({error}); now {state}",
-            job.job_id
-        ),
-        None => debug1!(
-            "pg_jobqueue executor: job {} failed ({error}); not recorded: the claim is no longer its",
-            job.job_id
-        ),
-    }
+    let outcome = state.map_or_else(
+        || "not recorded: the claim is no longer its".to_owned(),
+        |state| format!("now {state}"),
+    );
+    debug1!(
+        "pg_jobqueue executor: job {} failed ({error}); {outcome}",
+        job.job_id
+    );
 }
 
 /// Fails a job that failed alone in a transaction that resets the session's settings first;
